@@ -1,0 +1,755 @@
+//! Stage 1 of reading a config file: raw serde structs that mirror the YAML.
+//!
+//! Every struct refuses unknown keys. Values that stage 2
+//! ([`crate::validate`]) checks are kept loose here so that a bad value gets a
+//! precise message there instead of a serde error here: integers are `i64`
+//! (so `nodePort: 99999` is reported as out of range, not as an overflow),
+//! addresses, CIDRs and enum-like values are strings, and durations are
+//! [`RawDuration`]s.
+//!
+//! [`parse_document`] does not deserialize the whole file in one go: it
+//! parses the text to a [`serde_yaml::Value`] first, then deserializes each
+//! settings subsection, each node, each Service and each Service port on its
+//! own, so a mistake in one of them does not hide the mistakes in the others.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use crate::error::FieldError;
+
+/// A whole config file, as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a mapping with settings, nodes and services"
+)]
+pub struct RawEdgeConfig {
+    /// `settings`.
+    pub settings: Option<RawSettings>,
+    /// `nodes`.
+    pub nodes: Option<Vec<RawNode>>,
+    /// `services`.
+    pub services: Option<Vec<RawService>>,
+}
+
+/// `settings`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a settings mapping"
+)]
+pub struct RawSettings {
+    /// `settings.health`.
+    pub health: Option<RawHealthSettings>,
+    /// `settings.proxy`.
+    pub proxy: Option<RawProxySettings>,
+    /// `settings.vip`.
+    pub vip: Option<RawVipSettings>,
+    /// `settings.metricsListen`, a socket address.
+    pub metrics_listen: Option<String>,
+    /// `settings.adminListen`, a socket address.
+    pub admin_listen: Option<String>,
+}
+
+/// `settings.health`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a health settings mapping"
+)]
+pub struct RawHealthSettings {
+    /// `interval`.
+    pub interval: Option<RawDuration>,
+    /// `timeout`.
+    pub timeout: Option<RawDuration>,
+    /// `rise`.
+    pub rise: Option<i64>,
+    /// `fall`.
+    pub fall: Option<i64>,
+    /// `clusterCheck`: `kube-proxy` or `tcp-node-port`.
+    pub cluster_check: Option<String>,
+    /// `kubeProxyPort`.
+    pub kube_proxy_port: Option<i64>,
+    /// `allDown`: `fail-open` or `fail-closed`.
+    pub all_down: Option<String>,
+}
+
+/// `settings.proxy`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a proxy settings mapping"
+)]
+pub struct RawProxySettings {
+    /// `connectTimeout`.
+    pub connect_timeout: Option<RawDuration>,
+    /// `connectRetries`.
+    pub connect_retries: Option<i64>,
+    /// `idleTimeout`.
+    pub idle_timeout: Option<RawDuration>,
+    /// `drainTimeout`.
+    pub drain_timeout: Option<RawDuration>,
+    /// `maglevTableSize`.
+    pub maglev_table_size: Option<i64>,
+}
+
+/// `settings.vip`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a vip settings mapping"
+)]
+pub struct RawVipSettings {
+    /// `interface`.
+    pub interface: Option<String>,
+}
+
+/// One entry of `nodes`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a node (a mapping with name and addresses)"
+)]
+pub struct RawNode {
+    /// `name`.
+    pub name: Option<String>,
+    /// `addresses`, IP addresses.
+    pub addresses: Option<Vec<String>>,
+    /// `excluded`, exclusion reasons as [`crate::ExclusionReason`] displays them.
+    pub excluded: Option<Vec<String>>,
+}
+
+/// One entry of `services`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a Service (a mapping with name, vips and ports)"
+)]
+pub struct RawService {
+    /// `namespace` (default `default`).
+    pub namespace: Option<String>,
+    /// `name`.
+    pub name: Option<String>,
+    /// `vips`, IP addresses.
+    pub vips: Option<Vec<String>>,
+    /// `externalTrafficPolicy`: `Cluster` or `Local`.
+    pub external_traffic_policy: Option<String>,
+    /// `healthCheckNodePort`.
+    pub health_check_node_port: Option<i64>,
+    /// `sessionAffinity`: `None` or `ClientIP`.
+    pub session_affinity: Option<String>,
+    /// `sessionAffinityConfig`.
+    pub session_affinity_config: Option<RawSessionAffinityConfig>,
+    /// `loadBalancerSourceRanges`, CIDRs.
+    pub load_balancer_source_ranges: Option<Vec<String>>,
+    /// `algorithm`: `maglev`, `round-robin` or `least-connections`.
+    pub algorithm: Option<String>,
+    /// `proxyProtocol`: `off`, `v1`, `v2` or `false`.
+    pub proxy_protocol: Option<RawProxyProtocol>,
+    /// `ports`. [`parse_document`] leaves this `None` and returns the ports
+    /// in [`ServiceEntry::ports`] instead, each deserialized on its own.
+    pub ports: Option<Vec<RawServicePort>>,
+}
+
+/// `sessionAffinityConfig`, in the Kubernetes shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a mapping with clientIP"
+)]
+pub struct RawSessionAffinityConfig {
+    /// `clientIP`.
+    #[serde(rename = "clientIP")]
+    pub client_ip: Option<RawClientIpConfig>,
+}
+
+/// `sessionAffinityConfig.clientIP`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a mapping with timeoutSeconds"
+)]
+pub struct RawClientIpConfig {
+    /// `timeoutSeconds`.
+    pub timeout_seconds: Option<i64>,
+}
+
+/// One entry of a Service's `ports`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a Service port (a mapping with port and nodePort)"
+)]
+pub struct RawServicePort {
+    /// `name`.
+    pub name: Option<String>,
+    /// `protocol`: `TCP`, `UDP` or `SCTP` (default `TCP`).
+    pub protocol: Option<String>,
+    /// `port`.
+    pub port: Option<i64>,
+    /// `nodePort`; absent when the Service has no NodePorts.
+    pub node_port: Option<i64>,
+}
+
+/// A duration as written: a string for [`crate::parse_duration`], or a bare
+/// integer meaning seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawDuration {
+    /// A string such as `500ms` or `1h30m`.
+    Text(String),
+    /// An integer: that many seconds (negative ones are refused in stage 2).
+    Seconds(i64),
+}
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RawDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as 500ms, 2s, 1m or 1h30m")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawDuration, E> {
+                Ok(RawDuration::Text(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawDuration, E> {
+                Ok(RawDuration::Seconds(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawDuration, E> {
+                i64::try_from(v)
+                    .map(RawDuration::Seconds)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+/// `proxyProtocol` as written: a name, or a YAML boolean (`false` means `off`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawProxyProtocol {
+    /// `off`, `v1`, `v2` (anything else is refused in stage 2).
+    Name(String),
+    /// `false` (off); `true` is refused in stage 2 as ambiguous.
+    Bool(bool),
+}
+
+impl<'de> Deserialize<'de> for RawProxyProtocol {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RawProxyProtocol;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"off\", \"v1\", \"v2\" or false")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawProxyProtocol, E> {
+                Ok(RawProxyProtocol::Name(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawProxyProtocol, E> {
+                Ok(RawProxyProtocol::Bool(v))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+/// A config file after stage 1, with every list index preserved: an entry
+/// that could not be deserialized is `None` (and its problems are in the
+/// errors [`parse_document`] returned with it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawDocument {
+    /// `settings` (all defaults when absent); `None` if it was not a
+    /// mapping. Parts of it that failed to deserialize are left out.
+    pub settings: Option<RawSettings>,
+    /// `nodes`, by index.
+    pub nodes: Vec<Option<RawNode>>,
+    /// `services`, by index.
+    pub services: Vec<Option<ServiceEntry>>,
+}
+
+impl Default for RawDocument {
+    fn default() -> Self {
+        RawDocument {
+            settings: Some(RawSettings::default()),
+            nodes: Vec::new(),
+            services: Vec::new(),
+        }
+    }
+}
+
+/// One Service after stage 1: the Service without its ports, and the ports
+/// deserialized one by one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceEntry {
+    /// The Service; its `ports` field is `None` (see `ports`).
+    pub service: RawService,
+    /// The Service's ports by index (empty when absent); `None` if `ports`
+    /// was not a list at all.
+    pub ports: Option<Vec<Option<RawServicePort>>>,
+}
+
+impl From<RawService> for ServiceEntry {
+    fn from(mut service: RawService) -> Self {
+        let ports = service.ports.take().unwrap_or_default();
+        ServiceEntry {
+            service,
+            ports: Some(ports.into_iter().map(Some).collect()),
+        }
+    }
+}
+
+impl From<RawEdgeConfig> for RawDocument {
+    fn from(raw: RawEdgeConfig) -> Self {
+        RawDocument {
+            settings: Some(raw.settings.unwrap_or_default()),
+            nodes: raw
+                .nodes
+                .unwrap_or_default()
+                .into_iter()
+                .map(Some)
+                .collect(),
+            services: raw
+                .services
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| Some(s.into()))
+                .collect(),
+        }
+    }
+}
+
+/// Stage 1: parses YAML text into a [`RawDocument`], plus every problem
+/// found on the way.
+///
+/// A YAML syntax error is a single error (with its line and column) and
+/// yields an empty document. Otherwise each section and each list entry is
+/// deserialized on its own and every failure is reported with its full path;
+/// an empty document (or `{}`) is an empty config.
+pub fn parse_document(yaml: &str) -> (RawDocument, Vec<FieldError>) {
+    let mut errors = Vec::new();
+    let mut doc = RawDocument::default();
+
+    let mut value: Value = match serde_yaml::from_str(yaml) {
+        Ok(value) => value,
+        Err(e) => {
+            errors.push(FieldError::new("", format!("invalid YAML: {e}")));
+            return (doc, errors);
+        }
+    };
+    if let Err(e) = value.apply_merge() {
+        errors.push(FieldError::new("", format!("invalid YAML: {e}")));
+        return (doc, errors);
+    }
+
+    let top = match value {
+        Value::Null => return (doc, errors),
+        Value::Mapping(top) => top,
+        other => {
+            errors.push(FieldError::new(
+                "",
+                format!(
+                    "the document must be a mapping with settings, nodes and services, not {}",
+                    kind(&other)
+                ),
+            ));
+            return (doc, errors);
+        }
+    };
+
+    for (key, value) in top {
+        let Some(key) = key.as_str() else {
+            errors.push(FieldError::new(
+                "",
+                format!("top-level keys must be strings, not {}", kind(&key)),
+            ));
+            continue;
+        };
+        match key {
+            "settings" => {
+                doc.settings = match value {
+                    Value::Null => Some(RawSettings::default()),
+                    value => settings(value, &mut errors),
+                }
+            }
+            "nodes" => {
+                doc.nodes = each_item(value, "nodes", "nodes", &mut errors)
+                    .into_iter()
+                    .map(|(path, node)| deserialize_at(node, &path, &mut errors))
+                    .collect()
+            }
+            "services" => {
+                doc.services = each_item(value, "services", "Services", &mut errors)
+                    .into_iter()
+                    .map(|(path, service)| service_entry(service, &path, &mut errors))
+                    .collect()
+            }
+            other => errors.push(FieldError::new(
+                other,
+                format!("unknown field `{other}`, expected one of `settings`, `nodes`, `services`"),
+            )),
+        }
+    }
+    (doc, errors)
+}
+
+/// Deserializes `settings`, taking `health`, `proxy` and `vip` apart so that
+/// a mistake in one does not hide those in the others. A part that fails is
+/// left out (its problems are reported) and the others are still returned
+/// for stage 2; `None` only when `settings` is not a mapping at all.
+fn settings(value: Value, errors: &mut Vec<FieldError>) -> Option<RawSettings> {
+    let Value::Mapping(mut map) = value else {
+        return deserialize_at(value, "settings", errors);
+    };
+    let mut take = |key: &str| match map.remove(key) {
+        None | Some(Value::Null) => None,
+        Some(sub) => Some(sub),
+    };
+    let health = take("health").map(|v| deserialize_at(v, "settings.health", errors));
+    let proxy = take("proxy").map(|v| deserialize_at(v, "settings.proxy", errors));
+    let vip = take("vip").map(|v| deserialize_at(v, "settings.vip", errors));
+    let rest: RawSettings =
+        deserialize_at(Value::Mapping(map), "settings", errors).unwrap_or_default();
+    Some(RawSettings {
+        health: health.flatten(),
+        proxy: proxy.flatten(),
+        vip: vip.flatten(),
+        ..rest
+    })
+}
+
+/// Deserializes one Service, taking its `ports` apart to deserialize each
+/// port on its own.
+fn service_entry(value: Value, path: &str, errors: &mut Vec<FieldError>) -> Option<ServiceEntry> {
+    let (value, ports) = match value {
+        Value::Mapping(mut map) => {
+            let ports = map.remove("ports");
+            (Value::Mapping(map), ports)
+        }
+        other => (other, None),
+    };
+    let ports_path = format!("{path}.ports");
+    let ports = match ports {
+        None | Some(Value::Null) => Some(Vec::new()),
+        Some(Value::Sequence(items)) => Some(
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, port)| deserialize_at(port, &format!("{ports_path}[{i}]"), errors))
+                .collect(),
+        ),
+        Some(other) => {
+            errors.push(FieldError::new(
+                ports_path,
+                format!("invalid type: {}, expected a list of ports", kind(&other)),
+            ));
+            None
+        }
+    };
+    let service: RawService = deserialize_at(value, path, errors)?;
+    Some(ServiceEntry { service, ports })
+}
+
+/// Splits a top-level list into its entries, each with its path
+/// (`section[i]`). Anything but a list (or null) is reported.
+fn each_item(
+    value: Value,
+    section: &str,
+    what: &str,
+    errors: &mut Vec<FieldError>,
+) -> Vec<(String, Value)> {
+    match value {
+        Value::Null => Vec::new(),
+        Value::Sequence(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| (format!("{section}[{i}]"), item))
+            .collect(),
+        other => {
+            errors.push(FieldError::new(
+                section,
+                format!("invalid type: {}, expected a list of {what}", kind(&other)),
+            ));
+            Vec::new()
+        }
+    }
+}
+
+/// Deserializes `value` as a `T`, reporting a failure at `prefix` plus the
+/// path inside `value` where it happened.
+fn deserialize_at<T: DeserializeOwned>(
+    value: Value,
+    prefix: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let path = join_path(prefix, e.path());
+            errors.push(FieldError::new(path, e.into_inner().to_string()));
+            None
+        }
+    }
+}
+
+/// `prefix` followed by `path` in the file's notation (`.key`, `[i]`).
+fn join_path(prefix: &str, path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = prefix.to_string();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } => push_key(&mut out, key),
+            Segment::Enum { variant } => push_key(&mut out, variant),
+            Segment::Unknown => push_key(&mut out, "?"),
+        }
+    }
+    out
+}
+
+fn push_key(out: &mut String, key: &str) {
+    if !out.is_empty() {
+        out.push('.');
+    }
+    out.push_str(key);
+}
+
+/// How a YAML value is described in messages, as serde describes it.
+fn kind(value: &Value) -> String {
+    match value {
+        Value::Null => "null".to_string(),
+        Value::Bool(b) => format!("boolean `{b}`"),
+        Value::Number(n) => format!("number `{n}`"),
+        Value::String(s) => format!("string {s:?}"),
+        Value::Sequence(_) => "sequence".to_string(),
+        Value::Mapping(_) => "map".to_string(),
+        Value::Tagged(t) => format!("tagged value `{}`", t.tag),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(errors: &[FieldError]) -> Vec<&str> {
+        errors.iter().map(|e| e.path.as_str()).collect()
+    }
+
+    #[test]
+    fn empty_document_and_empty_mapping_are_empty_configs() {
+        for text in [
+            "",
+            "   \n",
+            "# only a comment\n",
+            "{}",
+            "---\n",
+            "settings:\nnodes:\nservices:\n",
+        ] {
+            let (doc, errors) = parse_document(text);
+            assert!(errors.is_empty(), "{text:?}: {errors:?}");
+            assert_eq!(doc, RawDocument::default(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn syntax_error_is_one_error_with_location() {
+        let (_, errors) = parse_document("services:\n  - name: web\n   vips: [\n");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].path, "");
+        assert!(errors[0].message.contains("line"), "{}", errors[0].message);
+        assert!(
+            errors[0].message.contains("column"),
+            "{}",
+            errors[0].message
+        );
+    }
+
+    #[test]
+    fn document_must_be_a_mapping() {
+        let (_, errors) = parse_document("- a\n- b\n");
+        assert_eq!(paths(&errors), [""]);
+        assert!(errors[0].message.contains("must be a mapping"));
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_reported() {
+        let (_, errors) = parse_document("servces: []\nnodes: []\n");
+        assert_eq!(paths(&errors), ["servces"]);
+        assert!(errors[0].message.contains("unknown field `servces`"));
+    }
+
+    #[test]
+    fn unknown_keys_in_nested_structs_have_full_paths() {
+        let yaml = "
+settings:
+  health:
+    intervall: 2s
+services:
+  - name: a
+    vips: [10.0.0.1]
+    ports:
+      - port: 80
+  - name: b
+    vips: [10.0.0.2]
+    ports:
+      - port: 80
+        nodeport: 30080
+  - name: c
+    sessionAffinityConfig: { clientIP: { timeout: 3 } }
+";
+        let (_, errors) = parse_document(yaml);
+        assert_eq!(
+            paths(&errors),
+            [
+                "settings.health.intervall",
+                "services[1].ports[0].nodeport",
+                "services[2].sessionAffinityConfig.clientIP.timeout",
+            ],
+            "{errors:?}"
+        );
+        assert!(errors[1].message.starts_with("unknown field `nodeport`"));
+    }
+
+    #[test]
+    fn errors_in_different_items_are_all_reported() {
+        let yaml = "
+nodes:
+  - name: a
+    adresses: [10.0.0.1]
+  - name: b
+    addresses: 10.0.0.2
+services:
+  - name: a
+    typo: 1
+  - name: b
+  - name: c
+  - name: d
+    ports:
+      - port: eighty
+      - port: 80
+        protocol: [TCP]
+";
+        let (doc, errors) = parse_document(yaml);
+        assert_eq!(
+            paths(&errors),
+            [
+                "nodes[0].adresses",
+                "nodes[1].addresses",
+                "services[0].typo",
+                "services[3].ports[0].port",
+                "services[3].ports[1].protocol",
+            ],
+            "{errors:?}"
+        );
+        // Indices are kept: failed entries are holes, not removed.
+        assert_eq!(doc.nodes.len(), 2);
+        assert!(doc.nodes.iter().all(Option::is_none));
+        assert_eq!(doc.services.len(), 4);
+        assert!(doc.services[0].is_none());
+        assert!(doc.services[1].is_some());
+        let d = doc.services[3]
+            .as_ref()
+            .expect("services[3] itself is fine");
+        assert_eq!(d.ports, Some(vec![None, None]));
+    }
+
+    #[test]
+    fn wrong_shapes_of_lists_are_reported() {
+        let (_, errors) = parse_document("nodes: {a: 1}\nservices: web\n");
+        assert_eq!(paths(&errors), ["nodes", "services"]);
+        let (doc, errors) = parse_document("services:\n  - name: web\n    ports: 80\n");
+        assert_eq!(paths(&errors), ["services[0].ports"]);
+        assert_eq!(
+            doc.services[0].as_ref().and_then(|s| s.ports.as_ref()),
+            None
+        );
+        let (_, errors) = parse_document("services:\n  - web\n");
+        assert_eq!(paths(&errors), ["services[0]"]);
+        assert!(
+            errors[0].message.contains("expected a Service"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn large_integers_reach_stage_two() {
+        let (doc, errors) = parse_document(
+            "services:\n  - name: web\n    ports:\n      - port: 99999\n        nodePort: -1\n",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let ports = doc.services[0].as_ref().and_then(|s| s.ports.clone());
+        assert_eq!(
+            ports,
+            Some(vec![Some(RawServicePort {
+                port: Some(99999),
+                node_port: Some(-1),
+                ..RawServicePort::default()
+            })])
+        );
+    }
+
+    #[test]
+    fn durations_and_proxy_protocol_accept_their_alternative_forms() {
+        let (doc, errors) = parse_document(
+            "settings:\n  health:\n    interval: 3\n    timeout: 500ms\nservices:\n  - proxyProtocol: false\n  - proxyProtocol: off\n",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let health = doc.settings.and_then(|s| s.health).expect("health");
+        assert_eq!(health.interval, Some(RawDuration::Seconds(3)));
+        assert_eq!(health.timeout, Some(RawDuration::Text("500ms".into())));
+        let pp: Vec<_> = doc
+            .services
+            .iter()
+            .map(|s| s.as_ref().and_then(|s| s.service.proxy_protocol.clone()))
+            .collect();
+        assert_eq!(
+            pp,
+            [
+                Some(RawProxyProtocol::Bool(false)),
+                Some(RawProxyProtocol::Name("off".into()))
+            ]
+        );
+        let (_, errors) = parse_document("settings:\n  proxy:\n    idleTimeout: 1.5\n");
+        assert_eq!(paths(&errors), ["settings.proxy.idleTimeout"]);
+    }
+
+    #[test]
+    fn merge_keys_are_applied() {
+        let yaml = "
+services:
+  - &web
+    name: web
+    vips: [10.0.0.1]
+  - <<: *web
+    name: web2
+";
+        let (doc, errors) = parse_document(yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        let second = doc.services[1].as_ref().expect("second");
+        assert_eq!(second.service.name.as_deref(), Some("web2"));
+        assert_eq!(second.service.vips, Some(vec!["10.0.0.1".to_string()]));
+    }
+
+    #[test]
+    fn whole_file_deserializes_into_raw_edge_config() {
+        let raw: RawEdgeConfig =
+            serde_yaml::from_str("services:\n  - name: web\n    ports:\n      - port: 80\n")
+                .expect("valid");
+        let doc = RawDocument::from(raw);
+        let entry = doc.services[0].as_ref().expect("service");
+        assert_eq!(entry.service.ports, None);
+        assert_eq!(entry.ports.as_ref().map(Vec::len), Some(1));
+    }
+}

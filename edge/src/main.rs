@@ -1,0 +1,193 @@
+//! `portico-edge`: parse the command line, load the config, run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use portico_edge::run::{self, ConfigSource, RunOptions};
+use portico_edge::standin::{StandInNode, StandInSpec};
+use portico_edge::status_view;
+
+#[derive(Parser)]
+#[command(
+    name = "portico-edge",
+    version,
+    about = "Portico's edge L4 load balancer for Kubernetes Services"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the edge.
+    Run {
+        /// The config file (watched; SIGHUP re-reads it). Without it, the
+        /// embedded example configuration is used.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The unix socket listeners are handed over through on upgrade.
+        #[arg(long, default_value = "/run/portico-edge/upgrade.sock")]
+        upgrade_socket: PathBuf,
+        /// Take the listening sockets over from the running edge (then send it SIGQUIT).
+        #[arg(long)]
+        takeover: bool,
+        /// Seconds to wait for the running edge to hand over.
+        #[arg(long, default_value_t = 60)]
+        takeover_timeout: u64,
+        /// Milliseconds between checks of the config file for changes.
+        #[arg(long, default_value_t = 1000)]
+        watch_interval_ms: u64,
+        /// Worker threads (default: the CPUs this process may run on).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Validate a config file: exit 0, or 64 with every error.
+    CheckConfig {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Run a stand-in node (NodePorts + kube-proxy health endpoints) for demos.
+    StandInNode {
+        /// Node name, sent in every answer.
+        #[arg(long)]
+        name: String,
+        /// A NodePort address to serve, e.g. 127.0.0.11:30080 (repeatable).
+        #[arg(long = "node-port")]
+        node_ports: Vec<SocketAddr>,
+        /// kube-proxy's node health server address, e.g. 127.0.0.11:10256.
+        #[arg(long)]
+        node_health: Option<SocketAddr>,
+        /// A Local Service's health check node port address (repeatable).
+        #[arg(long = "service-health")]
+        service_health: Vec<SocketAddr>,
+    },
+    /// Print Services x nodes x health of a running edge.
+    Status {
+        /// The edge's admin address.
+        #[arg(long, default_value = "127.0.0.1:9721")]
+        admin: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            config,
+            upgrade_socket,
+            takeover,
+            takeover_timeout,
+            watch_interval_ms,
+            threads,
+        } => {
+            // tokio would start one worker per online CPU even when pinned to
+            // fewer; available_parallelism honours the affinity mask.
+            let threads = threads
+                .unwrap_or_else(|| {
+                    std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(1)
+                })
+                .max(1);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("portico-edge: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let opts = RunOptions {
+                source: config.map_or(ConfigSource::Embedded, ConfigSource::File),
+                upgrade_socket,
+                takeover,
+                takeover_timeout: Duration::from_secs(takeover_timeout),
+                watch_interval: Duration::from_millis(watch_interval_ms.max(10)),
+            };
+            match runtime.block_on(run::run(opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("portico-edge: {e}");
+                    ExitCode::from(e.exit_code() as u8)
+                }
+            }
+        }
+        Command::CheckConfig { file } => match run::check_config(&file) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} services, {} nodes)",
+                    file.display(),
+                    c.services.len(),
+                    c.nodes.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(e.exit_code() as u8)
+            }
+        },
+        Command::StandInNode {
+            name,
+            node_ports,
+            node_health,
+            service_health,
+        } => {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("portico-edge: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let spec = StandInSpec {
+                name,
+                node_ports,
+                node_health,
+                service_health,
+                expect_proxy: false,
+            };
+            runtime.block_on(async move {
+                match StandInNode::start(spec).await {
+                    Ok(node) => {
+                        tracing::info!(node = %node.name, bound = ?node.bound, "stand-in node serving");
+                        if let Err(e) = tokio::signal::ctrl_c().await {
+                            eprintln!("portico-edge: {e}");
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("portico-edge: stand-in node: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        Command::Status { admin } => match status_view::fetch(admin) {
+            Ok(s) => {
+                print!("{}", status_view::render(&s));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("portico-edge: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

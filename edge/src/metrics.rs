@@ -1,0 +1,280 @@
+//! The edge's Prometheus metrics (`portico_edge_*`).
+//!
+//! One registry per edge instance (not the process-global default), so tests
+//! can run several edges in one process and read each one's figures. Hot-path
+//! handles are resolved once per route when a snapshot is built
+//! ([`RouteMetrics`]), so a connection never hashes label values.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Reasons a connection is rejected before any node is contacted.
+pub mod reject {
+    /// The client is outside the Service's source ranges.
+    pub const SOURCE_RANGE: &str = "source_range";
+    /// The Service's source ranges could not be parsed; it fails closed.
+    pub const INVALID_SOURCE_RANGE: &str = "invalid_source_range";
+    /// Every backend is down and the edge is configured to fail closed.
+    pub const NO_HEALTHY_BACKEND: &str = "no_healthy_backend";
+    /// The route has no backend at all (no NodePort, no eligible node).
+    pub const NO_BACKEND: &str = "no_backend";
+}
+
+/// Every metric the edge exports.
+#[derive(Clone)]
+pub struct EdgeMetrics {
+    registry: Registry,
+    /// Connections accepted, by Service and port.
+    pub accepted: IntCounterVec,
+    /// Connections rejected, by Service, port and reason.
+    pub rejected: IntCounterVec,
+    /// Connections currently proxied.
+    pub active: IntGaugeVec,
+    /// Connections for which no node could be reached.
+    pub failed: IntCounterVec,
+    /// Bytes copied, by Service, port and direction.
+    pub bytes: IntCounterVec,
+    /// Connect attempts beyond the first.
+    pub retries: IntCounterVec,
+    /// Health state of each probe target (1 up, 0 down).
+    pub backend_up: IntGaugeVec,
+    /// Weight reported by each probe target.
+    pub backend_weight: IntGaugeVec,
+    /// Health transitions.
+    pub backend_transitions: IntCounterVec,
+    /// Probe latency by check kind and result.
+    pub probe_duration: HistogramVec,
+    /// Upstream connect latency by result.
+    pub connect_duration: HistogramVec,
+    /// Reloads by result.
+    pub reloads: IntCounterVec,
+    /// Generation of the snapshot in use.
+    pub generation: IntGauge,
+    /// Listening sockets open.
+    pub listeners: IntGauge,
+    /// Listener errors by kind (bind, accept).
+    pub listener_errors: IntCounterVec,
+    /// VIP management errors.
+    pub vip_errors: IntCounter,
+    /// Services currently failing closed or otherwise unable to carry traffic.
+    pub route_problems: IntGaugeVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(m.clone()))
+        .expect("metric registered once");
+    m
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let m = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(m.clone()))
+        .expect("metric registered once");
+    m
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let m = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("valid metric definition");
+    r.register(Box::new(m.clone()))
+        .expect("metric registered once");
+    m
+}
+
+impl EdgeMetrics {
+    /// Creates and registers every metric in a fresh registry.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let sp = &["service", "port"];
+        let generation = IntGauge::new(
+            "portico_edge_snapshot_generation",
+            "Generation number of the routing snapshot in use; increases with every applied change.",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(generation.clone()))
+            .expect("metric registered once");
+        let listeners = IntGauge::new(
+            "portico_edge_listeners",
+            "Listening sockets currently open.",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(listeners.clone()))
+            .expect("metric registered once");
+        let vip_errors = IntCounter::new(
+            "portico_edge_vip_errors_total",
+            "Errors adding, removing or announcing VIP addresses.",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(vip_errors.clone()))
+            .expect("metric registered once");
+        EdgeMetrics {
+            accepted: counter_vec(&r, "portico_edge_connections_accepted_total", "Client connections accepted by a listener.", sp),
+            rejected: counter_vec(
+                &r,
+                "portico_edge_connections_rejected_total",
+                "Client connections closed before any node was contacted, by reason.",
+                &["service", "port", "reason"],
+            ),
+            active: gauge_vec(&r, "portico_edge_connections_active", "Client connections currently proxied to a node.", sp),
+            failed: counter_vec(
+                &r,
+                "portico_edge_connections_failed_total",
+                "Client connections closed because no node could be connected to after all retries.",
+                sp,
+            ),
+            bytes: counter_vec(
+                &r,
+                "portico_edge_bytes_total",
+                "Bytes copied, by direction (client_to_node, node_to_client).",
+                &["service", "port", "direction"],
+            ),
+            retries: counter_vec(
+                &r,
+                "portico_edge_connect_retries_total",
+                "Connect attempts to a further node after a failed one.",
+                sp,
+            ),
+            backend_up: gauge_vec(
+                &r,
+                "portico_edge_backend_up",
+                "Health of each probe target as the edge judges it (1 up, 0 down).",
+                &["node", "target", "check"],
+            ),
+            backend_weight: gauge_vec(
+                &r,
+                "portico_edge_backend_weight",
+                "Weight of each probe target (X-Load-Balancing-Endpoint-Weight for Local Services, else 1).",
+                &["node", "target", "check"],
+            ),
+            backend_transitions: counter_vec(
+                &r,
+                "portico_edge_backend_transitions_total",
+                "Health state changes of probe targets, by new state.",
+                &["node", "target", "check", "to"],
+            ),
+            probe_duration: histogram_vec(
+                &r,
+                "portico_edge_probe_duration_seconds",
+                "Duration of health probes, by check kind and result.",
+                &["check", "result"],
+            ),
+            connect_duration: histogram_vec(
+                &r,
+                "portico_edge_connect_duration_seconds",
+                "Duration of connects to nodes, by result.",
+                &["result"],
+            ),
+            reloads: counter_vec(&r, "portico_edge_reloads_total", "Configuration reloads, by result (ok, failed).", &["result"]),
+            generation,
+            listeners,
+            listener_errors: counter_vec(
+                &r,
+                "portico_edge_listener_errors_total",
+                "Errors opening or accepting on listeners, by kind.",
+                &["kind"],
+            ),
+            vip_errors,
+            route_problems: gauge_vec(
+                &r,
+                "portico_edge_route_problems",
+                "Listeners that cannot carry traffic, by Service, port and problem.",
+                &["service", "port", "problem"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Resolves the handles one route's connections use.
+    pub fn route(&self, service: &str, port: &str) -> RouteMetrics {
+        let l = [service, port];
+        RouteMetrics {
+            accepted: self.accepted.with_label_values(&l),
+            rejected_source_range: self.rejected.with_label_values(&[
+                service,
+                port,
+                reject::SOURCE_RANGE,
+            ]),
+            rejected_invalid_range: self.rejected.with_label_values(&[
+                service,
+                port,
+                reject::INVALID_SOURCE_RANGE,
+            ]),
+            rejected_no_healthy: self.rejected.with_label_values(&[
+                service,
+                port,
+                reject::NO_HEALTHY_BACKEND,
+            ]),
+            rejected_no_backend: self.rejected.with_label_values(&[
+                service,
+                port,
+                reject::NO_BACKEND,
+            ]),
+            active: self.active.with_label_values(&l),
+            failed: self.failed.with_label_values(&l),
+            retries: self.retries.with_label_values(&l),
+            bytes_in: self
+                .bytes
+                .with_label_values(&[service, port, "client_to_node"]),
+            bytes_out: self
+                .bytes
+                .with_label_values(&[service, port, "node_to_client"]),
+            connect_ok: self.connect_duration.with_label_values(&["ok"]),
+            connect_err: self.connect_duration.with_label_values(&["error"]),
+        }
+    }
+}
+
+impl Default for EdgeMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Pre-resolved metric handles for one route.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    /// Accepted connections.
+    pub accepted: IntCounter,
+    /// Rejected: outside source ranges.
+    pub rejected_source_range: IntCounter,
+    /// Rejected: invalid source ranges (fail closed).
+    pub rejected_invalid_range: IntCounter,
+    /// Rejected: all down, fail closed.
+    pub rejected_no_healthy: IntCounter,
+    /// Rejected: no backend at all.
+    pub rejected_no_backend: IntCounter,
+    /// Active connections.
+    pub active: IntGauge,
+    /// Failed connections.
+    pub failed: IntCounter,
+    /// Connect retries.
+    pub retries: IntCounter,
+    /// Bytes client -> node.
+    pub bytes_in: IntCounter,
+    /// Bytes node -> client.
+    pub bytes_out: IntCounter,
+    /// Successful connect latency.
+    pub connect_ok: Histogram,
+    /// Failed connect latency.
+    pub connect_err: Histogram,
+}
