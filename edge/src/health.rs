@@ -351,20 +351,23 @@ impl ProbeContext {
             let s = lock(&self.settings);
             (s.rise, s.fall)
         };
-        let (flipped, status, weight_changed) = {
+        let (flipped, status, publish) = {
             let mut machines = lock(&self.machines);
             let Some(m) = machines.get_mut(&target) else {
                 return;
             };
+            let first = !m.status.probed;
             let flipped = m.observe(ok, rise, fall);
-            let weight_changed = ok && m.status.weight != weight;
+            // The first result is news even when it confirms the optimistic
+            // start: status views show the node as probed from then on.
+            let publish = first || (ok && m.status.weight != weight);
             if ok {
                 m.status.weight = weight;
                 m.last_error = None;
             } else {
                 m.last_error = error.clone();
             }
-            (flipped, m.status, weight_changed)
+            (flipped, m.status, publish)
         };
         let node = lock(&self.nodes)
             .get(&target)
@@ -392,7 +395,7 @@ impl ProbeContext {
                 tracing::warn!(%target, node = %node, error = error.as_deref().unwrap_or(""), "target is down");
             }
         }
-        if flipped || weight_changed {
+        if flipped || publish {
             self.changed.send_modify(|g| *g += 1);
         }
     }
