@@ -94,6 +94,8 @@ pub struct RawProxySettings {
     pub connect_retries: Option<i64>,
     /// `idleTimeout`.
     pub idle_timeout: Option<RawDuration>,
+    /// `udpIdleTimeout`.
+    pub udp_idle_timeout: Option<RawDuration>,
     /// `drainTimeout`.
     pub drain_timeout: Option<RawDuration>,
     /// `maglevTableSize`.

@@ -276,6 +276,9 @@ pub struct ProxySettings {
     pub connect_retries: u32,
     /// A connection with no traffic either way for this long is closed.
     pub idle_timeout: Duration,
+    /// A UDP flow (client address -> node) with no datagram either way for
+    /// this long is forgotten; the next datagram picks a node afresh.
+    pub udp_idle_timeout: Duration,
     /// How long connections to a removed backend (or, at shutdown or upgrade,
     /// any connection) may run on before they are closed.
     pub drain_timeout: Duration,
@@ -292,6 +295,7 @@ impl Default for ProxySettings {
             connect_timeout: Duration::from_secs(2),
             connect_retries: 2,
             idle_timeout: Duration::from_secs(3600),
+            udp_idle_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
         }

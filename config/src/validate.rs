@@ -221,6 +221,12 @@ impl Validator {
             d.idle_timeout,
             positive,
         );
+        let udp_idle_timeout = self.field(
+            &p("udpIdleTimeout"),
+            raw.udp_idle_timeout.as_ref(),
+            d.udp_idle_timeout,
+            positive,
+        );
         let drain_timeout = self.field(
             &p("drainTimeout"),
             raw.drain_timeout.as_ref(),
@@ -248,6 +254,7 @@ impl Validator {
             connect_timeout: connect_timeout.unwrap_or(d.connect_timeout),
             connect_retries: connect_retries.unwrap_or(d.connect_retries),
             idle_timeout: idle_timeout.unwrap_or(d.idle_timeout),
+            udp_idle_timeout: udp_idle_timeout.unwrap_or(d.udp_idle_timeout),
             drain_timeout: drain_timeout.unwrap_or(d.drain_timeout),
             maglev_table_size: maglev_table_size.unwrap_or(d.maglev_table_size),
         }
@@ -879,6 +886,7 @@ settings:
     connectTimeout: 1s
     connectRetries: 0
     idleTimeout: 1h30m
+    udpIdleTimeout: 45s
     drainTimeout: 0
     maglevTableSize: 251
   vip:
@@ -905,6 +913,7 @@ settings:
                 connect_timeout: Duration::from_secs(1),
                 connect_retries: 0,
                 idle_timeout: Duration::from_secs(5400),
+                udp_idle_timeout: Duration::from_secs(45),
                 drain_timeout: Duration::ZERO,
                 maglev_table_size: 251,
             }

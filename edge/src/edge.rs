@@ -5,7 +5,7 @@
 //! and the hook API later) hands a whole [`EdgeConfig`] to [`Edge::apply`];
 //! the data path never knows where it came from.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
@@ -452,7 +452,12 @@ impl Control {
     fn reconcile_vips(&mut self) {
         let Some(vips) = &mut self.vips else { return };
         let wanted: BTreeSet<IpAddr> = self.plan.routes.keys().map(|k| k.addr.ip()).collect();
-        let errors = vips.reconcile(self.config.settings.vip.interface.as_deref(), &wanted);
+        let interface = self.config.settings.vip.interface.clone();
+        let errors = blocking(|| vips.reconcile(interface.as_deref(), &wanted));
+        // Adopting addresses is only right for the ones the previous process
+        // held at takeover; from now on, a pre-existing address is someone
+        // else's.
+        vips.set_adopt(false);
         for e in errors {
             self.metrics.vip_errors.inc();
             tracing::error!(error = %e, "VIP management failed");
@@ -512,7 +517,7 @@ impl Control {
     ) -> Result<usize, EdgeError> {
         let mut fds = self.listeners.fds();
         fds.extend(servers.iter().map(|(k, fd)| (k.clone(), *fd)));
-        let n = upgrade::send_listeners(&path, &fds)?;
+        let n = blocking(|| upgrade::send_listeners(&path, &fds))?;
         tracing::info!(sockets = n, path = %path.display(), "listeners handed over; no longer accepting");
         self.listeners.close_all();
         // The new process owns the VIPs now: forget them without removing.
@@ -559,7 +564,7 @@ impl Control {
                     Some(Command::StopAccepting(reply)) => {
                         self.listeners.close_all();
                         if let Some(v) = &mut self.vips {
-                            for e in v.release_all() {
+                            for e in blocking(|| v.release_all()) {
                                 self.metrics.vip_errors.inc();
                                 tracing::error!(error = %e, "cannot remove VIP");
                             }
@@ -587,17 +592,12 @@ impl Control {
     }
 }
 
-/// Groups health by node for the status table: node -> (healthy targets, total).
-pub fn node_summary(status: &Status) -> BTreeMap<String, (usize, usize)> {
-    let mut out: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for l in &status.listeners {
-        for b in &l.backends {
-            let e = out.entry(b.node.clone()).or_default();
-            e.1 += 1;
-            if b.healthy {
-                e.0 += 1;
-            }
-        }
+/// Runs a blocking call (an `ip` command, a handover over a unix socket) from
+/// the control task without stalling the other tasks of a multi-threaded
+/// runtime's worker.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
-    out
 }

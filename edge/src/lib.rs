@@ -23,5 +23,6 @@ pub mod source_ranges;
 pub mod standin;
 pub mod status_view;
 pub mod sys;
+pub mod udp;
 pub mod upgrade;
 pub mod vip;

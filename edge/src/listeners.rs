@@ -1,4 +1,5 @@
-//! The set of listening sockets, kept equal to the snapshot's listeners.
+//! The set of listening sockets (TCP listeners and UDP sockets), kept equal
+//! to the snapshot's listeners.
 //!
 //! pingora's `Server` binds a fixed set of listeners before it runs and cannot
 //! add or remove one afterwards; a load balancer whose Services come and go
@@ -25,7 +26,8 @@ use tokio_util::task::TaskTracker;
 use crate::metrics::EdgeMetrics;
 use crate::plan::ListenerKey;
 use crate::snapshot::Snapshot;
-use crate::{proxy, upgrade, vip};
+use crate::{proxy, udp, upgrade, vip};
+use portico_config::Protocol;
 
 /// The backlog of every listening socket.
 pub const BACKLOG: i32 = 4096;
@@ -122,11 +124,22 @@ impl ListenerManager {
     }
 
     fn open_one(&mut self, key: ListenerKey) -> io::Result<OpenListener> {
-        let std_listener = match self.inherited.remove(&key.to_string()) {
-            Some(fd) => {
-                tracing::info!(listener = %key, "taking over inherited listener");
-                upgrade::into_std_listener(fd)?
-            }
+        let inherited = self.inherited.remove(&key.to_string());
+        if inherited.is_some() {
+            tracing::info!(listener = %key, "taking over inherited listener");
+        }
+        if key.protocol == Protocol::Udp {
+            let std_socket = match inherited {
+                Some(fd) => udp::into_std_udp(fd)?,
+                None => udp::bind_udp(key.addr)?,
+            };
+            let fd = std_socket.as_fd().try_clone_to_owned()?;
+            let socket = tokio::net::UdpSocket::from_std(std_socket)?;
+            let task = tokio::spawn(udp::serve(socket, key, self.ctx.clone()));
+            return Ok(OpenListener { task, fd });
+        }
+        let std_listener = match inherited {
+            Some(fd) => upgrade::into_std_listener(fd)?,
             None => vip::bind_listener(key.addr, BACKLOG)?,
         };
         std_listener.set_nonblocking(true)?;
@@ -207,7 +220,7 @@ async fn accept_loop(listener: TcpListener, key: ListenerKey, ctx: AcceptContext
 }
 
 /// IPv4-mapped IPv6 peers (from dual-stack sockets) are treated as IPv4.
-fn normalize(peer: SocketAddr) -> SocketAddr {
+pub fn normalize(peer: SocketAddr) -> SocketAddr {
     match peer {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(v4.into(), v6.port()),

@@ -200,11 +200,10 @@ pub fn plan(config: &EdgeConfig) -> Plan {
 
     let mut out = Plan::default();
     for svc in &config.services {
-        if svc.ports.iter().any(|p| p.protocol != Protocol::Tcp) {
+        if svc.ports.iter().any(|p| p.protocol == Protocol::Sctp) {
             out.warnings.push(PlanWarning {
                 service: svc.key.clone(),
-                message: "only TCP ports are forwarded by the edge; UDP/SCTP ports are skipped"
-                    .into(),
+                message: "SCTP ports are not forwarded by the edge; they are skipped".into(),
             });
         }
         let access = match &svc.source_ranges {
@@ -221,7 +220,7 @@ pub fn plan(config: &EdgeConfig) -> Plan {
                 }
             }
         };
-        for port in svc.ports.iter().filter(|p| p.protocol == Protocol::Tcp) {
+        for port in svc.ports.iter().filter(|p| p.protocol != Protocol::Sctp) {
             for &vip in &svc.vips {
                 let key = ListenerKey {
                     protocol: port.protocol,
@@ -240,6 +239,7 @@ pub fn plan(config: &EdgeConfig) -> Plan {
                                 svc.external_traffic_policy,
                                 svc.health_check_node_port,
                                 health,
+                                port.protocol,
                                 ip,
                                 node_port,
                             );
@@ -290,6 +290,7 @@ fn health_target(
     policy: TrafficPolicy,
     hc_node_port: Option<u16>,
     health: &HealthSettings,
+    protocol: Protocol,
     ip: IpAddr,
     node_port: u16,
 ) -> HealthTarget {
@@ -301,6 +302,12 @@ fn health_target(
         (TrafficPolicy::Local, None) => HealthTarget::TcpConnect(SocketAddr::new(ip, node_port)),
         (TrafficPolicy::Cluster, _) => match health.cluster_check {
             ClusterHealthCheck::KubeProxy => {
+                HealthTarget::NodeProxy(SocketAddr::new(ip, health.kube_proxy_port))
+            }
+            // A UDP NodePort cannot be probed with a TCP connect: UDP ports
+            // are judged by the node health server even in fallback mode
+            // (and fail open when nothing serves it).
+            ClusterHealthCheck::TcpNodePort if protocol == Protocol::Udp => {
                 HealthTarget::NodeProxy(SocketAddr::new(ip, health.kube_proxy_port))
             }
             ClusterHealthCheck::TcpNodePort => {

@@ -258,3 +258,52 @@ async fn send(s: &mut TcpStream, bytes: &[u8]) {
         tracing::debug!(error = %e, "stand-in node: client gone");
     }
 }
+
+/// A stand-in node's UDP NodePort: answers each datagram with
+/// `<node> <client> <payload>`, so a test sees which node a flow reached and
+/// which address the node saw.
+pub struct UdpStandIn {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Datagrams received.
+    pub datagrams: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl UdpStandIn {
+    /// Binds `addr` and starts answering.
+    pub async fn start(name: &str, addr: SocketAddr) -> std::io::Result<UdpStandIn> {
+        let socket = tokio::net::UdpSocket::bind(addr).await?;
+        let addr = socket.local_addr()?;
+        let datagrams = Arc::new(AtomicU64::new(0));
+        let count = datagrams.clone();
+        let name = name.to_string();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_535];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                count.fetch_add(1, Ordering::Relaxed);
+                let mut answer = format!("{name} {from} ").into_bytes();
+                answer.extend_from_slice(&buf[..n]);
+                if let Err(e) = socket.send_to(&answer, from).await {
+                    tracing::debug!(error = %e, "stand-in node: UDP answer failed");
+                }
+            }
+        });
+        Ok(UdpStandIn {
+            addr,
+            datagrams,
+            task,
+        })
+    }
+
+    /// Stops answering (the port is closed: ICMP port unreachable).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for UdpStandIn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use portico_config::{
-    Algorithm, EdgeConfig, EdgeSettings, Node, Protocol, ProxyProtocol, Service, ServiceKey, ServicePort,
-    SessionAffinity, SourceRanges, TrafficPolicy,
+    Algorithm, EdgeConfig, EdgeSettings, Node, Protocol, ProxyProtocol, Service, ServiceKey,
+    ServicePort, SessionAffinity, SourceRanges, TrafficPolicy,
 };
 use portico_edge::standin::{StandInNode, StandInSpec};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -50,7 +50,10 @@ pub fn subnet() -> Subnet {
 pub async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -142,8 +145,15 @@ pub fn config(net: Subnet, n: u8, services: Vec<Service>) -> EdgeConfig {
 
 /// Connects to `addr` (from `from`, if given) and reads the stand-in node's
 /// first line (`<node> <client>`); the stream is returned for more traffic.
-pub async fn hello(addr: SocketAddr, from: Option<IpAddr>) -> std::io::Result<(String, BufReader<TcpStream>)> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+pub async fn hello(
+    addr: SocketAddr,
+    from: Option<IpAddr>,
+) -> std::io::Result<(String, BufReader<TcpStream>)> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     if let Some(ip) = from {
         socket.bind(SocketAddr::new(ip, 0))?;
     }
@@ -159,7 +169,10 @@ pub async fn hello(addr: SocketAddr, from: Option<IpAddr>) -> std::io::Result<(S
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no greeting"))??;
     if n == 0 {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed without greeting"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed without greeting",
+        ));
     }
     Ok((line.trim_end().to_string(), reader))
 }
@@ -184,7 +197,11 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut raw = String::new();
     s.read_to_string(&mut raw).await.expect("response read");
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     (code, body.to_string())
 }
 

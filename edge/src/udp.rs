@@ -1,0 +1,329 @@
+//! UDP forwarding: one socket per VIP:port and a flow table per listener.
+//!
+//! A flow is a client address. Its first datagram is checked against the
+//! source ranges and assigned a node the same way a TCP connection is (Maglev,
+//! round-robin, least-connections, ClientIP affinity); the edge then forwards
+//! from a socket connected to that node, so replies come back on it and are
+//! sent to the client from the VIP. A flow ends after `udpIdleTimeout` without
+//! a datagram either way, when its node is drained, or when the node answers
+//! with ICMP port unreachable (a passive health failure).
+//!
+//! Datagrams are read into a per-thread buffer between readiness and a
+//! non-blocking receive, so neither a listener nor a flow allocates per
+//! datagram or keeps a 64 KiB buffer of its own.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+use crate::copy::drain_signal;
+use crate::listeners::AcceptContext;
+use crate::plan::{Access, ListenerKey};
+use crate::snapshot::Route;
+
+/// Flows one listener keeps at most; datagrams from further new clients are
+/// dropped (and counted) rather than exhausting file descriptors.
+pub const MAX_FLOWS_PER_LISTENER: usize = 65_536;
+
+/// The largest UDP payload.
+const MAX_DATAGRAM: usize = 65_535;
+
+thread_local! {
+    static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; MAX_DATAGRAM]);
+}
+
+/// Binds a UDP socket to a VIP that may not be on any interface yet
+/// (`IP_FREEBIND`).
+pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM,
+        Some(SockProtocol::UDP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+        socket.set_freebind_v6(true)?;
+    } else {
+        socket.set_freebind_v4(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Turns a handed-over descriptor back into a UDP socket, checking it is one.
+pub fn into_std_udp(fd: OwnedFd) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::from(fd);
+    if socket.r#type()? != Type::DGRAM {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a datagram socket",
+        ));
+    }
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+struct Flow {
+    task: JoinHandle<()>,
+    upstream: Arc<UdpSocket>,
+    last: Arc<AtomicU64>,
+    route: Arc<Route>,
+}
+
+/// Milliseconds since `epoch`, for cheap shared "last seen" stamps.
+fn millis(epoch: Instant) -> u64 {
+    epoch.elapsed().as_millis() as u64
+}
+
+/// Serves one UDP listener until the task is aborted.
+pub async fn serve(socket: UdpSocket, key: ListenerKey, ctx: AcceptContext) {
+    let socket = Arc::new(socket);
+    let epoch = Instant::now();
+    let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = socket.readable() => {
+                if let Err(e) = r {
+                    ctx.metrics.listener_errors.with_label_values(&["accept"]).inc();
+                    tracing::warn!(listener = %key, error = %e, "UDP listener failed");
+                    return;
+                }
+                // Drain everything queued before waiting again.
+                for _ in 0..64 {
+                    match receive(&socket) {
+                        Ok(Some((client, datagram))) => {
+                            forward(&socket, &key, &ctx, &mut flows, epoch, client, &datagram).await;
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!(listener = %key, error = %e, "UDP receive failed");
+                            break;
+                        }
+                    }
+                }
+            }
+            _ = sweep.tick() => {
+                flows.retain(|_, f| !f.task.is_finished());
+            }
+        }
+    }
+}
+
+/// One datagram, if one is queued. The copy out of the per-thread buffer is
+/// the only one on this path; it is needed because the send may wait.
+fn receive(socket: &UdpSocket) -> io::Result<Option<(SocketAddr, Vec<u8>)>> {
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        match socket.try_recv_from(&mut buf) {
+            Ok((n, from)) => Ok(Some((from, buf[..n].to_vec()))),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    })
+}
+
+async fn forward(
+    socket: &Arc<UdpSocket>,
+    key: &ListenerKey,
+    ctx: &AcceptContext,
+    flows: &mut HashMap<SocketAddr, Flow>,
+    epoch: Instant,
+    client: SocketAddr,
+    datagram: &[u8],
+) {
+    let client = crate::listeners::normalize(client);
+    if let Some(flow) = flows.get(&client) {
+        if !flow.task.is_finished() {
+            flow.last.store(millis(epoch), Ordering::Relaxed);
+            send_upstream(&flow.upstream, datagram, &flow.route, client).await;
+            return;
+        }
+        flows.remove(&client);
+    }
+    let snapshot = ctx.snapshot.load();
+    let Some(route) = snapshot.routes.get(key).cloned() else {
+        return;
+    };
+    route.metrics.accepted.inc();
+    if !route.planned.access.allows(client.ip()) {
+        match route.planned.access {
+            Access::Closed { .. } => route.metrics.rejected_invalid_range.inc(),
+            _ => route.metrics.rejected_source_range.inc(),
+        }
+        tracing::debug!(%client, listener = %key, "UDP datagram outside the source ranges dropped");
+        return;
+    }
+    if flows.len() >= MAX_FLOWS_PER_LISTENER {
+        flows.retain(|_, f| !f.task.is_finished());
+        if flows.len() >= MAX_FLOWS_PER_LISTENER {
+            route.metrics.failed.inc();
+            tracing::warn!(listener = %key, "UDP flow table full; datagram dropped");
+            return;
+        }
+    }
+    // UDP cannot tell a dead node at connect time: take the best choice; an
+    // ICMP error later ends the flow and counts against the node.
+    let Some(&idx) = route.candidates(client, 1).first() else {
+        if route.backends.is_empty() {
+            route.metrics.rejected_no_backend.inc();
+        } else {
+            route.metrics.rejected_no_healthy.inc();
+        }
+        return;
+    };
+    let backend_addr = route.backends[idx].addr;
+    let upstream = match connect_upstream(backend_addr).await {
+        Ok(u) => Arc::new(u),
+        Err(e) => {
+            route.metrics.failed.inc();
+            route.reporter.connect_failed(route.backends[idx].health);
+            tracing::debug!(backend = %backend_addr, error = %e, "cannot open UDP flow");
+            return;
+        }
+    };
+    send_upstream(&upstream, datagram, &route, client).await;
+    let last = Arc::new(AtomicU64::new(millis(epoch)));
+    let task = tokio::spawn(reply_loop(
+        socket.clone(),
+        upstream.clone(),
+        client,
+        route.clone(),
+        idx,
+        last.clone(),
+        epoch,
+        snapshot.proxy.udp_idle_timeout,
+        ctx.shutdown.clone(),
+    ));
+    flows.insert(
+        client,
+        Flow {
+            task,
+            upstream,
+            last,
+            route,
+        },
+    );
+}
+
+async fn connect_upstream(backend: SocketAddr) -> io::Result<UdpSocket> {
+    let any: IpAddr = if backend.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    let upstream = UdpSocket::bind(SocketAddr::new(any, 0)).await?;
+    upstream.connect(backend).await?;
+    Ok(upstream)
+}
+
+async fn send_upstream(upstream: &UdpSocket, datagram: &[u8], route: &Route, client: SocketAddr) {
+    // `send`, not `try_send`: a new socket's write readiness is only known
+    // after the reactor has seen it once. A UDP send never waits for long.
+    match upstream.send(datagram).await {
+        Ok(n) => route.metrics.bytes_in.inc_by(n as u64),
+        Err(e) => tracing::debug!(%client, error = %e, "UDP datagram to node dropped"),
+    }
+}
+
+/// A datagram for the client, sent at once or kept for an asynchronous send.
+enum Sent {
+    Now(usize),
+    Later(Vec<u8>),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn reply_loop(
+    listener: Arc<UdpSocket>,
+    upstream: Arc<UdpSocket>,
+    client: SocketAddr,
+    route: Arc<Route>,
+    idx: usize,
+    last: Arc<AtomicU64>,
+    epoch: Instant,
+    idle: Duration,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let backend = &route.backends[idx];
+    backend.active.fetch_add(1, Ordering::Relaxed);
+    route.metrics.active.inc();
+    if let Some(aff) = &route.affinity {
+        aff.touch(client.ip(), backend.node.clone());
+    }
+    let drain = drain_signal(backend.drain.clone());
+    let stop = drain_signal(shutdown);
+    tokio::pin!(drain, stop);
+    loop {
+        let quiet =
+            Duration::from_millis(millis(epoch).saturating_sub(last.load(Ordering::Relaxed)));
+        let Some(left) = idle.checked_sub(quiet).filter(|d| !d.is_zero()) else {
+            break;
+        };
+        tokio::select! {
+            r = upstream.readable() => {
+                if r.is_err() { break; }
+                let result = BUF.with(|buf| {
+                    let mut buf = buf.borrow_mut();
+                    match upstream.try_recv(&mut buf) {
+                        Ok(n) => match listener.try_send_to(&buf[..n], client) {
+                            Ok(sent) => Ok(Some(Sent::Now(sent))),
+                            // Write readiness not known yet (or the buffer is
+                            // full): keep a copy and send it asynchronously.
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                Ok(Some(Sent::Later(buf[..n].to_vec())))
+                            }
+                            Err(e) => Err(e),
+                        },
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                });
+                match result {
+                    Ok(Some(sent)) => {
+                        let n = match sent {
+                            Sent::Now(n) => n,
+                            Sent::Later(datagram) => match listener.send_to(&datagram, client).await {
+                                Ok(n) => n,
+                                Err(e) => {
+                                    tracing::debug!(%client, error = %e, "UDP answer to client dropped");
+                                    0
+                                }
+                            },
+                        };
+                        last.store(millis(epoch), Ordering::Relaxed);
+                        route.metrics.bytes_out.inc_by(n as u64);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        if e.kind() == io::ErrorKind::ConnectionRefused {
+                            // ICMP port unreachable from the node.
+                            route.reporter.connect_failed(backend.health);
+                        }
+                        tracing::debug!(%client, backend = %backend.addr, error = %e, "UDP flow ended");
+                        break;
+                    }
+                }
+            }
+            () = tokio::time::sleep(left) => {}
+            () = &mut drain => break,
+            () = &mut stop => break,
+        }
+    }
+    if let Some(aff) = &route.affinity {
+        aff.touch(client.ip(), backend.node.clone());
+    }
+    backend.active.fetch_sub(1, Ordering::Relaxed);
+    route.metrics.active.dec();
+}
