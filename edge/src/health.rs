@@ -428,7 +428,7 @@ async fn probe_loop(target: HealthTarget, ctx: ProbeContext) {
         weight.0.store(1, Ordering::Relaxed);
         let result = match tokio::time::timeout(timeout, check.check(&backend)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Err(e)) => Err(probe_error(&e)),
             Err(_) => Err(format!("no answer within {timeout:?}")),
         };
         let elapsed = started.elapsed().as_secs_f64();
@@ -445,6 +445,27 @@ async fn probe_loop(target: HealthTarget, ctx: ProbeContext) {
             }
         }
         tokio::time::sleep(interval).await;
+    }
+}
+
+/// A short, readable reason from pingora's layered error: the HTTP status
+/// for a bad answer, else the innermost cause (`Connection refused (os error 111)`).
+fn probe_error(e: &PingoraError) -> String {
+    match e.etype() {
+        ErrorType::CustomCode(..) => e
+            .context
+            .as_ref()
+            .map(|c| c.as_str().to_string())
+            .unwrap_or_else(|| e.reason_str().to_string()),
+        _ => {
+            let root = e.root_cause().to_string();
+            let root = root.trim();
+            if root.is_empty() {
+                e.etype().as_str().to_string()
+            } else {
+                root.to_string()
+            }
+        }
     }
 }
 
@@ -479,5 +500,59 @@ mod tests {
         assert!(!m.observe(false, 2, 2), "streak restarted");
         assert!(m.status.healthy);
         assert_eq!(m.status.consecutive_failures, 1);
+    }
+
+    async fn probe(
+        check: &KubeProxyCheck,
+        addr: std::net::SocketAddr,
+    ) -> (Result<(), String>, u32) {
+        let weight = WeightCell::default();
+        let mut backend = Backend {
+            addr: PingoraAddr::Inet(addr),
+            weight: 1,
+            ext: Default::default(),
+        };
+        backend.ext.insert(weight.clone());
+        let r = check.check(&backend).await.map_err(|e| probe_error(&e));
+        (r, weight.0.load(Ordering::Relaxed))
+    }
+
+    #[tokio::test]
+    async fn kube_proxy_check_reads_status_and_endpoint_weight() {
+        use crate::standin::{StandInNode, StandInSpec};
+        let node = StandInNode::start(StandInSpec {
+            name: "n".into(),
+            node_health: Some("127.0.0.1:0".parse().unwrap()),
+            service_health: vec!["127.0.0.1:0".parse().unwrap()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let (healthz, local) = (node.bound[0], node.bound[1]);
+        let node_check = KubeProxyCheck::new("/healthz", Duration::from_secs(2));
+        let local_check = KubeProxyCheck::new("/", Duration::from_secs(2));
+
+        assert_eq!(probe(&node_check, healthz).await.0, Ok(()));
+        node.state.healthy.store(false, Ordering::Relaxed);
+        assert_eq!(
+            probe(&node_check, healthz).await.0,
+            Err("GET /healthz answered 503".into())
+        );
+
+        node.state.local_endpoints.store(3, Ordering::Relaxed);
+        assert_eq!(probe(&local_check, local).await, (Ok(()), 3));
+        node.state.local_endpoints.store(0, Ordering::Relaxed);
+        assert_eq!(
+            probe(&local_check, local).await,
+            (Err("GET / answered 503".into()), 0)
+        );
+
+        // A port nothing listens on: bound, then closed synchronously.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (r, _) = probe(&node_check, closed).await;
+        assert!(r.as_ref().is_err_and(|e| e.contains("refused")), "{r:?}");
     }
 }
