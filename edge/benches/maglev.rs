@@ -7,25 +7,13 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use portico_edge::maglev::{flow_hash, MaglevBackend, MaglevTable};
+use portico_edge::testing::SplitMix64;
 
 /// The usual table size: prime, and over 100 slots per node up to ~650 nodes.
 const M: u32 = 65_537;
 /// Flow hashes looked up in turn; a power of two so the index wraps with a
 /// mask.
 const FLOWS: usize = 4096;
-
-/// Tiny deterministic PRNG, so every run measures the same data.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
 
 fn node_names(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("node-{i:04}")).collect()
@@ -42,7 +30,7 @@ fn random_clients(n: usize, seed: u64) -> Vec<SocketAddr> {
     let mut rng = SplitMix64(seed);
     (0..n)
         .map(|_| {
-            let r = rng.next();
+            let r = rng.next_u64();
             SocketAddrV4::new(Ipv4Addr::from(r as u32), (r >> 32) as u16).into()
         })
         .collect()

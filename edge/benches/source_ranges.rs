@@ -9,30 +9,14 @@ use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
 use ipnetwork::IpNetwork;
 use portico_edge::source_ranges::SourceRangeSet;
+use portico_edge::testing::SplitMix64;
 
 /// Clients looked up in turn; a power of two so the index wraps with a mask.
 const CLIENTS: usize = 4096;
 
-/// Tiny deterministic PRNG, so every run measures the same data.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// A random global-unicast IPv6 address (2000::/3).
 fn random_v6(rng: &mut SplitMix64) -> Ipv6Addr {
-    let bits = (u128::from(rng.next()) << 64) | u128::from(rng.next());
+    let bits = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
     Ipv6Addr::from((bits >> 3) | (1 << 125))
 }
 
@@ -46,7 +30,7 @@ fn random_networks(rng: &mut SplitMix64, n: usize) -> Vec<IpNetwork> {
                 IpNetwork::new(random_v6(rng).into(), prefix).expect("prefix <= 128")
             } else {
                 let prefix = 8 + rng.below(25) as u8;
-                IpNetwork::new(Ipv4Addr::from(rng.next() as u32).into(), prefix)
+                IpNetwork::new(Ipv4Addr::from(rng.next_u64() as u32).into(), prefix)
                     .expect("prefix <= 32")
             }
         })
@@ -61,7 +45,7 @@ fn random_clients(rng: &mut SplitMix64, networks: &[IpNetwork]) -> Vec<IpAddr> {
             if rng.below(2) == 0 {
                 match networks[rng.below(networks.len() as u64) as usize] {
                     IpNetwork::V4(n) => {
-                        let host = (rng.next() as u32) & !u32::from(n.mask());
+                        let host = (rng.next_u64() as u32) & !u32::from(n.mask());
                         Ipv4Addr::from(u32::from(n.network()) | host).into()
                     }
                     IpNetwork::V6(n) => {
@@ -72,7 +56,7 @@ fn random_clients(rng: &mut SplitMix64, networks: &[IpNetwork]) -> Vec<IpAddr> {
             } else if rng.below(10) == 0 {
                 random_v6(rng).into()
             } else {
-                Ipv4Addr::from(rng.next() as u32).into()
+                Ipv4Addr::from(rng.next_u64() as u32).into()
             }
         })
         .collect()
@@ -86,7 +70,7 @@ fn missing_clients(rng: &mut SplitMix64, set: &SourceRangeSet) -> Vec<IpAddr> {
         let ip: IpAddr = if rng.below(10) == 0 {
             random_v6(rng).into()
         } else {
-            Ipv4Addr::from(rng.next() as u32).into()
+            Ipv4Addr::from(rng.next_u64() as u32).into()
         };
         if !set.contains(ip) {
             clients.push(ip);

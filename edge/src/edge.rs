@@ -309,14 +309,14 @@ impl Edge {
 
     /// Stops accepting, gives established connections up to the drain
     /// timeout to finish, then ends them; removes the VIPs this edge added.
+    /// `/metrics` and `/status` answer until the drain is over.
     pub async fn shutdown(self) {
         let (tx, rx) = oneshot::channel();
         if self.cmd.send(Command::StopAccepting(tx)).await.is_ok() && rx.await.is_err() {
             tracing::warn!("control task ended before it stopped accepting");
         }
-        for (_, _, task) in &self.servers {
-            task.abort();
-        }
+        // The admin and metrics servers keep answering while connections
+        // drain, so the drain can be watched; they close at the end.
         self.tracker.close();
         let active = self.tracker.len();
         if active > 0 {
@@ -338,6 +338,10 @@ impl Edge {
                 tracing::error!(left = self.tracker.len(), "connections did not close");
             }
         }
+        for (_, _, task) in &self.servers {
+            task.abort();
+        }
+        drop(self.servers);
         drop(self.cmd);
         if let Err(e) = self.control.await {
             if !e.is_cancelled() {

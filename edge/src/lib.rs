@@ -23,6 +23,8 @@ pub mod source_ranges;
 pub mod standin;
 pub mod status_view;
 pub mod sys;
+#[doc(hidden)]
+pub mod testing;
 pub mod udp;
 pub mod upgrade;
 pub mod vip;

@@ -477,23 +477,11 @@ pub fn flow_hash(client: SocketAddr, client_ip_only: bool) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::SplitMix64;
     use std::collections::HashSet;
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
     const M: u32 = 65_537;
-
-    /// Tiny deterministic PRNG so tests need no `rand`.
-    struct SplitMix64(u64);
-
-    impl SplitMix64 {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-    }
 
     fn node_names(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("node-{i:04}")).collect()
@@ -511,7 +499,7 @@ mod tests {
         let mut rng = SplitMix64(seed);
         (0..n)
             .map(|_| {
-                let r = rng.next();
+                let r = rng.next_u64();
                 let addr = SocketAddrV4::new(Ipv4Addr::from(r as u32), (r >> 32) as u16);
                 flow_hash(addr.into(), false)
             })
@@ -536,7 +524,7 @@ mod tests {
         let mut shuffled = backends.clone();
         let mut rng = SplitMix64(7);
         for i in (1..shuffled.len()).rev() {
-            shuffled.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+            shuffled.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
         }
         assert_ne!(backends, shuffled, "the shuffle must change the order");
 

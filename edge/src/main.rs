@@ -100,16 +100,10 @@ fn main() -> ExitCode {
                         .unwrap_or(1)
                 })
                 .max(1);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(threads)
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("portico-edge: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            let Some(runtime) = runtime(builder) else {
+                return ExitCode::FAILURE;
             };
             let opts = RunOptions {
                 source: config.map_or(ConfigSource::Embedded, ConfigSource::File),
@@ -147,15 +141,8 @@ fn main() -> ExitCode {
             node_health,
             service_health,
         } => {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("portico-edge: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+                return ExitCode::FAILURE;
             };
             let spec = StandInSpec {
                 name,
@@ -206,5 +193,16 @@ fn raise_fd_limit() {
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
+    }
+}
+
+/// Builds a runtime with IO and timers, or says why not.
+fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    match builder.enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("portico-edge: cannot start the runtime: {e}");
+            None
+        }
     }
 }

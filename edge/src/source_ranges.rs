@@ -124,6 +124,7 @@ fn interval_contains<T: Ord + Copy>(intervals: &[(T, T)], ip: T) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::SplitMix64;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn set(ranges: &[&str]) -> SourceRangeSet {
@@ -275,32 +276,15 @@ mod tests {
         assert!(!set(&["::/128"]).is_empty());
     }
 
-    /// Tiny deterministic PRNG so tests need no `rand`.
-    struct SplitMix64(u64);
-
-    impl SplitMix64 {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
     /// An address among the `2^bits` starting at 10.0.0.0: a small window
     /// makes ranges overlap and touch often and clients land on range edges.
     fn random_v4(rng: &mut SplitMix64, bits: u32) -> Ipv4Addr {
-        Ipv4Addr::from(0x0a00_0000 | (rng.next() as u32 & ((1 << bits) - 1)))
+        Ipv4Addr::from(0x0a00_0000 | (rng.next_u64() as u32 & ((1 << bits) - 1)))
     }
 
     /// Same as [`random_v4`], in a window starting at 2001:db8::.
     fn random_v6(rng: &mut SplitMix64, bits: u32) -> Ipv6Addr {
-        Ipv6Addr::from((0x2001_0db8u128 << 96) | u128::from(rng.next() & ((1 << bits) - 1)))
+        Ipv6Addr::from((0x2001_0db8u128 << 96) | u128::from(rng.next_u64() & ((1 << bits) - 1)))
     }
 
     fn naive(networks: &[IpNetwork], ip: IpAddr) -> bool {

@@ -215,3 +215,231 @@ pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Driving the `portico-edge` binary as a child process.
+pub mod process;
+
+// ---------------------------------------------------------------------------
+// Helpers for the balancing, source range, health, retry, PROXY protocol and
+// reload tests.
+// ---------------------------------------------------------------------------
+
+/// Polls the async condition `f` until it yields true or `timeout` passes;
+/// panics naming `what`. Every round waits at most until the deadline.
+pub async fn wait_until_async<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Ok(true) = tokio::time::timeout(left, f()).await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Like [`hello`], but from exactly `local` (address and port), with
+/// SO_REUSEADDR so two connections to different destinations can share one
+/// source address and port.
+pub async fn hello_from_exact(
+    addr: SocketAddr,
+    local: SocketAddr,
+) -> std::io::Result<(String, BufReader<TcpStream>)> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(local)?;
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.write_all(b"hi\n").await?;
+    let mut reader = BufReader::new(stream);
+    let line = read_line_within(&mut reader, Duration::from_secs(5)).await?;
+    if line.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed without greeting",
+        ));
+    }
+    Ok((line, reader))
+}
+
+/// Reads one line (without its line end) within `timeout`; an empty string
+/// means end of stream.
+pub async fn read_line_within(
+    reader: &mut BufReader<TcpStream>,
+    timeout: Duration,
+) -> std::io::Result<String> {
+    let mut line = String::new();
+    tokio::time::timeout(timeout, reader.read_line(&mut line))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no line"))??;
+    Ok(line.trim_end().to_string())
+}
+
+/// Sends `msg` and a line end and returns the next line that comes back
+/// (after [`consume_hi`], the stand-in's echo of `msg`). Proves the
+/// connection still carries data both ways.
+pub async fn echo(reader: &mut BufReader<TcpStream>, msg: &str) -> std::io::Result<String> {
+    reader
+        .get_mut()
+        .write_all(format!("{msg}\n").as_bytes())
+        .await?;
+    read_line_within(reader, Duration::from_secs(5)).await
+}
+
+/// Reads the stand-in's echo of the `hi` [`hello`] sent, so the next line
+/// read is the answer to the next message.
+pub async fn consume_hi(reader: &mut BufReader<TcpStream>) {
+    let hi = read_line_within(reader, Duration::from_secs(5))
+        .await
+        .expect("echo of hi");
+    assert_eq!(hi, "hi", "the stand-in echoes what the client sent");
+}
+
+/// Waits until the peer closes `reader`'s connection (end of stream or an
+/// error), discarding data; returns false if it is still open after `timeout`.
+pub async fn closed_within(reader: &mut BufReader<TcpStream>, timeout: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 4096];
+    // Bounded: at most 10,000 reads, and never past the deadline.
+    for _ in 0..10_000 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, reader.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+    false
+}
+
+/// Connects to `addr` (from `from`) expecting the edge to accept the
+/// connection and then close it without any node answering: the TCP connect
+/// must succeed (a listener is there), and the first read must end in EOF or
+/// a reset, not data and not a timeout. Returns what the client saw (`EOF`
+/// or the error).
+pub async fn expect_no_greeting(addr: SocketAddr, from: Option<IpAddr>) -> String {
+    use tokio::io::AsyncReadExt;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .expect("socket");
+    if let Some(ip) = from {
+        socket.bind(SocketAddr::new(ip, 0)).expect("bind client");
+    }
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(addr))
+        .await
+        .expect("connect in time")
+        .unwrap_or_else(|e| panic!("the listener on {addr} accepts the connection: {e}"));
+    // A write may already fail if the edge reset the connection; the read
+    // below tells what happened either way.
+    let _ = stream.write_all(b"hi\n").await;
+    let mut buf = [0u8; 256];
+    let got = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("the edge must close {addr} from {from:?}, not leave it open"));
+    match got {
+        Ok(0) => "EOF".to_string(),
+        Ok(n) => panic!(
+            "expected no answer on {addr} from {from:?}, got {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The client address field of a greeting (`<node> <client>`).
+pub fn client_of(line: &str) -> &str {
+    line.split_whitespace().nth(1).unwrap_or("")
+}
+
+/// The current route of the listener on `vip` (TCP).
+pub fn route_of(
+    edge: &portico_edge::edge::Edge,
+    vip: SocketAddr,
+) -> std::sync::Arc<portico_edge::snapshot::Route> {
+    let key = portico_edge::plan::ListenerKey {
+        protocol: Protocol::Tcp,
+        addr: vip,
+    };
+    edge.snapshot()
+        .routes
+        .get(&key)
+        .cloned()
+        .unwrap_or_else(|| panic!("no route for {vip}"))
+}
+
+/// The health of `node` in the route on `vip`: `(probed, healthy)`.
+pub fn backend_health(
+    edge: &portico_edge::edge::Edge,
+    vip: SocketAddr,
+    node: &str,
+) -> (bool, bool) {
+    let route = route_of(edge, vip);
+    let b = route
+        .backends
+        .iter()
+        .find(|b| &*b.node == node)
+        .unwrap_or_else(|| panic!("no backend {node} on {vip}"));
+    (b.status.probed, b.status.healthy)
+}
+
+/// True when every backend of every route has been probed at least once.
+pub fn all_probed(edge: &portico_edge::edge::Edge) -> bool {
+    edge.snapshot()
+        .routes
+        .values()
+        .all(|r| r.backends.iter().all(|b| b.status.probed))
+}
+
+/// Connections each stand-in node has accepted on its NodePorts.
+pub fn node_connections(nodes: &[StandInNode]) -> Vec<u64> {
+    nodes
+        .iter()
+        .map(|n| n.state.connections.load(Ordering::Relaxed))
+        .collect()
+}
+
+/// `/status` from the admin API, parsed.
+pub async fn admin_status(admin: SocketAddr) -> portico_edge::edge::Status {
+    let (code, body) = http_get(admin, "/status").await;
+    assert_eq!(code, 200, "/status answers: {body}");
+    serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("/status is a status document: {e}: {body}"))
+}
+
+/// Like [`metric`], but `None` when no line matches (to tell a counter that
+/// is 0 from one that does not exist).
+pub fn metric_opt(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// A port on `ip` that was free a moment ago (bound to port 0, then
+/// released). Only for addresses without a private /24, such as `::1`.
+pub fn free_port(ip: IpAddr) -> u16 {
+    std::net::TcpListener::bind(SocketAddr::new(ip, 0))
+        .and_then(|l| l.local_addr())
+        .expect("an ephemeral port")
+        .port()
+}
