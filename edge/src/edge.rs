@@ -137,7 +137,6 @@ pub struct Edge {
     tracker: TaskTracker,
     control: JoinHandle<()>,
     servers: Vec<(String, OwnedFd, JoinHandle<()>)>,
-    drain_timeout: Duration,
 }
 
 impl Edge {
@@ -225,7 +224,6 @@ impl Edge {
         for (listener, error) in &errors {
             tracing::error!(%listener, %error, "listener not open at start");
         }
-        let drain_timeout = settings.proxy.drain_timeout;
         let control = tokio::spawn(control.run(cmd_rx, health_changed));
         Ok(Edge {
             cmd: cmd_tx,
@@ -237,7 +235,6 @@ impl Edge {
             tracker,
             control,
             servers,
-            drain_timeout,
         })
     }
 
@@ -320,9 +317,11 @@ impl Edge {
         self.tracker.close();
         let active = self.tracker.len();
         if active > 0 {
-            tracing::info!(active, timeout = ?self.drain_timeout, "draining connections");
+            tracing::info!(active, "draining connections");
         }
-        if tokio::time::timeout(self.drain_timeout, self.tracker.wait())
+        // The drain timeout in force now, which a reload may have changed.
+        let drain_timeout = self.snapshot.load().proxy.drain_timeout;
+        if tokio::time::timeout(drain_timeout, self.tracker.wait())
             .await
             .is_err()
         {
@@ -536,7 +535,10 @@ impl Control {
         mut cmd: mpsc::Receiver<Command>,
         mut health_changed: watch::Receiver<u64>,
     ) {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        // Listeners that could not be opened are retried every tick;
+        // expired affinity entries are swept every fifth.
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut ticks: u64 = 0;
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut accepting = true;
         loop {
@@ -586,7 +588,10 @@ impl Control {
                     }
                 }
                 _ = tick.tick() => {
-                    self.builder.sweep_affinity();
+                    ticks += 1;
+                    if ticks % 5 == 0 {
+                        self.builder.sweep_affinity();
+                    }
                     if accepting && !self.listeners.failed().is_empty() {
                         self.listeners.reconcile(self.plan.routes.keys());
                     }

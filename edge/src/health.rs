@@ -77,16 +77,18 @@ struct Machine {
 }
 
 impl Machine {
-    /// Applies one observation; returns true when the state flipped.
-    fn observe(&mut self, ok: bool, rise: u32, fall: u32) -> bool {
+    /// Applies one observation (an active probe, or a passive connect
+    /// result); returns true when the state flipped.
+    fn observe(&mut self, ok: bool, active: bool, rise: u32, fall: u32) -> bool {
         if ok {
             self.status.consecutive_failures = 0;
         } else {
             self.status.consecutive_failures = self.status.consecutive_failures.saturating_add(1);
         }
-        if !self.status.probed {
+        if active && !self.status.probed {
             // The very first probe decides at once: no reason to send traffic
             // to a node for `fall` intervals when we already know it is down.
+            // (A passive failure before it is just one failure towards `fall`.)
             self.status.probed = true;
             self.contrary = 0;
             let flipped = self.status.healthy != ok;
@@ -233,7 +235,13 @@ impl HealthChecker {
         let ctx = checker.context();
         tokio::spawn(async move {
             while let Some(target) = passive_rx.recv().await {
-                ctx.observe(target, false, 1, Some("connect failed (passive)".into()));
+                ctx.observe(
+                    target,
+                    false,
+                    false,
+                    1,
+                    Some("connect failed (passive)".into()),
+                );
             }
         });
         (checker, changed_rx)
@@ -346,7 +354,14 @@ struct ProbeContext {
 }
 
 impl ProbeContext {
-    fn observe(&self, target: HealthTarget, ok: bool, weight: u32, error: Option<String>) {
+    fn observe(
+        &self,
+        target: HealthTarget,
+        ok: bool,
+        active: bool,
+        weight: u32,
+        error: Option<String>,
+    ) {
         let (rise, fall) = {
             let s = lock(&self.settings);
             (s.rise, s.fall)
@@ -357,7 +372,7 @@ impl ProbeContext {
                 return;
             };
             let first = !m.status.probed;
-            let flipped = m.observe(ok, rise, fall);
+            let flipped = m.observe(ok, active, rise, fall);
             // The first result is news even when it confirms the optimistic
             // start: status views show the node as probed from then on.
             let publish = first || (ok && m.status.weight != weight);
@@ -438,10 +453,10 @@ async fn probe_loop(target: HealthTarget, ctx: ProbeContext) {
             .with_label_values(&[target.kind(), result_label])
             .observe(elapsed);
         match result {
-            Ok(()) => ctx.observe(target, true, weight.0.load(Ordering::Relaxed), None),
+            Ok(()) => ctx.observe(target, true, true, weight.0.load(Ordering::Relaxed), None),
             Err(e) => {
                 tracing::debug!(%target, error = %e, "probe failed");
-                ctx.observe(target, false, 1, Some(e));
+                ctx.observe(target, false, true, 1, Some(e));
             }
         }
         tokio::time::sleep(interval).await;
@@ -478,26 +493,39 @@ mod tests {
         let mut m = Machine::default();
         assert!(m.status.healthy && !m.status.probed);
         assert!(
-            m.observe(false, 2, 3),
+            m.observe(false, true, 2, 3),
             "first failed probe marks down at once"
         );
         assert!(!m.status.healthy);
-        assert!(!m.observe(true, 2, 3));
-        assert!(m.observe(true, 2, 3), "second success reaches rise=2");
+        assert!(!m.observe(true, true, 2, 3));
+        assert!(m.observe(true, true, 2, 3), "second success reaches rise=2");
         assert!(m.status.healthy);
-        assert!(!m.observe(false, 2, 3));
-        assert!(!m.observe(false, 2, 3));
-        assert!(m.observe(false, 2, 3), "third failure reaches fall=3");
+        assert!(!m.observe(false, true, 2, 3));
+        assert!(!m.observe(false, true, 2, 3));
+        assert!(m.observe(false, true, 2, 3), "third failure reaches fall=3");
         assert!(!m.status.healthy);
+    }
+
+    #[test]
+    fn a_passive_failure_before_the_first_probe_counts_towards_fall() {
+        let mut m = Machine::default();
+        assert!(
+            !m.observe(false, false, 2, 2),
+            "one passive failure is not enough"
+        );
+        assert!(m.status.healthy && !m.status.probed);
+        assert!(m.observe(false, false, 2, 2), "the second reaches fall=2");
+        assert!(!m.status.probed, "no probe has run yet");
+        assert!(m.observe(true, true, 2, 2), "the first probe still decides");
     }
 
     #[test]
     fn contrary_streak_resets_on_agreeing_observation() {
         let mut m = Machine::default();
-        m.observe(true, 2, 2);
-        assert!(!m.observe(false, 2, 2));
-        assert!(!m.observe(true, 2, 2));
-        assert!(!m.observe(false, 2, 2), "streak restarted");
+        m.observe(true, true, 2, 2);
+        assert!(!m.observe(false, true, 2, 2));
+        assert!(!m.observe(true, true, 2, 2));
+        assert!(!m.observe(false, true, 2, 2), "streak restarted");
         assert!(m.status.healthy);
         assert_eq!(m.status.consecutive_failures, 1);
     }

@@ -350,7 +350,7 @@ async fn a_listener_that_cannot_be_opened_is_reported_and_retried() {
     assert!(node_of(&line).starts_with("node-"));
 
     // Once the address is released the edge opens it on its own (it retries
-    // failed listeners every 5 s).
+    // failed listeners every second).
     drop(squatter);
     let admin = edge.admin_addr();
     wait_until_async(
@@ -370,7 +370,6 @@ async fn a_listener_that_cannot_be_opened_is_reported_and_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: Edge::shutdown drains with the drain timeout of the config given to Edge::start, not the one last applied (edge/src/edge.rs)"]
 async fn shutdown_honours_a_drain_timeout_changed_by_reload() {
     let net = subnet();
     let _nodes = start_nodes(net, 1, false).await;
