@@ -416,6 +416,18 @@ impl ProbeContext {
     }
 }
 
+fn make_check(target: HealthTarget, timeout: Duration) -> Box<dyn HealthCheck + Send + Sync> {
+    match target {
+        HealthTarget::NodeProxy(_) => Box::new(KubeProxyCheck::new("/healthz", timeout)),
+        HealthTarget::ServiceLocal(_) => Box::new(KubeProxyCheck::new("/", timeout)),
+        HealthTarget::TcpConnect(_) => {
+            let mut tcp = TcpHealthCheck::new();
+            tcp.peer_template.options.connection_timeout = Some(timeout);
+            tcp
+        }
+    }
+}
+
 async fn probe_loop(target: HealthTarget, ctx: ProbeContext) {
     let weight = WeightCell::default();
     let addr: std::net::SocketAddr = target.addr();
@@ -425,20 +437,18 @@ async fn probe_loop(target: HealthTarget, ctx: ProbeContext) {
         ext: Default::default(),
     };
     backend.ext.insert(weight.clone());
+    // The check (and its connector) lives as long as the timeout it was
+    // built with; a reload that changes the timeout rebuilds it.
+    let mut current: Option<(Duration, Box<dyn HealthCheck + Send + Sync>)> = None;
     loop {
         let (interval, timeout) = {
             let s = lock(&ctx.settings);
             (s.interval, s.timeout)
         };
-        let check: Box<dyn HealthCheck + Send + Sync> = match target {
-            HealthTarget::NodeProxy(_) => Box::new(KubeProxyCheck::new("/healthz", timeout)),
-            HealthTarget::ServiceLocal(_) => Box::new(KubeProxyCheck::new("/", timeout)),
-            HealthTarget::TcpConnect(_) => {
-                let mut tcp = TcpHealthCheck::new();
-                tcp.peer_template.options.connection_timeout = Some(timeout);
-                tcp
-            }
-        };
+        if current.as_ref().is_none_or(|(t, _)| *t != timeout) {
+            current = Some((timeout, make_check(target, timeout)));
+        }
+        let Some((_, check)) = &current else { continue };
         let started = Instant::now();
         weight.0.store(1, Ordering::Relaxed);
         let result = match tokio::time::timeout(timeout, check.check(&backend)).await {
