@@ -212,6 +212,7 @@ impl Edge {
         });
         let mut control = Control {
             config: EdgeConfig::default(),
+            listen: None,
             plan: Plan::default(),
             builder,
             health,
@@ -407,6 +408,8 @@ fn spawn_server(
 
 struct Control {
     config: EdgeConfig,
+    /// The admin and metrics addresses bound at start.
+    listen: Option<(SocketAddr, SocketAddr)>,
     plan: Plan,
     builder: SnapshotBuilder,
     health: HealthChecker,
@@ -418,10 +421,15 @@ struct Control {
 
 impl Control {
     fn apply(&mut self, config: EdgeConfig) -> Vec<(String, String)> {
-        if config.settings.admin_listen != self.config.settings.admin_listen
-            && self.config != EdgeConfig::default()
-        {
-            tracing::warn!("adminListen/metricsListen changes take effect at the next restart");
+        let listen = (config.settings.admin_listen, config.settings.metrics_listen);
+        match self.listen {
+            None => self.listen = Some(listen),
+            Some(bound) if bound != listen => tracing::warn!(
+                admin = %bound.0,
+                metrics = %bound.1,
+                "adminListen/metricsListen changes take effect at the next restart; still serving on the old addresses"
+            ),
+            Some(_) => {}
         }
         let plan = plan::plan(&config);
         for w in &plan.warnings {
