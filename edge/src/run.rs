@@ -77,6 +77,14 @@ pub enum RunError {
     /// Listeners could not be taken over.
     #[error("cannot take over listeners: {0}")]
     Takeover(#[from] upgrade::UpgradeError),
+    /// The upgrade socket's directory could not be created.
+    #[error("cannot create {path} for the upgrade socket: {source}")]
+    UpgradeDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A signal handler could not be installed.
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
@@ -127,10 +135,21 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     if opts.takeover {
         let path = opts.upgrade_socket.clone();
         let timeout = opts.takeover_timeout;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| RunError::UpgradeDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
         tracing::info!(path = %path.display(), "waiting for the running edge to hand over its listeners (send it SIGQUIT)");
         let fds = tokio::task::spawn_blocking(move || upgrade::receive_listeners(&path, timeout))
             .await
-            .map_err(|e| RunError::Signal(std::io::Error::other(e)))??;
+            .map_err(|e| {
+                RunError::Takeover(upgrade::UpgradeError::Io {
+                    context: "takeover task".into(),
+                    source: std::io::Error::other(e),
+                })
+            })??;
         tracing::info!(sockets = fds.len(), "listeners received");
         edge_opts.inherited = fds.into_iter().collect();
         edge_opts.adopt_vips = true;

@@ -19,11 +19,21 @@ const IFACE: &str = "vip0";
 async fn vips_are_added_announced_and_only_ours_removed() {
     let net = subnet();
     let _nodes = start_nodes(net, 1, false).await;
-    let (a, b) = (SocketAddr::new(net.ip(100), 80), SocketAddr::new(net.ip(101), 80));
+    let (a, b) = (
+        SocketAddr::new(net.ip(100), 80),
+        SocketAddr::new(net.ip(101), 80),
+    );
     let fake = Arc::new(FakeAddressOps::new());
     // Someone else already put B's address on the interface.
     fake.set_present(IFACE, b.ip());
-    let mut cfg = config(net, 1, vec![service("a", a.ip(), a.port()), service("b", b.ip(), b.port())]);
+    let mut cfg = config(
+        net,
+        1,
+        vec![
+            service("a", a.ip(), a.port()),
+            service("b", b.ip(), b.port()),
+        ],
+    );
     cfg.settings.vip.interface = Some(IFACE.into());
     let edge = Edge::start(
         cfg.clone(),
@@ -36,8 +46,14 @@ async fn vips_are_added_announced_and_only_ours_removed() {
     .expect("edge starts");
     assert!(fake.is_present(IFACE, a.ip()) && fake.is_present(IFACE, b.ip()));
     let calls = fake.take_calls();
-    assert!(calls.contains(&FakeCall::Add(IFACE.into(), a.ip())), "{calls:?}");
-    assert!(calls.contains(&FakeCall::Announce(IFACE.into(), a.ip())), "{calls:?}");
+    assert!(
+        calls.contains(&FakeCall::Add(IFACE.into(), a.ip())),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&FakeCall::Announce(IFACE.into(), a.ip())),
+        "{calls:?}"
+    );
     // Both VIPs answer.
     for vip in [a, b] {
         let (line, _) = hello(vip, None).await.expect("proxied");
@@ -48,18 +64,26 @@ async fn vips_are_added_announced_and_only_ours_removed() {
     cfg.services.remove(0);
     edge.apply(cfg.clone()).await.expect("applied");
     assert!(!fake.is_present(IFACE, a.ip()), "our unused VIP is removed");
-    assert!(fake.take_calls().contains(&FakeCall::Remove(IFACE.into(), a.ip())));
+    assert!(fake
+        .take_calls()
+        .contains(&FakeCall::Remove(IFACE.into(), a.ip())));
 
     // B's Service goes too: the address was not ours, so it stays.
     cfg.services.clear();
     edge.apply(cfg.clone()).await.expect("applied");
-    assert!(fake.is_present(IFACE, b.ip()), "a pre-existing address is never removed");
+    assert!(
+        fake.is_present(IFACE, b.ip()),
+        "a pre-existing address is never removed"
+    );
 
     // A comes back, then the edge stops: it removes what it added.
     cfg.services.push(service("a", a.ip(), a.port()));
     edge.apply(cfg).await.expect("applied");
     assert!(fake.is_present(IFACE, a.ip()));
     edge.shutdown().await;
-    assert!(!fake.is_present(IFACE, a.ip()), "stopping removes the VIPs the edge added");
+    assert!(
+        !fake.is_present(IFACE, a.ip()),
+        "stopping removes the VIPs the edge added"
+    );
     assert!(fake.is_present(IFACE, b.ip()));
 }
