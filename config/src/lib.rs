@@ -8,6 +8,7 @@
 //! [`validate`] checks them and builds the [`model`]. [`parse_edge_config`]
 //! runs both and reports every problem of both stages at once.
 
+pub mod cluster;
 pub mod duration;
 pub mod error;
 pub mod file;
