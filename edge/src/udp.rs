@@ -81,6 +81,15 @@ struct Flow {
     route: Arc<Route>,
 }
 
+impl Drop for Flow {
+    /// A flow does not outlive its listener: when the listener closes (its
+    /// Service port is gone, or the edge stops), its flows end with it, and
+    /// with them the last references to the VIP socket.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Milliseconds since `epoch`, for cheap shared "last seen" stamps.
 fn millis(epoch: Instant) -> u64 {
     epoch.elapsed().as_millis() as u64
@@ -259,6 +268,11 @@ async fn reply_loop(
     let backend = &route.backends[idx];
     backend.active.fetch_add(1, Ordering::Relaxed);
     route.metrics.active.inc();
+    // Counts the flow out however it ends, aborted included.
+    let _active = ActiveFlow {
+        route: &route,
+        backend,
+    };
     if let Some(aff) = &route.affinity {
         aff.touch(client.ip(), backend.node.clone());
     }
@@ -324,6 +338,16 @@ async fn reply_loop(
     if let Some(aff) = &route.affinity {
         aff.touch(client.ip(), backend.node.clone());
     }
-    backend.active.fetch_sub(1, Ordering::Relaxed);
-    route.metrics.active.dec();
+}
+
+struct ActiveFlow<'a> {
+    route: &'a Route,
+    backend: &'a crate::snapshot::Backend,
+}
+
+impl Drop for ActiveFlow<'_> {
+    fn drop(&mut self) {
+        self.backend.active.fetch_sub(1, Ordering::Relaxed);
+        self.route.metrics.active.dec();
+    }
 }

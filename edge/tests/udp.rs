@@ -177,3 +177,32 @@ async fn idle_udp_flows_end_and_unreachable_nodes_lose_their_flows() {
     .await;
     edge.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_udp_port_ends_its_flows_and_can_come_back() {
+    let net = subnet();
+    let _health = start_nodes(net, 1, false).await;
+    let _udp = udp_nodes(net, 1).await;
+    let vip = SocketAddr::new(net.ip(100), 5353);
+    let cfg = config(net, 1, vec![udp_service("dns", vip)]);
+    let edge = Edge::start(cfg.clone(), EdgeOptions::default()).await.expect("edge starts");
+    let c = client(net.ip(10)).await;
+    assert!(ask(&c, vip, b"1").await.is_some());
+    let active = |edge: &Edge| {
+        let text = edge.metrics().render();
+        metric(&text, "portico_edge_connections_active", &["default/dns"])
+    };
+    assert_eq!(active(&edge), 1.0);
+
+    let mut empty = cfg.clone();
+    empty.services.clear();
+    edge.apply(empty).await.expect("applied");
+    wait_until("the flow to end with its listener", Duration::from_secs(5), || active(&edge) == 0.0).await;
+    assert!(ask(&c, vip, b"2").await.is_none(), "nothing listens on the VIP any more");
+
+    // The VIP socket was really released: the port opens again.
+    let errors = edge.apply(cfg).await.expect("applied");
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(ask(&c, vip, b"3").await.is_some());
+    edge.shutdown().await;
+}
