@@ -185,7 +185,9 @@ async fn a_removed_udp_port_ends_its_flows_and_can_come_back() {
     let _udp = udp_nodes(net, 1).await;
     let vip = SocketAddr::new(net.ip(100), 5353);
     let cfg = config(net, 1, vec![udp_service("dns", vip)]);
-    let edge = Edge::start(cfg.clone(), EdgeOptions::default()).await.expect("edge starts");
+    let edge = Edge::start(cfg.clone(), EdgeOptions::default())
+        .await
+        .expect("edge starts");
     let c = client(net.ip(10)).await;
     assert!(ask(&c, vip, b"1").await.is_some());
     let active = |edge: &Edge| {
@@ -197,8 +199,16 @@ async fn a_removed_udp_port_ends_its_flows_and_can_come_back() {
     let mut empty = cfg.clone();
     empty.services.clear();
     edge.apply(empty).await.expect("applied");
-    wait_until("the flow to end with its listener", Duration::from_secs(5), || active(&edge) == 0.0).await;
-    assert!(ask(&c, vip, b"2").await.is_none(), "nothing listens on the VIP any more");
+    wait_until(
+        "the flow to end with its listener",
+        Duration::from_secs(5),
+        || active(&edge) == 0.0,
+    )
+    .await;
+    assert!(
+        ask(&c, vip, b"2").await.is_none(),
+        "nothing listens on the VIP any more"
+    );
 
     // The VIP socket was really released: the port opens again.
     let errors = edge.apply(cfg).await.expect("applied");
