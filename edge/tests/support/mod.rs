@@ -35,14 +35,27 @@ impl Subnet {
     }
 }
 
-/// A fresh subnet: 127.(20 + pid % 200).(n).0/24 for the n-th call.
+/// A fresh subnet, claimed for the life of this test process: the claim is a
+/// listening socket on `127.a.b.254:1`, so two test processes running at
+/// once (cargo test, nextest) can never pick the same /24. The search starts
+/// at a pid-derived offset so processes rarely even try the same one.
 pub fn subnet() -> Subnet {
-    static NEXT: AtomicU32 = AtomicU32::new(1);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    assert!(n < 255, "too many subnets in one test process");
-    Subnet {
-        a: 20 + (std::process::id() % 200) as u8,
-        b: n as u8,
+    static CLAIMS: std::sync::Mutex<Vec<std::net::TcpListener>> = std::sync::Mutex::new(Vec::new());
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const SUBNETS: u32 = 230 * 254;
+    let start = (std::process::id() % 230) * 254;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SUBNETS, "no free loopback /24 left for tests");
+        let i = (start + n) % SUBNETS;
+        let net = Subnet {
+            a: 20 + (i / 254) as u8,
+            b: 1 + (i % 254) as u8,
+        };
+        if let Ok(claim) = std::net::TcpListener::bind(SocketAddr::new(net.ip(254), 1)) {
+            CLAIMS.lock().unwrap_or_else(|p| p.into_inner()).push(claim);
+            return net;
+        }
     }
 }
 
