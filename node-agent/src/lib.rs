@@ -1,0 +1,35 @@
+//! Portico's node agent: programs the Services labelled for this proxy into
+//! the node's nftables, in kube-proxy's nftables layout, inside one table
+//! (`table inet portico`) that the agent owns entirely.
+//!
+//! The flow is pure until the last step:
+//! - [`plan`](mod@plan): Services + EndpointSlices + this Node -> a [`ruleset::Ruleset`]
+//!   (maps, sets, chains) plus warnings for the input it had to skip;
+//! - [`render`]: a `Ruleset` -> one `nft -f` script, either a full resync
+//!   (recreate the table in one transaction) or the changes between two rulesets;
+//! - [`nft`]: the thin IO edge that loads a script (`nft -f -`) or an in-memory
+//!   fake for tests;
+//! - [`sync`]: remembers the last applied ruleset and sends only changes
+//!   (full resync on demand or after a failure);
+//! - [`health`]: kube-proxy's health servers (`:10256/healthz`, `/livez`, and
+//!   one per `healthCheckNodePort` of a `Local` Service), which the edge checks.
+//!
+//! Tests: unit tests inline; `tests/golden.rs` compares each fixture's full
+//! script with `tests/golden/*.nft` (`UPDATE_GOLDEN=1` rewrites them) and
+//! has `nft -c` check them; `tests/datapath.rs` loads rulesets into network
+//! namespaces it creates and sends real TCP/UDP traffic through them. The
+//! privileged tests need root, `nft` and `ip`; they skip loudly without them
+//! and fail instead when `CI=true`.
+
+pub mod health;
+pub mod nft;
+pub mod plan;
+pub mod render;
+pub mod ruleset;
+pub mod sync;
+
+pub use nft::{FakeNft, NftBackend, NftCommand, NftError};
+pub use plan::{plan, Plan, PlanOptions, Skipped};
+pub use render::{render_diff, render_full};
+pub use ruleset::{BaseChain, Chain, Family, Ruleset, Set, TABLE_NAME};
+pub use sync::{SyncError, SyncOutcome, Syncer};

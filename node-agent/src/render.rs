@@ -1,0 +1,367 @@
+//! Turns a [`Ruleset`] into `nft -f` script text: a full resync, or the
+//! changes from one ruleset to the next.
+//!
+//! Both are one script, loaded by `nft` as one transaction: the kernel never
+//! shows a half-applied state. Commands are flat (`add chain ...`,
+//! `add element ...`) and ordered so every reference is defined before use
+//! and released before deletion: chains, then sets and maps, then rules,
+//! then elements. Output is deterministic (everything is sorted by name).
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use crate::ruleset::{Chain, Ruleset, Set, TABLE_NAME};
+
+fn table() -> String {
+    format!("inet {TABLE_NAME}")
+}
+
+fn add_chain(out: &mut String, name: &str, chain: &Chain) {
+    let t = table();
+    match &chain.base {
+        Some(b) => writeln!(
+            out,
+            "add chain {t} {name} {{ type {} hook {} priority {}; policy accept; }}",
+            b.kind, b.hook, b.priority
+        ),
+        None => writeln!(out, "add chain {t} {name}"),
+    }
+    .expect("writing to a String cannot fail");
+}
+
+fn add_set(out: &mut String, name: &str, set: &Set) {
+    let t = table();
+    let kind = if set.is_map() { "map" } else { "set" };
+    let mut spec = set.key.clone();
+    if let Some(v) = &set.value_type {
+        write!(spec, " : {v}").expect("writing to a String cannot fail");
+    }
+    spec.push(';');
+    if !set.flags.is_empty() {
+        write!(spec, " flags {};", set.flags.join(",")).expect("writing to a String cannot fail");
+    }
+    if let Some(secs) = set.timeout_secs {
+        write!(spec, " timeout {secs}s;").expect("writing to a String cannot fail");
+    }
+    writeln!(out, "add {kind} {t} {name} {{ {spec} }}").expect("writing to a String cannot fail");
+}
+
+fn add_rules(out: &mut String, name: &str, chain: &Chain) {
+    let t = table();
+    for rule in &chain.rules {
+        writeln!(out, "add rule {t} {name} {rule}").expect("writing to a String cannot fail");
+    }
+}
+
+fn element_text(key: &str, value: &Option<String>) -> String {
+    match value {
+        Some(v) => format!("{key} : {v}"),
+        None => key.to_string(),
+    }
+}
+
+/// One command for all of a set's elements (one line each): the kernel
+/// looks the set up once per command, not once per element.
+fn elements<'a>(
+    out: &mut String,
+    verb: &str,
+    set: &str,
+    items: impl Iterator<Item = (&'a String, &'a Option<String>)>,
+) {
+    let texts: Vec<String> = items
+        .map(|(key, value)| {
+            // Deletion names the key only.
+            if verb == "delete" {
+                key.clone()
+            } else {
+                element_text(key, value)
+            }
+        })
+        .collect();
+    if texts.is_empty() {
+        return;
+    }
+    let t = table();
+    writeln!(out, "{verb} element {t} {set} {{").expect("writing to a String cannot fail");
+    let last = texts.len() - 1;
+    for (i, text) in texts.iter().enumerate() {
+        let comma = if i == last { "" } else { "," };
+        writeln!(out, "\t{text}{comma}").expect("writing to a String cannot fail");
+    }
+    out.push_str("}\n");
+}
+
+/// The full script: recreates the table from nothing, in one transaction.
+///
+/// `add table` first, so `delete table` succeeds whether or not the table
+/// exists; everything else in the kernel is left alone.
+pub fn render_full(ruleset: &Ruleset) -> String {
+    let t = table();
+    let mut out = String::new();
+    writeln!(out, "add table {t}").expect("writing to a String cannot fail");
+    writeln!(out, "delete table {t}").expect("writing to a String cannot fail");
+    writeln!(out, "add table {t}").expect("writing to a String cannot fail");
+    for (name, chain) in &ruleset.chains {
+        add_chain(&mut out, name, chain);
+    }
+    for (name, set) in &ruleset.sets {
+        add_set(&mut out, name, set);
+    }
+    for (name, chain) in &ruleset.chains {
+        add_rules(&mut out, name, chain);
+    }
+    for (name, set) in &ruleset.sets {
+        elements(&mut out, "add", name, set.elements.iter());
+    }
+    out
+}
+
+/// The script that turns `old` (what was last applied) into `new`, touching
+/// only what changed; `None` when nothing changed.
+///
+/// When a base chain's hook differs the change is structural: the full
+/// script is returned instead. Dynamic sets whose definition is unchanged
+/// keep their content (affinity state survives).
+pub fn render_diff(old: &Ruleset, new: &Ruleset) -> Option<String> {
+    if old == new {
+        return None;
+    }
+    let hooks_changed = old.chains.iter().any(|(name, o)| {
+        o.base.is_some() && new.chains.get(name).map(|n| &n.base) != Some(&o.base)
+    }) || new.chains.iter().any(|(name, n)| {
+        n.base.is_some() && old.chains.get(name).map(|o| &o.base) != Some(&n.base)
+    });
+    if hooks_changed {
+        return Some(render_full(new));
+    }
+
+    let t = table();
+    let mut out = String::new();
+
+    let recreated_sets: BTreeSet<&String> = new
+        .sets
+        .iter()
+        .filter(|(name, n)| old.sets.get(*name).is_some_and(|o| !o.same_definition(n)))
+        .map(|(name, _)| name)
+        .collect();
+    let removed_sets: BTreeSet<&String> = old
+        .sets
+        .keys()
+        .filter(|n| !new.sets.contains_key(*n))
+        .collect();
+    let references_dropped_set = |chain: &Chain| {
+        chain.rules.iter().any(|rule| {
+            recreated_sets
+                .iter()
+                .chain(removed_sets.iter())
+                .any(|set| rule_references(rule, set))
+        })
+    };
+    // A chain is rewritten when its rules change or when it uses a set that
+    // must be deleted (the reference would keep the set busy).
+    let rewritten: BTreeSet<&String> = new
+        .chains
+        .iter()
+        .filter(|(name, n)| {
+            old.chains
+                .get(*name)
+                .is_some_and(|o| o.rules != n.rules || references_dropped_set(o))
+        })
+        .map(|(name, _)| name)
+        .collect();
+    let removed_chains: BTreeSet<&String> = old
+        .chains
+        .keys()
+        .filter(|n| !new.chains.contains_key(*n))
+        .collect();
+
+    // 1. New chains exist before anything jumps to them.
+    for (name, chain) in &new.chains {
+        if !old.chains.contains_key(name) {
+            add_chain(&mut out, name, chain);
+        }
+    }
+    // 2. Empty the chains that change or go, releasing their references.
+    for name in rewritten.iter().chain(removed_chains.iter()) {
+        writeln!(out, "flush chain {t} {name}").expect("writing to a String cannot fail");
+    }
+    // 3. Drop map elements that go or change value (an element cannot be
+    //    re-added with a new value while it exists).
+    for (name, n) in &new.sets {
+        let Some(o) = old.sets.get(name) else {
+            continue;
+        };
+        if recreated_sets.contains(name) {
+            continue;
+        }
+        let gone = o
+            .elements
+            .iter()
+            .filter(|(k, v)| n.elements.get(*k) != Some(v));
+        elements(&mut out, "delete", name, gone);
+    }
+    // 4. Sets that go or are redefined.
+    for name in removed_sets.iter().chain(recreated_sets.iter()) {
+        let kind = if old.sets[*name].is_map() {
+            "map"
+        } else {
+            "set"
+        };
+        writeln!(out, "delete {kind} {t} {name}").expect("writing to a String cannot fail");
+    }
+    // 5. New and redefined sets.
+    for (name, set) in &new.sets {
+        if !old.sets.contains_key(name) || recreated_sets.contains(name) {
+            add_set(&mut out, name, set);
+        }
+    }
+    // 6. Rules of new and rewritten chains.
+    for (name, chain) in &new.chains {
+        if !old.chains.contains_key(name) || rewritten.contains(name) {
+            add_rules(&mut out, name, chain);
+        }
+    }
+    // 7. New and changed elements.
+    for (name, n) in &new.sets {
+        let fresh = !old.sets.contains_key(name) || recreated_sets.contains(name);
+        let added = n
+            .elements
+            .iter()
+            .filter(|(k, v)| fresh || old.sets[name].elements.get(*k) != Some(v));
+        elements(&mut out, "add", name, added);
+    }
+    // 8. Chains nothing refers to any more.
+    for name in &removed_chains {
+        writeln!(out, "delete chain {t} {name}").expect("writing to a String cannot fail");
+    }
+    Some(out)
+}
+
+/// Whether `rule` names `@set` (as a whole word, not a prefix of a longer name).
+fn rule_references(rule: &str, set: &str) -> bool {
+    let needle = format!("@{set}");
+    rule.match_indices(&needle).any(|(i, _)| {
+        rule[i + needle.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || "/._-".contains(c)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn set(elements: &[(&str, &str)]) -> Set {
+        Set {
+            key: "type inet_proto . inet_service".to_string(),
+            value_type: Some("verdict".to_string()),
+            flags: Vec::new(),
+            timeout_secs: None,
+            elements: elements
+                .iter()
+                .map(|(k, v)| (k.to_string(), Some(v.to_string())))
+                .collect(),
+        }
+    }
+
+    fn chain(rules: &[&str]) -> Chain {
+        Chain {
+            base: None,
+            rules: rules.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    fn ruleset(chains: &[(&str, Chain)], sets: &[(&str, Set)]) -> Ruleset {
+        Ruleset {
+            chains: chains
+                .iter()
+                .map(|(n, c)| (n.to_string(), c.clone()))
+                .collect::<BTreeMap<_, _>>(),
+            sets: sets
+                .iter()
+                .map(|(n, s)| (n.to_string(), s.clone()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn identical_rulesets_need_no_script() {
+        let r = ruleset(&[("a", chain(&["drop"]))], &[("m", set(&[]))]);
+        assert_eq!(render_diff(&r, &r.clone()), None);
+    }
+
+    #[test]
+    fn diff_swaps_an_endpoint_in_one_ordered_script() {
+        let old = ruleset(
+            &[
+                ("svc", chain(&["goto ep-a"])),
+                ("ep-a", chain(&["dnat ip to 10.0.0.1:80"])),
+            ],
+            &[("m", set(&[("tcp . 1", "goto svc"), ("tcp . 2", "drop")]))],
+        );
+        let new = ruleset(
+            &[
+                ("svc", chain(&["goto ep-b"])),
+                ("ep-b", chain(&["dnat ip to 10.0.0.2:80"])),
+            ],
+            &[(
+                "m",
+                set(&[("tcp . 1", "goto svc"), ("tcp . 2", "goto svc")]),
+            )],
+        );
+        let script = render_diff(&old, &new).expect("a change");
+        assert_eq!(
+            script,
+            "add chain inet portico ep-b\n\
+             flush chain inet portico svc\n\
+             flush chain inet portico ep-a\n\
+             delete element inet portico m {\n\
+             \ttcp . 2\n\
+             }\n\
+             add rule inet portico ep-b dnat ip to 10.0.0.2:80\n\
+             add rule inet portico svc goto ep-b\n\
+             add element inet portico m {\n\
+             \ttcp . 2 : goto svc\n\
+             }\n\
+             delete chain inet portico ep-a\n"
+        );
+    }
+
+    #[test]
+    fn redefined_set_is_recreated_and_its_users_rewritten() {
+        let mut aff = Set {
+            key: "type ipv4_addr".to_string(),
+            flags: vec!["dynamic".to_string(), "timeout".to_string()],
+            timeout_secs: Some(10),
+            ..Set::default()
+        };
+        let old = ruleset(
+            &[("ep", chain(&["update @aff { ip saddr }"]))],
+            &[("aff", aff.clone())],
+        );
+        aff.timeout_secs = Some(20);
+        let new = ruleset(
+            &[("ep", chain(&["update @aff { ip saddr }"]))],
+            &[("aff", aff)],
+        );
+        let script = render_diff(&old, &new).expect("a change");
+        assert_eq!(
+            script,
+            "flush chain inet portico ep\n\
+             delete set inet portico aff\n\
+             add set inet portico aff { type ipv4_addr; flags dynamic,timeout; timeout 20s; }\n\
+             add rule inet portico ep update @aff { ip saddr }\n"
+        );
+    }
+
+    #[test]
+    fn set_references_match_whole_names() {
+        assert!(rule_references("ip saddr @aff-a goto x", "aff-a"));
+        assert!(rule_references("update @aff-a { ip saddr }", "aff-a"));
+        assert!(!rule_references("ip saddr @aff-ab goto x", "aff-a"));
+        assert!(rule_references("vmap @m", "m"));
+    }
+}
