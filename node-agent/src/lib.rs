@@ -12,7 +12,11 @@
 //! - [`sync`]: remembers the last applied ruleset and sends only changes
 //!   (full resync on demand or after a failure);
 //! - [`health`]: kube-proxy's health servers (`:10256/healthz`, `/livez`, and
-//!   one per `healthCheckNodePort` of a `Local` Service), which the edge checks.
+//!   one per `healthCheckNodePort` of a `Local` Service), which the edge checks;
+//! - [`manifests`]: the directory source (Kubernetes YAML/JSON Services,
+//!   EndpointSlices, Nodes -> the model), whose converters the Kubernetes
+//!   watch will reuse;
+//! - [`agent`]: the loop tying them together, and [`metrics`].
 //!
 //! Tests: unit tests inline; `tests/golden.rs` compares each fixture's full
 //! script with `tests/golden/*.nft` (`UPDATE_GOLDEN=1` rewrites them) and
@@ -21,7 +25,10 @@
 //! privileged tests need root, `nft` and `ip`; they skip loudly without them
 //! and fail instead when `CI=true`.
 
+pub mod agent;
 pub mod health;
+pub mod manifests;
+pub mod metrics;
 pub mod nft;
 pub mod plan;
 pub mod render;

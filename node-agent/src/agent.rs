@@ -1,0 +1,379 @@
+//! The agent's loop: read the objects, plan, sync the kernel, serve health.
+//!
+//! Every poll it checks whether the manifest directory changed (a cheap
+//! fingerprint); when it did, it reloads, plans and sends only the changes.
+//! Every sync period it recreates the table in one transaction whatever the
+//! kernel holds, which repairs drift (a hand-deleted table comes back). A
+//! successful sync, changed or not, refreshes the `/healthz` freshness that
+//! the edge checks; a failing one lets it go stale, so the edge stops
+//! sending here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use portico_config::cluster::{ClusterService, EndpointSlice, NodeInfo};
+use portico_config::{ServiceKey, TrafficPolicy};
+
+use crate::health::{HealthServerError, HealthState, NodeHealthServer, ServiceHealthServers};
+use crate::manifests;
+use crate::metrics::AgentMetrics;
+use crate::nft::NftBackend;
+use crate::plan::{plan, PlanOptions};
+use crate::sync::{SyncOutcome, Syncer};
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// The directory of Kubernetes manifests to program from.
+    pub manifests: PathBuf,
+    /// This node's name (`--node-name` or the downward API's `NODE_NAME`).
+    pub node_name: String,
+    /// Planner options (proxy name, masquerade mark).
+    pub plan: PlanOptions,
+    /// Where kube-proxy's node health server listens (`:10256`).
+    pub health_addr: SocketAddr,
+    /// The address the per-Service health check ports bind to.
+    pub health_bind_ip: IpAddr,
+    /// Where `/metrics` is served.
+    pub metrics_addr: SocketAddr,
+    /// Full resync period; `/healthz` turns 503 after two of them without a
+    /// successful sync (kube-proxy's rule).
+    pub sync_period: Duration,
+    /// How often the manifest directory is checked for changes.
+    pub poll_interval: Duration,
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The node health server could not listen.
+    #[error(transparent)]
+    Health(#[from] HealthServerError),
+    /// The metrics server could not listen.
+    #[error("cannot listen on {addr} for metrics: {source}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Local ready endpoints of every `Local` Service with a health check port
+/// that this agent handles: what its health check port reports.
+pub fn local_endpoint_counts(
+    services: &[ClusterService],
+    slices: &[EndpointSlice],
+    node: &NodeInfo,
+    opts: &PlanOptions,
+) -> BTreeMap<u16, (ServiceKey, usize)> {
+    let mut out = BTreeMap::new();
+    for svc in services {
+        if svc.proxy_name.as_deref() != Some(opts.proxy_name.as_str())
+            || svc.external_traffic_policy != TrafficPolicy::Local
+        {
+            continue;
+        }
+        let Some(port) = svc.health_check_node_port else {
+            continue;
+        };
+        let local: BTreeSet<IpAddr> = slices
+            .iter()
+            .filter(|s| s.service == svc.key)
+            .flat_map(|s| &s.endpoints)
+            .filter(|e| e.ready && e.node_name.as_deref() == Some(node.name.as_str()))
+            .filter_map(|e| e.addresses.first().copied())
+            .collect();
+        // Two Services cannot share a health check port (the API server
+        // allocates them); should it happen, the first by key keeps it.
+        out.entry(port).or_insert((svc.key.clone(), local.len()));
+    }
+    out
+}
+
+/// The state the loop keeps between rounds.
+pub struct Agent<B> {
+    opts: AgentOptions,
+    syncer: Syncer<B>,
+    health: HealthState,
+    service_health: ServiceHealthServers,
+    metrics: AgentMetrics,
+    fingerprint: Option<u64>,
+    last_full: Option<Instant>,
+}
+
+impl<B: NftBackend> Agent<B> {
+    /// An agent syncing through `backend`. Must be called in a tokio runtime
+    /// (the health servers are tasks).
+    pub fn new(opts: AgentOptions, backend: B, metrics: AgentMetrics) -> Self {
+        let health = HealthState::new(opts.sync_period * 2);
+        let service_health =
+            ServiceHealthServers::with_bind_ip(opts.health_bind_ip, health.clone());
+        Agent {
+            opts,
+            syncer: Syncer::new(backend),
+            health,
+            service_health,
+            metrics,
+            fingerprint: None,
+            last_full: None,
+        }
+    }
+
+    /// The health state the node health server reports.
+    pub fn health(&self) -> &HealthState {
+        &self.health
+    }
+
+    /// The sync backend (to inspect what is loaded).
+    pub fn syncer(&self) -> &Syncer<B> {
+        &self.syncer
+    }
+
+    /// One round: reload and sync when the objects changed or a full resync
+    /// is due. Returns what the sync did, `None` when nothing was due.
+    /// Blocking (file reads, `nft`): call it off the async workers.
+    pub fn round(&mut self) -> Option<SyncOutcome> {
+        let full_due = self
+            .last_full
+            .is_none_or(|t| t.elapsed() >= self.opts.sync_period);
+        let fingerprint = match manifests::fingerprint(&self.opts.manifests) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::error!(dir = %self.opts.manifests.display(), error = %e, "cannot read the manifest directory; rules stay as they are");
+                None
+            }
+        };
+        if !full_due && (fingerprint.is_none() || fingerprint == self.fingerprint) {
+            return None;
+        }
+        let started = Instant::now();
+        let (snapshot, errors) = match manifests::load_dir(
+            &self.opts.manifests,
+            &self.opts.node_name,
+        ) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::error!(dir = %self.opts.manifests.display(), error = %e, "cannot load manifests; rules stay as they are");
+                return None;
+            }
+        };
+        for e in &errors {
+            tracing::warn!(error = %e, "manifest skipped");
+        }
+        self.metrics.source_errors.set(errors.len() as i64);
+        let node = snapshot.node.clone().unwrap_or_else(|| {
+            tracing::warn!(node = %self.opts.node_name, "no Node object for this node in the manifests; planning without its addresses");
+            NodeInfo {
+                name: self.opts.node_name.clone(),
+                ..Default::default()
+            }
+        });
+        self.health.set_node(&node);
+        let planned = plan(&snapshot.services, &snapshot.slices, &node, &self.opts.plan);
+        for s in &planned.skipped {
+            tracing::warn!(object = %s.object, field = %s.field, "{}", s.reason);
+        }
+        self.metrics.skipped.set(planned.skipped.len() as i64);
+        let result = if full_due {
+            self.syncer.resync(&planned.ruleset)
+        } else {
+            self.syncer.sync(&planned.ruleset)
+        };
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                self.metrics.sync_failures.inc();
+                tracing::error!(error = %e, "sync failed; will retry with a full resync");
+                self.last_full = None;
+                return None;
+            }
+        };
+        let kind = match outcome {
+            SyncOutcome::Unchanged => "unchanged",
+            SyncOutcome::Incremental => "incremental",
+            SyncOutcome::Full | SyncOutcome::FullAfterFailedDiff => "full",
+        };
+        self.metrics
+            .sync_duration
+            .with_label_values(&[kind])
+            .observe(started.elapsed().as_secs_f64());
+        if full_due
+            || matches!(
+                outcome,
+                SyncOutcome::Full | SyncOutcome::FullAfterFailedDiff
+            )
+        {
+            self.last_full = Some(Instant::now());
+        }
+        self.fingerprint = fingerprint;
+        let now = SystemTime::now();
+        self.health.record_sync_success(now);
+        self.metrics.last_sync.set(
+            now.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+        );
+        self.metrics.record_installed(&planned.ruleset);
+        let counts =
+            local_endpoint_counts(&snapshot.services, &snapshot.slices, &node, &self.opts.plan);
+        for e in self.service_health.sync(counts) {
+            self.metrics.health_port_errors.inc();
+            tracing::error!(error = %e, "health check port not served");
+        }
+        tracing::info!(kind, services = snapshot.services.len(), took = ?started.elapsed(), "synced");
+        Some(outcome)
+    }
+}
+
+/// Runs the agent until `shutdown` resolves: health and metrics servers, and
+/// a sync round every poll interval. Rules are left in place at exit, so a
+/// restart never interrupts traffic (`portico-node-agent cleanup` removes them).
+pub async fn run<B: NftBackend + Send + 'static>(
+    opts: AgentOptions,
+    backend: B,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let metrics = AgentMetrics::new();
+    let mut agent = Agent::new(opts.clone(), backend, metrics.clone());
+    let (_node_health, health_addr) =
+        NodeHealthServer::start(opts.health_addr, agent.health().clone())?;
+    let listener = tokio::net::TcpListener::bind(opts.metrics_addr)
+        .await
+        .map_err(|source| AgentError::Metrics {
+            addr: opts.metrics_addr,
+            source,
+        })?;
+    let metrics_addr = listener.local_addr().unwrap_or(opts.metrics_addr);
+    let rendered = metrics.clone();
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let m = rendered.clone();
+            async move { m.render() }
+        }),
+    );
+    let metrics_task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "metrics server failed");
+        }
+    });
+    tracing::info!(%health_addr, %metrics_addr, node = %opts.node_name, dir = %opts.manifests.display(), "node agent running");
+    let mut poll = tokio::time::interval(opts.poll_interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = poll.tick() => {
+                // File reads and `nft` block; keep them off the async workers.
+                tokio::task::block_in_place(|| agent.round());
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    metrics_task.abort();
+    tracing::info!("node agent stopped; rules left in place");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portico_config::cluster::{ClusterServicePort, Endpoint, ServiceType, TargetPort};
+    use portico_config::{Protocol, SessionAffinity};
+
+    fn svc(
+        name: &str,
+        policy: TrafficPolicy,
+        hc: Option<u16>,
+        proxy: Option<&str>,
+    ) -> ClusterService {
+        ClusterService {
+            key: ServiceKey::new("default", name),
+            service_type: ServiceType::LoadBalancer,
+            cluster_ips: vec!["10.96.0.10".parse().unwrap()],
+            external_ips: vec![],
+            ports: vec![ClusterServicePort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                node_port: Some(30080),
+                target_port: TargetPort::Number(8080),
+            }],
+            external_traffic_policy: policy,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            health_check_node_port: hc,
+            session_affinity: SessionAffinity::None,
+            source_ranges: vec![],
+            invalid_source_ranges: vec![],
+            proxy_name: proxy.map(String::from),
+        }
+    }
+
+    fn endpoint(ip: &str, node: &str, ready: bool) -> Endpoint {
+        Endpoint {
+            addresses: vec![ip.parse().unwrap()],
+            ready,
+            serving: ready,
+            terminating: !ready,
+            node_name: Some(node.into()),
+        }
+    }
+
+    fn slice(service: &str, endpoints: Vec<Endpoint>) -> EndpointSlice {
+        EndpointSlice {
+            key: ServiceKey::new("default", format!("{service}-abc")),
+            service: ServiceKey::new("default", service),
+            address_type: portico_config::cluster::AddressType::IPv4,
+            ports: vec![],
+            endpoints,
+        }
+    }
+
+    #[test]
+    fn counts_ready_endpoints_on_this_node_for_local_services_we_own() {
+        let node = NodeInfo {
+            name: "n1".into(),
+            ..Default::default()
+        };
+        let services = vec![
+            svc("local", TrafficPolicy::Local, Some(32000), Some("portico")),
+            svc(
+                "none-here",
+                TrafficPolicy::Local,
+                Some(32001),
+                Some("portico"),
+            ),
+            svc("cluster", TrafficPolicy::Cluster, None, Some("portico")),
+            svc("not-ours", TrafficPolicy::Local, Some(32002), None),
+        ];
+        let slices = vec![
+            slice(
+                "local",
+                vec![
+                    endpoint("10.0.1.1", "n1", true),
+                    endpoint("10.0.1.2", "n1", true),
+                    endpoint("10.0.1.3", "n1", false),
+                    endpoint("10.0.2.1", "n2", true),
+                ],
+            ),
+            // The same endpoint in a second slice counts once.
+            slice("local", vec![endpoint("10.0.1.1", "n1", true)]),
+            slice("none-here", vec![endpoint("10.0.2.2", "n2", true)]),
+        ];
+        let counts = local_endpoint_counts(&services, &slices, &node, &PlanOptions::default());
+        let got: Vec<(u16, String, usize)> = counts
+            .into_iter()
+            .map(|(p, (k, n))| (p, k.to_string(), n))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (32000, "default/local".to_string(), 2),
+                (32001, "default/none-here".to_string(), 0)
+            ]
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! `portico-node-agent`: parse the command line, run the agent (or clean up).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use portico_node_agent::agent::{self, AgentOptions};
+use portico_node_agent::nft::{NftBackend, NftCommand};
+use portico_node_agent::plan::PlanOptions;
+use portico_node_agent::ruleset::TABLE_NAME;
+
+#[derive(Parser)]
+#[command(
+    name = "portico-node-agent",
+    version,
+    about = "Portico's node agent: NodePort/LB IP -> ClusterIP -> endpoint in nftables"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Program this node from a directory of Kubernetes manifests (Services,
+    /// EndpointSlices, Nodes), re-read on change.
+    Run {
+        /// The manifest directory.
+        #[arg(long)]
+        manifests: PathBuf,
+        /// This node's name.
+        #[arg(long, env = "NODE_NAME")]
+        node_name: String,
+        /// Handle Services labelled `service.kubernetes.io/service-proxy-name=<this>`.
+        #[arg(long, default_value = portico_config::cluster::DEFAULT_PROXY_NAME)]
+        proxy_name: String,
+        /// kube-proxy-compatible node health server (`/healthz`, `/livez`).
+        /// Where kube-proxy still runs for other Services it owns 10256:
+        /// pick another port and point the edge's `kubeProxyPort` at it.
+        #[arg(long, default_value = "[::]:10256")]
+        health_addr: SocketAddr,
+        /// The address `healthCheckNodePort` servers bind to.
+        #[arg(long, default_value = "::")]
+        health_bind_ip: IpAddr,
+        /// Where `/metrics` is served.
+        #[arg(long, default_value = "0.0.0.0:9731")]
+        metrics_addr: SocketAddr,
+        /// Seconds between full resyncs (which repair drift); `/healthz`
+        /// turns 503 after two periods without a successful sync.
+        #[arg(long, default_value_t = 30)]
+        sync_period_secs: u64,
+        /// Milliseconds between checks of the manifest directory.
+        #[arg(long, default_value_t = 1000)]
+        poll_interval_ms: u64,
+    },
+    /// Remove everything the agent installed (its nftables table).
+    Cleanup,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Run {
+            manifests,
+            node_name,
+            proxy_name,
+            health_addr,
+            health_bind_ip,
+            metrics_addr,
+            sync_period_secs,
+            poll_interval_ms,
+        } => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("portico-node-agent: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let opts = AgentOptions {
+                manifests,
+                node_name,
+                plan: PlanOptions {
+                    proxy_name,
+                    ..PlanOptions::default()
+                },
+                health_addr,
+                health_bind_ip,
+                metrics_addr,
+                sync_period: Duration::from_secs(sync_period_secs.max(1)),
+                poll_interval: Duration::from_millis(poll_interval_ms.max(10)),
+            };
+            let shutdown = async {
+                let mut term =
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot watch SIGTERM");
+                            return std::future::pending().await;
+                        }
+                    };
+                tokio::select! {
+                    _ = term.recv() => {}
+                    r = tokio::signal::ctrl_c() => if let Err(e) = r { tracing::error!(error = %e, "cannot watch SIGINT") },
+                }
+            };
+            match runtime.block_on(agent::run(opts, NftCommand::new(), shutdown)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("portico-node-agent: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Cleanup => {
+            // Adding the table first makes the delete succeed whether or not
+            // it exists, in one transaction; nothing else is touched.
+            let script = format!("add table inet {TABLE_NAME}\ndelete table inet {TABLE_NAME}\n");
+            match NftCommand::new().apply(&script) {
+                Ok(()) => {
+                    println!("table inet {TABLE_NAME} removed");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("portico-node-agent: cleanup failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
