@@ -101,19 +101,26 @@ fn main() -> ExitCode {
                 sync_period: Duration::from_secs(sync_period_secs.max(1)),
                 poll_interval: Duration::from_millis(poll_interval_ms.max(10)),
             };
-            let shutdown = async {
-                let mut term =
-                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot watch SIGTERM");
-                            return std::future::pending().await;
-                        }
-                    };
+            // Install the signal handlers before the first sync, so a SIGTERM
+            // that arrives during it still ends the agent cleanly.
+            let signals = runtime.block_on(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                Ok::<_, std::io::Error>((
+                    signal(SignalKind::terminate())?,
+                    signal(SignalKind::interrupt())?,
+                ))
+            });
+            let (mut term, mut int) = match signals {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("portico-node-agent: cannot install signal handlers: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let shutdown = async move {
                 tokio::select! {
                     _ = term.recv() => {}
-                    r = tokio::signal::ctrl_c() => if let Err(e) = r { tracing::error!(error = %e, "cannot watch SIGINT") },
+                    _ = int.recv() => {}
                 }
             };
             match runtime.block_on(agent::run(opts, NftCommand::new(), shutdown)) {
