@@ -156,6 +156,9 @@ impl<B: NftBackend> Agent<B> {
         ) {
             Ok(loaded) => loaded,
             Err(e) => {
+                // A sync that cannot even read its input has failed: count it,
+                // and let /healthz go stale so the edge stops sending here.
+                self.metrics.sync_failures.inc();
                 tracing::error!(dir = %self.opts.manifests.display(), error = %e, "cannot load manifests; rules stay as they are");
                 return None;
             }

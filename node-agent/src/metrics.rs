@@ -14,7 +14,7 @@ pub struct AgentMetrics {
     registry: Registry,
     /// Time from reading the objects to rules in the kernel, by kind of sync.
     pub sync_duration: HistogramVec,
-    /// Syncs the kernel refused.
+    /// Syncs that failed (nft refused, or the input could not be read).
     pub sync_failures: IntCounter,
     /// Chains, rules and set/map elements installed, by kind.
     pub installed: IntGaugeVec,
@@ -51,7 +51,7 @@ impl AgentMetrics {
             sync_duration: register(&r, sync_duration),
             sync_failures: register(
                 &r,
-                IntCounter::new("portico_node_agent_sync_failures_total", "Syncs the kernel refused (nft errors).")
+                IntCounter::new("portico_node_agent_sync_failures_total", "Syncs that failed: the kernel refused the transaction, or the objects could not be read.")
                     .expect("valid metric definition"),
             ),
             installed: register(

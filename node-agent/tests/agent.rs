@@ -16,6 +16,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::ErrorKind;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +51,19 @@ status:
     - type: Hostname
       address: {name}
 "
+    )
+}
+
+/// [`node_yaml`] with the cluster autoscaler's "about to remove" taint.
+fn tainted_node_yaml(name: &str) -> String {
+    format!(
+        "{}spec:
+  taints:
+    - key: ToBeDeletedByClusterAutoscaler
+      value: \"1764097647\"
+      effect: NoSchedule
+",
+        node_yaml(name)
     )
 }
 
@@ -154,6 +168,9 @@ struct AgentConfig<'a> {
     manifests: &'a Path,
     node_name: &'a str,
     health_bind_ip: &'a str,
+    /// Searched for `nft` before the inherited `PATH` (a wrapper).
+    nft_dir: Option<&'a Path>,
+    sync_period: Duration,
 }
 
 impl Agent {
@@ -169,7 +186,17 @@ impl Agent {
         let logs = tempfile::tempdir().expect("log dir");
         let stdout = fs::File::create(logs.path().join("stdout")).expect("stdout file");
         let stderr = fs::File::create(logs.path().join("stderr")).expect("stderr file");
-        let child = Command::new("ip")
+        let mut command = Command::new("ip");
+        if let Some(dir) = cfg.nft_dir {
+            // `ip` is looked up in the new PATH too: keep the old one after.
+            let inherited = std::env::var_os("PATH").unwrap_or_default();
+            let path = std::env::join_paths(
+                std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&inherited)),
+            )
+            .expect("PATH");
+            command.env("PATH", path);
+        }
+        let child = command
             .args(["netns", "exec", &node_ns, BIN, "run"])
             .arg("--manifests")
             .arg(cfg.manifests)
@@ -177,7 +204,7 @@ impl Agent {
             .args(["--health-addr", &format!("0.0.0.0:{HEALTH_PORT}")])
             .args(["--health-bind-ip", cfg.health_bind_ip])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--sync-period-secs", &SYNC_PERIOD.as_secs().to_string()])
+            .args(["--sync-period-secs", &cfg.sync_period.as_secs().to_string()])
             .args(["--poll-interval-ms", "100"])
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -342,6 +369,18 @@ impl Scenario {
     }
 
     fn start_agent(&mut self, label: &str, health_bind_ip: &str) -> &mut Agent {
+        self.start_agent_with(label, health_bind_ip, None, SYNC_PERIOD)
+    }
+
+    /// [`Scenario::start_agent`] with `nft` looked up in `nft_dir` first
+    /// and the given sync period.
+    fn start_agent_with(
+        &mut self,
+        label: &str,
+        health_bind_ip: &str,
+        nft_dir: Option<&Path>,
+        sync_period: Duration,
+    ) -> &mut Agent {
         let dir = self.dir();
         let agent = Agent::start(
             &self.lab,
@@ -350,9 +389,18 @@ impl Scenario {
                 manifests: &dir,
                 node_name: &self.node_name,
                 health_bind_ip,
+                nft_dir,
+                sync_period,
             },
         );
         self.agent.insert(agent)
+    }
+
+    /// `GET path` on the node health server, from the client.
+    fn node_health(&self, path: &str) -> Http {
+        self.lab
+            .http_get("client", NODE_IP, HEALTH_PORT, path)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
     fn agent(&mut self) -> &mut Agent {
@@ -418,6 +466,57 @@ impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::SeqCst);
     }
+}
+
+/// An `nft` for the agent's `PATH`: while its flag file exists it fails as
+/// nft does when the kernel refuses a transaction (a message, exit 1);
+/// otherwise it runs the real `nft`. Removed on drop.
+struct NftWrapper {
+    dir: tempfile::TempDir,
+}
+
+impl NftWrapper {
+    fn new() -> NftWrapper {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let real = std::env::split_paths(&path)
+            .map(|dir| dir.join("nft"))
+            .find(|p| p.is_file())
+            .expect("nft on PATH");
+        let dir = tempfile::tempdir().expect("wrapper dir");
+        let flag = dir.path().join("broken");
+        for p in [&real, &flag] {
+            assert!(!p.to_string_lossy().contains('\''), "{}", p.display());
+        }
+        let script = format!(
+            "#!/bin/sh\nif [ -e '{}' ]; then\n  echo 'Error: injected failure (test wrapper)' >&2\n  exit 1\nfi\nexec '{}' \"$@\"\n",
+            flag.display(),
+            real.display()
+        );
+        let wrapper = dir.path().join("nft");
+        fs::write(&wrapper, script).expect("write the nft wrapper");
+        let mut perms = fs::metadata(&wrapper).expect("wrapper").permissions();
+        perms.set_mode(0o755);
+        fs::set_permissions(&wrapper, perms).expect("chmod the nft wrapper");
+        NftWrapper { dir }
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn set_broken(&self, broken: bool) {
+        let flag = self.dir.path().join("broken");
+        if broken {
+            fs::write(&flag, "").expect("create the flag");
+        } else {
+            fs::remove_file(&flag).expect("remove the flag");
+        }
+    }
+}
+
+/// A `/healthz` or `/livez` body.
+fn health_json(resp: &Http) -> serde_json::Value {
+    serde_json::from_str(&resp.body).unwrap_or_else(|e| panic!("{e}: {resp:?}"))
 }
 
 /// Progress and timings: shown for failing tests, or with `--nocapture`.
@@ -577,6 +676,8 @@ fn agent_restart_keeps_connections_and_rules() {
                     manifests: &dir,
                     node_name: &s.node_name,
                     health_bind_ip: NODE_IP,
+                    nft_dir: None,
+                    sync_period: SYNC_PERIOD,
                 },
             );
             // Its first sync is a full resync over the existing table; let a
@@ -825,4 +926,139 @@ fn broken_manifest_is_logged_and_good_services_keep_working() {
         s.agent().stderr()
     );
     log(&format!("broken: done in {:?}", started.elapsed()));
+}
+
+/// 8: while every sync fails (`nft` refuses), `/healthz` and `/livez` turn
+/// 503 once the last success is two sync periods old, the rules already
+/// loaded keep serving, and the failures are counted; both are 200 again
+/// as soon as a sync succeeds.
+#[test]
+fn failing_syncs_make_the_node_stale_until_a_sync_succeeds() {
+    if !privileged("failing_syncs_make_the_node_stale_until_a_sync_succeeds") {
+        return;
+    }
+    const PERIOD: Duration = Duration::from_secs(1);
+    const FAILURES: &str = "portico_node_agent_sync_failures_total";
+    let started = Instant::now();
+    let nft = NftWrapper::new();
+    let mut s = Scenario::new("stale");
+    s.start_agent_with("agent", NODE_IP, Some(nft.dir()), PERIOD)
+        .wait_syncs(1, Duration::from_secs(10));
+    s.wait_web(Duration::from_secs(10));
+    let health = s.node_health("/healthz");
+    assert_eq!(health.status, 200, "{health:?}");
+    assert_eq!(health_json(&health)["nodeEligible"], true, "{health:?}");
+    let livez = s.node_health("/livez");
+    assert_eq!(livez.status, 200, "{livez:?}");
+    assert_eq!(metric(&s.metrics(), FAILURES), Some(0.0));
+
+    nft.set_broken(true);
+    let (health, took) = wait_for(
+        "/healthz 503 while syncs fail",
+        PERIOD * 2 + Duration::from_secs(5),
+        RECHECK,
+        || Some(s.node_health("/healthz")).filter(|r| r.status == 503),
+    );
+    log(&format!("stale: /healthz 503 after {took:?}"));
+    // The last success was at most a period (and a poll) before the
+    // breakage; the limit is two periods after it.
+    assert!(
+        took < PERIOD * 2 + Duration::from_secs(1),
+        "503 only after {took:?}"
+    );
+    let body = health_json(&health);
+    assert_eq!(body["nodeEligible"], true, "only staleness: {health:?}");
+    let (last, now) = (
+        body["lastUpdated"].as_str().expect("lastUpdated"),
+        body["currentTime"].as_str().expect("currentTime"),
+    );
+    // Same fixed-width RFC 3339 format: text order is time order.
+    assert!(last < now, "{health:?}");
+    // Staleness applies to /livez as well (it ignores only the Node).
+    let livez = s.node_health("/livez");
+    assert_eq!(livez.status, 503, "{livez:?}");
+    let live = health_json(&livez);
+    assert_eq!(live["lastUpdated"], body["lastUpdated"], "{livez:?}");
+    assert!(live.get("nodeEligible").is_none(), "{livez:?}");
+    let failures = metric(&s.metrics(), FAILURES).expect("failure counter");
+    assert!(failures > 0.0, "{FAILURES} {failures}");
+    let stderr = s.agent().stderr();
+    assert!(
+        stderr.contains("sync failed") && stderr.contains("injected failure"),
+        "the failure is not logged:\n{stderr}"
+    );
+    // A failed sync leaves the loaded rules alone.
+    s.reach_all(&["pod-a", "pod-b"]);
+    s.agent().assert_running();
+
+    nft.set_broken(false);
+    let (health, took) = wait_for(
+        "/healthz 200 after a successful sync",
+        Duration::from_secs(5),
+        RECHECK,
+        || Some(s.node_health("/healthz")).filter(|r| r.status == 200),
+    );
+    log(&format!("stale: /healthz 200 again after {took:?}"));
+    assert_eq!(health_json(&health)["nodeEligible"], true, "{health:?}");
+    let livez = s.node_health("/livez");
+    assert_eq!(livez.status, 200, "{livez:?}");
+    s.reach_all(&["pod-a", "pod-b"]);
+    log(&format!("stale: done in {:?}", started.elapsed()));
+}
+
+/// 9: a Node tainted `ToBeDeletedByClusterAutoscaler` fails `/healthz`
+/// (`nodeEligible: false`) so load balancers drain it, while `/livez` stays
+/// 200 and the rules keep serving; without the taint it is eligible again.
+#[test]
+fn a_node_marked_for_removal_fails_healthz_but_stays_live() {
+    if !privileged("a_node_marked_for_removal_fails_healthz_but_stays_live") {
+        return;
+    }
+    let started = Instant::now();
+    let mut s = Scenario::new("taint");
+    s.start_agent("agent", NODE_IP)
+        .wait_syncs(1, Duration::from_secs(10));
+    s.wait_web(Duration::from_secs(10));
+    let health = s.node_health("/healthz");
+    assert_eq!(health.status, 200, "{health:?}");
+
+    let node_name = s.node_name.clone();
+    write_manifest(s.dir.path(), "00-node.yaml", &tainted_node_yaml(&node_name));
+    let (health, took) = wait_for(
+        "/healthz 503 for the tainted Node",
+        Duration::from_secs(5),
+        RECHECK,
+        || Some(s.node_health("/healthz")).filter(|r| r.status == 503),
+    );
+    log(&format!("taint: /healthz 503 after {took:?}"));
+    assert_eq!(health_json(&health)["nodeEligible"], false, "{health:?}");
+    let livez = s.node_health("/livez");
+    assert_eq!(livez.status, 200, "{livez:?}");
+
+    // Not a blip: still so after the next syncs.
+    let syncs = s.agent().syncs();
+    s.agent()
+        .wait_syncs(syncs + 1, SYNC_PERIOD * 2 + Duration::from_secs(2));
+    let health = s.node_health("/healthz");
+    assert_eq!(health.status, 503, "{health:?}");
+    assert_eq!(health_json(&health)["nodeEligible"], false, "{health:?}");
+    let livez = s.node_health("/livez");
+    assert_eq!(livez.status, 200, "{livez:?}");
+    assert_eq!(
+        metric(&s.metrics(), "portico_node_agent_sync_failures_total"),
+        Some(0.0)
+    );
+    s.reach_all(&["pod-a", "pod-b"]);
+
+    write_manifest(s.dir.path(), "00-node.yaml", &node_yaml(&node_name));
+    let (health, took) = wait_for(
+        "/healthz 200 once the taint is gone",
+        Duration::from_secs(5),
+        RECHECK,
+        || Some(s.node_health("/healthz")).filter(|r| r.status == 200),
+    );
+    log(&format!("taint: /healthz 200 again after {took:?}"));
+    assert_eq!(health_json(&health)["nodeEligible"], true, "{health:?}");
+    s.agent().assert_running();
+    log(&format!("taint: done in {:?}", started.elapsed()));
 }

@@ -561,3 +561,126 @@ fn cluster_ips_follow_the_internal_policy_from_outside_and_from_the_node() {
         "{answer}"
     );
 }
+
+/// The chain a verdict map element of `ruleset` jumps to (`goto <chain>`).
+fn planned_target(ruleset: &Ruleset, map: &str, key: &str) -> String {
+    let verdict = ruleset
+        .sets
+        .get(map)
+        .and_then(|set| set.elements.get(key))
+        .cloned()
+        .flatten()
+        .unwrap_or_else(|| panic!("no element {key:?} in the planned map {map}"));
+    verdict
+        .strip_prefix("goto ")
+        .unwrap_or_else(|| panic!("{map} {key:?}: {verdict:?} is not a goto"))
+        .to_string()
+}
+
+#[test]
+fn sctp_ports_load_into_the_kernel_beside_a_working_tcp_port() {
+    if !privileged("sctp_ports_load_into_the_kernel_beside_a_working_tcp_port") {
+        return;
+    }
+    // This kernel tracks SCTP (conntrack) but has no SCTP sockets, so no
+    // SCTP association can be made: the SCTP half is checked in the loaded
+    // table, the TCP half with traffic.
+    let (lab, pods) = dual_stack_lab("sctp", &["pod-a", "pod-b"]);
+    let _servers = lab.serve_who(&pods);
+    let mut mixed = service("mixed", ServiceType::NodePort, &["10.96.0.60"]);
+    mixed.ports = vec![
+        port(
+            "assoc",
+            Protocol::Sctp,
+            9999,
+            Some(30300),
+            TargetPort::Number(9999),
+        ),
+        port(
+            "http",
+            Protocol::Tcp,
+            80,
+            Some(30080),
+            TargetPort::Name("http".into()),
+        ),
+    ];
+    let slices = [slice(
+        "mixed",
+        "a",
+        AddressType::IPv4,
+        &[
+            ("assoc", Protocol::Sctp, 9999),
+            ("http", Protocol::Tcp, POD_PORT),
+        ],
+        both_pods(&pods, v4),
+    )];
+    let ruleset = planned(&[mixed], &slices);
+    let sctp_ip_key = "10.96.0.60 . sctp . 9999";
+    let sctp_np_key = "sctp . 30300";
+    let service_chain = planned_target(&ruleset, "service-ips", sctp_ip_key);
+    let external_chain = planned_target(&ruleset, "service-nodeports", sctp_np_key);
+    let tcp_chain = planned_target(&ruleset, "service-ips", "10.96.0.60 . tcp . 80");
+    assert!(
+        service_chain.starts_with("service-") && service_chain.ends_with("/sctp/assoc"),
+        "{service_chain}"
+    );
+    assert!(
+        external_chain.starts_with("external-") && external_chain.ends_with("/sctp/assoc"),
+        "{external_chain}"
+    );
+    assert_ne!(service_chain, tcp_chain, "SCTP and TCP ports share a chain");
+
+    if let Err(e) = lab.try_apply(&render_full(&ruleset)) {
+        panic!("the kernel refused the ruleset with SCTP ports: {e}");
+    }
+
+    // nft prints the inet_proto part of a key by name (`sctp`, not `132`).
+    let table = lab.nft_ok(&["list", "table", "inet", "portico"]);
+    let elements = [
+        format!("{sctp_ip_key} : goto {service_chain}"),
+        format!("{sctp_np_key} : goto {external_chain}"),
+        format!("10.96.0.60 . tcp . 80 : goto {tcp_chain}"),
+        "tcp . 30080 : goto external-".to_string(),
+    ];
+    for element in &elements {
+        assert!(
+            table.contains(element.as_str()),
+            "no `{element}` in the kernel's table:\n{table}"
+        );
+    }
+    for chain in [&service_chain, &external_chain] {
+        assert!(
+            table.contains(&format!("chain {chain} {{")),
+            "no chain {chain} in the kernel's table:\n{table}"
+        );
+    }
+    // The Service port's chain picks one of both endpoints, and each
+    // endpoint chain DNATs SCTP to its pod.
+    assert!(
+        table.contains(&format!(
+            "numgen random mod 2 vmap @endpoints-{service_chain}"
+        )),
+        "{service_chain} does not pick among 2 endpoints:\n{table}"
+    );
+    for pod in &pods {
+        let dnat = format!("meta l4proto sctp dnat ip to {}:9999", pod.addr);
+        assert!(table.contains(&dnat), "no `{dnat}`:\n{table}");
+    }
+
+    // The TCP port of the same Service carries traffic: NodePort
+    // (masqueraded) and ClusterIP (client address kept).
+    assert_both_pods_see(
+        &lab,
+        NODE_IP,
+        30080,
+        NODE_BRIDGE_IP,
+        "Cluster policy masquerades to the node",
+    );
+    assert_both_pods_see(
+        &lab,
+        "10.96.0.60",
+        80,
+        CLIENT_IP,
+        "ClusterIP traffic keeps the client address",
+    );
+}
