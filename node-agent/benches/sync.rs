@@ -8,6 +8,8 @@
 //! `ENDPOINTS_PER_SERVICE` override it, `SKIP_KERNEL=1` skips the kernel
 //! part. Under `cargo test` (no `--bench` argument) it runs a small scale
 //! once as a smoke test. Times are medians of `RUNS` (default 3).
+//! `DUMP_SCRIPTS=<dir>` writes the full and the one-endpoint scripts there
+//! (`full.nft`, `diff.nft`) for profiling `nft -f` by hand.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
@@ -217,6 +219,12 @@ fn main() {
         diff.lines().count()
     );
 
+    // DUMP_SCRIPTS=<dir>: keep the scripts for profiling `nft` by hand.
+    if let Ok(dir) = std::env::var("DUMP_SCRIPTS") {
+        let dir = std::path::Path::new(&dir);
+        std::fs::write(dir.join("full.nft"), &full).expect("write full.nft");
+        std::fs::write(dir.join("diff.nft"), &diff).expect("write diff.nft");
+    }
     if std::env::var("SKIP_KERNEL").is_ok_and(|v| v == "1") {
         return;
     }

@@ -181,9 +181,9 @@ impl<B: NftBackend> Agent<B> {
         }
         self.metrics.skipped.set(planned.skipped.len() as i64);
         let result = if full_due {
-            self.syncer.resync(&planned.ruleset)
+            self.syncer.resync_owned(planned.ruleset)
         } else {
-            self.syncer.sync(&planned.ruleset)
+            self.syncer.sync_owned(planned.ruleset)
         };
         let outcome = match result {
             Ok(outcome) => outcome,
@@ -219,7 +219,10 @@ impl<B: NftBackend> Agent<B> {
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0),
         );
-        self.metrics.record_installed(&planned.ruleset);
+        // A successful sync leaves the planned ruleset as the applied one.
+        if let Some(installed) = self.syncer.applied() {
+            self.metrics.record_installed(installed);
+        }
         let counts =
             local_endpoint_counts(&snapshot.services, &snapshot.slices, &node, &self.opts.plan);
         for e in self.service_health.sync(counts) {
