@@ -102,6 +102,9 @@ pub struct Agent<B> {
     metrics: AgentMetrics,
     fingerprint: Option<u64>,
     last_full: Option<Instant>,
+    /// Problems already logged, so a persisting one is logged once.
+    reported_errors: BTreeSet<String>,
+    reported_skipped: BTreeSet<String>,
 }
 
 impl<B: NftBackend> Agent<B> {
@@ -119,6 +122,8 @@ impl<B: NftBackend> Agent<B> {
             metrics,
             fingerprint: None,
             last_full: None,
+            reported_errors: BTreeSet::new(),
+            reported_skipped: BTreeSet::new(),
         }
     }
 
@@ -163,9 +168,13 @@ impl<B: NftBackend> Agent<B> {
                 return None;
             }
         };
-        for e in &errors {
-            tracing::warn!(error = %e, "manifest skipped");
+        // Report each problem once, not again at every periodic resync while
+        // it persists; the gauge keeps showing it.
+        let messages: BTreeSet<String> = errors.iter().map(|e| e.to_string()).collect();
+        for m in messages.difference(&self.reported_errors) {
+            tracing::warn!(error = %m, "manifest skipped");
         }
+        self.reported_errors = messages;
         self.metrics.source_errors.set(errors.len() as i64);
         let node = snapshot.node.clone().unwrap_or_else(|| {
             tracing::warn!(node = %self.opts.node_name, "no Node object for this node in the manifests; planning without its addresses");
@@ -176,9 +185,15 @@ impl<B: NftBackend> Agent<B> {
         });
         self.health.set_node(&node);
         let planned = plan(&snapshot.services, &snapshot.slices, &node, &self.opts.plan);
-        for s in &planned.skipped {
-            tracing::warn!(object = %s.object, field = %s.field, "{}", s.reason);
+        let skipped: BTreeSet<String> = planned
+            .skipped
+            .iter()
+            .map(|s| format!("{} {}: {}", s.object, s.field, s.reason))
+            .collect();
+        for m in skipped.difference(&self.reported_skipped) {
+            tracing::warn!("skipped: {m}");
         }
+        self.reported_skipped = skipped;
         self.metrics.skipped.set(planned.skipped.len() as i64);
         let result = if full_due {
             self.syncer.resync_owned(planned.ruleset)
