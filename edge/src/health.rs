@@ -371,8 +371,9 @@ impl ProbeContext {
             let Some(m) = machines.get_mut(&target) else {
                 return;
             };
-            let first = !m.status.probed;
+            let was_probed = m.status.probed;
             let flipped = m.observe(ok, active, rise, fall);
+            let first = !was_probed && m.status.probed;
             // The first result is news even when it confirms the optimistic
             // start: status views show the node as probed from then on.
             let publish = first || (ok && m.status.weight != weight);

@@ -9,8 +9,10 @@
 //! with ICMP port unreachable (a passive health failure).
 //!
 //! Datagrams are read into a per-thread buffer between readiness and a
-//! non-blocking receive, so neither a listener nor a flow allocates per
-//! datagram or keeps a 64 KiB buffer of its own.
+//! non-blocking receive and, for a live flow, sent on from there, so neither
+//! a listener nor a flow allocates per datagram or keeps a 64 KiB buffer of
+//! its own; only a new flow's first datagram (or one meeting a full send
+//! buffer) is copied.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -112,11 +114,12 @@ pub async fn serve(socket: UdpSocket, key: ListenerKey, ctx: AcceptContext) {
                 }
                 // Drain everything queued before waiting again.
                 for _ in 0..64 {
-                    match receive(&socket) {
-                        Ok(Some((client, datagram))) => {
+                    match receive(&socket, &flows, epoch) {
+                        Ok(Received::Forwarded) => {}
+                        Ok(Received::Other(client, datagram)) => {
                             forward(&socket, &key, &ctx, &mut flows, epoch, client, &datagram).await;
                         }
-                        Ok(None) => break,
+                        Ok(Received::Nothing) => break,
                         Err(e) => {
                             tracing::debug!(listener = %key, error = %e, "UDP receive failed");
                             break;
@@ -131,16 +134,50 @@ pub async fn serve(socket: UdpSocket, key: ListenerKey, ctx: AcceptContext) {
     }
 }
 
-/// One datagram, if one is queued. The copy out of the per-thread buffer is
-/// the only one on this path; it is needed because the send may wait.
-fn receive(socket: &UdpSocket) -> io::Result<Option<(SocketAddr, Vec<u8>)>> {
+/// What [`receive`] did with one datagram.
+enum Received {
+    /// Nothing was queued.
+    Nothing,
+    /// It belonged to a live flow and went straight to its node.
+    Forwarded,
+    /// It needs the asynchronous path (a new flow, or a full send buffer):
+    /// the only case that copies the datagram out of the per-thread buffer.
+    Other(SocketAddr, Vec<u8>),
+}
+
+/// Receives one datagram and, on the common path (a live flow whose socket
+/// takes it at once), forwards it without copying or allocating.
+fn receive(
+    socket: &UdpSocket,
+    flows: &HashMap<SocketAddr, Flow>,
+    epoch: Instant,
+) -> io::Result<Received> {
     BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
-        match socket.try_recv_from(&mut buf) {
-            Ok((n, from)) => Ok(Some((from, buf[..n].to_vec()))),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e),
+        let (n, from) = match socket.try_recv_from(&mut buf) {
+            Ok(received) => received,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Received::Nothing),
+            Err(e) => return Err(e),
+        };
+        let client = crate::listeners::normalize(from);
+        if let Some(flow) = flows.get(&client).filter(|f| !f.task.is_finished()) {
+            flow.last.store(millis(epoch), Ordering::Relaxed);
+            match flow.upstream.try_send(&buf[..n]) {
+                Ok(sent) => {
+                    flow.route.metrics.bytes_in.inc_by(sent as u64);
+                    return Ok(Received::Forwarded);
+                }
+                // Write readiness not known yet, or the buffer is full: send
+                // it asynchronously below.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // Dropped, as the network would drop it.
+                Err(e) => {
+                    tracing::debug!(%client, error = %e, "UDP datagram to node dropped");
+                    return Ok(Received::Forwarded);
+                }
+            }
         }
+        Ok(Received::Other(client, buf[..n].to_vec()))
     })
 }
 
@@ -153,7 +190,6 @@ async fn forward(
     client: SocketAddr,
     datagram: &[u8],
 ) {
-    let client = crate::listeners::normalize(client);
     if let Some(flow) = flows.get(&client) {
         if !flow.task.is_finished() {
             flow.last.store(millis(epoch), Ordering::Relaxed);
