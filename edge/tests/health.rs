@@ -14,9 +14,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use portico_config::{
-    Algorithm, AllDownPolicy, ClusterHealthCheck, EdgeConfig, Service, TrafficPolicy,
-};
+use portico_config::{AllDownPolicy, ClusterHealthCheck, EdgeConfig, TrafficPolicy};
 use portico_edge::edge::{Edge, EdgeOptions};
 use portico_edge::standin::{StandInNode, StandInSpec};
 use support::*;
@@ -24,29 +22,6 @@ use support::*;
 const UP: &str = "portico_edge_backend_up";
 const TRANSITIONS: &str = "portico_edge_backend_transitions_total";
 const DEADLINE: Duration = Duration::from_secs(5);
-
-/// A round-robin Service on `127.a.b.100:8080` over `n` nodes, probed every
-/// 100 ms with rise = fall = 2.
-fn rr_config(net: Subnet, n: u8) -> (EdgeConfig, SocketAddr) {
-    let vip = SocketAddr::new(net.ip(100), 8080);
-    let mut svc: Service = service("web", vip.ip(), vip.port());
-    svc.algorithm = Algorithm::RoundRobin;
-    let mut cfg = config(net, n, vec![svc]);
-    // Probes every 100 ms; each may take up to 1 s so that a loaded machine
-    // does not make a healthy stand-in look down.
-    cfg.settings.health.timeout = Duration::from_secs(1);
-    (cfg, vip)
-}
-
-/// Opens `count` connections and counts greetings per node.
-async fn spread(vip: SocketAddr, count: usize) -> BTreeMap<String, usize> {
-    let mut seen = BTreeMap::new();
-    for _ in 0..count {
-        let (line, _) = hello(vip, None).await.expect("proxied");
-        *seen.entry(node_of(&line).to_string()).or_default() += 1;
-    }
-    seen
-}
 
 fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
     pairs.iter().map(|&(n, c)| (n.to_string(), c)).collect()

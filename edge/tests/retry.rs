@@ -9,11 +9,9 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use portico_config::{Algorithm, EdgeConfig};
 use portico_edge::edge::{Edge, EdgeOptions};
 use portico_edge::standin::{StandInNode, StandInSpec};
 use support::*;
@@ -33,26 +31,6 @@ async fn node_without_node_port(net: Subnet, i: u8) -> StandInNode {
     })
     .await
     .expect("stand-in binds")
-}
-
-fn rr_config(net: Subnet, n: u8) -> (EdgeConfig, SocketAddr) {
-    let vip = SocketAddr::new(net.ip(100), 8080);
-    let mut svc = service("web", vip.ip(), vip.port());
-    svc.algorithm = Algorithm::RoundRobin;
-    let mut cfg = config(net, n, vec![svc]);
-    cfg.settings.health.timeout = Duration::from_secs(1);
-    (cfg, vip)
-}
-
-async fn spread(vip: SocketAddr, count: usize) -> BTreeMap<String, usize> {
-    let mut seen = BTreeMap::new();
-    for i in 0..count {
-        let (line, _) = hello(vip, None)
-            .await
-            .unwrap_or_else(|e| panic!("connection {i} must succeed through a retry: {e}"));
-        *seen.entry(node_of(&line).to_string()).or_default() += 1;
-    }
-    seen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -456,3 +456,28 @@ pub fn free_port(ip: IpAddr) -> u16 {
         .expect("an ephemeral port")
         .port()
 }
+
+/// A round-robin Service on `127.a.b.100:8080` over `n` nodes, probed every
+/// 100 ms with rise = fall = 2; each probe may take up to 1 s so that a
+/// loaded machine does not make a healthy stand-in look down.
+pub fn rr_config(net: Subnet, n: u8) -> (EdgeConfig, SocketAddr) {
+    let vip = SocketAddr::new(net.ip(100), 8080);
+    let mut svc = service("web", vip.ip(), vip.port());
+    svc.algorithm = Algorithm::RoundRobin;
+    let mut cfg = config(net, n, vec![svc]);
+    cfg.settings.health.timeout = Duration::from_secs(1);
+    (cfg, vip)
+}
+
+/// Opens `count` connections through `vip` (each must succeed, retries
+/// included) and counts greetings per node.
+pub async fn spread(vip: SocketAddr, count: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    for i in 0..count {
+        let (line, _) = hello(vip, None)
+            .await
+            .unwrap_or_else(|e| panic!("connection {i} must succeed through the VIP: {e}"));
+        *seen.entry(node_of(&line).to_string()).or_default() += 1;
+    }
+    seen
+}
