@@ -54,6 +54,61 @@ pub struct RawSettings {
     pub metrics_listen: Option<String>,
     /// `settings.adminListen`, a socket address.
     pub admin_listen: Option<String>,
+    /// `settings.kubernetes`: watch a cluster for LoadBalancer Services.
+    pub kubernetes: Option<RawKubernetesSettings>,
+    /// `settings.addressPools`: where LoadBalancer addresses are assigned
+    /// from, by index (an entry that failed stage 1 is `None`).
+    pub address_pools: Option<Vec<Option<RawAddressPool>>>,
+    /// `settings.hookApi`: the cloud-provider hook API.
+    pub hook_api: Option<RawHookApiSettings>,
+}
+
+/// `settings.kubernetes`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a kubernetes settings mapping"
+)]
+pub struct RawKubernetesSettings {
+    /// `enabled` (default true when the section is present).
+    pub enabled: Option<bool>,
+    /// `loadBalancerClass`: the `spec.loadBalancerClass` the edge implements.
+    pub load_balancer_class: Option<String>,
+    /// `defaultClass`: also take Services without a `loadBalancerClass`.
+    pub default_class: Option<bool>,
+    /// `kubeconfig`: a kubeconfig file (else `KUBECONFIG` or in-cluster).
+    pub kubeconfig: Option<String>,
+}
+
+/// One entry of `settings.addressPools`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "an address pool (a mapping with name and addresses)"
+)]
+pub struct RawAddressPool {
+    /// `name`.
+    pub name: Option<String>,
+    /// `addresses`: CIDRs, `first-last` ranges or single addresses.
+    pub addresses: Option<Vec<String>>,
+}
+
+/// `settings.hookApi`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a hook API settings mapping"
+)]
+pub struct RawHookApiSettings {
+    /// `listen`, a socket address.
+    pub listen: Option<String>,
+    /// `tokenFile`: the file holding the bearer token.
+    pub token_file: Option<String>,
+    /// `stateFile`: where the API's state is persisted.
+    pub state_file: Option<String>,
 }
 
 /// `settings.health`.
@@ -158,6 +213,9 @@ pub struct RawService {
     pub algorithm: Option<String>,
     /// `proxyProtocol`: `off`, `v1`, `v2` or `false`.
     pub proxy_protocol: Option<RawProxyProtocol>,
+    /// `clusterCheck`: overrides `settings.health.clusterCheck` for this
+    /// Service.
+    pub cluster_check: Option<String>,
     /// `ports`. [`parse_document`] leaves this `None` and returns the ports
     /// in [`ServiceEntry::ports`] instead, each deserialized on its own.
     pub ports: Option<Vec<RawServicePort>>,
@@ -407,8 +465,8 @@ pub fn parse_document(yaml: &str) -> (RawDocument, Vec<FieldError>) {
     (doc, errors)
 }
 
-/// Deserializes `settings`, taking `health`, `proxy` and `vip` apart so that
-/// a mistake in one does not hide those in the others. A part that fails is
+/// Deserializes `settings`, taking its subsections (and each address pool)
+/// apart so that a mistake in one does not hide those in the others. A part that fails is
 /// left out (its problems are reported) and the others are still returned
 /// for stage 2; `None` only when `settings` is not a mapping at all.
 fn settings(value: Value, errors: &mut Vec<FieldError>) -> Option<RawSettings> {
@@ -422,12 +480,23 @@ fn settings(value: Value, errors: &mut Vec<FieldError>) -> Option<RawSettings> {
     let health = take("health").map(|v| deserialize_at(v, "settings.health", errors));
     let proxy = take("proxy").map(|v| deserialize_at(v, "settings.proxy", errors));
     let vip = take("vip").map(|v| deserialize_at(v, "settings.vip", errors));
+    let kubernetes = take("kubernetes").map(|v| deserialize_at(v, "settings.kubernetes", errors));
+    let hook_api = take("hookApi").map(|v| deserialize_at(v, "settings.hookApi", errors));
+    let address_pools = take("addressPools").map(|v| {
+        each_item(v, "settings.addressPools", "address pools", errors)
+            .into_iter()
+            .map(|(path, item)| deserialize_at(item, &path, errors))
+            .collect::<Vec<Option<RawAddressPool>>>()
+    });
     let rest: RawSettings =
         deserialize_at(Value::Mapping(map), "settings", errors).unwrap_or_default();
     Some(RawSettings {
         health: health.flatten(),
         proxy: proxy.flatten(),
         vip: vip.flatten(),
+        kubernetes: kubernetes.flatten(),
+        hook_api: hook_api.flatten(),
+        address_pools,
         ..rest
     })
 }

@@ -47,9 +47,11 @@ fn document_position(path: &str) -> (u8, usize) {
         "services" => 3,
         _ => 4,
     };
-    let index = path[head_len..]
-        .strip_prefix('[')
-        .and_then(|rest| rest.split(']').next())
+    // The first list index in the path: `services[2]...`, `nodes[1]...`,
+    // `settings.addressPools[3]...`.
+    let index = path
+        .split_once('[')
+        .and_then(|(_, rest)| rest.split(']').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     (section, index)

@@ -169,6 +169,9 @@ pub struct Service {
     pub algorithm: Algorithm,
     /// PROXY protocol towards the node.
     pub proxy_protocol: ProxyProtocol,
+    /// How nodes are checked for this Service when its policy is `Cluster`;
+    /// `None` follows `settings.health.clusterCheck`.
+    pub cluster_check: Option<ClusterHealthCheck>,
 }
 
 /// Why a Node is excluded from receiving load-balanced traffic
@@ -323,6 +326,104 @@ pub struct EdgeSettings {
     pub metrics_listen: std::net::SocketAddr,
     /// Where the admin API (`/status`) is served.
     pub admin_listen: std::net::SocketAddr,
+    /// Watching a Kubernetes cluster; `None` when the edge does not.
+    pub kubernetes: Option<KubernetesSettings>,
+    /// Pools LoadBalancer addresses are assigned from (Services from the
+    /// cluster and from the hook API). Never overlapping.
+    pub address_pools: Vec<AddressPool>,
+    /// The cloud-provider hook API; `None` when it is off.
+    pub hook_api: Option<HookApiSettings>,
+}
+
+/// The `loadBalancerClass` the edge implements unless configured otherwise.
+pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "portico.io/edge";
+
+/// How the edge watches a Kubernetes cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KubernetesSettings {
+    /// Services with this `spec.loadBalancerClass` are ours.
+    pub load_balancer_class: String,
+    /// Services without a `loadBalancerClass` are ours too (the edge is the
+    /// cluster's default LoadBalancer implementation).
+    pub default_class: bool,
+    /// A kubeconfig file; `None`: `KUBECONFIG`, `~/.kube/config`, or the
+    /// in-cluster service account, as `kubectl` looks for them.
+    pub kubeconfig: Option<std::path::PathBuf>,
+}
+
+impl Default for KubernetesSettings {
+    fn default() -> Self {
+        KubernetesSettings {
+            load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.to_string(),
+            default_class: false,
+            kubeconfig: None,
+        }
+    }
+}
+
+/// An inclusive range of addresses of one family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AddressRange {
+    /// The first address.
+    pub first: IpAddr,
+    /// The last address (same family, not below `first`).
+    pub last: IpAddr,
+}
+
+impl AddressRange {
+    /// Whether `addr` lies in the range.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        match (self.first, self.last, addr) {
+            (IpAddr::V4(f), IpAddr::V4(l), IpAddr::V4(a)) => f <= a && a <= l,
+            (IpAddr::V6(f), IpAddr::V6(l), IpAddr::V6(a)) => f <= a && a <= l,
+            _ => false,
+        }
+    }
+
+    /// Whether two ranges share an address.
+    pub fn overlaps(&self, other: &AddressRange) -> bool {
+        other.contains(self.first)
+            || other.contains(self.last)
+            || self.contains(other.first)
+            || self.contains(other.last)
+    }
+}
+
+impl fmt::Display for AddressRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+/// A named pool of LoadBalancer addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AddressPool {
+    /// The pool's name (a DNS label), as Services name it in annotations.
+    pub name: String,
+    /// Its addresses, in the order they are handed out.
+    pub ranges: Vec<AddressRange>,
+}
+
+impl AddressPool {
+    /// Whether `addr` belongs to the pool.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        self.ranges.iter().any(|r| r.contains(addr))
+    }
+}
+
+/// The cloud-provider hook API.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HookApiSettings {
+    /// Where it listens (nothing else is served there).
+    pub listen: std::net::SocketAddr,
+    /// The file holding the bearer token callers must present.
+    pub token_file: std::path::PathBuf,
+    /// Where the load balancers given through the API are persisted.
+    pub state_file: std::path::PathBuf,
 }
 
 impl Default for EdgeSettings {
@@ -333,6 +434,9 @@ impl Default for EdgeSettings {
             vip: VipSettings::default(),
             metrics_listen: ([127, 0, 0, 1], 9720).into(),
             admin_listen: ([127, 0, 0, 1], 9721).into(),
+            kubernetes: None,
+            address_pools: Vec::new(),
+            hook_api: None,
         }
     }
 }

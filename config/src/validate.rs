@@ -16,13 +16,15 @@ use ipnetwork::IpNetwork;
 use crate::duration::{format_duration, parse_duration};
 use crate::error::FieldError;
 use crate::file::{
-    RawDocument, RawDuration, RawEdgeConfig, RawHealthSettings, RawNode, RawProxyProtocol,
-    RawProxySettings, RawService, RawServicePort, RawSettings, ServiceEntry,
+    RawAddressPool, RawDocument, RawDuration, RawEdgeConfig, RawHealthSettings, RawHookApiSettings,
+    RawKubernetesSettings, RawNode, RawProxyProtocol, RawProxySettings, RawService, RawServicePort,
+    RawSettings, ServiceEntry,
 };
 use crate::model::{
-    EdgeConfig, EdgeSettings, HealthSettings, Node, ParseEnumError, Protocol, ProxyProtocol,
-    ProxySettings, Service, ServiceKey, ServicePort, SessionAffinity, SourceRanges, TrafficPolicy,
-    VipSettings, DEFAULT_AFFINITY_TIMEOUT,
+    AddressPool, AddressRange, EdgeConfig, EdgeSettings, HealthSettings, HookApiSettings,
+    KubernetesSettings, Node, ParseEnumError, Protocol, ProxyProtocol, ProxySettings, Service,
+    ServiceKey, ServicePort, SessionAffinity, SourceRanges, TrafficPolicy, VipSettings,
+    DEFAULT_AFFINITY_TIMEOUT,
 };
 
 /// The namespace of a Service that does not name one.
@@ -144,13 +146,154 @@ impl Validator {
             }
         }
 
+        let kubernetes = raw.kubernetes.as_ref().and_then(|k| self.kubernetes(k));
+        let address_pools = self.address_pools(raw.address_pools.as_deref().unwrap_or_default());
+        let hook_api = raw
+            .hook_api
+            .as_ref()
+            .and_then(|h| self.hook_api(h, [metrics, admin]));
+
         EdgeSettings {
             health,
             proxy,
             vip: VipSettings { interface },
             metrics_listen: metrics.unwrap_or(defaults.metrics_listen),
             admin_listen: admin.unwrap_or(defaults.admin_listen),
+            kubernetes,
+            address_pools,
+            hook_api,
         }
+    }
+
+    fn kubernetes(&mut self, raw: &RawKubernetesSettings) -> Option<KubernetesSettings> {
+        let d = KubernetesSettings::default();
+        let class = self.field(
+            "settings.kubernetes.loadBalancerClass",
+            raw.load_balancer_class.as_deref(),
+            d.load_balancer_class,
+            |s| qualified_name(s).map(|()| s.to_string()),
+        );
+        let kubeconfig = self
+            .field(
+                "settings.kubernetes.kubeconfig",
+                raw.kubeconfig.as_deref(),
+                None,
+                |s: &str| {
+                    if s.is_empty() {
+                        Err("must not be empty (leave it out to use KUBECONFIG or the in-cluster account)".to_string())
+                    } else {
+                        Ok(Some(std::path::PathBuf::from(s)))
+                    }
+                },
+            )
+            .flatten();
+        if raw.enabled == Some(false) {
+            return None;
+        }
+        Some(KubernetesSettings {
+            load_balancer_class: class?,
+            default_class: raw.default_class.unwrap_or(false),
+            kubeconfig,
+        })
+    }
+
+    fn address_pools(&mut self, raw: &[Option<RawAddressPool>]) -> Vec<AddressPool> {
+        let mut pools: Vec<AddressPool> = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        // (range, path of the entry, pool index) of every valid range so far.
+        let mut seen: Vec<(AddressRange, String, usize)> = Vec::new();
+        for (i, pool) in raw.iter().enumerate() {
+            // Entries that failed stage 1 were reported there.
+            let Some(pool) = pool else { continue };
+            let path = format!("settings.addressPools[{i}]");
+            let name = match pool.name.as_deref() {
+                None => {
+                    self.error(format!("{path}.name"), "is required");
+                    None
+                }
+                Some(name) => self.check(&format!("{path}.name"), dns_label(name).map(|()| name)),
+            };
+            if let Some(name) = name {
+                if let Some(first) = names.insert(name.to_string(), i) {
+                    self.error(
+                        format!("{path}.name"),
+                        format!("{name:?} is also the name of settings.addressPools[{first}]"),
+                    );
+                }
+            }
+            let mut ranges = Vec::new();
+            match pool.addresses.as_deref() {
+                None | Some([]) => self.error(
+                    format!("{path}.addresses"),
+                    "at least one CIDR, range (first-last) or address is required",
+                ),
+                Some(entries) => {
+                    for (j, entry) in entries.iter().enumerate() {
+                        let entry_path = format!("{path}.addresses[{j}]");
+                        let Some(range) = self.check(&entry_path, address_range(entry)) else {
+                            continue;
+                        };
+                        if let Some((_, other, _)) =
+                            seen.iter().find(|(r, _, _)| r.overlaps(&range))
+                        {
+                            self.error(
+                                &entry_path,
+                                format!("{range} overlaps {other}; pools must not share addresses"),
+                            );
+                            continue;
+                        }
+                        seen.push((range, entry_path, i));
+                        ranges.push(range);
+                    }
+                }
+            }
+            if let Some(name) = name {
+                pools.push(AddressPool {
+                    name: name.to_string(),
+                    ranges,
+                });
+            }
+        }
+        pools
+    }
+
+    fn hook_api(
+        &mut self,
+        raw: &RawHookApiSettings,
+        others: [Option<SocketAddr>; 2],
+    ) -> Option<HookApiSettings> {
+        let listen = match raw.listen.as_deref() {
+            None => {
+                self.error("settings.hookApi.listen", "is required (e.g. 0.0.0.0:9722)");
+                None
+            }
+            Some(text) => self.check("settings.hookApi.listen", socket_addr(text)),
+        };
+        if let Some(listen) = listen {
+            if listen.port() != 0 && others.contains(&Some(listen)) {
+                self.error(
+                    "settings.hookApi.listen",
+                    format!("{listen} is also metricsListen or adminListen; nothing but the hook API may listen there"),
+                );
+            }
+        }
+        let mut path = |field: &str, value: Option<&str>| match value {
+            None | Some("") => {
+                self.error(
+                    format!("settings.hookApi.{field}"),
+                    "is required (a file path)",
+                );
+                None
+            }
+            Some(p) => Some(std::path::PathBuf::from(p)),
+        };
+        let token_file = path("tokenFile", raw.token_file.as_deref());
+        let state_file = path("stateFile", raw.state_file.as_deref());
+        Some(HookApiSettings {
+            listen: listen?,
+            token_file: token_file?,
+            state_file: state_file?,
+        })
     }
 
     fn health(&mut self, raw: &RawHealthSettings) -> HealthSettings {
@@ -453,6 +596,15 @@ impl Validator {
             )
             .unwrap_or_default();
 
+        let cluster_check = self
+            .field(
+                &p("clusterCheck"),
+                raw.cluster_check.as_deref(),
+                None,
+                |s: &str| spelled(s).map(Some),
+            )
+            .flatten();
+
         let (ports, port_listeners) = match &entry.ports {
             Some(ports) => self.ports(path, ports),
             None => (Vec::new(), Vec::new()),
@@ -481,6 +633,7 @@ impl Validator {
             source_ranges,
             algorithm,
             proxy_protocol,
+            cluster_check,
         };
         (service, facts)
     }
@@ -725,6 +878,70 @@ fn cidr(text: &str) -> Result<IpNetwork, String> {
     IpNetwork::new(address, prefix).map_err(|e| invalid(e.to_string()))
 }
 
+/// A pool entry: a CIDR (`203.0.113.0/28`, every address of it), a range
+/// (`203.0.113.10-203.0.113.20`) or one address.
+fn address_range(text: &str) -> Result<AddressRange, String> {
+    let ip = |s: &str| -> Result<IpAddr, String> {
+        let s = s.trim();
+        s.parse().map_err(|_| {
+            format!("{s:?} is not an IP address (expected a CIDR, first-last or an address)")
+        })
+    };
+    let range = if let Some((first, last)) = text.split_once('-') {
+        let (first, last) = (ip(first)?, ip(last)?);
+        if first.is_ipv4() != last.is_ipv4() {
+            return Err(format!("{text:?} mixes IPv4 and IPv6"));
+        }
+        if last < first {
+            return Err(format!("{text:?} ends before it starts"));
+        }
+        AddressRange { first, last }
+    } else if text.contains('/') {
+        let net = cidr(text)?;
+        AddressRange {
+            first: net.network(),
+            last: net.broadcast(),
+        }
+    } else {
+        let addr = ip(text)?;
+        AddressRange {
+            first: addr,
+            last: addr,
+        }
+    };
+    for end in [range.first, range.last] {
+        usable_ip(&end.to_string()).map_err(|e| format!("{text:?}: {e}"))?;
+    }
+    Ok(range)
+}
+
+/// A Kubernetes qualified name with a prefix, as `loadBalancerClass`
+/// requires (`example.com/name`).
+fn qualified_name(s: &str) -> Result<(), String> {
+    let Some((prefix, name)) = s.split_once('/') else {
+        return Err(format!(
+            "{s:?} must be a label-style name with a domain prefix, e.g. portico.io/edge"
+        ));
+    };
+    let prefix_ok = !prefix.is_empty()
+        && prefix.len() <= 253
+        && prefix.split('.').all(|label| dns_label(label).is_ok());
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    if prefix_ok && name_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a valid qualified name (a DNS subdomain, '/', and a name of at most 63 letters, digits, '-', '_' or '.')"
+        ))
+    }
+}
+
 /// A socket address such as `127.0.0.1:9720` or `[::1]:9720`.
 fn socket_addr(text: &str) -> Result<SocketAddr, String> {
     text.parse().map_err(|_| {
@@ -855,6 +1072,114 @@ mod tests {
         let mut config = valid(yaml);
         assert_eq!(config.services.len(), 1);
         config.services.remove(0)
+    }
+
+    // ----- kubernetes, address pools, hook API ----------------------------
+
+    #[test]
+    fn kubernetes_section_enables_the_watch_with_defaults() {
+        let config = valid("settings:\n  kubernetes: {}\n");
+        assert_eq!(
+            config.settings.kubernetes,
+            Some(KubernetesSettings::default())
+        );
+        assert_eq!(valid("{}").settings.kubernetes, None);
+        assert_eq!(
+            valid("settings:\n  kubernetes:\n    enabled: false\n")
+                .settings
+                .kubernetes,
+            None
+        );
+        let custom = valid(
+            "settings:\n  kubernetes:\n    loadBalancerClass: example.com/lb\n    defaultClass: true\n    kubeconfig: /etc/k.yaml\n",
+        )
+        .settings
+        .kubernetes
+        .expect("enabled");
+        assert_eq!(custom.load_balancer_class, "example.com/lb");
+        assert!(custom.default_class);
+        assert_eq!(
+            custom.kubeconfig.as_deref(),
+            Some(std::path::Path::new("/etc/k.yaml"))
+        );
+    }
+
+    #[test]
+    fn load_balancer_class_must_be_a_qualified_name() {
+        for bad in [
+            "edge",
+            "Example.com/x",
+            "example.com/",
+            "/x",
+            "example.com/-x",
+        ] {
+            assert_problems(
+                &format!("settings:\n  kubernetes:\n    loadBalancerClass: {bad:?}\n"),
+                &[("settings.kubernetes.loadBalancerClass", bad)],
+            );
+        }
+    }
+
+    #[test]
+    fn address_pools_take_cidrs_ranges_and_addresses() {
+        let config = valid(
+            "settings:\n  addressPools:\n    - name: public\n      addresses: [203.0.113.0/30, 198.51.100.10-198.51.100.20, 192.0.2.7, 2001:db8::/126]\n    - name: spare\n      addresses: ['2001:db8:1::1 - 2001:db8:1::9']\n",
+        );
+        let pools = &config.settings.address_pools;
+        assert_eq!(pools.len(), 2);
+        assert_eq!(pools[0].name, "public");
+        let shown: Vec<String> = pools[0].ranges.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "203.0.113.0-203.0.113.3",
+                "198.51.100.10-198.51.100.20",
+                "192.0.2.7",
+                "2001:db8::-2001:db8::3"
+            ]
+        );
+        assert!(pools[0].contains("198.51.100.15".parse().unwrap()));
+        assert!(!pools[0].contains("198.51.100.21".parse().unwrap()));
+        assert!(pools[1].contains("2001:db8:1::5".parse().unwrap()));
+    }
+
+    #[test]
+    fn address_pool_problems_name_the_entry() {
+        assert_problems(
+            "settings:\n  addressPools:\n    - name: a\n      addresses: [10.0.0.0/24, 10.0.0.9-10.0.0.1, 10.0.1.0/33, '::1-10.0.0.1', bogus]\n    - name: a\n      addresses: [10.0.0.128/25]\n    - addresses: []\n    - name: c\n      adresses: [10.9.0.0/24]\n    - name: d\n      addresses: [10.0.0.5]\n",
+            &[
+                ("settings.addressPools[0].addresses[1]", "ends before it starts"),
+                ("settings.addressPools[0].addresses[2]", "prefix length"),
+                ("settings.addressPools[0].addresses[3]", "mixes IPv4 and IPv6"),
+                ("settings.addressPools[0].addresses[4]", "\"bogus\" is not an IP address"),
+                ("settings.addressPools[1].name", "also the name of settings.addressPools[0]"),
+                ("settings.addressPools[1].addresses[0]", "overlaps settings.addressPools[0].addresses[0]"),
+                ("settings.addressPools[2].name", "is required"),
+                ("settings.addressPools[2].addresses", "at least one"),
+                ("settings.addressPools[3].adresses", "unknown field `adresses`"),
+                ("settings.addressPools[4].addresses[0]", "overlaps settings.addressPools[0]"),
+            ],
+        );
+    }
+
+    #[test]
+    fn hook_api_needs_its_own_listen_address_and_files() {
+        let hook = valid(
+            "settings:\n  hookApi:\n    listen: 0.0.0.0:9722\n    tokenFile: /etc/portico/token\n    stateFile: /var/lib/portico/hook.json\n",
+        )
+        .settings
+        .hook_api
+        .expect("hook API on");
+        assert_eq!(hook.listen, "0.0.0.0:9722".parse().unwrap());
+        assert_eq!(hook.token_file, std::path::Path::new("/etc/portico/token"));
+        assert_problems(
+            "settings:\n  adminListen: 127.0.0.1:9721\n  hookApi:\n    listen: 127.0.0.1:9721\n",
+            &[
+                ("settings.hookApi.listen", "nothing but the hook API"),
+                ("settings.hookApi.tokenFile", "is required"),
+                ("settings.hookApi.stateFile", "is required"),
+            ],
+        );
     }
 
     // ----- settings -------------------------------------------------------
@@ -1218,6 +1543,7 @@ settings:
                 source_ranges: SourceRanges::Any,
                 algorithm: Algorithm::Maglev,
                 proxy_protocol: ProxyProtocol::Off,
+                cluster_check: None,
             }
         );
     }
