@@ -1,0 +1,184 @@
+//! Validation hooks: the checks of the real API server that client code meets.
+//!
+//! Only Service source ranges are checked (spec field and legacy annotation),
+//! with the real server's field paths and messages; other resources accept
+//! anything. A hook returns every problem it finds, each becoming one `cause`
+//! of a 422 `Invalid` Status.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use serde_json::Value;
+
+/// The legacy annotation the real server also validates.
+pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
+
+const SOURCE_RANGES_HINT: &str =
+    "must be a list of IP ranges. For example, 10.240.0.0/24,10.250.0.0/24 ";
+
+/// One invalid field, as in a Status `details.causes` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// `reason` of the cause, e.g. `FieldValueInvalid`.
+    pub reason: &'static str,
+    /// Field path as the real server spells it, e.g. `spec.LoadBalancerSourceRanges`.
+    pub field: String,
+    /// Message without the field, e.g. `Invalid value: "x": must be ...`.
+    pub message: String,
+}
+
+impl FieldError {
+    fn invalid(field: impl Into<String>, value: &str, detail: &str) -> Self {
+        FieldError {
+            reason: "FieldValueInvalid",
+            field: field.into(),
+            message: format!("Invalid value: {}: {detail}", go_quote(value)),
+        }
+    }
+
+    fn forbidden(field: impl Into<String>, detail: &str) -> Self {
+        FieldError {
+            reason: "FieldValueForbidden",
+            field: field.into(),
+            message: format!("Forbidden: {detail}"),
+        }
+    }
+}
+
+/// Accepts everything.
+pub fn nothing(_: &Value) -> Vec<FieldError> {
+    Vec::new()
+}
+
+/// Service checks: `spec.loadBalancerSourceRanges`, else the legacy annotation,
+/// must parse as CIDRs and are only allowed on `type: LoadBalancer`.
+pub fn service(obj: &Value) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let ranges: Vec<String> = obj["spec"]["loadBalancerSourceRanges"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|v| v.as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let annotation = obj["metadata"]["annotations"][SOURCE_RANGES_ANNOTATION]
+        .as_str()
+        .unwrap_or_default();
+    if ranges.is_empty() && annotation.is_empty() {
+        return errors;
+    }
+    if obj["spec"]["type"] != "LoadBalancer" {
+        errors.push(FieldError::forbidden(
+            "spec.loadBalancerSourceRanges",
+            "may only be used when `type` is 'LoadBalancer'",
+        ));
+    }
+    if !ranges.is_empty() {
+        if !ranges.iter().all(|r| is_cidr(r.trim())) {
+            let shown = format!("[{}]", ranges.join(" "));
+            errors.push(FieldError::invalid(
+                "spec.LoadBalancerSourceRanges",
+                &shown,
+                SOURCE_RANGES_HINT,
+            ));
+        }
+    } else if !annotation.split(',').all(|r| is_cidr(r.trim())) {
+        errors.push(FieldError::invalid(
+            format!("metadata.annotations[{SOURCE_RANGES_ANNOTATION}]"),
+            annotation,
+            SOURCE_RANGES_HINT,
+        ));
+    }
+    errors
+}
+
+/// Whether `s` is a CIDR as Go's `net.ParseCIDR` accepts it (host bits may be set).
+pub fn is_cidr(s: &str) -> bool {
+    let Some((addr, len)) = s.split_once('/') else {
+        return false;
+    };
+    if len.is_empty() || len.len() > 3 || !len.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    let Ok(len) = len.parse::<u8>() else {
+        return false;
+    };
+    if addr.parse::<Ipv4Addr>().is_ok() {
+        len <= 32
+    } else if addr.parse::<Ipv6Addr>().is_ok() {
+        len <= 128
+    } else {
+        false
+    }
+}
+
+/// Quotes like Go's `%q` for the plain strings met here.
+fn go_quote(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| format!("\"{s}\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn cidrs() {
+        for good in [
+            "10.0.0.0/8",
+            "192.0.2.7/32",
+            "0.0.0.0/0",
+            "2001:db8::/32",
+            "::/0",
+        ] {
+            assert!(is_cidr(good), "{good}");
+        }
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0.0",
+            "10.0.0/8",
+            "2001:db8::/129",
+            "x/1",
+            "1.2.3.4/-1",
+            "",
+        ] {
+            assert!(!is_cidr(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn spec_ranges_like_the_real_server() {
+        let svc =
+            json!({"spec": {"type": "LoadBalancer", "loadBalancerSourceRanges": ["10.0.0.0/33"]}});
+        assert_eq!(
+            service(&svc),
+            vec![FieldError {
+                reason: "FieldValueInvalid",
+                field: "spec.LoadBalancerSourceRanges".into(),
+                message: "Invalid value: \"[10.0.0.0/33]\": must be a list of IP ranges. For example, 10.240.0.0/24,10.250.0.0/24 ".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn annotation_checked_only_without_spec_ranges() {
+        let svc = json!({"metadata": {"annotations": {SOURCE_RANGES_ANNOTATION: "10.0.0.0/8, 10.0.0.0/33"}},
+            "spec": {"type": "LoadBalancer"}});
+        let errs = service(&svc);
+        assert_eq!(errs.len(), 1);
+        assert_eq!(
+            errs[0].field,
+            "metadata.annotations[service.beta.kubernetes.io/load-balancer-source-ranges]"
+        );
+        let svc = json!({"metadata": {"annotations": {SOURCE_RANGES_ANNOTATION: "nonsense"}},
+            "spec": {"type": "LoadBalancer", "loadBalancerSourceRanges": ["10.0.0.0/8"]}});
+        assert!(service(&svc).is_empty());
+    }
+
+    #[test]
+    fn ranges_need_a_load_balancer() {
+        let svc =
+            json!({"spec": {"type": "ClusterIP", "loadBalancerSourceRanges": ["10.0.0.0/8"]}});
+        assert_eq!(service(&svc)[0].reason, "FieldValueForbidden");
+    }
+}
