@@ -60,6 +60,9 @@ pub struct EdgeOptions {
     /// When taking over from a previous process, the VIPs it added are
     /// adopted (and removed by this process when no longer used).
     pub adopt_vips: bool,
+    /// The metrics to export (sources started before the edge count into
+    /// them too); `None` creates a fresh set.
+    pub metrics: Option<EdgeMetrics>,
 }
 
 /// The status of one listener, for `/status` and `portico-edge status`.
@@ -143,7 +146,7 @@ impl Edge {
     /// Starts the edge on `config`: admin and metrics servers, health checks,
     /// listeners, VIPs. Must be called inside a tokio runtime.
     pub async fn start(config: EdgeConfig, mut opts: EdgeOptions) -> Result<Edge, EdgeError> {
-        let metrics = EdgeMetrics::new();
+        let metrics = opts.metrics.take().unwrap_or_default();
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let tracker = TaskTracker::new();

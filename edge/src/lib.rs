@@ -8,9 +8,12 @@
 //! and [`copy`]s both ways.
 
 pub mod admin;
+pub mod cluster;
 pub mod copy;
 pub mod edge;
 pub mod health;
+pub mod hook;
+pub mod ipam;
 pub mod listeners;
 pub mod maglev;
 pub mod metrics;
@@ -20,6 +23,7 @@ pub mod proxy_protocol;
 pub mod run;
 pub mod snapshot;
 pub mod source_ranges;
+pub mod sources;
 pub mod standin;
 pub mod status_view;
 pub mod sys;

@@ -6,7 +6,7 @@
 //! ([`RouteMetrics`]), so a connection never hashes label values.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -60,6 +60,14 @@ pub struct EdgeMetrics {
     pub vip_errors: IntCounter,
     /// Services currently failing closed or otherwise unable to carry traffic.
     pub route_problems: IntGaugeVec,
+    /// Seconds since the Kubernetes watches were last healthy (0: healthy).
+    pub kube_stale: Gauge,
+    /// Service status writes, by result.
+    pub kube_status_writes: IntCounterVec,
+    /// Events recorded on Services, by type.
+    pub kube_events: IntCounterVec,
+    /// Hook API requests, by route and HTTP status code.
+    pub hook_requests: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -116,6 +124,13 @@ impl EdgeMetrics {
         )
         .expect("valid metric definition");
         r.register(Box::new(vip_errors.clone()))
+            .expect("metric registered once");
+        let kube_stale = Gauge::new(
+            "portico_edge_kubernetes_stale_seconds",
+            "Seconds since the Kubernetes watches were last healthy (0 while they are); the edge keeps serving its last view meanwhile.",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(kube_stale.clone()))
             .expect("metric registered once");
         EdgeMetrics {
             accepted: counter_vec(&r, "portico_edge_connections_accepted_total", "Client connections accepted by a listener.", sp),
@@ -189,6 +204,25 @@ impl EdgeMetrics {
                 "portico_edge_route_problems",
                 "Listeners that cannot carry traffic, by Service, port and problem.",
                 &["service", "port", "problem"],
+            ),
+            kube_stale,
+            kube_status_writes: counter_vec(
+                &r,
+                "portico_edge_kubernetes_status_writes_total",
+                "Writes of status.loadBalancer to Services, by result (ok, failed).",
+                &["result"],
+            ),
+            kube_events: counter_vec(
+                &r,
+                "portico_edge_kubernetes_events_total",
+                "Events recorded on Services, by type (Normal, Warning).",
+                &["type"],
+            ),
+            hook_requests: counter_vec(
+                &r,
+                "portico_edge_hook_requests_total",
+                "Requests to the cloud-provider hook API, by route (ensure, update, get, delete, list; none: no such route or method) and HTTP status code.",
+                &["route", "code"],
             ),
             registry: r,
         }

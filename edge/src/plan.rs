@@ -238,6 +238,7 @@ pub fn plan(config: &EdgeConfig) -> Plan {
                             let target = health_target(
                                 svc.external_traffic_policy,
                                 svc.health_check_node_port,
+                                svc.cluster_check.unwrap_or(health.cluster_check),
                                 health,
                                 port.protocol,
                                 ip,
@@ -289,6 +290,7 @@ pub fn plan(config: &EdgeConfig) -> Plan {
 fn health_target(
     policy: TrafficPolicy,
     hc_node_port: Option<u16>,
+    cluster_check: ClusterHealthCheck,
     health: &HealthSettings,
     protocol: Protocol,
     ip: IpAddr,
@@ -300,7 +302,7 @@ fn health_target(
         // config file (validation refuses it); from other sources, judging
         // the node by its NodePort is the closest safe reading.
         (TrafficPolicy::Local, None) => HealthTarget::TcpConnect(SocketAddr::new(ip, node_port)),
-        (TrafficPolicy::Cluster, _) => match health.cluster_check {
+        (TrafficPolicy::Cluster, _) => match cluster_check {
             ClusterHealthCheck::KubeProxy => {
                 HealthTarget::NodeProxy(SocketAddr::new(ip, health.kube_proxy_port))
             }
@@ -358,6 +360,7 @@ mod tests {
             source_ranges: SourceRanges::Any,
             algorithm: Algorithm::Maglev,
             proxy_protocol: ProxyProtocol::Off,
+            cluster_check: None,
         }
     }
 
@@ -451,6 +454,19 @@ mod tests {
         let p = plan(&cfg);
         let targets: Vec<String> = p.targets.iter().map(|t| t.to_string()).collect();
         assert_eq!(targets, ["tcp:10.0.0.1:30080"]);
+    }
+
+    #[test]
+    fn a_service_can_override_the_cluster_check() {
+        let mut tcp = service("tcp", &["192.0.2.1"], &[(80, Some(30080))]);
+        tcp.cluster_check = Some(ClusterHealthCheck::TcpNodePort);
+        let mut cfg = config(
+            vec![tcp, service("proxy", &["192.0.2.2"], &[(80, Some(30081))])],
+            vec![node("a", &["10.0.0.1"])],
+        );
+        cfg.settings.health.cluster_check = ClusterHealthCheck::KubeProxy;
+        let targets: Vec<String> = plan(&cfg).targets.iter().map(|t| t.to_string()).collect();
+        assert_eq!(targets, ["node-proxy:10.0.0.1:10256", "tcp:10.0.0.1:30080"]);
     }
 
     #[test]

@@ -547,6 +547,7 @@ mod tests {
                 source_ranges: SourceRanges::Any,
                 algorithm,
                 proxy_protocol: ProxyProtocol::Off,
+                cluster_check: None,
             }],
             nodes: (0..nodes)
                 .map(|i| Node {

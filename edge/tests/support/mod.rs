@@ -130,6 +130,7 @@ pub fn service(name: &str, vip: IpAddr, port: u16) -> Service {
         source_ranges: SourceRanges::Any,
         algorithm: Algorithm::Maglev,
         proxy_protocol: ProxyProtocol::Off,
+        cluster_check: None,
     }
 }
 
