@@ -1,33 +1,56 @@
 //! The agent's loop: read the objects, plan, sync the kernel, serve health.
 //!
-//! Every poll it checks whether the manifest directory changed (a cheap
-//! fingerprint); when it did, it reloads, plans and sends only the changes.
-//! Every sync period it recreates the table in one transaction whatever the
-//! kernel holds, which repairs drift (a hand-deleted table comes back). A
-//! successful sync, changed or not, refreshes the `/healthz` freshness that
-//! the edge checks; a failing one lets it go stale, so the edge stops
-//! sending here.
+//! The objects come from one of two sources ([`Source`]):
+//! - a manifest directory: every poll the agent checks whether it changed
+//!   (a cheap fingerprint); when it did, it reloads, plans and sends only
+//!   the changes;
+//! - the Kubernetes API ([`crate::kube_source`]): watches fill caches; the
+//!   first sync waits until every cache has been listed once, then a burst
+//!   of changes (debounced) gives one sync. While the API is away the caches
+//!   keep the last complete state, so the rules stay as they are.
+//!
+//! Either way, every sync period the agent recreates the table in one
+//! transaction whatever the kernel holds, which repairs drift (a
+//! hand-deleted table comes back). A successful sync, changed or not,
+//! refreshes the `/healthz` freshness that the edge checks; a failing one
+//! lets it go stale, so the edge stops sending here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use portico_config::cluster::{ClusterService, EndpointSlice, NodeInfo};
 use portico_config::{ServiceKey, TrafficPolicy};
 
 use crate::health::{HealthServerError, HealthState, NodeHealthServer, ServiceHealthServers};
-use crate::manifests;
+use crate::kube_source::{self, Debouncer, KubeError, KubeOptions, KubeSource};
+use crate::manifests::{self, Snapshot};
 use crate::metrics::AgentMetrics;
 use crate::nft::NftBackend;
 use crate::plan::{plan, PlanOptions};
 use crate::sync::{SyncOutcome, Syncer};
 
+/// A burst of Kubernetes changes is synced once no change came for this long...
+const DEBOUNCE_QUIET: Duration = Duration::from_millis(10);
+/// ...or this long after its first change, whichever comes first.
+const DEBOUNCE_MAX: Duration = Duration::from_millis(100);
+
+/// Where the agent reads Services, EndpointSlices and its Node from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A directory of Kubernetes manifests, polled for changes (debugging,
+    /// the lab).
+    Manifests(PathBuf),
+    /// The Kubernetes API, watched.
+    Kubernetes(KubeOptions),
+}
+
 /// How the agent runs.
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
-    /// The directory of Kubernetes manifests to program from.
-    pub manifests: PathBuf,
+    /// Where the objects come from.
+    pub source: Source,
     /// This node's name (`--node-name` or the downward API's `NODE_NAME`).
     pub node_name: String,
     /// Planner options (proxy name, masquerade mark).
@@ -41,7 +64,9 @@ pub struct AgentOptions {
     /// Full resync period; `/healthz` turns 503 after two of them without a
     /// successful sync (kube-proxy's rule).
     pub sync_period: Duration,
-    /// How often the manifest directory is checked for changes.
+    /// How often the manifest directory is checked for changes (with the
+    /// Kubernetes source: how often the resync and the stale gauge are
+    /// checked, at most every second).
     pub poll_interval: Duration,
 }
 
@@ -51,6 +76,9 @@ pub enum AgentError {
     /// The node health server could not listen.
     #[error(transparent)]
     Health(#[from] HealthServerError),
+    /// The Kubernetes source could not start.
+    #[error(transparent)]
+    Kube(#[from] KubeError),
     /// The metrics server could not listen.
     #[error("cannot listen on {addr} for metrics: {source}")]
     Metrics {
@@ -105,6 +133,7 @@ pub struct Agent<B> {
     /// Problems already logged, so a persisting one is logged once.
     reported_errors: BTreeSet<String>,
     reported_skipped: BTreeSet<String>,
+    reported_no_node: bool,
 }
 
 impl<B: NftBackend> Agent<B> {
@@ -124,6 +153,7 @@ impl<B: NftBackend> Agent<B> {
             last_full: None,
             reported_errors: BTreeSet::new(),
             reported_skipped: BTreeSet::new(),
+            reported_no_node: false,
         }
     }
 
@@ -137,17 +167,22 @@ impl<B: NftBackend> Agent<B> {
         &self.syncer
     }
 
-    /// One round: reload and sync when the objects changed or a full resync
-    /// is due. Returns what the sync did, `None` when nothing was due.
+    /// Whether the periodic full resync is due (or the last sync failed).
+    pub fn full_due(&self) -> bool {
+        self.last_full
+            .is_none_or(|t| t.elapsed() >= self.opts.sync_period)
+    }
+
+    /// One round of the manifest source: reload `dir` and sync when it
+    /// changed or a full resync is due. Returns what the sync did, `None`
+    /// when nothing was due or it failed.
     /// Blocking (file reads, `nft`): call it off the async workers.
-    pub fn round(&mut self) -> Option<SyncOutcome> {
-        let full_due = self
-            .last_full
-            .is_none_or(|t| t.elapsed() >= self.opts.sync_period);
-        let fingerprint = match manifests::fingerprint(&self.opts.manifests) {
+    pub fn round(&mut self, dir: &Path) -> Option<SyncOutcome> {
+        let full_due = self.full_due();
+        let fingerprint = match manifests::fingerprint(dir) {
             Ok(f) => Some(f),
             Err(e) => {
-                tracing::error!(dir = %self.opts.manifests.display(), error = %e, "cannot read the manifest directory; rules stay as they are");
+                tracing::error!(dir = %dir.display(), error = %e, "cannot read the manifest directory; rules stay as they are");
                 None
             }
         };
@@ -155,33 +190,56 @@ impl<B: NftBackend> Agent<B> {
             return None;
         }
         let started = Instant::now();
-        let (snapshot, errors) = match manifests::load_dir(
-            &self.opts.manifests,
-            &self.opts.node_name,
-        ) {
+        let (snapshot, errors) = match manifests::load_dir(dir, &self.opts.node_name) {
             Ok(loaded) => loaded,
             Err(e) => {
                 // A sync that cannot even read its input has failed: count it,
                 // and let /healthz go stale so the edge stops sending here.
                 self.metrics.sync_failures.inc();
-                tracing::error!(dir = %self.opts.manifests.display(), error = %e, "cannot load manifests; rules stay as they are");
+                tracing::error!(dir = %dir.display(), error = %e, "cannot load manifests; rules stay as they are");
                 return None;
             }
         };
+        let problems: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        let outcome = self.sync_snapshot(started, &snapshot, &problems, "manifest skipped");
+        if outcome.is_some() {
+            self.fingerprint = fingerprint;
+        }
+        outcome
+    }
+
+    /// Plans `snapshot` and brings the kernel to it: a full resync when one
+    /// is due ([`full_due`](Self::full_due)), else only the changes. Then
+    /// updates `/healthz`, the health check ports and the metrics.
+    ///
+    /// `problems` are the objects the source skipped (logged once each as
+    /// `what`, while they persist; counted in the source-errors gauge);
+    /// `started` is when the source began reading, for the sync duration.
+    /// Returns what the sync did, `None` when it failed.
+    /// Blocking (`nft`): call it off the async workers.
+    pub fn sync_snapshot(
+        &mut self,
+        started: Instant,
+        snapshot: &Snapshot,
+        problems: &[String],
+        what: &str,
+    ) -> Option<SyncOutcome> {
+        let full_due = self.full_due();
         // Report each problem once, not again at every periodic resync while
         // it persists; the gauge keeps showing it.
-        let messages: BTreeSet<String> = errors.iter().map(|e| e.to_string()).collect();
+        let messages: BTreeSet<String> = problems.iter().cloned().collect();
         for m in messages.difference(&self.reported_errors) {
-            tracing::warn!(error = %m, "manifest skipped");
+            tracing::warn!(error = %m, "{what}");
         }
         self.reported_errors = messages;
-        self.metrics.source_errors.set(errors.len() as i64);
-        let node = snapshot.node.clone().unwrap_or_else(|| {
-            tracing::warn!(node = %self.opts.node_name, "no Node object for this node in the manifests; planning without its addresses");
-            NodeInfo {
-                name: self.opts.node_name.clone(),
-                ..Default::default()
-            }
+        self.metrics.source_errors.set(problems.len() as i64);
+        if snapshot.node.is_none() && !self.reported_no_node {
+            tracing::warn!(node = %self.opts.node_name, "no Node object for this node; planning without its addresses");
+        }
+        self.reported_no_node = snapshot.node.is_none();
+        let node = snapshot.node.clone().unwrap_or_else(|| NodeInfo {
+            name: self.opts.node_name.clone(),
+            ..Default::default()
         });
         self.health.set_node(&node);
         let planned = plan(&snapshot.services, &snapshot.slices, &node, &self.opts.plan);
@@ -226,7 +284,6 @@ impl<B: NftBackend> Agent<B> {
         {
             self.last_full = Some(Instant::now());
         }
-        self.fingerprint = fingerprint;
         let now = SystemTime::now();
         self.health.record_sync_success(now);
         self.metrics.last_sync.set(
@@ -281,22 +338,106 @@ pub async fn run<B: NftBackend + Send + 'static>(
             tracing::error!(error = %e, "metrics server failed");
         }
     });
-    tracing::info!(%health_addr, %metrics_addr, node = %opts.node_name, dir = %opts.manifests.display(), "node agent running");
-    let mut poll = tokio::time::interval(opts.poll_interval);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = poll.tick() => {
-                // File reads and `nft` block; keep them off the async workers.
-                tokio::task::block_in_place(|| agent.round());
+    let result = match &opts.source {
+        Source::Manifests(dir) => {
+            tracing::info!(%health_addr, %metrics_addr, node = %opts.node_name, dir = %dir.display(), "node agent running");
+            let mut poll = tokio::time::interval(opts.poll_interval);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = poll.tick() => {
+                        // File reads and `nft` block; keep them off the async workers.
+                        tokio::task::block_in_place(|| agent.round(dir));
+                    }
+                    () = &mut shutdown => break Ok(()),
+                }
             }
-            () = &mut shutdown => break,
         }
-    }
+        Source::Kubernetes(kube) => {
+            tracing::info!(%health_addr, %metrics_addr, node = %opts.node_name, proxy = %opts.plan.proxy_name, "node agent running on the Kubernetes API");
+            run_kubernetes(&mut agent, kube, &metrics, shutdown).await
+        }
+    };
     metrics_task.abort();
     tracing::info!("node agent stopped; rules left in place");
-    Ok(())
+    result
+}
+
+/// The Kubernetes source's loop: connect, start the watches, wait until each
+/// has listed once, then sync after each debounced burst of changes and at
+/// every full resync, until `shutdown` resolves.
+async fn run_kubernetes<B: NftBackend>(
+    agent: &mut Agent<B>,
+    kube: &KubeOptions,
+    metrics: &AgentMetrics,
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<(), AgentError> {
+    let client = tokio::select! {
+        client = kube_source::connect(kube) => client?,
+        () = &mut shutdown => return Ok(()),
+    };
+    let node_name = agent.opts.node_name.clone();
+    let source = KubeSource::start(
+        client,
+        &node_name,
+        &agent.opts.plan.proxy_name,
+        kube,
+        metrics.kube_watch_errors.clone(),
+    );
+    let stores = source.stores().clone();
+    let ready = stores.wait_until_ready();
+    tokio::pin!(ready);
+    let mut listed = false;
+    let mut debouncer = Debouncer::new(DEBOUNCE_QUIET, DEBOUNCE_MAX);
+    let mut tick = tokio::time::interval(agent.opts.poll_interval.min(Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sync = |agent: &mut Agent<B>| {
+        // This sync covers every change notified so far: take the pending
+        // notification, so that only later changes cause another sync.
+        futures::FutureExt::now_or_never(source.changed());
+        // Converting and `nft` block; keep them off the async workers.
+        tokio::task::block_in_place(|| {
+            let started = Instant::now();
+            let (snapshot, errors) = stores.snapshot(&node_name);
+            let problems: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            agent.sync_snapshot(started, &snapshot, &problems, "Kubernetes object skipped");
+        });
+    };
+    tracing::info!("waiting for the first list of Services, EndpointSlices and the Node");
+    loop {
+        let deadline = debouncer.deadline();
+        tokio::select! {
+            result = &mut ready, if !listed => {
+                result?;
+                listed = true;
+                tracing::info!("Kubernetes objects listed");
+                debouncer.clear();
+                sync(agent);
+            }
+            () = source.changed() => {
+                // Before the first complete list, the first sync covers it all.
+                if listed {
+                    debouncer.changed(Instant::now());
+                }
+            }
+            () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
+                if debouncer.take_due(Instant::now()) {
+                    sync(agent);
+                }
+            }
+            _ = tick.tick() => {
+                metrics.kube_stale.set(source.stale(Instant::now()).as_secs_f64());
+                // The periodic resync, also while the API is away: from the
+                // last complete state the caches hold.
+                if listed && agent.full_due() {
+                    debouncer.clear();
+                    sync(agent);
+                }
+            }
+            () = &mut shutdown => return Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]

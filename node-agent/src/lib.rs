@@ -14,19 +14,23 @@
 //! - [`health`]: kube-proxy's health servers (`:10256/healthz`, `/livez`, and
 //!   one per `healthCheckNodePort` of a `Local` Service), which the edge checks;
 //! - [`manifests`]: the directory source (Kubernetes YAML/JSON Services,
-//!   EndpointSlices, Nodes -> the model), whose converters the Kubernetes
-//!   watch will reuse;
+//!   EndpointSlices, Nodes -> the model), and the converters both sources use;
+//! - [`kube_source`]: the Kubernetes API source (watches and their caches ->
+//!   the same snapshot), with debouncing and outage tracking;
 //! - [`agent`]: the loop tying them together, and [`metrics`].
 //!
 //! Tests: unit tests inline; `tests/golden.rs` compares each fixture's full
 //! script with `tests/golden/*.nft` (`UPDATE_GOLDEN=1` rewrites them) and
 //! has `nft -c` check them; `tests/datapath.rs` loads rulesets into network
 //! namespaces it creates and sends real TCP/UDP traffic through them. The
-//! privileged tests need root, `nft` and `ip`; they skip loudly without them
+//! privileged tests need root, `nft` and `ip`; `tests/agent.rs` runs the
+//! binary on manifests and `tests/kube.rs` on a fake API server
+//! (`portico-kube-fake`), both in namespaces; they skip loudly without them
 //! and fail instead when `CI=true`.
 
 pub mod agent;
 pub mod health;
+pub mod kube_source;
 pub mod manifests;
 pub mod metrics;
 pub mod nft;

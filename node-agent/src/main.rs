@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use portico_node_agent::agent::{self, AgentOptions};
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use portico_node_agent::agent::{self, AgentError, AgentOptions, Source};
+use portico_node_agent::kube_source::{KubeError, KubeOptions, DEFAULT_WATCH_TIMEOUT};
 use portico_node_agent::nft::{NftBackend, NftCommand};
 use portico_node_agent::plan::PlanOptions;
 use portico_node_agent::ruleset::TABLE_NAME;
@@ -24,59 +25,84 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Program this node from a directory of Kubernetes manifests (Services,
-    /// EndpointSlices, Nodes), re-read on change.
-    Run {
-        /// The manifest directory.
-        #[arg(long)]
-        manifests: PathBuf,
-        /// This node's name.
-        #[arg(long, env = "NODE_NAME")]
-        node_name: String,
-        /// Handle Services labelled `service.kubernetes.io/service-proxy-name=<this>`.
-        #[arg(long, default_value = portico_config::cluster::DEFAULT_PROXY_NAME)]
-        proxy_name: String,
-        /// kube-proxy-compatible node health server (`/healthz`, `/livez`).
-        /// Where kube-proxy still runs for other Services it owns 10256:
-        /// pick another port and point the edge's `kubeProxyPort` at it.
-        #[arg(long, default_value = "[::]:10256")]
-        health_addr: SocketAddr,
-        /// The address `healthCheckNodePort` servers bind to.
-        #[arg(long, default_value = "::")]
-        health_bind_ip: IpAddr,
-        /// Where `/metrics` is served.
-        #[arg(long, default_value = "0.0.0.0:9731")]
-        metrics_addr: SocketAddr,
-        /// Seconds between full resyncs (which repair drift); `/healthz`
-        /// turns 503 after two periods without a successful sync.
-        #[arg(long, default_value_t = 30)]
-        sync_period_secs: u64,
-        /// Milliseconds between checks of the manifest directory.
-        #[arg(long, default_value_t = 1000)]
-        poll_interval_ms: u64,
-    },
+    /// Program this node from the Kubernetes API (`--kubernetes`) or from a
+    /// directory of Kubernetes manifests (`--manifests`): Services,
+    /// EndpointSlices and this node's Node.
+    Run(Box<RunArgs>),
     /// Remove everything the agent installed (its nftables table).
     Cleanup,
+}
+
+/// `run`'s arguments.
+#[derive(Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["manifests", "kubernetes"])))]
+struct RunArgs {
+    /// Read a directory of manifests, re-read on change (debugging, labs).
+    #[arg(long, value_name = "DIR")]
+    manifests: Option<PathBuf>,
+    /// Watch the Kubernetes API (in-cluster, `KUBECONFIG` or
+    /// `~/.kube/config`, or `--kubeconfig`).
+    #[arg(long)]
+    kubernetes: bool,
+    /// The kubeconfig file to use with `--kubernetes`.
+    #[arg(long, value_name = "FILE", requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// Server-side timeout of each watch request, in seconds; a silently
+    /// dead connection is noticed after it (plus 5 s).
+    #[arg(long, default_value_t = DEFAULT_WATCH_TIMEOUT.as_secs(), requires = "kubernetes")]
+    watch_timeout_secs: u64,
+    /// This node's name.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Handle Services labelled `service.kubernetes.io/service-proxy-name=<this>`.
+    #[arg(long, default_value = portico_config::cluster::DEFAULT_PROXY_NAME)]
+    proxy_name: String,
+    /// kube-proxy-compatible node health server (`/healthz`, `/livez`).
+    /// Where kube-proxy still runs for other Services it owns 10256:
+    /// pick another port and point the edge's `kubeProxyPort` at it.
+    #[arg(long, default_value = "[::]:10256")]
+    health_addr: SocketAddr,
+    /// The address `healthCheckNodePort` servers bind to.
+    #[arg(long, default_value = "::")]
+    health_bind_ip: IpAddr,
+    /// Where `/metrics` is served.
+    #[arg(long, default_value = "0.0.0.0:9731")]
+    metrics_addr: SocketAddr,
+    /// Seconds between full resyncs (which repair drift); `/healthz`
+    /// turns 503 after two periods without a successful sync.
+    #[arg(long, default_value_t = 30)]
+    sync_period_secs: u64,
+    /// Milliseconds between checks of the manifest directory.
+    /// (`--kubernetes` is driven by the watches instead.)
+    #[arg(long, default_value_t = 1000)]
+    poll_interval_ms: u64,
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // kube's HTTP layer logs every failed request at ERROR; the
+            // agent logs each failing watch itself, once per outage.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube_client::client::builder=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Run {
-            manifests,
-            node_name,
-            proxy_name,
-            health_addr,
-            health_bind_ip,
-            metrics_addr,
-            sync_period_secs,
-            poll_interval_ms,
-        } => {
+        Command::Run(args) => {
+            let RunArgs {
+                manifests,
+                kubernetes,
+                kubeconfig,
+                watch_timeout_secs,
+                node_name,
+                proxy_name,
+                health_addr,
+                health_bind_ip,
+                metrics_addr,
+                sync_period_secs,
+                poll_interval_ms,
+            } = *args;
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -88,8 +114,16 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let source = match manifests {
+                Some(dir) if !kubernetes => Source::Manifests(dir),
+                // The argument group allows exactly one of the two.
+                _ => Source::Kubernetes(KubeOptions {
+                    kubeconfig,
+                    watch_timeout: Duration::from_secs(watch_timeout_secs.max(1)),
+                }),
+            };
             let opts = AgentOptions {
-                manifests,
+                source,
                 node_name,
                 plan: PlanOptions {
                     proxy_name,
@@ -125,6 +159,11 @@ fn main() -> ExitCode {
             };
             match runtime.block_on(agent::run(opts, NftCommand::new(), shutdown)) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e @ AgentError::Kube(KubeError::Kubeconfig { .. } | KubeError::Infer(_))) => {
+                    // EX_USAGE: the configuration is wrong, a restart will not help.
+                    eprintln!("portico-node-agent: {e}");
+                    ExitCode::from(64)
+                }
                 Err(e) => {
                     eprintln!("portico-node-agent: {e}");
                     ExitCode::FAILURE

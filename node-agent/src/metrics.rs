@@ -2,8 +2,8 @@
 //! of its own so several agents can run in one test process.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::ruleset::Ruleset;
@@ -20,12 +20,19 @@ pub struct AgentMetrics {
     pub installed: IntGaugeVec,
     /// Objects or ports skipped as invalid in the last plan.
     pub skipped: IntGauge,
-    /// Manifest documents that could not be read or converted at the last load.
+    /// Manifest documents, or Kubernetes objects, that could not be read or
+    /// converted at the last load.
     pub source_errors: IntGauge,
     /// Unix time of the last successful sync.
     pub last_sync: IntGauge,
     /// Health check ports that could not be opened.
     pub health_port_errors: IntCounter,
+    /// Seconds since the Kubernetes watches were last known healthy: since
+    /// the first error of the current outage (0 while they work, and with
+    /// the manifest source).
+    pub kube_stale: Gauge,
+    /// Kubernetes watch errors, by resource.
+    pub kube_watch_errors: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -77,7 +84,7 @@ impl AgentMetrics {
                 &r,
                 IntGauge::new(
                     "portico_node_agent_source_errors",
-                    "Manifest documents or objects that could not be read or converted at the last load.",
+                    "Manifest documents or Kubernetes objects that could not be read or converted at the last load (each is logged with its object and field).",
                 )
                 .expect("valid metric definition"),
             ),
@@ -94,6 +101,25 @@ impl AgentMetrics {
                 IntCounter::new(
                     "portico_node_agent_health_port_errors_total",
                     "Health check node ports that could not be opened.",
+                )
+                .expect("valid metric definition"),
+            ),
+            kube_stale: register(
+                &r,
+                Gauge::new(
+                    "portico_node_agent_kubernetes_stale_seconds",
+                    "Seconds since the Kubernetes watches were last known healthy (since the first error of the current outage; 0 while every watch works). Meanwhile the rules stay as last synced.",
+                )
+                .expect("valid metric definition"),
+            ),
+            kube_watch_errors: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "portico_node_agent_kubernetes_watch_errors_total",
+                        "Kubernetes list/watch errors, by resource (services, endpointslices, node).",
+                    ),
+                    &["resource"],
                 )
                 .expect("valid metric definition"),
             ),

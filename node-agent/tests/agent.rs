@@ -11,6 +11,8 @@
 
 #[path = "support/netns.rs"]
 mod netns;
+#[path = "support/process.rs"]
+mod process;
 mod support;
 
 use std::collections::BTreeSet;
@@ -18,21 +20,18 @@ use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use netns::*;
+use process::{metric, Agent, AgentConfig, AgentSource, BIN, HEALTH_PORT, RECHECK};
 use support::privileged;
 
-const BIN: &str = env!("CARGO_BIN_EXE_portico-node-agent");
 const NODE_PORT: u16 = 30080;
 const CLUSTER_IP: &str = "10.96.0.10";
-const HEALTH_PORT: u16 = 10256;
 const SYNC_PERIOD: Duration = Duration::from_secs(2);
-/// How often the tests re-check a condition they wait for.
-const RECHECK: Duration = Duration::from_millis(20);
 
 // ---------------------------------------------------------------------------
 // Manifests
@@ -151,167 +150,6 @@ fn borrowed(eps: &[(String, String)]) -> Vec<(String, &str)> {
 }
 
 // ---------------------------------------------------------------------------
-// The agent process
-// ---------------------------------------------------------------------------
-
-/// A running `portico-node-agent run` in the node namespace. Killed and
-/// reaped on drop; when the test is failing, its stderr is printed.
-struct Agent {
-    child: Option<Child>,
-    label: String,
-    logs: tempfile::TempDir,
-    metrics_port: u16,
-}
-
-/// Where an agent serves and what it reads.
-struct AgentConfig<'a> {
-    manifests: &'a Path,
-    node_name: &'a str,
-    health_bind_ip: &'a str,
-    /// Searched for `nft` before the inherited `PATH` (a wrapper).
-    nft_dir: Option<&'a Path>,
-    sync_period: Duration,
-}
-
-impl Agent {
-    fn start(lab: &Lab, label: &str, cfg: &AgentConfig<'_>) -> Agent {
-        let node_ns = lab.ns("node");
-        // Any port is free in a fresh namespace; ask the kernel for one.
-        let metrics_port = in_netns(&node_ns, || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port in the node namespace")
-                .port()
-        });
-        let logs = tempfile::tempdir().expect("log dir");
-        let stdout = fs::File::create(logs.path().join("stdout")).expect("stdout file");
-        let stderr = fs::File::create(logs.path().join("stderr")).expect("stderr file");
-        let mut command = Command::new("ip");
-        if let Some(dir) = cfg.nft_dir {
-            // `ip` is looked up in the new PATH too: keep the old one after.
-            let inherited = std::env::var_os("PATH").unwrap_or_default();
-            let path = std::env::join_paths(
-                std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&inherited)),
-            )
-            .expect("PATH");
-            command.env("PATH", path);
-        }
-        let child = command
-            .args(["netns", "exec", &node_ns, BIN, "run"])
-            .arg("--manifests")
-            .arg(cfg.manifests)
-            .args(["--node-name", cfg.node_name])
-            .args(["--health-addr", &format!("0.0.0.0:{HEALTH_PORT}")])
-            .args(["--health-bind-ip", cfg.health_bind_ip])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--sync-period-secs", &cfg.sync_period.as_secs().to_string()])
-            .args(["--poll-interval-ms", "100"])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {BIN}: {e}"));
-        Agent {
-            child: Some(child),
-            label: label.to_string(),
-            logs,
-            metrics_port,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        fs::read_to_string(self.logs.path().join("stderr")).unwrap_or_default()
-    }
-
-    fn syncs(&self) -> usize {
-        self.stderr()
-            .lines()
-            .filter(|l| l.contains(" synced"))
-            .count()
-    }
-
-    /// Waits until the agent has logged `n` syncs in all.
-    fn wait_syncs(&mut self, n: usize, limit: Duration) -> Duration {
-        let (_, took) = wait_for(
-            &format!("{}: {n} syncs", self.label),
-            limit,
-            RECHECK,
-            || {
-                self.assert_running();
-                (self.syncs() >= n).then_some(())
-            },
-        );
-        took
-    }
-
-    fn assert_running(&mut self) {
-        let child = self.child.as_mut().expect("agent running");
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            panic!(
-                "{} exited early with {status}:\n{}",
-                self.label,
-                self.stderr()
-            );
-        }
-    }
-
-    /// SIGTERM, then waits (bounded) for the exit.
-    fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("agent running");
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-        let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            wait_for(
-                &format!("{} to exit after SIGTERM", self.label),
-                Duration::from_secs(10),
-                RECHECK,
-                || child.try_wait().expect("try_wait"),
-            )
-        }));
-        match waited {
-            Ok((status, _)) => status,
-            Err(panic) => {
-                self.child = Some(child); // the drop guard kills it
-                std::panic::resume_unwind(panic)
-            }
-        }
-    }
-
-    fn metrics(&self, lab: &Lab) -> String {
-        let resp = lab
-            .http_get("node", "127.0.0.1", self.metrics_port, "/metrics")
-            .expect("GET /metrics");
-        assert_eq!(resp.status, 200, "{resp:?}");
-        resp.body
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if let Err(e) = child.kill() {
-                eprintln!("{}: kill: {e}", self.label);
-            }
-            if let Err(e) = child.wait() {
-                eprintln!("{}: wait: {e}", self.label);
-            }
-        }
-        if std::thread::panicking() {
-            eprintln!("----- {} stderr -----\n{}-----", self.label, self.stderr());
-        }
-    }
-}
-
-/// A metric's value in the Prometheus text format.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-// ---------------------------------------------------------------------------
 // Scenario
 // ---------------------------------------------------------------------------
 
@@ -386,7 +224,7 @@ impl Scenario {
             &self.lab,
             label,
             &AgentConfig {
-                manifests: &dir,
+                source: AgentSource::Manifests(&dir),
                 node_name: &self.node_name,
                 health_bind_ip,
                 nft_dir,
@@ -673,7 +511,7 @@ fn agent_restart_keeps_connections_and_rules() {
                 &s.lab,
                 "second agent",
                 &AgentConfig {
-                    manifests: &dir,
+                    source: AgentSource::Manifests(&dir),
                     node_name: &s.node_name,
                     health_bind_ip: NODE_IP,
                     nft_dir: None,
