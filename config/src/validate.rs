@@ -52,6 +52,7 @@ pub fn validate(doc: &RawDocument) -> Result<EdgeConfig, Vec<FieldError>> {
     };
     let nodes = v.nodes(&doc.nodes);
     let services = v.services(&doc.services);
+    v.vips_outside_pools(&services, &settings.address_pools);
     if v.errors.is_empty() {
         Ok(EdgeConfig {
             settings,
@@ -152,6 +153,14 @@ impl Validator {
             .hook_api
             .as_ref()
             .and_then(|h| self.hook_api(h, [metrics, admin]));
+        if kubernetes.is_some() && hook_api.is_some() {
+            // Each would assign addresses from the same pools without
+            // knowing the other's; and both describe the same cluster.
+            self.error(
+                "settings.hookApi",
+                "cannot be used together with settings.kubernetes: an edge takes a cluster's load balancers either from watching it or from its controller-manager, not both",
+            );
+        }
 
         EdgeSettings {
             health,
@@ -162,6 +171,24 @@ impl Validator {
             kubernetes,
             address_pools,
             hook_api,
+        }
+    }
+
+    /// A config file Service's VIP must not lie in an address pool: the
+    /// edge hands pool addresses out, and would hand that one out too.
+    fn vips_outside_pools(&mut self, services: &[Service], pools: &[AddressPool]) {
+        for (i, svc) in services.iter().enumerate() {
+            for (j, vip) in svc.vips.iter().enumerate() {
+                if let Some((k, pool)) = pools.iter().enumerate().find(|(_, p)| p.contains(*vip)) {
+                    self.error(
+                        format!("services[{i}].vips[{j}]"),
+                        format!(
+                            "{vip} lies in settings.addressPools[{k}] ({}); the edge assigns pool addresses to Services from the cluster, so a fixed VIP must be outside every pool",
+                            pool.name
+                        ),
+                    );
+                }
+            }
         }
     }
 
@@ -1159,6 +1186,22 @@ mod tests {
                 ("settings.addressPools[3].adresses", "unknown field `adresses`"),
                 ("settings.addressPools[4].addresses[0]", "overlaps settings.addressPools[0]"),
             ],
+        );
+    }
+
+    #[test]
+    fn the_hook_api_and_the_watch_exclude_each_other() {
+        assert_problems(
+            "settings:\n  kubernetes: {}\n  hookApi:\n    listen: 0.0.0.0:9722\n    tokenFile: /t\n    stateFile: /s\n",
+            &[("settings.hookApi", "cannot be used together with settings.kubernetes")],
+        );
+    }
+
+    #[test]
+    fn fixed_vips_must_be_outside_the_pools() {
+        assert_problems(
+            "settings:\n  addressPools:\n    - name: public\n      addresses: [203.0.113.0/28]\nservices:\n  - name: a\n    vips: [192.0.2.1, 203.0.113.4]\n    ports: [{port: 80, nodePort: 30080}]\n",
+            &[("services[0].vips[1]", "lies in settings.addressPools[0] (public)")],
         );
     }
 

@@ -240,6 +240,10 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                 }
             }
             _ = poll.tick() => {
+                if let Some(c) = &cluster {
+                    // Services with no healthy node get an Event.
+                    c.set_unhealthy(crate::cluster::watch::unhealthy_services(&edge.snapshot()));
+                }
                 if let ConfigSource::File(_) = opts.source {
                     if let Some(new) = reload(&edge, &opts.source, &mut applied_text, false) {
                         file_config = accept_reload(&file_config, new, cluster.as_ref(), hook.as_ref());

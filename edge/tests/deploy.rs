@@ -229,8 +229,19 @@ fn configmap_edge_config() -> EdgeConfig {
         .unwrap_or_else(|e| panic!("edge-configmap.yaml edge.yaml:\n{e}"))
 }
 
+/// The text of `deploy/edge-hook-api.yaml`.
+fn hook_api_edge_yaml() -> String {
+    std::fs::read_to_string(deploy_file("edge-hook-api.yaml")).expect("deploy/edge-hook-api.yaml")
+}
+
+/// `deploy/edge-hook-api.yaml`, the appliance's config when a
+/// controller-manager drives it.
+fn hook_api_edge_config() -> EdgeConfig {
+    parse_edge_config(&hook_api_edge_yaml()).unwrap_or_else(|e| panic!("edge-hook-api.yaml:\n{e}"))
+}
+
 #[test]
-fn configmap_config_watches_the_cluster_with_pools_and_the_hook_api() {
+fn configmap_config_watches_the_cluster_with_pools() {
     let settings = configmap_edge_config().settings;
     assert_eq!(
         settings.kubernetes,
@@ -259,6 +270,17 @@ fn configmap_config_watches_the_cluster_with_pools_and_the_hook_api() {
         assert!(!pool.contains(ip(outside)), "{outside} is not in the pool");
     }
 
+    assert_eq!(
+        settings.hook_api, None,
+        "one edge: the watch or the hook API"
+    );
+}
+
+#[test]
+fn hook_api_config_serves_the_hook_api_from_a_pool() {
+    let settings = hook_api_edge_config().settings;
+    assert_eq!(settings.kubernetes, None);
+    assert_eq!(settings.address_pools.len(), 1);
     let hook = settings.hook_api.expect("hookApi");
     assert_eq!(hook.listen, "0.0.0.0:9722".parse::<SocketAddr>().unwrap());
     assert_eq!(hook.token_file, Path::new("/etc/portico/hook-token"));
@@ -269,20 +291,25 @@ fn configmap_config_watches_the_cluster_with_pools_and_the_hook_api() {
 }
 
 #[test]
-fn configmap_config_passes_check_config() {
+fn both_edge_configs_pass_check_config() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("edge.yaml");
-    std::fs::write(&file, configmap_edge_yaml()).expect("write edge.yaml");
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .expect("run portico-edge");
-    assert!(
-        out.status.success(),
-        "portico-edge check-config: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for (name, text) in [
+        ("edge-configmap.yaml", configmap_edge_yaml()),
+        ("edge-hook-api.yaml", hook_api_edge_yaml()),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).expect("write the config");
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .arg(&file)
+            .output()
+            .expect("run portico-edge");
+        assert!(
+            out.status.success(),
+            "portico-edge check-config {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]
@@ -488,7 +515,7 @@ fn unit_has_three_capabilities_and_is_hardened() {
 fn hook_api_state_is_where_the_unit_may_write() {
     let unit = unit();
     let state = format!("/var/lib/{}/", service(&unit, "StateDirectory"));
-    let hook = configmap_edge_config().settings.hook_api.expect("hookApi");
+    let hook = hook_api_edge_config().settings.hook_api.expect("hookApi");
     assert!(
         hook.state_file.starts_with(&state),
         "{} is under {state}",

@@ -100,7 +100,7 @@ async fn wait_api(what: &str, f: impl Fn() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_serves_follows_and_survives_the_api_server() {
     let net = subnet();
-    let _nodes = start_nodes(net, 2, false).await;
+    let nodes = start_nodes(net, 2, false).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = dir.path().join("kubeconfig");
     let fake = FakeApiServer::start().await;
@@ -266,6 +266,13 @@ async fn the_edge_serves_follows_and_survives_the_api_server() {
     wait_refused(SocketAddr::new(net.ip(101), 7070), Duration::from_secs(5)).await;
     wait_api("api's status to be cleared", || {
         ingress(&fake, "api").is_empty()
+    })
+    .await;
+
+    // Every node stops answering its health check: the Service is told.
+    drop(nodes);
+    wait_api("the NoHealthyNodes event", || {
+        event_reasons(&fake, "extra").contains(&"NoHealthyNodes".to_string())
     })
     .await;
     drop(edge);
