@@ -1,0 +1,345 @@
+//! The lab's shape as data: namespace and link names, addresses, the nodes,
+//! pods and Services. Pure; [`crate::lab`] turns it into namespaces and
+//! processes, [`crate::objects`] into Kubernetes objects.
+//!
+//! ```text
+//!                  public 198.51.100.0/24 (bridge br-pub in <p>-net)
+//!   <p>-client-in  eth0 .10 ──┐
+//!   <p>-client-out eth0 .200 ─┤
+//!                             └── eth0 .1 + VIPs .100-.109   <p>-edge   (portico-edge,
+//!                                 eth1 10.88.0.1 ──┐                      API server :6443)
+//!                  cluster 10.88.0.0/24 (br-clu)   │
+//!        ┌─────────────────────────┬───────────────┴─────────┐
+//!   eth0 10.88.0.11           eth0 10.88.0.12           eth0 10.88.0.13
+//!   <p>-node-1                <p>-node-2                <p>-node-3     (portico-node-agent)
+//!   br0 10.244.1.1/24         br0 10.244.2.1/24         br0 10.244.3.1/24
+//!    ├ <p>-pod-web-1   .10     ├ <p>-pod-web-2   .10     └ <p>-pod-web-3 .10
+//!    └ <p>-pod-local-1 .11     └ <p>-pod-local-2 .11
+//! ```
+//!
+//! Each node routes the other nodes' pod CIDRs via their cluster address;
+//! each pod's default route is its node's bridge. Nothing is routed to or
+//! from the host: the lab's addresses exist only inside its namespaces.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+/// The edge's address on the public network (its `vip.interface` is `eth0`).
+pub const EDGE_PUBLIC_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// The client inside the `restricted` Service's source range.
+pub const CLIENT_IN_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// The client outside it.
+pub const CLIENT_OUT_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 200);
+/// Prefix length of the public network.
+pub const PUBLIC_PREFIX: u8 = 24;
+/// The source range of the `restricted` Service: admits [`CLIENT_IN_IP`] only.
+pub const SOURCE_RANGE: &str = "198.51.100.0/28";
+/// The edge's address pool (VIPs), on the public network.
+pub const ADDRESS_POOL: &str = "198.51.100.100-198.51.100.109";
+/// The edge's address on the cluster network (where the API server listens,
+/// and where the edge's connections to the nodes come from).
+pub const EDGE_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
+/// Prefix length of the cluster network.
+pub const CLUSTER_PREFIX: u8 = 24;
+/// The API server's port (on [`EDGE_CLUSTER_IP`]).
+pub const API_PORT: u16 = 6443;
+/// The port every pod's server listens on (the Services' `targetPort`).
+pub const POD_PORT: u16 = 8080;
+/// The port every Service exposes on its VIP.
+pub const SERVICE_PORT: u16 = 80;
+/// The node agents' kube-proxy health server port (`/healthz`).
+pub const NODE_HEALTH_PORT: u16 = 10256;
+/// The node agents' `/metrics` port (on 127.0.0.1 in each node namespace).
+pub const AGENT_METRICS_PORT: u16 = 9731;
+/// The edge's `/metrics` port (on 127.0.0.1 in the edge namespace).
+pub const EDGE_METRICS_PORT: u16 = 9720;
+/// The edge's admin port (`/status`; on 127.0.0.1 in the edge namespace).
+pub const EDGE_ADMIN_PORT: u16 = 9721;
+/// The `loadBalancerClass` the edge serves.
+pub const LB_CLASS: &str = "portico.io/edge";
+/// The namespace of every Service and EndpointSlice.
+pub const KUBE_NAMESPACE: &str = "default";
+
+/// A Kubernetes node of the lab.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    /// 1, 2 or 3.
+    pub index: u8,
+    /// The Node object's name (`node-<index>`).
+    pub name: String,
+}
+
+impl NodeSpec {
+    /// Its InternalIP, on the cluster network.
+    pub fn ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 88, 0, 10 + self.index)
+    }
+
+    /// Its pod CIDR, `10.244.<index>.0/24`.
+    pub fn pod_cidr(&self) -> String {
+        format!("10.244.{}.0/24", self.index)
+    }
+
+    /// Its address on its pod bridge (the pods' gateway; what it
+    /// masquerades to towards its own pods).
+    pub fn bridge_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 244, self.index, 1)
+    }
+}
+
+/// A pod of the lab.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSpec {
+    /// Its name, which its server answers with.
+    pub name: String,
+    /// The index of the node it runs on.
+    pub node: u8,
+    /// Its address in its node's pod CIDR.
+    pub ip: Ipv4Addr,
+}
+
+/// `externalTrafficPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Any node forwards to any pod, masquerading.
+    Cluster,
+    /// A node forwards only to its own pods, keeping the source address.
+    Local,
+}
+
+/// A LoadBalancer Service of the lab (one TCP port, [`SERVICE_PORT`] ->
+/// the pods' [`POD_PORT`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Its name (namespace [`KUBE_NAMESPACE`]).
+    pub name: &'static str,
+    /// Its ClusterIP.
+    pub cluster_ip: Ipv4Addr,
+    /// Its NodePort.
+    pub node_port: u16,
+    /// `externalTrafficPolicy`.
+    pub policy: Policy,
+    /// `healthCheckNodePort` (with [`Policy::Local`]).
+    pub health_check_node_port: Option<u16>,
+    /// `loadBalancerSourceRanges` (empty: everyone).
+    pub source_ranges: Vec<&'static str>,
+    /// `sessionAffinity: ClientIP` with this timeout, in seconds.
+    pub client_ip_affinity: Option<u32>,
+    /// The `portico.io/proxy-protocol` annotation, if any.
+    pub proxy_protocol: Option<&'static str>,
+    /// The pods behind it (its EndpointSlice).
+    pub pods: Vec<&'static str>,
+}
+
+/// The three nodes.
+pub fn nodes() -> Vec<NodeSpec> {
+    (1..=3)
+        .map(|index| NodeSpec {
+            index,
+            name: format!("node-{index}"),
+        })
+        .collect()
+}
+
+/// The pods: a `web` pod on every node, a `local` pod on nodes 1 and 2 only
+/// (node 3 has no local endpoint of the `local` Service).
+pub fn pods() -> Vec<PodSpec> {
+    let pod = |name: &str, node: u8, host: u8| PodSpec {
+        name: name.to_string(),
+        node,
+        ip: Ipv4Addr::new(10, 244, node, host),
+    };
+    vec![
+        pod("web-1", 1, 10),
+        pod("local-1", 1, 11),
+        pod("web-2", 2, 10),
+        pod("local-2", 2, 11),
+        pod("web-3", 3, 10),
+    ]
+}
+
+/// The Services:
+/// - `web`: `Cluster`, the three `web` pods;
+/// - `local`: `Local` (healthCheckNodePort 32081), the two `local` pods, and
+///   a PROXY v1 header from the edge so the pods learn the client address;
+/// - `restricted`: like `web`, for [`SOURCE_RANGE`] only;
+/// - `sticky`: like `web`, with `sessionAffinity: ClientIP`.
+pub fn services() -> Vec<ServiceSpec> {
+    let web_pods = vec!["web-1", "web-2", "web-3"];
+    let base = ServiceSpec {
+        name: "web",
+        cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
+        node_port: 30080,
+        policy: Policy::Cluster,
+        health_check_node_port: None,
+        source_ranges: Vec::new(),
+        client_ip_affinity: None,
+        proxy_protocol: None,
+        pods: web_pods,
+    };
+    vec![
+        base.clone(),
+        ServiceSpec {
+            name: "local",
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 11),
+            node_port: 30081,
+            policy: Policy::Local,
+            health_check_node_port: Some(32081),
+            proxy_protocol: Some("v1"),
+            pods: vec!["local-1", "local-2"],
+            ..base.clone()
+        },
+        ServiceSpec {
+            name: "restricted",
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 12),
+            node_port: 30082,
+            source_ranges: vec![SOURCE_RANGE],
+            ..base.clone()
+        },
+        ServiceSpec {
+            name: "sticky",
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 13),
+            node_port: 30083,
+            client_ip_affinity: Some(600),
+            ..base
+        },
+    ]
+}
+
+/// One of the two client hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// [`CLIENT_IN_IP`], inside the source range.
+    Inside,
+    /// [`CLIENT_OUT_IP`], outside it.
+    Outside,
+}
+
+impl Client {
+    /// Its address.
+    pub fn ip(self) -> IpAddr {
+        IpAddr::V4(match self {
+            Client::Inside => CLIENT_IN_IP,
+            Client::Outside => CLIENT_OUT_IP,
+        })
+    }
+
+    /// Its role in namespace names.
+    pub fn role(self) -> &'static str {
+        match self {
+            Client::Inside => "client-in",
+            Client::Outside => "client-out",
+        }
+    }
+}
+
+/// The names of one lab's namespaces: `<prefix>-<role>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Names {
+    /// Names under `prefix` (already validated by [`valid_prefix`]).
+    pub fn new(prefix: &str) -> Names {
+        Names {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<prefix>-<role>`.
+    pub fn ns(&self, role: &str) -> String {
+        format!("{}-{role}", self.prefix)
+    }
+
+    /// The namespace holding the two bridges (the "switches").
+    pub fn net(&self) -> String {
+        self.ns("net")
+    }
+
+    /// The edge appliance's namespace.
+    pub fn edge(&self) -> String {
+        self.ns("edge")
+    }
+
+    /// A client's namespace.
+    pub fn client(&self, client: Client) -> String {
+        self.ns(client.role())
+    }
+
+    /// A node's namespace.
+    pub fn node(&self, node: &NodeSpec) -> String {
+        self.ns(&node.name)
+    }
+
+    /// A pod's namespace.
+    pub fn pod(&self, pod: &PodSpec) -> String {
+        self.ns(&format!("pod-{}", pod.name))
+    }
+
+    /// Whether a namespace name belongs to this lab.
+    pub fn owns(&self, ns: &str) -> bool {
+        ns.strip_prefix(&self.prefix)
+            .is_some_and(|rest| rest.starts_with('-'))
+    }
+}
+
+/// Whether `prefix` can name a lab: 1-24 lowercase letters, digits and
+/// dashes, starting with a letter, not ending with a dash.
+pub fn valid_prefix(prefix: &str) -> bool {
+    (1..=24).contains(&prefix.len())
+        && prefix.starts_with(|c: char| c.is_ascii_lowercase())
+        && !prefix.ends_with('-')
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_belong_to_their_prefix_only() {
+        let names = Names::new("plab");
+        assert_eq!(names.edge(), "plab-edge");
+        assert!(names.owns("plab-node-1"));
+        assert!(!names.owns("plab2-node-1"));
+        assert!(!names.owns("plabnode"));
+        assert!(!Names::new("plt1-0").owns("plt1-01-edge"));
+    }
+
+    #[test]
+    fn prefixes_are_checked() {
+        assert!(valid_prefix("plab"));
+        assert!(valid_prefix("plt123-4"));
+        assert!(!valid_prefix(""));
+        assert!(!valid_prefix("Plab"));
+        assert!(!valid_prefix("plab-"));
+        assert!(!valid_prefix("p/lab"));
+        assert!(!valid_prefix("1lab"));
+    }
+
+    #[test]
+    fn every_service_pod_exists_and_local_skips_node_3() {
+        let pods = pods();
+        for svc in services() {
+            for p in &svc.pods {
+                assert!(pods.iter().any(|q| q.name == *p), "{p}");
+            }
+        }
+        let local = services().into_iter().find(|s| s.name == "local").unwrap();
+        assert!(local
+            .pods
+            .iter()
+            .all(|p| pods.iter().find(|q| q.name == *p).unwrap().node != 3));
+        // Link names must fit IFNAMSIZ (15).
+        for p in &pods {
+            assert!(format!("vp-{}", p.name).len() <= 15);
+        }
+    }
+}

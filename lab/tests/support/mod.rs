@@ -1,0 +1,157 @@
+//! What every lab test needs: the privilege check, the binaries under test,
+//! and a lab of its own under a unique prefix.
+//!
+//! The binaries: `portico-lab` is this package's (`CARGO_BIN_EXE_portico-lab`);
+//! `portico-edge` and `portico-node-agent` are taken from the same target
+//! directory and profile (`target/<profile>/`), where a workspace `cargo
+//! test` builds them. When they are missing (say under `cargo test -p
+//! portico-lab`), the missing ones are built once with `cargo build -p
+//! portico-edge -p portico-node-agent --bins` into that target directory. An existing binary
+//! is used as it is: after changing the edge or the agent, build them (or run
+//! the workspace's tests) before these.
+
+#![allow(dead_code)] // each test binary uses a different part of it
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use portico_lab::{Binaries, Lab, LabOptions};
+
+/// Whether privileged tests (root, `ip`, `nft`, `setsid`) can run here. When
+/// they cannot, says so loudly; under `CI=true` that is a failure.
+pub fn privileged(what: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let tools = [("ip", "-V"), ("nft", "-V"), ("setsid", "--version")]
+        .iter()
+        .all(|(tool, flag)| {
+            Command::new(tool)
+                .arg(flag)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if root && tools {
+        return true;
+    }
+    let why = format!(
+        "SKIPPED {what}: needs root and the ip, nft and setsid programs (root={root}, tools={tools})"
+    );
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{why}; CI=true forbids skipping");
+    }
+    // Straight to the stderr handle: libtest captures `eprintln!` of passing
+    // tests, and a skip must be seen.
+    if let Err(e) = writeln!(std::io::stderr(), "{why}") {
+        panic!("{why} (and stderr failed: {e})");
+    }
+    false
+}
+
+/// The binaries under test (built once if missing, see the module docs).
+pub fn binaries() -> Binaries {
+    static BINARIES: OnceLock<Binaries> = OnceLock::new();
+    BINARIES
+        .get_or_init(|| {
+            let lab = PathBuf::from(env!("CARGO_BIN_EXE_portico-lab"));
+            let profile_dir = lab.parent().expect("the lab binary has a directory");
+            let edge = profile_dir.join("portico-edge");
+            let agent = profile_dir.join("portico-node-agent");
+            let missing: Vec<&str> = [(&edge, "portico-edge"), (&agent, "portico-node-agent")]
+                .into_iter()
+                .filter(|(path, _)| !path.is_file())
+                .map(|(_, package)| package)
+                .collect();
+            if !missing.is_empty() {
+                build(profile_dir, &missing);
+            }
+            Binaries { lab, edge, agent }
+        })
+        .clone()
+}
+
+/// `cargo build -p <package>... --bins` into the target directory and
+/// profile `profile_dir` belongs to (bounded: 30 min). Cargo releases its
+/// build lock before running tests, so this does not wait on the outer cargo.
+fn build(profile_dir: &Path, packages: &[&str]) {
+    let target_dir = profile_dir.parent().expect("a target directory");
+    let profile = profile_dir
+        .file_name()
+        .and_then(|p| p.to_str())
+        .expect("a profile directory name");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut command = Command::new(&cargo);
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("build")
+        .args(packages.iter().flat_map(|p| ["-p", p]))
+        .arg("--bins")
+        .arg("--target-dir")
+        .arg(target_dir);
+    match profile {
+        "debug" => {}
+        "release" => {
+            command.arg("--release");
+        }
+        other => {
+            command.args(["--profile", other]);
+        }
+    }
+    eprintln!("building the edge and node agent binaries: {command:?}");
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
+    let limit = Duration::from_secs(30 * 60);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for cargo") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            if let Err(e) = child.kill() {
+                eprintln!("killing cargo: {e}");
+            }
+            panic!("cargo build did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status.success(), "{command:?} failed: {status}");
+}
+
+/// A lab of the test's own (prefix `plt<pid>-<n>`, state under the temp
+/// directory), up and serving; torn down when dropped, also on panic.
+pub fn lab() -> Lab {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let prefix = format!(
+        "plt{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let opts = LabOptions {
+        state_dir: std::env::temp_dir().join(format!("portico-lab-{prefix}")),
+        prefix,
+        binaries: binaries(),
+        ready_timeout: Duration::from_secs(60),
+    };
+    let started = Instant::now();
+    let lab = Lab::up(&opts).unwrap_or_else(|e| panic!("lab up: {e}"));
+    eprintln!(
+        "lab {} up in {:?}: {:?}",
+        opts.prefix,
+        started.elapsed(),
+        lab.timings()
+    );
+    lab
+}
+
+/// A metric's value: the first sample of `name` whose labels include every
+/// `key="value"` in `labels`.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|kv| l.contains(kv)))
+        .find_map(|l| l.rsplit_once(' ')?.1.parse().ok())
+}
