@@ -1,7 +1,13 @@
-//! The node agent's sync at scale: planner time, nft script rendering, and
-//! (as root, with `nft`) the kernel transaction in a throwaway network
-//! namespace: full load, one-endpoint change, full resync over a loaded
-//! table, rules installed and kernel memory (slab) used.
+//! The node agent's sync at scale, split into its parts:
+//! - full sync: plan (the incremental [`Planner`] from nothing, plus
+//!   assembling the whole ruleset), render (the `nft -f` script) and, as
+//!   root with `nft`, the kernel load into a throwaway network namespace,
+//!   with the rules/elements installed and the kernel memory (slab) used;
+//! - one endpoint added, then removed again, end to end as the agent does
+//!   it: planner update (only the changed Service is re-planned), diff
+//!   script of the change, and the `nft -f` transaction on the loaded table;
+//! - a full resync over the loaded table, and for reference the old way of
+//!   a change (plan everything again, diff the two whole rulesets).
 //!
 //! `cargo bench -p portico-node-agent --bench sync` runs the scale
 //! (10,000 Services x 10 endpoints = 100,000 endpoints); `SERVICES` and
@@ -9,7 +15,7 @@
 //! part. Under `cargo test` (no `--bench` argument) it runs a small scale
 //! once as a smoke test. Times are medians of `RUNS` (default 3).
 //! `DUMP_SCRIPTS=<dir>` writes the full and the one-endpoint scripts there
-//! (`full.nft`, `diff.nft`) for profiling `nft -f` by hand.
+//! (`full.nft`, `add.nft`, `remove.nft`) for profiling `nft -f` by hand.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
@@ -21,8 +27,9 @@ use portico_config::cluster::{
     NodeInfo, ServiceType, TargetPort, DEFAULT_PROXY_NAME,
 };
 use portico_config::{Protocol, ServiceKey, SessionAffinity, TrafficPolicy};
-use portico_node_agent::plan::{plan, PlanOptions};
+use portico_node_agent::plan::{plan, PlanOptions, Planner};
 use portico_node_agent::render::{render_diff, render_full};
+use portico_node_agent::Ruleset;
 
 fn v4(n: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(n))
@@ -105,7 +112,7 @@ struct Netns(String);
 
 impl Netns {
     fn new() -> Option<Netns> {
-        let name = format!("pt-bench-{}", std::process::id());
+        let name = format!("pperf-sync-bench-{}", std::process::id());
         let ok = Command::new("ip")
             .args(["netns", "add", &name])
             .status()
@@ -137,7 +144,7 @@ impl Netns {
         Ok(started.elapsed())
     }
 
-    fn count_rules(&self) -> usize {
+    fn listed_lines(&self) -> usize {
         Command::new("ip")
             .args([
                 "netns", "exec", &self.0, "nft", "list", "table", "inet", "portico",
@@ -167,6 +174,44 @@ fn slab_kib() -> Option<u64> {
         .ok()
 }
 
+/// Chains, rules and set/map elements of a ruleset.
+fn counts(r: &Ruleset) -> (usize, usize, usize) {
+    let rules = r.chains.values().map(|c| c.rules.len()).sum();
+    let elements = r.sets.values().map(|s| s.elements.len()).sum();
+    (r.chains.len(), rules, elements)
+}
+
+/// One endpoint change as the agent makes it: planner update, diff script,
+/// and (with a namespace) the transaction. Returns the three durations.
+fn change(
+    planner: &mut Planner,
+    svcs: &[ClusterService],
+    slices: &[EndpointSlice],
+    node: &NodeInfo,
+    ns: Option<&Netns>,
+    dump: Option<(&std::path::Path, &str)>,
+) -> (Duration, Duration, Duration) {
+    let t = Instant::now();
+    let update = planner.update(svcs, slices, node);
+    let plan_time = t.elapsed();
+    assert_eq!(
+        update.replanned(),
+        1,
+        "only the changed Service is re-planned"
+    );
+    let t = Instant::now();
+    let (before, after) = update.rulesets();
+    let script = render_diff(&before, &after).expect("one endpoint changed");
+    let diff_time = t.elapsed();
+    if let Some((dir, name)) = dump {
+        std::fs::write(dir.join(name), &script).expect("write script");
+    }
+    let apply = ns.map_or(Duration::ZERO, |ns| {
+        ns.nft(&script).expect("change applies")
+    });
+    (plan_time, diff_time, apply)
+}
+
 fn main() {
     let bench_mode = std::env::args().any(|a| a == "--bench");
     let (services, per) = if bench_mode {
@@ -189,82 +234,136 @@ fn main() {
         ..Default::default()
     };
     let opts = PlanOptions::default();
+    let dump = std::env::var("DUMP_SCRIPTS")
+        .ok()
+        .map(std::path::PathBuf::from);
     println!(
         "node agent sync: {services} Services x {per} endpoints ({} endpoints)",
         services * per
     );
 
-    let (plan_time, planned) = timed(runs, || plan(&svcs, &slices, &node, &opts));
+    // Full sync: what the agent does at start and at every periodic resync.
+    let (plan_time, (mut planner, ruleset)) = timed(runs, || {
+        let mut planner = Planner::new(opts.clone());
+        planner.update(&svcs, &slices, &node);
+        let ruleset = planner.ruleset();
+        (planner, ruleset)
+    });
     assert!(
-        planned.skipped.is_empty(),
+        planner.skipped().is_empty(),
         "bench fixture is valid: {:?}",
-        planned.skipped.first()
+        planner.skipped().first()
     );
-    let (render_time, full) = timed(runs, || render_full(&planned.ruleset));
-    println!("  plan:                 {plan_time:?}");
+    let (render_time, full) = timed(runs, || render_full(&ruleset));
+    let (chains, rules, elements) = counts(&ruleset);
+    println!("  full sync: plan        {plan_time:?}");
     println!(
-        "  render full script:   {render_time:?} ({} KiB)",
-        full.len() / 1024
+        "  full sync: render      {render_time:?} ({} KiB; {chains} chains, {rules} rules, {elements} set/map elements, {} sets/maps)",
+        full.len() / 1024,
+        ruleset.sets.len()
     );
-
-    // One endpoint replaced in the middle Service.
-    let mid = (services / 2) as usize;
-    slices[mid].endpoints[0].addresses = vec![v4(0x0aff_0001)];
-    let (replan_time, replanned) = timed(runs, || plan(&svcs, &slices, &node, &opts));
-    let (diff_time, diff) = timed(runs, || render_diff(&planned.ruleset, &replanned.ruleset));
-    let diff = diff.expect("one endpoint changed");
-    println!("  re-plan after one endpoint change: {replan_time:?}");
-    println!(
-        "  render diff:          {diff_time:?} ({} lines)",
-        diff.lines().count()
-    );
-
-    // DUMP_SCRIPTS=<dir>: keep the scripts for profiling `nft` by hand.
-    if let Ok(dir) = std::env::var("DUMP_SCRIPTS") {
-        let dir = std::path::Path::new(&dir);
+    if let Some(dir) = &dump {
         std::fs::write(dir.join("full.nft"), &full).expect("write full.nft");
-        std::fs::write(dir.join("diff.nft"), &diff).expect("write diff.nft");
     }
-    if std::env::var("SKIP_KERNEL").is_ok_and(|v| v == "1") {
-        return;
+
+    let mut kernel = None;
+    let skip_kernel = std::env::var("SKIP_KERNEL").is_ok_and(|v| v == "1");
+    if !skip_kernel {
+        let root = nix::unistd::geteuid().is_root();
+        let have_nft = Command::new("nft").arg("--version").output().is_ok();
+        if !root || !have_nft {
+            let msg = format!("kernel part skipped (root: {root}, nft: {have_nft})");
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true") || bench_mode,
+                "{msg}"
+            );
+            println!("  {msg}");
+        } else if let Some(ns) = Netns::new() {
+            let slab_before = slab_kib();
+            let load = ns.nft(&full).expect("full ruleset loads");
+            let slab_after = slab_kib();
+            println!(
+                "  full sync: kernel      {load:?} ({} lines in `nft list table`)",
+                ns.listed_lines()
+            );
+            if let (Some(a), Some(b)) = (slab_before, slab_after) {
+                println!(
+                    "  full sync: slab memory +{} MiB",
+                    b.saturating_sub(a) / 1024
+                );
+            }
+            println!(
+                "  full sync total (plan + render + kernel): {:?}  [goal < 1 s]",
+                plan_time + render_time + load
+            );
+            kernel = Some(ns);
+        } else {
+            println!("  kernel part skipped: cannot create a network namespace");
+        }
     }
-    let root = nix::unistd::geteuid().is_root();
-    let have_nft = Command::new("nft").arg("--version").output().is_ok();
-    if !root || !have_nft {
-        let msg = format!("kernel part skipped (root: {root}, nft: {have_nft})");
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true") || bench_mode,
-            "{msg}"
+
+    // One endpoint added to, then removed from, a Service in the middle;
+    // a different Service each run.
+    let mut adds = (Vec::new(), Vec::new(), Vec::new());
+    let mut removes = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        let mid = (services as usize / 2 + run) % services as usize;
+        let added = Endpoint {
+            addresses: vec![v4(0x0aff_0000 + run as u32)],
+            ready: true,
+            serving: true,
+            terminating: false,
+            node_name: Some("node-7".into()),
+        };
+        let dump_to = |name| dump.as_deref().filter(|_| run == 0).map(|d| (d, name));
+        slices[mid].endpoints.push(added);
+        let (p, d, a) = change(
+            &mut planner,
+            &svcs,
+            &slices,
+            &node,
+            kernel.as_ref(),
+            dump_to("add.nft"),
         );
-        println!("  {msg}");
-        return;
+        adds.0.push(p);
+        adds.1.push(d);
+        adds.2.push(a);
+        slices[mid].endpoints.pop();
+        let (p, d, a) = change(
+            &mut planner,
+            &svcs,
+            &slices,
+            &node,
+            kernel.as_ref(),
+            dump_to("remove.nft"),
+        );
+        removes.0.push(p);
+        removes.1.push(d);
+        removes.2.push(a);
     }
-    let Some(ns) = Netns::new() else {
-        println!("  kernel part skipped: cannot create a network namespace");
-        return;
-    };
-    let slab_before = slab_kib();
-    let load = ns.nft(&full).expect("full ruleset loads");
-    let slab_after = slab_kib();
-    let lines = ns.count_rules();
-    println!("  kernel: full load     {load:?} ({lines} lines in `nft list table`)");
-    if let (Some(a), Some(b)) = (slab_before, slab_after) {
+    for (what, (p, d, a)) in [("add", adds), ("remove", removes)] {
+        let (p, d, a) = (median(p), median(d), median(a));
         println!(
-            "  kernel: slab memory   +{} MiB",
-            b.saturating_sub(a) / 1024
+            "  one endpoint {what:<6}: update {p:?} + diff {d:?} + kernel {a:?} = {:?}  [goal < 50 ms]",
+            p + d + a
         );
     }
-    let apply = ns.nft(&diff).expect("diff applies");
-    println!(
-        "  kernel: one-endpoint change {apply:?} (plan + render + transaction: {:?})",
-        replan_time + diff_time + apply
-    );
-    let resync = ns
-        .nft(&render_full(&replanned.ruleset))
-        .expect("full resync over a loaded table");
-    println!("  kernel: full resync over the loaded table {resync:?}");
-    println!(
-        "  total full sync (plan + render + load): {:?}  [goal < 1 s]",
-        plan_time + render_time + load
-    );
+    // The planner's state matches a plan from nothing.
+    assert_eq!(planner.ruleset(), ruleset, "back where it started");
+
+    // For reference: the old way of a change, everything re-planned and the
+    // two whole rulesets diffed.
+    let mid = (services / 2) as usize;
+    slices[mid].endpoints[0].addresses = vec![v4(0x0aff_ffff)];
+    let (replan_time, replanned) = timed(runs, || plan(&svcs, &slices, &node, &opts));
+    let (diff_time, diff) = timed(runs, || render_diff(&ruleset, &replanned.ruleset));
+    diff.expect("one endpoint changed");
+    println!("  reference, whole re-plan + whole diff: {replan_time:?} + {diff_time:?}");
+
+    if let Some(ns) = &kernel {
+        let resync = ns
+            .nft(&render_full(&replanned.ruleset))
+            .expect("full resync over a loaded table");
+        println!("  full resync over the loaded table: kernel {resync:?}");
+    }
 }

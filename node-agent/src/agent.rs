@@ -9,7 +9,11 @@
 //!   of changes (debounced) gives one sync. While the API is away the caches
 //!   keep the last complete state, so the rules stay as they are.
 //!
-//! Either way, every sync period the agent recreates the table in one
+//! Either way the objects go through one incremental [`Planner`]: only the
+//! Services whose objects changed are planned again, and only their rules
+//! are diffed and sent (see [`Agent::sync_snapshot`]).
+//!
+//! Every sync period the agent recreates the table in one
 //! transaction whatever the kernel holds, which repairs drift (a
 //! hand-deleted table comes back). A successful sync, changed or not,
 //! refreshes the `/healthz` freshness that the edge checks; a failing one
@@ -28,7 +32,7 @@ use crate::kube_source::{self, Debouncer, KubeError, KubeOptions, KubeSource};
 use crate::manifests::{self, Snapshot};
 use crate::metrics::AgentMetrics;
 use crate::nft::NftBackend;
-use crate::plan::{plan, PlanOptions};
+use crate::plan::{PlanOptions, Planner};
 use crate::sync::{SyncOutcome, Syncer};
 
 /// A burst of Kubernetes changes is synced once no change came for this long...
@@ -125,6 +129,8 @@ pub fn local_endpoint_counts(
 pub struct Agent<B> {
     opts: AgentOptions,
     syncer: Syncer<B>,
+    /// Plans incrementally: only the Services whose objects changed.
+    planner: Planner,
     health: HealthState,
     service_health: ServiceHealthServers,
     metrics: AgentMetrics,
@@ -141,11 +147,13 @@ impl<B: NftBackend> Agent<B> {
     /// (the health servers are tasks).
     pub fn new(opts: AgentOptions, backend: B, metrics: AgentMetrics) -> Self {
         let health = HealthState::new(opts.sync_period * 2);
+        let planner = Planner::new(opts.plan.clone());
         let service_health =
             ServiceHealthServers::with_bind_ip(opts.health_bind_ip, health.clone());
         Agent {
             opts,
             syncer: Syncer::new(backend),
+            planner,
             health,
             service_health,
             metrics,
@@ -209,7 +217,9 @@ impl<B: NftBackend> Agent<B> {
     }
 
     /// Plans `snapshot` and brings the kernel to it: a full resync when one
-    /// is due ([`full_due`](Self::full_due)), else only the changes. Then
+    /// is due ([`full_due`](Self::full_due)), else only the changes (the
+    /// planner re-plans only the Services whose Service object or
+    /// EndpointSlices changed, and the script covers only them). Then
     /// updates `/healthz`, the health check ports and the metrics.
     ///
     /// `problems` are the objects the source skipped (logged once each as
@@ -242,9 +252,13 @@ impl<B: NftBackend> Agent<B> {
             ..Default::default()
         });
         self.health.set_node(&node);
-        let planned = plan(&snapshot.services, &snapshot.slices, &node, &self.opts.plan);
-        let skipped: BTreeSet<String> = planned
-            .skipped
+        // Only the Services whose objects changed are planned again, and
+        // only their rules are diffed and sent.
+        let change = self
+            .planner
+            .update(&snapshot.services, &snapshot.slices, &node);
+        let planned_skipped = self.planner.skipped();
+        let skipped: BTreeSet<String> = planned_skipped
             .iter()
             .map(|s| format!("{} {}: {}", s.object, s.field, s.reason))
             .collect();
@@ -252,11 +266,14 @@ impl<B: NftBackend> Agent<B> {
             tracing::warn!("skipped: {m}");
         }
         self.reported_skipped = skipped;
-        self.metrics.skipped.set(planned.skipped.len() as i64);
+        self.metrics.skipped.set(planned_skipped.len() as i64);
         let result = if full_due {
-            self.syncer.resync_owned(planned.ruleset)
+            self.syncer.resync_owned(self.planner.ruleset())
         } else {
-            self.syncer.sync_owned(planned.ruleset)
+            let (before, after) = change.rulesets();
+            let planner = &self.planner;
+            self.syncer
+                .sync_change(&before, &after, || planner.ruleset())
         };
         let outcome = match result {
             Ok(outcome) => outcome,

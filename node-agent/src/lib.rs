@@ -1,16 +1,20 @@
 //! Portico's node agent: programs the Services labelled for this proxy into
-//! the node's nftables, in kube-proxy's nftables layout, inside one table
+//! the node's nftables, in kube-proxy's nftables layout (with the
+//! departures for scale described in [`plan`](mod@plan)), inside one table
 //! (`table inet portico`) that the agent owns entirely.
 //!
 //! The flow is pure until the last step:
 //! - [`plan`](mod@plan): Services + EndpointSlices + this Node -> a [`ruleset::Ruleset`]
 //!   (maps, sets, chains) plus warnings for the input it had to skip;
+//!   [`Planner`] does it incrementally (only changed Services are
+//!   re-planned, and the change comes out as two small partial rulesets);
 //! - [`render`]: a `Ruleset` -> one `nft -f` script, either a full resync
 //!   (recreate the table in one transaction) or the changes between two rulesets;
 //! - [`nft`]: the thin IO edge that loads a script (`nft -f -`) or an in-memory
 //!   fake for tests;
 //! - [`sync`]: remembers the last applied ruleset and sends only changes
-//!   (full resync on demand or after a failure);
+//!   (a diff of two rulesets, or of a planner's change; full resync on
+//!   demand or after a failure);
 //! - [`health`]: kube-proxy's health servers (`:10256/healthz`, `/livez`, and
 //!   one per `healthCheckNodePort` of a `Local` Service), which the edge checks;
 //! - [`manifests`]: the directory source (Kubernetes YAML/JSON Services,
@@ -40,7 +44,7 @@ pub mod ruleset;
 pub mod sync;
 
 pub use nft::{FakeNft, NftBackend, NftCommand, NftError};
-pub use plan::{plan, Plan, PlanOptions, Skipped};
+pub use plan::{plan, Plan, PlanChange, PlanOptions, Planner, Skipped};
 pub use render::{render_diff, render_full};
 pub use ruleset::{BaseChain, Chain, Family, Ruleset, Set, TABLE_NAME};
 pub use sync::{SyncError, SyncOutcome, Syncer};

@@ -188,6 +188,10 @@ fn element_changes<'a>(
 /// The script that turns `old` (what was last applied) into `new`, touching
 /// only what changed; `None` when nothing changed.
 ///
+/// `old` and `new` may also be partial views of the same names (a
+/// planner's [`crate::plan::PlanChange::rulesets`]): a shared map present
+/// in both with only some elements changes only those elements.
+///
 /// When a base chain's hook differs the change is structural: the full
 /// script is returned instead. Dynamic sets whose definition is unchanged
 /// keep their content (affinity state survives).

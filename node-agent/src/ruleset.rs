@@ -141,3 +141,45 @@ pub struct Ruleset {
     /// Sets and maps by name.
     pub sets: BTreeMap<String, Set>,
 }
+
+impl Ruleset {
+    /// Applies a change given as two partial rulesets over the same names
+    /// (see [`crate::plan::PlanChange::rulesets`]): every chain and set named
+    /// in `before` or `after` becomes what `after` says (absent = removed),
+    /// except that a set whose definition `self` already has keeps its other
+    /// elements: only the elements named in `before` or `after` change.
+    pub fn apply_change(&mut self, before: &Ruleset, after: &Ruleset) {
+        for name in before.chains.keys() {
+            if !after.chains.contains_key(name) {
+                self.chains.remove(name);
+            }
+        }
+        for (name, chain) in &after.chains {
+            self.chains.insert(name.clone(), chain.clone());
+        }
+        for name in before.sets.keys() {
+            if !after.sets.contains_key(name) {
+                self.sets.remove(name);
+            }
+        }
+        for (name, new) in &after.sets {
+            match self.sets.get_mut(name) {
+                Some(set) if set.same_definition(new) => {
+                    if let Some(old) = before.sets.get(name) {
+                        for key in old.elements.keys() {
+                            if !new.elements.contains_key(key) {
+                                set.elements.remove(key);
+                            }
+                        }
+                    }
+                    for (key, value) in &new.elements {
+                        set.elements.insert(key.clone(), value.clone());
+                    }
+                }
+                _ => {
+                    self.sets.insert(name.clone(), new.clone());
+                }
+            }
+        }
+    }
+}

@@ -91,6 +91,42 @@ impl<B: NftBackend> Syncer<B> {
         }
     }
 
+    /// Applies a change computed by the caller, as two partial rulesets
+    /// over the same names ([`crate::plan::PlanChange::rulesets`]): the
+    /// script is rendered from those alone, so its cost follows the size of
+    /// the change, not of the table. `before` must describe the last applied
+    /// ruleset; `desired` gives the whole new one when a full resync is
+    /// needed instead (nothing applied yet, or the diff refused).
+    pub fn sync_change(
+        &mut self,
+        before: &Ruleset,
+        after: &Ruleset,
+        desired: impl FnOnce() -> Ruleset,
+    ) -> Result<SyncOutcome, SyncError> {
+        let partial = |r: &Ruleset| r.chains.values().all(|c| c.base.is_none());
+        let applied = match self.applied.as_mut() {
+            // A change never touches base chains; if it did, the diff of
+            // two partial views would not describe the table.
+            Some(applied) if partial(before) && partial(after) => applied,
+            _ => return self.full(Cow::Owned(desired())).map(|()| SyncOutcome::Full),
+        };
+        let Some(script) = render_diff(before, after) else {
+            return Ok(SyncOutcome::Unchanged);
+        };
+        match self.backend.apply(&script) {
+            Ok(()) => {
+                applied.apply_change(before, after);
+                Ok(SyncOutcome::Incremental)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "incremental sync refused; recreating the table");
+                self.applied = None;
+                self.full(Cow::Owned(desired()))
+                    .map(|()| SyncOutcome::FullAfterFailedDiff)
+            }
+        }
+    }
+
     /// Recreates the table from `desired` whatever the kernel holds (the
     /// periodic resync that repairs outside changes).
     pub fn resync(&mut self, desired: &Ruleset) -> Result<SyncOutcome, SyncError> {
@@ -175,6 +211,62 @@ mod tests {
             ]
         );
         assert_eq!(syncer.applied(), Some(&b));
+    }
+
+    #[test]
+    fn a_planner_change_is_sent_alone_and_patches_the_applied_state() {
+        use crate::plan::{PlanOptions, Planner};
+        use portico_config::cluster::NodeInfo;
+
+        let node = NodeInfo {
+            name: "n1".to_string(),
+            ..NodeInfo::default()
+        };
+        let mut planner = Planner::new(PlanOptions::default());
+        let mut syncer = Syncer::new(FakeNft::new());
+        let (before, after) = planner.update(&[], &[], &node).rulesets();
+        // Nothing applied yet: the whole planned ruleset goes in.
+        assert_eq!(
+            syncer
+                .sync_change(&before, &after, || planner.ruleset())
+                .expect("sync"),
+            SyncOutcome::Full
+        );
+        assert_eq!(syncer.applied(), Some(&planner.ruleset()));
+        // An unchanged plan sends nothing.
+        let (before, after) = planner.update(&[], &[], &node).rulesets();
+        assert_eq!(
+            syncer
+                .sync_change(&before, &after, || planner.ruleset())
+                .expect("sync"),
+            SyncOutcome::Unchanged
+        );
+        // A refused change falls back to the whole ruleset.
+        let mut partial = Ruleset::default();
+        partial.chains.insert("x".to_string(), Chain::default());
+        syncer.backend().fail_next("refused");
+        assert_eq!(
+            syncer
+                .sync_change(&Ruleset::default(), &partial, || planner.ruleset())
+                .expect("sync"),
+            SyncOutcome::FullAfterFailedDiff
+        );
+        assert_eq!(
+            syncer.backend().applied().last(),
+            Some(&render_full(&planner.ruleset()))
+        );
+        // A change is applied as its own script and patched into the state.
+        assert_eq!(
+            syncer
+                .sync_change(&Ruleset::default(), &partial, || planner.ruleset())
+                .expect("sync"),
+            SyncOutcome::Incremental
+        );
+        assert_eq!(
+            syncer.backend().applied().last().map(String::as_str),
+            Some("add chain inet portico x\n")
+        );
+        assert!(syncer.applied().expect("known").chains.contains_key("x"));
     }
 
     #[test]
