@@ -170,11 +170,17 @@ impl WatchHealth {
 
     /// Returns whether this is the first failure of an outage.
     fn failed(&self, what: &'static str) -> bool {
+        self.failed_since(what, Instant::now())
+    }
+
+    /// Like [`Self::failed`], the outage counted from `since` (the last
+    /// time it worked).
+    fn failed_since(&self, what: &'static str, since: Instant) -> bool {
         let mut map = self.lock();
         if map.contains_key(what) {
             false
         } else {
-            map.insert(what, Instant::now());
+            map.insert(what, since);
             true
         }
     }
@@ -206,21 +212,26 @@ async fn probe(client: Client, health: Arc<WatchHealth>) {
     let params = kube::api::ListParams::default().limit(1);
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Staleness counts from the last answer, not from the failed probe
+    // that noticed its absence.
+    let mut last_answer = Instant::now();
     loop {
         tick.tick().await;
+        let asked = Instant::now();
         match tokio::time::timeout(PROBE_INTERVAL, nodes.list_metadata(&params)).await {
             Ok(Ok(_)) => {
+                last_answer = asked;
                 if health.ok(WHAT) {
                     tracing::info!("the API server answers again");
                 }
             }
             Ok(Err(e)) => {
-                if health.failed(WHAT) {
+                if health.failed_since(WHAT, last_answer) {
                     tracing::warn!(error = %e, "the API server does not answer; serving the last view");
                 }
             }
             Err(_) => {
-                if health.failed(WHAT) {
+                if health.failed_since(WHAT, last_answer) {
                     tracing::warn!(timeout = ?PROBE_INTERVAL, "the API server does not answer; serving the last view");
                 }
             }
@@ -503,4 +514,27 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Stri
             .map_err(|e| format!("no Kubernetes configuration found: {e}"))?,
     };
     Client::try_from(config).map_err(|e| format!("cannot build a Kubernetes client: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staleness_counts_from_the_last_answer_and_only_for_the_probe() {
+        let health = WatchHealth::new();
+        assert_eq!(health.stale(), Duration::ZERO);
+        // A failing watch alone says nothing about the API server.
+        assert!(health.failed("Services"));
+        assert_eq!(health.stale(), Duration::ZERO);
+        let last_answer = Instant::now() - Duration::from_secs(5);
+        assert!(health.failed_since(PROBE, last_answer));
+        assert!(
+            !health.failed_since(PROBE, Instant::now()),
+            "one outage, one report"
+        );
+        assert!(health.stale() >= Duration::from_secs(5));
+        assert!(health.ok(PROBE));
+        assert_eq!(health.stale(), Duration::ZERO);
+    }
 }
