@@ -148,13 +148,27 @@ impl ApiClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, ApiClientError> {
+        self.request_as(method, path, JSON, body)
+    }
+
+    /// One request with a body of type `content_type`; the JSON body of a
+    /// 2xx answer.
+    pub fn request_as(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ApiClientError> {
         let addr = self.addr;
-        let (code, text) = in_netns(&self.ns, || http_exchange(addr, method, path, body))?
-            .map_err(|source| ApiClientError::Io {
-                method: method.to_string(),
-                path: path.to_string(),
-                source,
-            })?;
+        let (code, text) = in_netns(&self.ns, || {
+            http_request(addr, method, path, content_type, body)
+        })?
+        .map_err(|source| ApiClientError::Io {
+            method: method.to_string(),
+            path: path.to_string(),
+            source,
+        })?;
         let value: Value =
             serde_json::from_str(&text).map_err(|_| ApiClientError::BadResponse {
                 method: method.to_string(),
@@ -182,6 +196,12 @@ impl ApiClient {
         self.request("POST", path, Some(object))
     }
 
+    /// `PATCH path` with a JSON merge patch (RFC 7386), as `kubectl patch
+    /// --type merge` sends it.
+    pub fn merge_patch(&self, path: &str, patch: &Value) -> Result<Value, ApiClientError> {
+        self.request_as("PATCH", path, MERGE_PATCH, Some(patch))
+    }
+
     /// Every Service, as the API server has them.
     pub fn services(&self) -> Result<Vec<Value>, ApiClientError> {
         let list = self.get("/api/v1/services")?;
@@ -197,11 +217,28 @@ impl ApiClient {
     }
 }
 
-/// One HTTP/1.1 exchange from the current namespace (`Connection: close`): status code and body.
+/// The content type of plain JSON bodies.
+const JSON: &str = "application/json";
+/// The content type of a JSON merge patch.
+const MERGE_PATCH: &str = "application/merge-patch+json";
+
+/// One HTTP/1.1 exchange from the current namespace (`Connection: close`),
+/// with a JSON body: status code and body.
 pub fn http_exchange(
     addr: SocketAddr,
     method: &str,
     path: &str,
+    body: Option<&Value>,
+) -> std::io::Result<(u16, String)> {
+    http_request(addr, method, path, JSON, body)
+}
+
+/// [`http_exchange`] with a body of type `content_type`.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
     body: Option<&Value>,
 ) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, REQUEST_TIMEOUT)?;
@@ -210,7 +247,7 @@ pub fn http_exchange(
     let body = body.map(Value::to_string).unwrap_or_default();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+         Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes())?;

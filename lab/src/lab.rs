@@ -10,8 +10,11 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::api::{self, ApiClient, ApiClientError};
@@ -67,6 +70,19 @@ pub enum LabError {
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// No lab process (or Service) of that name.
+    #[error("no such lab process: {0}")]
+    NoSuchProcess(String),
+    /// A process could not be signalled.
+    #[error("cannot send {signal} to {name}: {errno}")]
+    Signal {
+        /// The process.
+        name: String,
+        /// The signal.
+        signal: Signal,
+        /// Why.
+        errno: nix::errno::Errno,
     },
     /// Network namespace setup failed.
     #[error(transparent)]
@@ -147,6 +163,9 @@ pub struct LabOptions {
     pub binaries: Binaries,
     /// How long `up` waits for traffic to flow.
     pub ready_timeout: Duration,
+    /// The edge's `settings.proxy.drainTimeout`: how long connections to a
+    /// removed node (and, at an upgrade or stop, all) may run on.
+    pub drain_timeout: Duration,
 }
 
 impl LabOptions {
@@ -157,9 +176,13 @@ impl LabOptions {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             binaries,
             ready_timeout: Duration::from_secs(60),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }
+
+/// The edge's drain timeout unless [`LabOptions::drain_timeout`] says otherwise.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What [`down`] removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -179,6 +202,14 @@ pub struct Lab {
     names: Names,
     state: PathBuf,
     processes: Vec<Spawned>,
+    /// Processes stopped on purpose (by a scenario), kept to start again.
+    stopped: Vec<Spawned>,
+    /// The name of the running edge process (`edge`, then `edge-2`... after
+    /// upgrades).
+    edge: String,
+    /// How many edge processes were started.
+    edge_generation: u32,
+    drain_timeout: Duration,
     vips: BTreeMap<String, IpAddr>,
     timings: Vec<(&'static str, Duration)>,
     binaries: Binaries,
@@ -220,6 +251,10 @@ impl Lab {
             names,
             state: opts.state_dir.clone(),
             processes: Vec::new(),
+            stopped: Vec::new(),
+            edge: "edge".to_string(),
+            edge_generation: 1,
+            drain_timeout: opts.drain_timeout,
             vips: BTreeMap::new(),
             timings: Vec::new(),
             binaries: opts.binaries.clone(),
@@ -258,7 +293,7 @@ impl Lab {
         )?;
         let kubeconfig = self.state.join(api::KUBECONFIG);
         let api = self.api();
-        self.wait("the API server", Duration::from_secs(15), || {
+        self.wait("the API server", Duration::from_secs(15), |_: &Lab| {
             if !kubeconfig.is_file() {
                 return Err("no kubeconfig yet".to_string());
             }
@@ -267,7 +302,7 @@ impl Lab {
         mark(self, "API server");
 
         let config = self.state.join("edge.yaml");
-        write_file(&config, &edge_config(&kubeconfig))?;
+        write_file(&config, &edge_config(&kubeconfig, opts.drain_timeout))?;
         let upgrade = self.state.join("run").join("edge-upgrade.sock");
         self.start(
             "edge",
@@ -336,7 +371,7 @@ impl Lab {
         let vips = self.wait(
             "the edge to write every Service's address",
             opts.ready_timeout,
-            || {
+            |_: &Lab| {
                 let services = api.services().map_err(|e| e.to_string())?;
                 let vips: BTreeMap<String, IpAddr> = services
                     .iter()
@@ -358,7 +393,7 @@ impl Lab {
         self.wait(
             "the edge's health checks to settle (every node up; Local Services only where they have pods)",
             opts.ready_timeout,
-            || health_settled(&edge_metrics(&edge_ns).map_err(|e| e.to_string())?),
+            |_: &Lab| health_settled(&edge_metrics(&edge_ns).map_err(|e| e.to_string())?),
         )?;
         mark(self, "health checks settled");
 
@@ -370,7 +405,7 @@ impl Lab {
             self.wait(
                 &format!("{name} ({addr}) to answer the inside client"),
                 opts.ready_timeout,
-                || {
+                |_: &Lab| {
                     in_netns(&client, || pod::get(addr))
                         .map_err(|e| e.to_string())?
                         .map_err(|e| e.to_string())
@@ -494,11 +529,11 @@ impl Lab {
         &mut self,
         what: &str,
         limit: Duration,
-        mut check: impl FnMut() -> Result<T, String>,
+        mut check: impl FnMut(&Lab) -> Result<T, String>,
     ) -> Result<T, LabError> {
         let deadline = Instant::now() + limit;
         loop {
-            let last = match check() {
+            let last = match check(self) {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
@@ -534,7 +569,7 @@ impl Lab {
     /// The last lines of every process's log, labelled.
     pub fn log_tails(&self, lines: usize) -> String {
         let mut out = String::new();
-        for p in &self.processes {
+        for p in self.processes.iter().chain(&self.stopped) {
             out.push_str(&format!(
                 "\n----- {} ({}) -----\n{}",
                 p.name,
@@ -554,12 +589,13 @@ impl Lab {
     pub fn teardown(&mut self) -> Result<DownReport, LabError> {
         let report = down(self.names.prefix(), &self.state);
         // Reap the processes this value started (all ended by now).
-        for p in &mut self.processes {
+        for p in self.processes.iter_mut().chain(&mut self.stopped) {
             if let Err(e) = p.child.try_wait() {
                 tracing::warn!(process = %p.name, error = %e, "cannot reap");
             }
         }
         self.processes.clear();
+        self.stopped.clear();
         report
     }
 
@@ -624,22 +660,340 @@ impl Lab {
     /// node `node` (`node-1`...), counted by the lab's own nftables table
     /// `inet portico-lab` in the node's namespace, ahead of the agent's.
     pub fn syns_seen(&self, node: &str, node_port: u16) -> Result<u64, LabError> {
-        let ns = self.names.ns(node);
-        let out = nft(
-            &ns,
-            &["list", "chain", "inet", OBSERVE_TABLE, "observe"],
-            None,
+        syn_counter(&self.names.ns(node), node_port)
+    }
+
+    /// The names of the running lab processes (`api-server`, `edge`,
+    /// `agent-node-1`, `pod-web-1`, ...).
+    pub fn process_names(&self) -> Vec<String> {
+        self.processes.iter().map(|p| p.name.clone()).collect()
+    }
+
+    /// The name of the running edge process (`edge`; `edge-2`, ... after
+    /// [`Lab::upgrade_edge`]).
+    pub fn edge_process(&self) -> &str {
+        &self.edge
+    }
+
+    /// The edge's configuration file.
+    pub fn edge_config_path(&self) -> PathBuf {
+        self.state.join("edge.yaml")
+    }
+
+    /// The configuration the lab gave the edge.
+    pub fn edge_config(&self) -> String {
+        edge_config(&self.state.join(api::KUBECONFIG), self.drain_timeout)
+    }
+
+    /// The edge's drain timeout.
+    pub fn drain_timeout(&self) -> Duration {
+        self.drain_timeout
+    }
+
+    fn running(&self, name: &str) -> Result<&Spawned, LabError> {
+        self.processes
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| LabError::NoSuchProcess(name.to_string()))
+    }
+
+    /// Sends `signal` to lab process `name` (SIGHUP to reload the edge,
+    /// SIGSTOP / SIGCONT to freeze the API server, ...). Does not wait.
+    pub fn signal(&self, name: &str, signal: Signal) -> Result<(), LabError> {
+        let p = self.running(name)?;
+        let pid = Pid::from_raw(p.child.id() as i32);
+        kill(pid, signal).map_err(|e| LabError::Signal {
+            name: name.to_string(),
+            signal,
+            errno: e,
+        })
+    }
+
+    /// Stops lab process `name` with `signal` and waits (at most `limit`)
+    /// until it has exited; its exit status. It is kept to be started again
+    /// by [`Lab::start_again`].
+    pub fn stop_process(
+        &mut self,
+        name: &str,
+        signal: Signal,
+        limit: Duration,
+    ) -> Result<ExitStatus, LabError> {
+        self.signal(name, signal)?;
+        self.wait_exit(name, limit)
+    }
+
+    /// Waits (at most `limit`) until lab process `name` (running, or
+    /// draining after [`Lab::upgrade_edge`]) has exited on its own or after
+    /// a signal; moves it to the stopped ones.
+    pub fn wait_exit(&mut self, name: &str, limit: Duration) -> Result<ExitStatus, LabError> {
+        if let Some(i) = self.processes.iter().position(|p| p.name == name) {
+            let p = self.processes.remove(i);
+            self.stopped.retain(|s| s.name != name);
+            self.stopped.push(p);
+        }
+        let i = self
+            .stopped
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| LabError::NoSuchProcess(name.to_string()))?;
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.stopped[i].child.try_wait() {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(RECHECK),
+                Ok(None) => {
+                    return Err(LabError::NotReady {
+                        what: format!("{name} to exit"),
+                        limit,
+                        diagnostics: self.log_tails(15),
+                    })
+                }
+                Err(source) => {
+                    return Err(LabError::Proc(ProcError::File {
+                        name: name.to_string(),
+                        path: self.stopped[i].log.clone(),
+                        source,
+                    }))
+                }
+            }
+        }
+    }
+
+    /// Starts a process stopped by [`Lab::stop_process`] again, the same
+    /// way (its log goes on in the same file). Does not wait for it to be
+    /// ready: wait for what it provides.
+    pub fn start_again(&mut self, name: &str) -> Result<(), LabError> {
+        let i = self
+            .stopped
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| LabError::NoSuchProcess(name.to_string()))?;
+        let old = self.stopped.remove(i);
+        let spawned = procs::spawn(&self.state, &old.name, &old.ns, &old.program, &old.args)?;
+        self.processes.push(spawned);
+        Ok(())
+    }
+
+    /// The processes of a node: its agent and its pods' servers.
+    pub fn node_processes(node: &NodeSpec) -> Vec<String> {
+        let mut names = vec![format!("agent-{}", node.name)];
+        names.extend(
+            topology::pods()
+                .iter()
+                .filter(|p| p.node == node.index)
+                .map(|p| format!("pod-{}", p.name)),
+        );
+        names
+    }
+
+    /// Kills a node's agent and its pods' servers (SIGKILL: nothing is
+    /// cleaned up, the agent's rules stay as a crashed node leaves them);
+    /// returns when they are gone.
+    pub fn kill_node(&mut self, node: &NodeSpec) -> Result<(), LabError> {
+        for name in Lab::node_processes(node) {
+            self.signal(&name, Signal::SIGKILL)?;
+        }
+        for name in Lab::node_processes(node) {
+            self.wait_exit(&name, STOP_GRACE)?;
+        }
+        Ok(())
+    }
+
+    /// Starts a node's agent and pods again after [`Lab::kill_node`].
+    pub fn revive_node(&mut self, node: &NodeSpec) -> Result<(), LabError> {
+        for name in Lab::node_processes(node) {
+            self.start_again(&name)?;
+        }
+        Ok(())
+    }
+
+    /// Takes a node's cluster link (`eth0`) down or up: to the edge and the
+    /// other nodes it is gone, as a node that lost power or network.
+    pub fn set_node_link(&self, node: &NodeSpec, up: bool) -> Result<(), LabError> {
+        let ns = self.names.node(node);
+        let state = if up { "up" } else { "down" };
+        ip_line(&format!("-n {ns} link set eth0 {state}"))?;
+        Ok(())
+    }
+
+    /// Sets (`Some`) or removes (`None`) a label of a Node through the API
+    /// server, as `kubectl label` does.
+    pub fn label_node(
+        &self,
+        node: &NodeSpec,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), LabError> {
+        let patch = serde_json::json!({"metadata": {"labels": {key: value}}});
+        self.api()
+            .merge_patch(&format!("{}/{}", objects::NODES_PATH, node.name), &patch)?;
+        Ok(())
+    }
+
+    /// Makes a Service's EndpointSlice list exactly `pods` (ready), as the
+    /// EndpointSlice controller does when pods come and go.
+    pub fn set_endpoints(&self, service: &str, pods: &[&'static str]) -> Result<(), LabError> {
+        let mut svc = topology::services()
+            .into_iter()
+            .find(|s| s.name == service)
+            .ok_or_else(|| LabError::NoSuchProcess(format!("Service {service}")))?;
+        svc.pods = pods.to_vec();
+        let slice = objects::slice(&svc, &topology::pods());
+        let patch = serde_json::json!({"endpoints": slice["endpoints"]});
+        self.api().merge_patch(
+            &format!(
+                "{}/{}",
+                objects::slices_path(),
+                slice["metadata"]["name"].as_str().unwrap_or_default()
+            ),
+            &patch,
         )?;
-        let wanted = format!("dport {node_port} ");
-        out.lines()
-            .find(|l| l.contains(&wanted))
-            .and_then(|l| l.split("packets ").nth(1))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| LabError::Observe {
-                ns,
-                what: format!("no counter for port {node_port} in:\n{out}"),
-            })
+        Ok(())
+    }
+
+    /// Reloads the edge: writes `config` to its file (atomically), then
+    /// sends it SIGHUP, and waits (at most `limit`) until its
+    /// `portico_edge_reloads_total{result="ok"}` has grown.
+    pub fn reload_edge(&mut self, config: &str, limit: Duration) -> Result<(), LabError> {
+        let before = self.reloads_ok()?;
+        let path = self.edge_config_path();
+        let tmp = self.state.join("edge.yaml.tmp");
+        write_file(&tmp, config)?;
+        fs::rename(&tmp, &path).map_err(|source| LabError::File { path, source })?;
+        let edge = self.edge.clone();
+        self.signal(&edge, Signal::SIGHUP)?;
+        self.wait(
+            "the edge to apply the reloaded configuration",
+            limit,
+            |lab: &Lab| {
+                let now = lab.reloads_ok().map_err(|e| e.to_string())?;
+                if now > before {
+                    Ok(())
+                } else {
+                    Err(format!("reloads_total{{result=\"ok\"}} still {now}"))
+                }
+            },
+        )
+    }
+
+    fn reloads_ok(&self) -> Result<f64, LabError> {
+        let text = self.edge_metrics()?;
+        Ok(text
+            .lines()
+            .find(|l| l.starts_with("portico_edge_reloads_total{") && l.contains("result=\"ok\""))
+            .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+            .unwrap_or(0.0))
+    }
+
+    /// Upgrades the edge binary in place, as the README says: starts a new
+    /// `portico-edge run --takeover` with the same arguments, waits until
+    /// its upgrade socket listens, sends the old one SIGQUIT, and waits
+    /// (each step at most `limit`) until the new one runs. The old one
+    /// drains in the background; [`Lab::wait_exit`] with its name waits for
+    /// it. Returns the old process's name.
+    pub fn upgrade_edge(&mut self, limit: Duration) -> Result<String, LabError> {
+        let old = self.edge.clone();
+        let (ns, program, mut args) = {
+            let p = self.running(&old)?;
+            (p.ns.clone(), p.program.clone(), p.args.clone())
+        };
+        args.push("--takeover".into());
+        let socket = self.state.join("run").join("edge-upgrade.sock");
+        self.edge_generation += 1;
+        let new = format!("edge-{}", self.edge_generation);
+        let spawned = procs::spawn(&self.state, &new, &ns, &program, &args)?;
+        self.processes.push(spawned);
+        let edge_ns = self.names.edge();
+        self.wait(
+            "the new edge's upgrade socket to listen",
+            limit,
+            |_: &Lab| unix_socket_listening(&edge_ns, &socket),
+        )?;
+        self.signal(&old, Signal::SIGQUIT)?;
+        // From here the old edge exits when it has drained: not a failure.
+        let i = self
+            .processes
+            .iter()
+            .position(|p| p.name == old)
+            .ok_or_else(|| LabError::NoSuchProcess(old.clone()))?;
+        let draining = self.processes.remove(i);
+        let old_log = draining.log.clone();
+        self.stopped.push(draining);
+        let new_log = procs::log_path(&self.state, &new);
+        self.wait(
+            "the old edge to hand its listeners over",
+            limit,
+            |_: &Lab| log_has(&old_log, "handover done"),
+        )?;
+        self.wait("the new edge to run", limit, |_: &Lab| {
+            log_has(&new_log, "edge running")
+        })?;
+        self.edge = new;
+        Ok(old)
+    }
+
+    /// Whether a stopped (or draining) process has exited; its status.
+    pub fn stopped_status(&mut self, name: &str) -> Option<ExitStatus> {
+        self.stopped
+            .iter_mut()
+            .find(|p| p.name == name)
+            .and_then(|p| p.child.try_wait().ok().flatten())
+    }
+
+    /// Calls `check` until it succeeds or `limit` passes, failing early
+    /// (with every process's log) when a lab process exits.
+    pub fn wait_for<T>(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        check: impl FnMut(&Lab) -> Result<T, String>,
+    ) -> Result<T, LabError> {
+        self.wait(what, limit, check)
+    }
+
+    /// Starts a [`NodeWatch`]: SYNs to `node_port` on every node and the
+    /// edge's health view on `health_port`, times from `since`, for at most
+    /// `limit`.
+    pub fn watch_nodes(
+        &self,
+        node_port: u16,
+        health_port: u16,
+        since: Instant,
+        limit: Duration,
+    ) -> NodeWatch {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let names = self.names.clone();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + limit;
+            let mut samples = Vec::new();
+            let mut tick = Instant::now();
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let metrics = edge_metrics(&names.edge()).unwrap_or_default();
+                let at = since.elapsed();
+                for node in topology::nodes() {
+                    let Ok(syns) = syn_counter(&names.node(&node), node_port) else {
+                        continue;
+                    };
+                    samples.push(NodeSample {
+                        at,
+                        up: backend_up(&metrics, &node.name, health_port),
+                        node: node.name,
+                        syns,
+                    });
+                }
+                tick += NodeWatch::EVERY;
+                if let Some(wait) = tick.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            samples
+        });
+        NodeWatch {
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// What to try, for `portico-lab up`.
@@ -771,6 +1125,62 @@ impl Drop for Lab {
             eprintln!("lab {}: teardown failed: {e}", self.names.prefix());
         }
     }
+}
+
+/// One look at a node from outside, taken by a [`NodeWatch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSample {
+    /// When, from the watch's start instant.
+    pub at: Duration,
+    /// The node (`node-1`...).
+    pub node: String,
+    /// New connections (SYNs) to the watched NodePort that reached the node
+    /// so far (the lab's counter, see [`Lab::syns_seen`]).
+    pub syns: u64,
+    /// The edge's health view of the node on the watched health port
+    /// (`portico_edge_backend_up`), if it reports one.
+    pub up: Option<bool>,
+}
+
+/// Samples every node's SYN counter for one NodePort and the edge's health
+/// view of each node, about every [`NodeWatch::EVERY`], on a thread of its
+/// own, until stopped or its limit passes. It reads, never changes anything.
+#[derive(Debug)]
+pub struct NodeWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<NodeSample>>>,
+}
+
+impl NodeWatch {
+    /// How often it samples.
+    pub const EVERY: Duration = Duration::from_millis(100);
+
+    /// Ends the watch; every sample, in time order.
+    pub fn finish(mut self) -> Vec<NodeSample> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for NodeWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The edge's `portico_edge_backend_up` for `node` on `port` (the health
+/// target's port), if reported.
+pub fn backend_up(metrics: &str, node: &str, port: u16) -> Option<bool> {
+    let node = format!("node=\"{node}\"");
+    let tail = format!(":{port}\"}}");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("portico_edge_backend_up{") && l.contains(&node))
+        .find_map(|l| l.split_once(&tail)?.1.trim().parse::<f64>().ok())
+        .map(|v| v == 1.0)
 }
 
 /// Removes every trace of the lab `prefix`: its processes, namespaces (and
@@ -922,6 +1332,26 @@ fn observe_table() -> String {
     )
 }
 
+/// The lab's SYN counter for `node_port` in node namespace `ns`.
+fn syn_counter(ns: &str, node_port: u16) -> Result<u64, LabError> {
+    let ns = ns.to_string();
+    let out = nft(
+        &ns,
+        &["list", "chain", "inet", OBSERVE_TABLE, "observe"],
+        None,
+    )?;
+    let wanted = format!("dport {node_port} ");
+    out.lines()
+        .find(|l| l.contains(&wanted))
+        .and_then(|l| l.split("packets ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| LabError::Observe {
+            ns,
+            what: format!("no counter for port {node_port} in:\n{out}"),
+        })
+}
+
 /// Runs `nft` in namespace `ns` (with `stdin`, if given); its stdout.
 fn nft(ns: &str, args: &[&str], stdin: Option<&str>) -> Result<String, LabError> {
     use std::io::Write as _;
@@ -1014,6 +1444,35 @@ pub fn health_settled(metrics: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a log file holds `text`.
+fn log_has(log: &Path, text: &str) -> Result<(), String> {
+    if fs::read_to_string(log).is_ok_and(|t| t.contains(text)) {
+        Ok(())
+    } else {
+        Err(format!("{} has no {text:?} yet", log.display()))
+    }
+}
+
+/// Whether a unix socket at `path` is listening in namespace `ns`, as the
+/// kernel reports it (connecting to find out would use up the edge's one
+/// upgrade accept).
+fn unix_socket_listening(ns: &str, path: &Path) -> Result<(), String> {
+    let table = in_netns(ns, || fs::read_to_string("/proc/thread-self/net/unix"))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let wanted = path.display().to_string();
+    // Num RefCount Protocol Flags Type St Inode Path; Flags 00010000 = listening.
+    let listening = table.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 8 && f[3] == "00010000" && f[7] == wanted
+    });
+    if listening {
+        Ok(())
+    } else {
+        Err(format!("{wanted} is not listening yet"))
+    }
+}
+
 /// Appends `text` and a newline.
 fn line(out: &mut String, text: String) {
     out.push_str(&text);
@@ -1029,7 +1488,7 @@ fn on_path(program: &str) -> bool {
 
 /// The edge's configuration: the Kubernetes watch, VIPs on the public
 /// interface, the address pool, and health checks quick enough for a lab.
-pub fn edge_config(kubeconfig: &Path) -> String {
+pub fn edge_config(kubeconfig: &Path, drain_timeout: Duration) -> String {
     format!(
         "# Written by portico-lab.
 settings:
@@ -1042,7 +1501,7 @@ settings:
   proxy:
     connectTimeout: 1s
     connectRetries: 2
-    drainTimeout: 2s
+    drainTimeout: {drain}ms
   vip:
     interface: eth0
   metricsListen: 127.0.0.1:{metrics}
@@ -1058,6 +1517,7 @@ settings:
         admin = topology::EDGE_ADMIN_PORT,
         kubeconfig = kubeconfig.display(),
         pool = topology::ADDRESS_POOL,
+        drain = drain_timeout.as_millis(),
     )
 }
 
@@ -1067,13 +1527,17 @@ mod tests {
 
     #[test]
     fn the_edge_config_passes_the_real_validator() {
-        let yaml = edge_config(Path::new("/run/portico-lab/kubeconfig"));
+        let yaml = edge_config(
+            Path::new("/run/portico-lab/kubeconfig"),
+            DEFAULT_DRAIN_TIMEOUT,
+        );
         let config =
             portico_config::parse_edge_config(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         let s = &config.settings;
         assert_eq!(s.vip.interface.as_deref(), Some("eth0"));
         assert!(s.kubernetes.is_some());
         assert_eq!(s.address_pools.len(), 1);
+        assert_eq!(s.proxy.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
     }
 
     #[test]

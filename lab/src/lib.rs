@@ -21,6 +21,7 @@
 
 pub mod api;
 pub mod lab;
+pub mod load;
 pub mod netns;
 pub mod objects;
 pub mod pod;

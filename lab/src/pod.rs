@@ -5,7 +5,14 @@
 //! line, `pod=<name> node=<node> peer=<address it saw>`, plus
 //! ` proxied-client=<address>` when the connection began with a PROXY
 //! protocol header (v1 or v2), then closes. `curl` can read it, and so can
-//! [`get`], the client the lab and its tests use.
+//! [`get`], the client the lab and its tests use ([`get_async`] is the same
+//! for the load generator of [`crate::load`]).
+//!
+//! A request whose first line is `ECHO` (see [`ECHO_REQUEST`]) opens a
+//! long-lived session instead: the server sends the same line (ending in
+//! `\n`, no HTTP head), then echoes every byte back until the client closes.
+//! The load generator keeps such sessions open to check that established
+//! connections survive what a scenario does.
 
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
@@ -18,6 +25,8 @@ use tokio::net::TcpListener;
 pub const TIMEOUT: Duration = Duration::from_secs(2);
 /// The most the server reads before answering.
 const MAX_REQUEST: usize = 8192;
+/// What a client sends to open an echo session.
+pub const ECHO_REQUEST: &[u8] = b"ECHO\r\n\r\n";
 /// The PROXY protocol v2 signature.
 const PROXY_V2_SIG: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 
@@ -157,7 +166,8 @@ async fn answer(
     if let Ok(Err(e)) = read {
         return Err(e);
     }
-    let (proxied_client, _) = split_proxy_header(&buf);
+    let (proxied_client, rest) = split_proxy_header(&buf);
+    let echo = rest.is_some_and(|r| r.starts_with(b"ECHO\r\n"));
     let body = Answer {
         pod: pod.to_string(),
         node: node.to_string(),
@@ -166,6 +176,12 @@ async fn answer(
     }
     .to_line()
         + "\n";
+    if echo {
+        stream.write_all(body.as_bytes()).await?;
+        let (mut rd, mut wr) = stream.split();
+        tokio::io::copy(&mut rd, &mut wr).await?;
+        return wr.shutdown().await;
+    }
     let response = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -261,7 +277,8 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    fn from_io(addr: SocketAddr, e: std::io::Error) -> ClientError {
+    /// Sorts an IO error of a connection to `addr`.
+    pub fn from_io(addr: SocketAddr, e: std::io::Error) -> ClientError {
         match e.kind() {
             ErrorKind::ConnectionRefused => ClientError::Refused { addr },
             ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => {
@@ -288,6 +305,37 @@ pub fn get(addr: SocketAddr) -> Result<Answer, ClientError> {
         .map_err(io)?;
     let mut text = Vec::new();
     stream.read_to_end(&mut text).map_err(io)?;
+    if text.is_empty() {
+        return Err(ClientError::Closed { addr });
+    }
+    let text = String::from_utf8_lossy(&text).into_owned();
+    text.split_once("\r\n\r\n")
+        .filter(|(head, _)| head.starts_with("HTTP/1.1 200 "))
+        .and_then(|(_, body)| Answer::parse(body.trim()))
+        .ok_or(ClientError::BadAnswer { addr, text })
+}
+
+/// [`get`] for async code: one new connection to `addr` from the current
+/// namespace (the calling thread's: use a current-thread runtime on a
+/// thread that entered it), bounded by `timeout` as a whole.
+pub async fn get_async(addr: SocketAddr, timeout: Duration) -> Result<Answer, ClientError> {
+    let io = |e| ClientError::from_io(addr, e);
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
+        stream
+            .write_all(
+                format!("GET / HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: portico-lab\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .map_err(io)?;
+        let mut text = Vec::new();
+        stream.read_to_end(&mut text).await.map_err(io)?;
+        Ok(text)
+    };
+    let text = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| ClientError::TimedOut { addr })??;
     if text.is_empty() {
         return Err(ClientError::Closed { addr });
     }

@@ -60,6 +60,10 @@ pub struct Spawned {
     pub ns: String,
     /// Its log file.
     pub log: PathBuf,
+    /// The program.
+    pub program: PathBuf,
+    /// Its arguments (to start it again the same way).
+    pub args: Vec<String>,
     /// The child handle, to reap it (the process lives on when this is dropped).
     pub child: Child,
 }
@@ -74,7 +78,8 @@ pub fn pid_path(state: &Path, name: &str) -> PathBuf {
     state.join("run").join(format!("{name}.pid"))
 }
 
-/// Starts `program args` in namespace `ns` in its own session.
+/// Starts `program args` in namespace `ns` in its own session. Its output
+/// is appended to its log (a process started again keeps its history).
 pub fn spawn(
     state: &Path,
     name: &str,
@@ -87,7 +92,11 @@ pub fn spawn(
         move |source| ProcError::File { name, path, source }
     };
     let log = log_path(state, name);
-    let out = File::create(&log).map_err(file_err(&log))?;
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(file_err(&log))?;
     let err = out.try_clone().map_err(file_err(&log))?;
     let child = Command::new("setsid")
         .args(["ip", "netns", "exec", ns])
@@ -115,6 +124,8 @@ pub fn spawn(
         name: name.to_string(),
         ns: ns.to_string(),
         log,
+        program: program.to_path_buf(),
+        args: args.to_vec(),
         child,
     })
 }

@@ -123,6 +123,11 @@ fn build(profile_dir: &Path, packages: &[&str]) {
 /// A lab of the test's own (prefix `plt<pid>-<n>`, state under the temp
 /// directory), up and serving; torn down when dropped, also on panic.
 pub fn lab() -> Lab {
+    lab_with(portico_lab::lab::DEFAULT_DRAIN_TIMEOUT)
+}
+
+/// [`lab`] with the edge's `drainTimeout` set to `drain_timeout`.
+pub fn lab_with(drain_timeout: Duration) -> Lab {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let prefix = format!(
         "plt{}-{}",
@@ -134,6 +139,7 @@ pub fn lab() -> Lab {
         prefix,
         binaries: binaries(),
         ready_timeout: Duration::from_secs(60),
+        drain_timeout,
     };
     let started = Instant::now();
     let lab = Lab::up(&opts).unwrap_or_else(|e| panic!("lab up: {e}"));
