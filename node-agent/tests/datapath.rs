@@ -618,16 +618,15 @@ fn sctp_ports_load_into_the_kernel_beside_a_working_tcp_port() {
     let sctp_ip_key = "10.96.0.60 . sctp . 9999";
     let sctp_np_key = "sctp . 30300";
     let service_chain = planned_target(&ruleset, "service-ips", sctp_ip_key);
-    let external_chain = planned_target(&ruleset, "service-nodeports", sctp_np_key);
+    let nodeport_chain = planned_target(&ruleset, "service-nodeports", sctp_np_key);
     let tcp_chain = planned_target(&ruleset, "service-ips", "10.96.0.60 . tcp . 80");
     assert!(
         service_chain.starts_with("service-") && service_chain.ends_with("/sctp/assoc"),
         "{service_chain}"
     );
-    assert!(
-        external_chain.starts_with("external-") && external_chain.ends_with("/sctp/assoc"),
-        "{external_chain}"
-    );
+    // Cluster policy: the NodePort goes straight to the same chain, marked
+    // for masquerade by its key in `nodeport-masquerade`.
+    assert_eq!(nodeport_chain, service_chain);
     assert_ne!(service_chain, tcp_chain, "SCTP and TCP ports share a chain");
 
     if let Err(e) = lab.try_apply(&render_full(&ruleset)) {
@@ -638,9 +637,9 @@ fn sctp_ports_load_into_the_kernel_beside_a_working_tcp_port() {
     let table = lab.nft_ok(&["list", "table", "inet", "portico"]);
     let elements = [
         format!("{sctp_ip_key} : goto {service_chain}"),
-        format!("{sctp_np_key} : goto {external_chain}"),
+        format!("{sctp_np_key} : goto {service_chain}"),
         format!("10.96.0.60 . tcp . 80 : goto {tcp_chain}"),
-        "tcp . 30080 : goto external-".to_string(),
+        format!("tcp . 30080 : goto {tcp_chain}"),
     ];
     for element in &elements {
         assert!(
@@ -648,10 +647,15 @@ fn sctp_ports_load_into_the_kernel_beside_a_working_tcp_port() {
             "no `{element}` in the kernel's table:\n{table}"
         );
     }
-    for chain in [&service_chain, &external_chain] {
+    assert!(
+        table.contains(&format!("chain {service_chain} {{")),
+        "no chain {service_chain} in the kernel's table:\n{table}"
+    );
+    let masquerade = lab.nft_ok(&["list", "set", "inet", "portico", "nodeport-masquerade"]);
+    for key in [sctp_np_key, "tcp . 30080"] {
         assert!(
-            table.contains(&format!("chain {chain} {{")),
-            "no chain {chain} in the kernel's table:\n{table}"
+            masquerade.contains(key),
+            "NodePort {key} is not marked for masquerade:\n{masquerade}"
         );
     }
     // The Service port's chain picks one of both endpoints and DNATs SCTP
@@ -681,4 +685,78 @@ fn sctp_ports_load_into_the_kernel_beside_a_working_tcp_port() {
         CLIENT_IP,
         "ClusterIP traffic keeps the client address",
     );
+}
+
+#[test]
+fn only_external_traffic_of_cluster_policy_services_is_masqueraded() {
+    if !privileged("only_external_traffic_of_cluster_policy_services_is_masqueraded") {
+        return;
+    }
+    // A Cluster and a Local Service side by side: the Cluster one's
+    // external address and NodePort reach the same chain as its ClusterIP
+    // and only the `*-masquerade` sets tell them apart.
+    let (lab, pods) = dual_stack_lab("masq", &["pod-a", "pod-b"]);
+    let _servers = lab.serve_who(&pods);
+    let mut web = nodeport_service("web", "10.96.0.10", 30080);
+    web.external_ips = vec![ip("203.0.113.10")];
+    let mut local = nodeport_service("local", "10.96.0.20", 30081);
+    local.external_ips = vec![ip("203.0.113.20")];
+    local.external_traffic_policy = TrafficPolicy::Local;
+    let slices = [
+        pod_slice("web", both_pods(&pods, v4)),
+        pod_slice("local", both_pods(&pods, v4)),
+    ];
+    let before = planned(&[web.clone(), local.clone()], &slices);
+    lab.apply(&render_full(&before));
+
+    for (to, port) in [(NODE_IP, 30080), ("203.0.113.10", 80)] {
+        assert_both_pods_see(&lab, to, port, NODE_BRIDGE_IP, "Cluster external");
+    }
+    assert_both_pods_see(
+        &lab,
+        "10.96.0.10",
+        80,
+        CLIENT_IP,
+        "the ClusterIP of a Cluster-policy Service keeps the client address",
+    );
+    for (to, port) in [(NODE_IP, 30081), ("203.0.113.20", 80)] {
+        assert_only_local_pod(&lab, to, port, CLIENT_IP);
+    }
+    // From the node itself, a Local Service's external address may use any
+    // endpoint (kube-proxy's rule for node-local clients).
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..64 {
+        let answer = lab
+            .tcp_from("node", "203.0.113.20", 80, QUICK)
+            .expect("node to a Local Service's external address");
+        let (pod, _peer) = answer.split_once(' ').expect("answer is `<pod> <peer>`");
+        seen.insert(pod.to_string());
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "from the node both endpoints answer: {seen:?}"
+    );
+
+    // Switching web to Local by a diff takes its keys out of the
+    // masquerade sets: the client address is kept from then on.
+    web.external_traffic_policy = TrafficPolicy::Local;
+    let after = planned(&[web, local], &slices);
+    let script = render_diff(&before, &after).expect("the policy changed");
+    if let Err(e) = lab.try_apply(&script) {
+        panic!("the diff is rejected: {e}\n{script}");
+    }
+    for (to, port) in [(NODE_IP, 30080), ("203.0.113.10", 80)] {
+        assert_only_local_pod(&lab, to, port, CLIENT_IP);
+    }
+    for set in ["external-masquerade", "nodeport-masquerade"] {
+        let listed = lab.nft_ok(&["list", "set", "inet", "portico", set]);
+        assert!(
+            !listed.contains("elements"),
+            "{set} is not empty:\n{listed}"
+        );
+    }
 }
