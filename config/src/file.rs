@@ -155,6 +155,8 @@ pub struct RawProxySettings {
     pub drain_timeout: Option<RawDuration>,
     /// `maglevTableSize`.
     pub maglev_table_size: Option<i64>,
+    /// `splice`: copy TCP data with `splice(2)`.
+    pub splice: Option<bool>,
 }
 
 /// `settings.vip`.

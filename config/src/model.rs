@@ -287,6 +287,11 @@ pub struct ProxySettings {
     pub drain_timeout: Duration,
     /// Size of the Maglev lookup table; a prime.
     pub maglev_table_size: u32,
+    /// Copy TCP data socket -> pipe -> socket with `splice(2)`, inside the
+    /// kernel, rather than through a user-space buffer. The edge falls back
+    /// to buffers by itself where the kernel refuses; turning it off is for
+    /// comparing the two, or for sandboxes where splicing misbehaves.
+    pub splice: bool,
 }
 
 /// The default Maglev table size, from the Maglev paper.
@@ -301,6 +306,7 @@ impl Default for ProxySettings {
             udp_idle_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
+            splice: true,
         }
     }
 }

@@ -427,6 +427,7 @@ impl Validator {
             udp_idle_timeout: udp_idle_timeout.unwrap_or(d.udp_idle_timeout),
             drain_timeout: drain_timeout.unwrap_or(d.drain_timeout),
             maglev_table_size: maglev_table_size.unwrap_or(d.maglev_table_size),
+            splice: raw.splice.unwrap_or(d.splice),
         }
     }
 
@@ -1257,6 +1258,7 @@ settings:
     udpIdleTimeout: 45s
     drainTimeout: 0
     maglevTableSize: 251
+    splice: false
   vip:
     interface: eth0
   metricsListen: '[::1]:9100'
@@ -1284,11 +1286,33 @@ settings:
                 udp_idle_timeout: Duration::from_secs(45),
                 drain_timeout: Duration::ZERO,
                 maglev_table_size: 251,
+                splice: false,
             }
         );
         assert_eq!(s.vip.interface.as_deref(), Some("eth0"));
         assert_eq!(s.metrics_listen, "[::1]:9100".parse().unwrap());
         assert_eq!(s.admin_listen, "0.0.0.0:9101".parse().unwrap());
+    }
+
+    #[test]
+    fn splice_is_on_unless_turned_off_and_must_be_a_boolean() {
+        assert!(valid("settings: {proxy: {}}").settings.proxy.splice);
+        assert!(
+            valid("settings: {proxy: {splice: true}}")
+                .settings
+                .proxy
+                .splice
+        );
+        assert!(
+            !valid("settings: {proxy: {splice: false}}")
+                .settings
+                .proxy
+                .splice
+        );
+        assert_problems(
+            "settings: {proxy: {splice: sometimes}}",
+            &[("settings.proxy.splice", "boolean")],
+        );
     }
 
     #[test]

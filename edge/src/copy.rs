@@ -13,18 +13,54 @@
 //! # Design
 //!
 //! Both directions run concurrently inside the caller's task (no extra task
-//! per connection) on the split halves of the two sockets. Each direction
-//! owns one buffer of [`CopyOptions::buffer_size`] bytes, allocated once per
-//! connection; a read never allocates. A zero-copy `splice(2)` path through a
-//! pipe could later replace the buffered path behind the same
-//! [`copy_bidirectional`] signature without changing callers.
+//! per connection) on the split halves of the two sockets, each on one of two
+//! paths ([`CopyPath`]):
+//!
+//! - **Spliced** (the default): `splice(2)` moves the bytes socket -> pipe ->
+//!   socket inside the kernel, as page references, never copying them
+//!   through user space. A direction fills its pipe only when the pipe is
+//!   empty and then drains it completely before reading again, so the
+//!   pipe's fill level is always known: a fill that would block means the
+//!   source has nothing (never "the pipe is full", which with pipes counted
+//!   in page slots rather than bytes could not be told apart), a drain that
+//!   would block means the destination is full, and end of stream is seen
+//!   only once every earlier byte has left, so the half-close is passed on
+//!   behind the data. Readiness comes from tokio's reactor for the sockets;
+//!   the pipe ends are non-blocking and, by the rule above, never need to
+//!   wait.
+//! - **Buffered**: `read` into one buffer of [`CopyOptions::buffer_size`]
+//!   bytes per direction, then `write` it all out. Used when splicing is
+//!   turned off, and as the fallback when the kernel refuses the first
+//!   splice (`EINVAL`, `ENOSYS`, `EOPNOTSUPP`: a kernel or sandbox without
+//!   it) or no pipe can be had (out of file descriptors); the fallback is per
+//!   direction and happens only while that direction holds no bytes, so no
+//!   byte is lost or reordered by it.
+//!
+//! Pipes are not held for a connection's lifetime: a direction takes an
+//! empty pipe from a process-wide pool when its source becomes readable and
+//! gives it back, empty, once the source has nothing more to read. Only
+//! connections with data in flight hold pipes, which bounds the extra file
+//! descriptors (two per pipe) and the pipe pages the kernel accounts to the
+//! user (`fs.pipe-user-pages-soft`, 64 MiB by default: past it, a process
+//! without `CAP_SYS_RESOURCE` gets two-page pipes, which splice slower than
+//! a buffer copies, so the direction goes buffered instead). A pipe that may
+//! still hold bytes (the copy stopped on an error, a timeout or a drain) is
+//! closed, never pooled.
+//!
+//! Both paths behave the same to the outside: same half-close, error
+//! attribution, idle timeout, drain and per-write byte counts; the tests run
+//! every behaviour on both.
 
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -32,6 +68,19 @@ use tokio::time::Instant;
 
 /// Default size of each direction's buffer: 64 KiB.
 pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
+
+/// Default size of each direction's pipe: 256 KiB. On loopback
+/// (`benches/copy.rs`) the proxy's CPU per GB fell from ~0.78x of the
+/// buffered path with 64 KiB pipes to ~0.7x with 256 KiB and ~0.5x with
+/// 1 MiB; 256 KiB keeps most of that while an unprivileged process can
+/// still have 256 such pipes before `fs.pipe-user-pages-soft` (64 MiB by
+/// default) is reached, past which new pipes get two pages and the copy
+/// goes buffered (see [`Pipe::take`]).
+pub const DEFAULT_PIPE_SIZE: usize = 256 * 1024;
+
+/// The size of a new pipe before any `F_SETPIPE_SZ`, unless the user is past
+/// `fs.pipe-user-pages-soft`.
+const KERNEL_PIPE_SIZE: usize = 64 * 1024;
 
 /// Default idle timeout: one hour, as in Envoy's TCP proxy. Long enough for
 /// quiet but legitimate connections (database pools, websockets with sparse
@@ -43,17 +92,32 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 /// never overflow `Instant`; no connection lives this long anyway.
 const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
+/// At most this many bytes of empty pipes wait in the pool (64 pipes of the
+/// default size, a quarter of the default pipe page allowance); more are
+/// closed when given back. Enough for the bursts of dozens of busy
+/// connections at once without a `pipe2` each time.
+const MAX_IDLE_PIPE_BYTES: usize = 16 * 1024 * 1024;
+
 /// Tuning for [`copy_bidirectional`], typically shared by all connections of
 /// a listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyOptions {
-    /// Size in bytes of each of the two per-connection buffers. A size of 0
-    /// is treated as 1, because a read into an empty buffer would look like
-    /// end of stream.
+    /// Size in bytes of each of the two per-connection buffers of the
+    /// buffered path. A size of 0 is treated as 1, because a read into an
+    /// empty buffer would look like end of stream.
     pub buffer_size: usize,
     /// Stop the copy once no byte has been written in either direction for
     /// this long. `None` disables the timeout.
     pub idle_timeout: Option<Duration>,
+    /// Move bytes with `splice(2)` through a pipe per direction (falling back
+    /// to the buffered path where the kernel refuses); `false` always uses
+    /// the buffered path.
+    pub splice: bool,
+    /// Size in bytes asked of each pipe (`F_SETPIPE_SZ`); the kernel rounds
+    /// it up to a power of two pages. If it is refused (above
+    /// `fs.pipe-max-size`, or past the user's pipe page allowance), the pipe
+    /// keeps the size the kernel gave it.
+    pub pipe_size: usize,
 }
 
 impl Default for CopyOptions {
@@ -61,6 +125,8 @@ impl Default for CopyOptions {
         Self {
             buffer_size: DEFAULT_BUFFER_SIZE,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            splice: true,
+            pipe_size: DEFAULT_PIPE_SIZE,
         }
     }
 }
@@ -118,6 +184,25 @@ impl EndReason {
     }
 }
 
+/// How one direction of a connection moved its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyPath {
+    /// Through a user-space buffer with `read` and `write`.
+    Buffered,
+    /// Socket -> pipe -> socket with `splice(2)`, inside the kernel.
+    Spliced,
+}
+
+impl CopyPath {
+    /// A short, stable `snake_case` name for logs and labels.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Buffered => "buffered",
+            Self::Spliced => "spliced",
+        }
+    }
+}
+
 /// The result of [`copy_bidirectional`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CopyOutcome {
@@ -127,6 +212,11 @@ pub struct CopyOutcome {
     pub client_to_upstream: u64,
     /// Bytes written to the client, i.e. received from the upstream.
     pub upstream_to_client: u64,
+    /// The path client -> upstream was on when the copy stopped
+    /// ([`CopyPath::Buffered`] if it fell back from splicing).
+    pub client_to_upstream_path: CopyPath,
+    /// The path upstream -> client was on when the copy stopped.
+    pub upstream_to_client_path: CopyPath,
 }
 
 /// Resolves once `rx` holds `true`: adapts a `watch` flag to the `drain`
@@ -146,15 +236,18 @@ pub async fn drain_signal(mut rx: watch::Receiver<bool>) {
 /// [`CopyOptions::idle_timeout`], or `drain` resolves.
 ///
 /// When one side sends end of stream, the other side's write half is shut
-/// down and the opposite direction keeps flowing, so half-closed connections
-/// (a client that shuts down its write side after the request, a server that
-/// speaks first and closes) work. `observer` is told about every write.
+/// down (after every byte before it has been written) and the opposite
+/// direction keeps flowing, so half-closed connections (a client that shuts
+/// down its write side after the request, a server that speaks first and
+/// closes) work. `observer` is told about every write.
 ///
 /// Pass [`drain_signal`] (or any future, e.g. a `select` of a per-backend and
 /// a global signal) as `drain`, or `std::future::pending()` for none.
 ///
 /// The sockets are not closed here: on return the caller drops them, which
 /// closes both (after an error or a drain, nothing more is to be sent).
+/// Anything already written to `upstream` (a PROXY protocol header) goes
+/// before the first copied byte, on either path.
 pub async fn copy_bidirectional<D>(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
@@ -165,24 +258,25 @@ pub async fn copy_bidirectional<D>(
 where
     D: Future<Output = ()>,
 {
-    let buffer_size = opts.buffer_size.max(1);
-    let mut client_buf = vec![0u8; buffer_size];
-    let mut upstream_buf = vec![0u8; buffer_size];
     let activity = Activity::new();
     let client_to_upstream_total = AtomicU64::new(0);
     let upstream_to_client_total = AtomicU64::new(0);
+    let client_to_upstream_buffered = AtomicBool::new(!opts.splice);
+    let upstream_to_client_buffered = AtomicBool::new(!opts.splice);
 
     let (client_read, client_write) = client.split();
     let (upstream_read, upstream_write) = upstream.split();
     let client_to_upstream = pump(
         client_read,
         upstream_write,
-        &mut client_buf,
+        opts,
         Direction {
             total: &client_to_upstream_total,
+            buffered: &client_to_upstream_buffered,
             observe: |o: &dyn CopyObserver, n| o.client_to_upstream(n),
             read_error: EndReason::ClientError,
             write_error: EndReason::UpstreamError,
+            name: "client_to_upstream",
         },
         &activity,
         observer,
@@ -190,12 +284,14 @@ where
     let upstream_to_client = pump(
         upstream_read,
         client_write,
-        &mut upstream_buf,
+        opts,
         Direction {
             total: &upstream_to_client_total,
+            buffered: &upstream_to_client_buffered,
             observe: |o: &dyn CopyObserver, n| o.upstream_to_client(n),
             read_error: EndReason::UpstreamError,
             write_error: EndReason::ClientError,
+            name: "upstream_to_client",
         },
         &activity,
         observer,
@@ -236,19 +332,41 @@ where
         }
     };
 
+    let path = |buffered: &AtomicBool| {
+        if buffered.load(Ordering::Relaxed) {
+            CopyPath::Buffered
+        } else {
+            CopyPath::Spliced
+        }
+    };
     CopyOutcome {
         end,
         client_to_upstream: client_to_upstream_total.load(Ordering::Relaxed),
         upstream_to_client: upstream_to_client_total.load(Ordering::Relaxed),
+        client_to_upstream_path: path(&client_to_upstream_buffered),
+        upstream_to_client_path: path(&upstream_to_client_buffered),
     }
 }
 
 /// What distinguishes the two directions of a connection.
 struct Direction<'a> {
     total: &'a AtomicU64,
+    /// Set when this direction is (or has fallen back to) the buffered path.
+    buffered: &'a AtomicBool,
     observe: fn(&dyn CopyObserver, usize),
     read_error: fn(io::ErrorKind) -> EndReason,
     write_error: fn(io::ErrorKind) -> EndReason,
+    /// For logs.
+    name: &'static str,
+}
+
+impl Direction<'_> {
+    /// Accounts for `n` bytes just written to the destination.
+    fn wrote(&self, n: usize, activity: &Activity, observer: &dyn CopyObserver) {
+        self.total.fetch_add(n as u64, Ordering::Relaxed);
+        activity.touch();
+        (self.observe)(observer, n);
+    }
 }
 
 /// When a byte last moved on a connection.
@@ -280,18 +398,36 @@ impl Activity {
     }
 }
 
-/// Copies one direction until end of stream (then half-closes `to`) or an
-/// error, which is returned already attributed to the failing side.
+/// Copies one direction on the path `opts` asks for until end of stream
+/// (then half-closes `to`) or an error, which is returned already attributed
+/// to the failing side.
 async fn pump(
-    mut from: ReadHalf<'_>,
-    mut to: WriteHalf<'_>,
-    buf: &mut [u8],
+    from: ReadHalf<'_>,
+    to: WriteHalf<'_>,
+    opts: &CopyOptions,
     dir: Direction<'_>,
     activity: &Activity,
     observer: &dyn CopyObserver,
 ) -> Result<(), EndReason> {
+    if opts.splice {
+        splice_pump(from, to, opts, dir, activity, observer).await
+    } else {
+        buffered_pump(from, to, opts.buffer_size, dir, activity, observer).await
+    }
+}
+
+/// The buffered path of [`pump`].
+async fn buffered_pump(
+    mut from: ReadHalf<'_>,
+    mut to: WriteHalf<'_>,
+    buffer_size: usize,
+    dir: Direction<'_>,
+    activity: &Activity,
+    observer: &dyn CopyObserver,
+) -> Result<(), EndReason> {
+    let mut buf = vec![0u8; buffer_size.max(1)];
     loop {
-        let n = match from.read(buf).await {
+        let n = match from.read(&mut buf).await {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err((dir.read_error)(e.kind())),
@@ -311,16 +447,261 @@ async fn pump(
                 Err(e) => return Err((dir.write_error)(e.kind())),
             };
             pending = &pending[written..];
-            dir.total.fetch_add(written as u64, Ordering::Relaxed);
-            activity.touch();
-            (dir.observe)(observer, written);
+            dir.wrote(written, activity, observer);
         }
+    }
+}
+
+/// Flags of every splice: move pages rather than copy where the kernel can,
+/// and never block on the pipe (the sockets are non-blocking already).
+const SPLICE_FLAGS: SpliceFFlags =
+    SpliceFFlags::SPLICE_F_MOVE.union(SpliceFFlags::SPLICE_F_NONBLOCK);
+
+/// The spliced path of [`pump`]; see the module docs for the rules it keeps.
+///
+/// A write to a reset peer may raise `SIGPIPE` (the kernel's splice-to-socket
+/// does not pass `MSG_NOSIGNAL`); Rust programs ignore `SIGPIPE` from the
+/// start, so it surfaces as `EPIPE` like a `write` would.
+async fn splice_pump(
+    from: ReadHalf<'_>,
+    to: WriteHalf<'_>,
+    opts: &CopyOptions,
+    dir: Direction<'_>,
+    activity: &Activity,
+    observer: &dyn CopyObserver,
+) -> Result<(), EndReason> {
+    let (src, dst) = (from.as_ref(), to.as_ref());
+    // Held only while the source has data; see the module docs.
+    let mut held: Option<Pipe> = None;
+    let mut spliced_any = false;
+    loop {
+        src.readable()
+            .await
+            .map_err(|e| (dir.read_error)(e.kind()))?;
+        let pipe = match held.take() {
+            Some(pipe) => pipe,
+            None => match Pipe::take(opts.pipe_size) {
+                Ok(pipe) => pipe,
+                Err(e) => {
+                    // Out of descriptors or of pipe pages: the direction
+                    // holds no bytes now, so it can carry on buffered
+                    // without losing any.
+                    tracing::debug!(direction = dir.name, error = %e, "no pipe for splice; copying buffered");
+                    dir.buffered.store(true, Ordering::Relaxed);
+                    return buffered_pump(from, to, opts.buffer_size, dir, activity, observer)
+                        .await;
+                }
+            },
+        };
+        let filled = src.try_io(Interest::READABLE, || {
+            splice(src, None, &pipe.write, None, pipe.capacity, SPLICE_FLAGS)
+                .map_err(io::Error::from)
+        });
+        let mut in_pipe = match filled {
+            Ok(0) => {
+                // End of stream, and the pipe is empty: every byte before
+                // the FIN has been written, so the FIN can follow.
+                pipe.recycle();
+                let mut to = to;
+                return to.shutdown().await.map_err(|e| (dir.write_error)(e.kind()));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // The source is drained for now (`try_io` has cleared its
+                // readiness): let another connection use the pipe meanwhile.
+                pipe.recycle();
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                held = Some(pipe);
+                continue;
+            }
+            Err(e) if !spliced_any && splice_unsupported(&e) => {
+                warn_splice_unsupported(&e);
+                dir.buffered.store(true, Ordering::Relaxed);
+                return buffered_pump(from, to, opts.buffer_size, dir, activity, observer).await;
+            }
+            Err(e) => return Err((dir.read_error)(e.kind())),
+        };
+        spliced_any = true;
+        while in_pipe > 0 {
+            let drained = dst
+                .async_io(Interest::WRITABLE, || {
+                    splice(&pipe.read, None, dst, None, in_pipe, SPLICE_FLAGS)
+                        .map_err(io::Error::from)
+                })
+                .await;
+            let written = match drained {
+                Ok(0) => return Err((dir.write_error)(io::ErrorKind::WriteZero)),
+                Ok(written) => written,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err((dir.write_error)(e.kind())),
+            };
+            in_pipe -= written;
+            dir.wrote(written, activity, observer);
+        }
+        held = Some(pipe);
+    }
+}
+
+/// Whether a failed first splice means "not possible here" (an old kernel, a
+/// socket type without splice support, a seccomp filter) rather than a
+/// failing connection.
+fn splice_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP)
+    )
+}
+
+/// Logs, once per process, that the kernel refused to splice.
+fn warn_splice_unsupported(e: &io::Error) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(error = %e, "splice(2) refused; copying through buffers (logged once)");
+    } else {
+        tracing::debug!(error = %e, "splice(2) refused; copying through buffers");
+    }
+}
+
+/// Empty pipes waiting for the next burst of any connection.
+static IDLE_PIPES: Mutex<IdlePipes> = Mutex::new(IdlePipes {
+    pipes: Vec::new(),
+    bytes: 0,
+});
+
+struct IdlePipes {
+    pipes: Vec<Pipe>,
+    /// Sum of their capacities.
+    bytes: usize,
+}
+
+/// Why [`Pipe::take`] has no pipe to give.
+#[derive(Debug)]
+enum NoPipe {
+    /// `pipe2` or `fcntl` failed (e.g. `EMFILE`: out of descriptors).
+    Failed(Errno),
+    /// The kernel gave a pipe of this many bytes, smaller than its default
+    /// (the user is past `fs.pipe-user-pages-soft`): splicing through it
+    /// costs about twice the CPU of copying through a buffer.
+    Starved(usize),
+}
+
+impl std::fmt::Display for NoPipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Failed(e) => write!(f, "{e}"),
+            Self::Starved(size) => {
+                write!(f, "only a {size}-byte pipe (past fs.pipe-user-pages-soft)")
+            }
+        }
+    }
+}
+
+/// A non-blocking pipe one direction splices through.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    /// The size it was asked for, so that a pooled pipe is reused only by
+    /// copies that ask for the same.
+    requested: usize,
+    /// What the kernel gave: the most one fill can move.
+    capacity: usize,
+}
+
+impl Pipe {
+    /// An empty pipe of `size` bytes, from the pool or new.
+    fn take(size: usize) -> Result<Pipe, NoPipe> {
+        let pooled = {
+            let mut idle = IDLE_PIPES.lock().unwrap_or_else(PoisonError::into_inner);
+            let found = idle.pipes.iter().rposition(|p| p.requested == size);
+            found.map(|at| {
+                let pipe = idle.pipes.swap_remove(at);
+                idle.bytes -= pipe.capacity;
+                pipe
+            })
+        };
+        match pooled {
+            Some(pipe) => Ok(pipe),
+            None => Self::create(size),
+        }
+    }
+
+    fn create(size: usize) -> Result<Pipe, NoPipe> {
+        let (read, write) =
+            nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(NoPipe::Failed)?;
+        let wanted = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+        let initial = fcntl(&write, FcntlArg::F_GETPIPE_SZ).map_err(NoPipe::Failed)?;
+        let initial_bytes = usize::try_from(initial).unwrap_or(0);
+        if initial_bytes < KERNEL_PIPE_SIZE && size > initial_bytes {
+            return Err(NoPipe::Starved(initial_bytes));
+        }
+        let capacity = match initial {
+            current if usize::try_from(current) == Ok(size) => current,
+            current => match fcntl(&write, FcntlArg::F_SETPIPE_SZ(wanted)) {
+                Ok(resized) => resized,
+                Err(e) => {
+                    warn_pipe_size(size, e);
+                    current
+                }
+            },
+        };
+        Ok(Pipe {
+            read,
+            write,
+            requested: size,
+            // The kernel never reports a pipe smaller than one page.
+            capacity: usize::try_from(capacity)
+                .unwrap_or(DEFAULT_PIPE_SIZE)
+                .max(1),
+        })
+    }
+
+    /// Gives an empty pipe back to the pool (or closes it if the pool is
+    /// full). Only ever called right after a fill found nothing or after a
+    /// drain emptied it: a pipe with bytes in it must never be pooled, or
+    /// they would go to another connection.
+    fn recycle(self) {
+        // Checked in debug builds (every test), where a poll per recycle is
+        // affordable.
+        #[cfg(debug_assertions)]
+        assert!(self.is_empty(), "a pipe with bytes in it was pooled");
+        let mut idle = IDLE_PIPES.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.bytes + self.capacity <= MAX_IDLE_PIPE_BYTES {
+            idle.bytes += self.capacity;
+            idle.pipes.push(self);
+        }
+    }
+}
+
+#[cfg(debug_assertions)]
+impl Pipe {
+    /// Whether no byte waits in the pipe (for the pool's invariant check).
+    fn is_empty(&self) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let mut fds = [PollFd::new(self.read.as_fd(), PollFlags::POLLIN)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
+    }
+}
+
+/// Logs, once per process, that pipes could not be given the asked size.
+fn warn_pipe_size(size: usize, e: Errno) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            size,
+            error = %e,
+            "cannot resize splice pipes (fs.pipe-max-size or fs.pipe-user-pages-soft); \
+             keeping the kernel's size (logged once)"
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use socket2::SockRef;
     use std::sync::Arc;
     use tokio::net::TcpListener;
     use tokio::task::JoinHandle;
@@ -387,24 +768,74 @@ mod tests {
 
     impl Proxied {
         /// Starts the copy in its own task, which also proves the future is
-        /// `Send`. The task drops the proxy's sockets when the copy returns.
+        /// `Send`. The task drops the proxy's sockets when the copy returns,
+        /// after checking that both directions stayed on the path `opts`
+        /// asked for (so a silent fallback cannot pass for a splice test).
         async fn start<D>(opts: CopyOptions, drain: D) -> Self
         where
             D: Future<Output = ()> + Send + 'static,
         {
-            let (client, mut proxy_client) = connected_pair().await;
-            let (mut proxy_upstream, upstream) = connected_pair().await;
+            let (client, proxy_client) = connected_pair().await;
+            let (proxy_upstream, upstream) = connected_pair().await;
+            Self::start_on(opts, drain, client, proxy_client, proxy_upstream, upstream)
+        }
+
+        /// Like [`Proxied::start`], but the way from the proxy to the
+        /// upstream holds as little as the kernel allows (minimal receive
+        /// buffer at the upstream, minimal send buffer at the proxy), so
+        /// that bytes the upstream does not read pile up inside the proxy,
+        /// in its pipe when splicing, rather than in socket buffers.
+        async fn start_with_small_upstream_buffers<D>(opts: CopyOptions, drain: D) -> Self
+        where
+            D: Future<Output = ()> + Send + 'static,
+        {
+            let (client, proxy_client) = connected_pair().await;
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            // Set before the handshake so the small window is advertised
+            // from the start; accepted sockets inherit it.
+            SockRef::from(&listener).set_recv_buffer_size(1).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (connected, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+            let proxy_upstream = connected.unwrap();
+            SockRef::from(&proxy_upstream)
+                .set_send_buffer_size(1)
+                .unwrap();
+            let upstream = accepted.unwrap().0;
+            Self::start_on(opts, drain, client, proxy_client, proxy_upstream, upstream)
+        }
+
+        fn start_on<D>(
+            opts: CopyOptions,
+            drain: D,
+            client: TcpStream,
+            mut proxy_client: TcpStream,
+            mut proxy_upstream: TcpStream,
+            upstream: TcpStream,
+        ) -> Self
+        where
+            D: Future<Output = ()> + Send + 'static,
+        {
             let observer = Arc::new(CountingObserver::default());
             let task_observer = Arc::clone(&observer);
             let copy = tokio::spawn(async move {
-                copy_bidirectional(
+                let outcome = copy_bidirectional(
                     &mut proxy_client,
                     &mut proxy_upstream,
                     &opts,
                     drain,
                     &*task_observer,
                 )
-                .await
+                .await;
+                let want = paths(path_of(&opts));
+                assert_eq!(
+                    (
+                        outcome.client_to_upstream_path,
+                        outcome.upstream_to_client_path
+                    ),
+                    (want.client_to_upstream_path, want.upstream_to_client_path),
+                    "a direction left the path asked for"
+                );
+                outcome
             });
             Self {
                 client,
@@ -424,11 +855,54 @@ mod tests {
         std::future::pending()
     }
 
-    fn with_idle(idle: Duration) -> CopyOptions {
+    /// Default options on `path`.
+    fn on(path: CopyPath) -> CopyOptions {
         CopyOptions {
-            idle_timeout: Some(idle),
+            splice: path == CopyPath::Spliced,
             ..CopyOptions::default()
         }
+    }
+
+    fn path_of(opts: &CopyOptions) -> CopyPath {
+        if opts.splice {
+            CopyPath::Spliced
+        } else {
+            CopyPath::Buffered
+        }
+    }
+
+    fn with_idle(path: CopyPath, idle: Duration) -> CopyOptions {
+        CopyOptions {
+            idle_timeout: Some(idle),
+            ..on(path)
+        }
+    }
+
+    /// An outcome with both directions on `path`, for `..paths(path)`.
+    fn paths(path: CopyPath) -> CopyOutcome {
+        CopyOutcome {
+            end: EndReason::Eof,
+            client_to_upstream: 0,
+            upstream_to_client: 0,
+            client_to_upstream_path: path,
+            upstream_to_client_path: path,
+        }
+    }
+
+    /// The most one write can move on `path`: a buffer, or a pipe (whose
+    /// size the kernel rounds up to a power of two pages).
+    fn chunk_bound(opts: &CopyOptions) -> usize {
+        match path_of(opts) {
+            CopyPath::Buffered => opts.buffer_size.max(1),
+            CopyPath::Spliced => opts.pipe_size.max(page_size()).next_power_of_two(),
+        }
+    }
+
+    fn page_size() -> usize {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .unwrap()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap()
     }
 
     /// Deterministic pseudo-random bytes (xorshift64*), so corruption,
@@ -462,10 +936,489 @@ mod tests {
         out
     }
 
+    /// Runs each named test body once per path, as `buffered::<name>` and
+    /// `spliced::<name>`, with the given `#[tokio::test]` arguments.
+    macro_rules! on_both_paths {
+        ($($name:ident $(($($flavor:tt)*))?),* $(,)?) => {
+            mod buffered {
+                $(
+                    #[tokio::test$(($($flavor)*))?]
+                    async fn $name() {
+                        super::$name(super::CopyPath::Buffered).await
+                    }
+                )*
+            }
+            mod spliced {
+                $(
+                    #[tokio::test$(($($flavor)*))?]
+                    async fn $name() {
+                        super::$name(super::CopyPath::Spliced).await
+                    }
+                )*
+            }
+        };
+    }
+
+    on_both_paths!(
+        large_payloads_flow_both_ways_at_once(flavor = "multi_thread", worker_threads = 2),
+        client_half_close_still_gets_full_response,
+        upstream_half_close_lets_client_keep_sending,
+        idle_timeout_fires_when_silent_and_closes_both_sides,
+        idle_timer_restarts_from_the_last_byte,
+        steady_traffic_in_either_direction_is_not_idle,
+        drain_signal_stops_a_live_copy,
+        drain_already_signalled_stops_before_copying,
+        dropping_the_drain_sender_does_not_drain,
+        client_reset_is_a_client_error,
+        upstream_reset_is_an_upstream_error,
+        write_to_a_reset_client_is_a_client_error,
+        bytes_written_before_the_copy_go_first,
+        many_small_writes_and_round_trips_arrive_intact,
+        half_close_waits_for_bytes_held_in_the_proxy,
+        idle_timeout_with_bytes_held_in_the_proxy_drops_them,
+        drain_with_bytes_held_in_the_proxy_drops_them,
+        upstream_reset_mid_transfer_is_an_upstream_error,
+    );
+
+    /// A PROXY protocol header is written to the upstream before the copy
+    /// starts; it must reach the upstream ahead of every copied byte.
+    async fn bytes_written_before_the_copy_go_first(path: CopyPath) {
+        let (mut client, mut proxy_client) = connected_pair().await;
+        let (mut proxy_upstream, mut upstream) = connected_pair().await;
+        let header = b"PROXY TCP4 192.0.2.1 192.0.2.2 40000 80\r\n";
+        proxy_upstream.write_all(header).await.unwrap();
+        let opts = on(path);
+        let copy = tokio::spawn(async move {
+            copy_bidirectional(
+                &mut proxy_client,
+                &mut proxy_upstream,
+                &opts,
+                no_drain(),
+                &NoopObserver,
+            )
+            .await
+        });
+        let body = pattern(256 * 1024, 9);
+        let send = async {
+            client.write_all(&body).await.unwrap();
+            client.shutdown().await.unwrap();
+        };
+        let ((), got) = within("header and body", async {
+            tokio::join!(send, read_to_eof(&mut upstream))
+        })
+        .await;
+        let mut want = header.to_vec();
+        want.extend_from_slice(&body);
+        assert_same_bytes(&got, &want, "header then body");
+        upstream.shutdown().await.unwrap();
+        let outcome = within("the copy to end", copy).await.unwrap();
+        assert_eq!(
+            outcome,
+            CopyOutcome {
+                end: EndReason::Eof,
+                // The header was not copied, so it is not counted.
+                client_to_upstream: body.len() as u64,
+                upstream_to_client: 0,
+                ..paths(path)
+            }
+        );
+    }
+
+    /// Thousands of tiny writes (each its own segment, with Nagle off) and
+    /// request/response round trips: on the spliced path each small segment
+    /// takes a pipe slot, and each round trip takes a pipe from the pool and
+    /// gives it back.
+    async fn many_small_writes_and_round_trips_arrive_intact(path: CopyPath) {
+        let mut proxied = Proxied::start(on(path), no_drain()).await;
+        proxied.client.set_nodelay(true).unwrap();
+        proxied.upstream.set_nodelay(true).unwrap();
+        let data = pattern(200_000, 5);
+        let chunks: Vec<&[u8]> = {
+            let mut rest = &data[..];
+            let mut out = Vec::new();
+            let mut size = 1;
+            while !rest.is_empty() {
+                let (chunk, tail) = rest.split_at(size.min(rest.len()));
+                out.push(chunk);
+                rest = tail;
+                size = size % 97 + 1;
+            }
+            out
+        };
+        let send = async {
+            for chunk in &chunks {
+                proxied.client.write_all(chunk).await.unwrap();
+            }
+        };
+        let mut got = vec![0u8; data.len()];
+        within("the small writes", async {
+            tokio::join!(send, proxied.upstream.read_exact(&mut got))
+        })
+        .await
+        .1
+        .unwrap();
+        assert_same_bytes(&got, &data, "small writes");
+
+        const ROUNDS: u64 = 500;
+        for i in 0..ROUNDS {
+            let request = pattern(1 + (i as usize * 37) % 3000, i + 1);
+            proxied.client.write_all(&request).await.unwrap();
+            let mut at_upstream = vec![0u8; request.len()];
+            within("a request", proxied.upstream.read_exact(&mut at_upstream))
+                .await
+                .unwrap();
+            assert_same_bytes(&at_upstream, &request, "request");
+            let response = pattern(1 + (i as usize * 53) % 5000, i + 1000);
+            proxied.upstream.write_all(&response).await.unwrap();
+            let mut at_client = vec![0u8; response.len()];
+            within("a response", proxied.client.read_exact(&mut at_client))
+                .await
+                .unwrap();
+            assert_same_bytes(&at_client, &response, "response");
+        }
+        proxied.client.shutdown().await.unwrap();
+        proxied.upstream.shutdown().await.unwrap();
+        let (outcome, observer, ..) = proxied.outcome().await;
+        assert_eq!(outcome.end, EndReason::Eof);
+        assert_eq!(
+            observer.totals(),
+            (outcome.client_to_upstream, outcome.upstream_to_client)
+        );
+        let requests: u64 = (0..ROUNDS).map(|i| 1 + (i * 37) % 3000).sum();
+        assert_eq!(outcome.client_to_upstream, data.len() as u64 + requests);
+    }
+
+    /// Bytes the client sends while the upstream reads nothing, small
+    /// enough for the client's and the proxy's socket buffers to take them
+    /// all, so the client's write and FIN complete without the upstream.
+    const HELD: usize = 48 * 1024;
+
+    /// The client sends and half-closes while the upstream reads nothing:
+    /// the proxy holds bytes (in its pipe, when splicing) when the FIN
+    /// arrives, and must pass the FIN on only after all of them.
+    async fn half_close_waits_for_bytes_held_in_the_proxy(path: CopyPath) {
+        let mut proxied = Proxied::start_with_small_upstream_buffers(on(path), no_drain()).await;
+        let data = pattern(HELD, 11);
+        within("the client's data and FIN", async {
+            proxied.client.write_all(&data).await.unwrap();
+            proxied.client.shutdown().await.unwrap();
+        })
+        .await;
+        let got = read_to_eof(&mut proxied.upstream).await;
+        assert_same_bytes(&got, &data, "bytes before the FIN");
+
+        proxied.upstream.shutdown().await.unwrap();
+        let (outcome, ..) = proxied.outcome().await;
+        assert_eq!(
+            outcome,
+            CopyOutcome {
+                end: EndReason::Eof,
+                client_to_upstream: HELD as u64,
+                upstream_to_client: 0,
+                ..paths(path)
+            }
+        );
+    }
+
+    /// Sends [`HELD`] bytes towards an upstream that reads nothing and
+    /// returns once the proxy has passed some on, i.e. holds the rest.
+    async fn hold_bytes_in_the_proxy(proxied: &mut Proxied) -> Vec<u8> {
+        let data = pattern(HELD, 13);
+        within("the client's data", proxied.client.write_all(&data))
+            .await
+            .unwrap();
+        let observer = Arc::clone(&proxied.observer);
+        within("the first bytes to reach the upstream", async {
+            let mut poll = tokio::time::interval(Duration::from_millis(1));
+            while observer.totals().0 == 0 {
+                poll.tick().await;
+            }
+        })
+        .await;
+        data
+    }
+
+    /// Reads what the proxy passed on before it stopped: a prefix of `sent`
+    /// of exactly `counted` bytes, then end of stream (the proxy closed its
+    /// upstream socket, dropping what it still held rather than flushing it
+    /// later or into another connection).
+    async fn assert_upstream_got_only(upstream: &mut TcpStream, sent: &[u8], counted: u64) {
+        let got = read_to_eof(upstream).await;
+        assert_eq!(got.len() as u64, counted, "bytes counted vs received");
+        assert!(counted < sent.len() as u64, "the proxy held nothing back");
+        assert_same_bytes(&got, &sent[..got.len()], "prefix");
+    }
+
+    async fn idle_timeout_with_bytes_held_in_the_proxy_drops_them(path: CopyPath) {
+        let idle = Duration::from_millis(300);
+        let mut proxied =
+            Proxied::start_with_small_upstream_buffers(with_idle(path, idle), no_drain()).await;
+        let sent = hold_bytes_in_the_proxy(&mut proxied).await;
+        let (outcome, _, _, mut upstream) = proxied.outcome().await;
+        assert_eq!(outcome.end, EndReason::IdleTimeout);
+        assert_upstream_got_only(&mut upstream, &sent, outcome.client_to_upstream).await;
+    }
+
+    async fn drain_with_bytes_held_in_the_proxy_drops_them(path: CopyPath) {
+        let (tx, rx) = watch::channel(false);
+        let mut proxied =
+            Proxied::start_with_small_upstream_buffers(on(path), drain_signal(rx)).await;
+        let sent = hold_bytes_in_the_proxy(&mut proxied).await;
+        tx.send(true).unwrap();
+        let (outcome, _, _, mut upstream) = proxied.outcome().await;
+        assert_eq!(outcome.end, EndReason::Drained);
+        assert_upstream_got_only(&mut upstream, &sent, outcome.client_to_upstream).await;
+    }
+
+    /// The upstream resets while a large transfer towards it is under way
+    /// and the proxy holds bytes for it.
+    async fn upstream_reset_mid_transfer_is_an_upstream_error(path: CopyPath) {
+        let mut proxied = Proxied::start_with_small_upstream_buffers(on(path), no_drain()).await;
+        hold_bytes_in_the_proxy(&mut proxied).await;
+        let Proxied {
+            client,
+            upstream,
+            copy,
+            observer,
+        } = proxied;
+        upstream.set_zero_linger().unwrap();
+        drop(upstream);
+        // The client keeps sending until the proxy, having failed, closes.
+        let (_, mut client_write) = client.into_split();
+        let chunk = [1u8; 16 * 1024];
+        within("the client's writes to fail", async {
+            while client_write.write_all(&chunk).await.is_ok() {}
+        })
+        .await;
+        let outcome = within("the copy to end", copy).await.unwrap();
+        assert!(
+            matches!(
+                outcome.end,
+                EndReason::UpstreamError(
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                )
+            ),
+            "{outcome:?}"
+        );
+        assert_eq!(observer.totals().0, outcome.client_to_upstream);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn large_payloads_flow_both_ways_at_once() {
+    async fn spliced_large_transfers_keep_every_byte_in_order() {
+        // Two pipe sizes: the default, and one the kernel grows a pipe to.
+        for pipe_size in [DEFAULT_PIPE_SIZE, 1024 * 1024] {
+            let opts = CopyOptions {
+                pipe_size,
+                ..on(CopyPath::Spliced)
+            };
+            let proxied = Proxied::start(opts, no_drain()).await;
+            const LEN: usize = 64 * 1024 * 1024;
+            let (client_read, client_write) = proxied.client.into_split();
+            let (upstream_read, upstream_write) = proxied.upstream.into_split();
+            let ((want_up, want_down), (got_up, got_down)) = within("128 MiB to cross", async {
+                let send_up = tokio::spawn(send_hashed(client_write, LEN, 21));
+                let send_down = tokio::spawn(send_hashed(upstream_write, LEN, 22));
+                let recv_up = tokio::spawn(receive_hashed(upstream_read));
+                let recv_down = tokio::spawn(receive_hashed(client_read));
+                (
+                    (send_up.await.unwrap(), send_down.await.unwrap()),
+                    (recv_up.await.unwrap(), recv_down.await.unwrap()),
+                )
+            })
+            .await;
+            assert_eq!(got_up, (LEN as u64, want_up), "client -> upstream");
+            assert_eq!(got_down, (LEN as u64, want_down), "upstream -> client");
+            let (outcome, observer, ..) = proxied_outcome(proxied.copy, proxied.observer).await;
+            assert_eq!(outcome.end, EndReason::Eof);
+            assert_eq!(observer.totals(), (LEN as u64, LEN as u64));
+            assert!(observer.largest_chunk.load(Ordering::Relaxed) <= pipe_size as u64);
+        }
+    }
+
+    async fn proxied_outcome(
+        copy: JoinHandle<CopyOutcome>,
+        observer: Arc<CountingObserver>,
+    ) -> (CopyOutcome, Arc<CountingObserver>) {
+        (within("the copy to end", copy).await.unwrap(), observer)
+    }
+
+    /// Writes `len` pseudo-random bytes in uneven pieces, half-closes, and
+    /// returns their checksum.
+    async fn send_hashed(mut w: tokio::net::tcp::OwnedWriteHalf, len: usize, seed: u64) -> u64 {
+        let block = pattern(1024 * 1024 + 4093, seed);
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let mut left = len;
+        let mut piece = 1;
+        while left > 0 {
+            piece = (piece * 7 + 4099) % block.len() + 1;
+            let n = piece.min(left);
+            w.write_all(&block[..n]).await.unwrap();
+            hasher.update(&block[..n]);
+            left -= n;
+        }
+        w.shutdown().await.unwrap();
+        hasher.digest()
+    }
+
+    /// Reads to end of stream: (length, checksum).
+    async fn receive_hashed(mut r: tokio::net::tcp::OwnedReadHalf) -> (u64, u64) {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut len = 0u64;
+        loop {
+            let n = r.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return (len, hasher.digest());
+            }
+            hasher.update(&buf[..n]);
+            len += n as u64;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pipe_of_one_page_still_copies() {
+        let opts = CopyOptions {
+            pipe_size: 0,
+            ..on(CopyPath::Spliced)
+        };
+        let mut proxied = Proxied::start(opts, no_drain()).await;
+        let data = pattern(100_000, 17);
+        let send = async {
+            proxied.client.write_all(&data).await.unwrap();
+            proxied.client.shutdown().await.unwrap();
+        };
+        let ((), got) = within("the data", async {
+            tokio::join!(send, read_to_eof(&mut proxied.upstream))
+        })
+        .await;
+        assert_same_bytes(&got, &data, "through a one-page pipe");
+        proxied.upstream.shutdown().await.unwrap();
+        let (outcome, observer, ..) = proxied.outcome().await;
+        assert_eq!(outcome.end, EndReason::Eof);
+        assert!(observer.largest_chunk.load(Ordering::Relaxed) <= page_size() as u64);
+    }
+
+    #[test]
+    fn refusals_that_mean_no_splice_here_are_told_from_failures() {
+        for errno in [Errno::EINVAL, Errno::ENOSYS, Errno::EOPNOTSUPP] {
+            assert!(splice_unsupported(&io::Error::from(errno)), "{errno}");
+        }
+        for errno in [
+            Errno::ECONNRESET,
+            Errno::EPIPE,
+            Errno::EAGAIN,
+            Errno::ENOMEM,
+        ] {
+            assert!(!splice_unsupported(&io::Error::from(errno)), "{errno}");
+        }
+        assert!(!splice_unsupported(&io::Error::other("not an errno")));
+    }
+
+    /// Set in the child run of [`without_pipes_both_directions_copy_buffered`].
+    const NO_PIPES_CHILD_ENV: &str = "PORTICO_COPY_TEST_NO_PIPES_CHILD";
+
+    /// When no pipe can be had (the descriptor table is full), each
+    /// direction carries on buffered and nothing is lost. The table limit is
+    /// per process, so the copy runs in this test binary started again as a
+    /// child with RLIMIT_NOFILE lowered to the descriptors already open.
+    #[test]
+    fn without_pipes_both_directions_copy_buffered() {
+        let name = "without_pipes_both_directions_copy_buffered";
+        if std::env::var_os(NO_PIPES_CHILD_ENV).is_some() {
+            return no_pipes_child();
+        }
+        let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                &format!("{module}::{name}"),
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(NO_PIPES_CHILD_ENV, "1")
+            .output()
+            .expect("run the test binary again");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "the child's checks failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            stdout.contains("portico-no-pipes-child-done"),
+            "the child did not run the copy:\n{stdout}"
+        );
+    }
+
+    fn no_pipes_child() {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (mut client, mut proxy_client) = connected_pair().await;
+            let (mut proxy_upstream, mut upstream) = connected_pair().await;
+            // The lowest free descriptor number becomes the limit: nothing
+            // more can be opened, a pipe least of all.
+            let spare = nix::unistd::dup(&client).unwrap();
+            let first_free = u64::try_from(std::os::fd::AsRawFd::as_raw_fd(&spare)).unwrap();
+            drop(spare);
+            let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+            setrlimit(Resource::RLIMIT_NOFILE, first_free, hard).unwrap();
+            assert_eq!(
+                nix::unistd::pipe2(OFlag::O_CLOEXEC).err(),
+                Some(Errno::EMFILE),
+                "the descriptor table should be full"
+            );
+
+            let opts = on(CopyPath::Spliced);
+            let copy = async {
+                copy_bidirectional(
+                    &mut proxy_client,
+                    &mut proxy_upstream,
+                    &opts,
+                    no_drain(),
+                    &NoopObserver,
+                )
+                .await
+            };
+            let request = pattern(300_000, 31);
+            let response = pattern(500_000, 32);
+            let peers = async {
+                let client_side = async {
+                    client.write_all(&request).await.unwrap();
+                    client.shutdown().await.unwrap();
+                    read_to_eof(&mut client).await
+                };
+                let upstream_side = async {
+                    let got = read_to_eof(&mut upstream).await;
+                    upstream.write_all(&response).await.unwrap();
+                    upstream.shutdown().await.unwrap();
+                    got
+                };
+                tokio::join!(client_side, upstream_side)
+            };
+            let (outcome, (at_client, at_upstream)) =
+                within("the copy", async { tokio::join!(copy, peers) }).await;
+            assert_same_bytes(&at_upstream, &request, "request");
+            assert_same_bytes(&at_client, &response, "response");
+            assert_eq!(
+                outcome,
+                CopyOutcome {
+                    end: EndReason::Eof,
+                    client_to_upstream: request.len() as u64,
+                    upstream_to_client: response.len() as u64,
+                    ..paths(CopyPath::Buffered)
+                }
+            );
+        });
+        println!("portico-no-pipes-child-done");
+    }
+
+    async fn large_payloads_flow_both_ways_at_once(path: CopyPath) {
         const LEN: usize = 8 * 1024 * 1024;
-        let opts = CopyOptions::default();
+        let opts = on(path);
         let proxied = Proxied::start(opts.clone(), no_drain()).await;
         let (client_read, client_write) = proxied.client.into_split();
         let (upstream_read, upstream_write) = proxied.upstream.into_split();
@@ -500,19 +1453,20 @@ mod tests {
                 end: EndReason::Eof,
                 client_to_upstream: LEN as u64,
                 upstream_to_client: LEN as u64,
+                ..paths(path)
             }
         );
         let observer = &proxied.observer;
         assert_eq!(observer.totals(), (LEN as u64, LEN as u64));
-        // Every write is reported and none exceeds one buffer.
-        let min_calls = 2 * LEN.div_ceil(opts.buffer_size) as u64;
+        // Every write is reported and none exceeds one buffer (or pipe).
+        let bound = chunk_bound(&opts);
+        let min_calls = 2 * LEN.div_ceil(bound) as u64;
         assert!(observer.calls.load(Ordering::Relaxed) >= min_calls);
-        assert!(observer.largest_chunk.load(Ordering::Relaxed) <= opts.buffer_size as u64);
+        assert!(observer.largest_chunk.load(Ordering::Relaxed) <= bound as u64);
     }
 
-    #[tokio::test]
-    async fn client_half_close_still_gets_full_response() {
-        let mut proxied = Proxied::start(CopyOptions::default(), no_drain()).await;
+    async fn client_half_close_still_gets_full_response(path: CopyPath) {
+        let mut proxied = Proxied::start(on(path), no_drain()).await;
         let request = b"GET /big HTTP/1.0\r\n\r\n";
         let response = pattern(1024 * 1024, 3);
 
@@ -542,9 +1496,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn upstream_half_close_lets_client_keep_sending() {
-        let mut proxied = Proxied::start(CopyOptions::default(), no_drain()).await;
+    async fn upstream_half_close_lets_client_keep_sending(path: CopyPath) {
+        let mut proxied = Proxied::start(on(path), no_drain()).await;
         // A server that speaks first and then closes its side.
         proxied.upstream.write_all(b"220 hello\r\n").await.unwrap();
         proxied.upstream.shutdown().await.unwrap();
@@ -561,15 +1514,15 @@ mod tests {
                 end: EndReason::Eof,
                 client_to_upstream: 9,
                 upstream_to_client: 11,
+                ..paths(path)
             }
         );
     }
 
-    #[tokio::test]
-    async fn idle_timeout_fires_when_silent_and_closes_both_sides() {
+    async fn idle_timeout_fires_when_silent_and_closes_both_sides(path: CopyPath) {
         let idle = Duration::from_millis(200);
         let started = Instant::now();
-        let proxied = Proxied::start(with_idle(idle), no_drain()).await;
+        let proxied = Proxied::start(with_idle(path, idle), no_drain()).await;
         let (outcome, _, mut client, mut upstream) = proxied.outcome().await;
         assert_eq!(outcome.end, EndReason::IdleTimeout);
         assert!(
@@ -586,11 +1539,10 @@ mod tests {
         assert!(read_to_eof(&mut upstream).await.is_empty());
     }
 
-    #[tokio::test]
-    async fn idle_timer_restarts_from_the_last_byte() {
+    async fn idle_timer_restarts_from_the_last_byte(path: CopyPath) {
         let idle = Duration::from_millis(300);
         let start = Instant::now();
-        let mut proxied = Proxied::start(with_idle(idle), no_drain()).await;
+        let mut proxied = Proxied::start(with_idle(path, idle), no_drain()).await;
         // Traffic a third of the way into the first idle period must push the
         // deadline out to a full period after it. This sleep only creates the
         // quiet gap under test; it does not wait for anything to happen, and
@@ -614,13 +1566,12 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn steady_traffic_in_either_direction_is_not_idle() {
+    async fn steady_traffic_in_either_direction_is_not_idle(path: CopyPath) {
         let idle = Duration::from_millis(200);
         let tick = Duration::from_millis(25);
         // 2 x 24 ticks: 1.2 s of traffic, six idle periods.
         let ticks_per_phase = 24;
-        let mut proxied = Proxied::start(with_idle(idle), no_drain()).await;
+        let mut proxied = Proxied::start(with_idle(path, idle), no_drain()).await;
         let mut interval = tokio::time::interval(tick);
         let mut buf = [0u8; 8];
 
@@ -665,14 +1616,14 @@ mod tests {
                 end: EndReason::Eof,
                 client_to_upstream: bytes,
                 upstream_to_client: bytes,
+                ..paths(path)
             }
         );
     }
 
-    #[tokio::test]
-    async fn drain_signal_stops_a_live_copy() {
+    async fn drain_signal_stops_a_live_copy(path: CopyPath) {
         let (tx, rx) = watch::channel(false);
-        let mut proxied = Proxied::start(CopyOptions::default(), drain_signal(rx)).await;
+        let mut proxied = Proxied::start(on(path), drain_signal(rx)).await;
         proxied.client.write_all(b"before").await.unwrap();
         let mut buf = [0u8; 6];
         within(
@@ -690,29 +1641,28 @@ mod tests {
                 end: EndReason::Drained,
                 client_to_upstream: 6,
                 upstream_to_client: 0,
+                ..paths(path)
             }
         );
         assert!(read_to_eof(&mut client).await.is_empty());
         assert!(read_to_eof(&mut upstream).await.is_empty());
     }
 
-    #[tokio::test]
-    async fn drain_already_signalled_stops_before_copying() {
+    async fn drain_already_signalled_stops_before_copying(path: CopyPath) {
         let (tx, rx) = watch::channel(false);
         tx.send(true).unwrap();
         // The flag stays set even though nobody can change it any more.
         drop(tx);
-        let mut proxied = Proxied::start(CopyOptions::default(), drain_signal(rx)).await;
+        let mut proxied = Proxied::start(on(path), drain_signal(rx)).await;
         proxied.client.write_all(b"too late").await.unwrap();
         let (outcome, _, _, mut upstream) = proxied.outcome().await;
         assert_eq!(outcome.end, EndReason::Drained);
         assert!(read_to_eof(&mut upstream).await.is_empty());
     }
 
-    #[tokio::test]
-    async fn dropping_the_drain_sender_does_not_drain() {
+    async fn dropping_the_drain_sender_does_not_drain(path: CopyPath) {
         let (tx, rx) = watch::channel(false);
-        let mut proxied = Proxied::start(CopyOptions::default(), drain_signal(rx)).await;
+        let mut proxied = Proxied::start(on(path), drain_signal(rx)).await;
         drop(tx);
         proxied.client.write_all(b"still here").await.unwrap();
         proxied.client.shutdown().await.unwrap();
@@ -722,9 +1672,8 @@ mod tests {
         assert_eq!(outcome.end, EndReason::Eof);
     }
 
-    #[tokio::test]
-    async fn client_reset_is_a_client_error() {
-        let mut proxied = Proxied::start(CopyOptions::default(), no_drain()).await;
+    async fn client_reset_is_a_client_error(path: CopyPath) {
+        let mut proxied = Proxied::start(on(path), no_drain()).await;
         proxied.client.write_all(b"partial").await.unwrap();
         let mut buf = [0u8; 7];
         within(
@@ -753,9 +1702,8 @@ mod tests {
         assert!(read_to_eof(&mut upstream).await.is_empty());
     }
 
-    #[tokio::test]
-    async fn upstream_reset_is_an_upstream_error() {
-        let proxied = Proxied::start(CopyOptions::default(), no_drain()).await;
+    async fn upstream_reset_is_an_upstream_error(path: CopyPath) {
+        let proxied = Proxied::start(on(path), no_drain()).await;
         proxied.upstream.set_zero_linger().unwrap();
         let Proxied {
             mut client,
@@ -773,12 +1721,11 @@ mod tests {
         assert!(read_to_eof(&mut client).await.is_empty());
     }
 
-    #[tokio::test]
-    async fn write_to_a_reset_client_is_a_client_error() {
+    async fn write_to_a_reset_client_is_a_client_error(path: CopyPath) {
         // The client half-closes, then resets while the response is still
         // flowing: the proxy no longer reads from the client, so it is the
         // write towards it that has to notice.
-        let mut proxied = Proxied::start(CopyOptions::default(), no_drain()).await;
+        let mut proxied = Proxied::start(on(path), no_drain()).await;
         proxied.client.write_all(b"request").await.unwrap();
         proxied.client.shutdown().await.unwrap();
         assert_eq!(read_to_eof(&mut proxied.upstream).await, b"request");
@@ -813,7 +1760,7 @@ mod tests {
         let mut proxied = Proxied::start(
             CopyOptions {
                 buffer_size: 0,
-                ..CopyOptions::default()
+                ..on(CopyPath::Buffered)
             },
             no_drain(),
         )

@@ -5,8 +5,8 @@
 //! before any node is contacted.
 //!
 //! The upstream connect is a plain tokio `TcpStream` rather than pingora's
-//! `TransportConnector`: the copy needs the raw socket (for `splice(2)` later
-//! and for zero per-read overhead), while pingora's `Stream` wraps it in
+//! `TransportConnector`: the copy needs the raw socket (for `splice(2)` and
+//! for zero per-read overhead), while pingora's `Stream` wraps it in
 //! buffering layers and a boxed trait object built for HTTP proxying.
 
 use std::net::SocketAddr;
@@ -167,8 +167,11 @@ pub async fn handle(
                 () = drain_signal(shutdown) => {}
             }
         };
+        // The PROXY header above was written with `write_all` on the same
+        // socket, so it is in the send queue before any spliced byte.
         let opts = CopyOptions {
             idle_timeout: Some(settings.idle_timeout),
+            splice: settings.splice,
             ..CopyOptions::default()
         };
         let outcome = copy_bidirectional(&mut client, &mut upstream, &opts, stop, &Counters(&route.metrics)).await;
