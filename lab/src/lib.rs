@@ -20,6 +20,7 @@
 //! [`Lab::up`] builds and starts it, [`down`] removes it by prefix.
 
 pub mod api;
+pub mod bench;
 pub mod lab;
 pub mod load;
 pub mod netns;

@@ -54,6 +54,9 @@ enum Command {
         /// Where to, e.g. a VIP and port: 198.51.100.100:80.
         addr: SocketAddr,
     },
+    /// Benchmark the edge against direct, HAProxy, nginx stream and nftables
+    /// DNAT in namespaces of its own (see docs/benchmarks.md).
+    Bench(portico_lab::bench::BenchArgs),
     /// The lab's Kubernetes API server (portico-kube-fake).
     #[command(hide = true)]
     ApiServer {
@@ -126,6 +129,7 @@ fn main() -> ExitCode {
             Err(e) => fail(&e),
         },
         Command::Client { from, count, addr } => client(from, count, addr),
+        Command::Bench(args) => portico_lab::bench::main(args),
         Command::ApiServer { listen, state_dir } => {
             runtime(|| async move { portico_lab::api::run_server(listen, &state_dir).await })
         }

@@ -1,0 +1,108 @@
+//! Smoke test of the benchmark harness (`portico-lab bench`): every
+//! installed contender runs each kind of workload for one second through the
+//! real topology, and each figure the report is built from must come out
+//! non-zero. A contender whose program is missing is skipped loudly; under
+//! `CI=true` HAProxy, nginx and wrk must be installed (`scripts/install-deps`).
+
+mod support;
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use portico_lab::bench::{self, Bench, BenchOptions, Contender, Summary, Workload};
+
+fn ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// Says loudly that `what` is skipped; a failure under `CI=true`.
+fn skip(what: &str) {
+    let why = format!("SKIPPED {what}");
+    assert!(!ci(), "{why}; CI=true forbids skipping");
+    if let Err(e) = writeln!(std::io::stderr(), "{why}") {
+        panic!("{why} (and stderr failed: {e})");
+    }
+}
+
+#[test]
+fn bench_config_passes_the_edge_validator() {
+    let yaml = bench::portico_config();
+    portico_config::parse_edge_config(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+}
+
+#[test]
+fn bench_smoke_every_installed_contender() {
+    if !support::privileged("bench smoke test") {
+        return;
+    }
+    if !bench::installed("wrk") {
+        skip("bench smoke test: wrk is not installed");
+        return;
+    }
+    let mut contenders = Vec::new();
+    for c in Contender::ALL
+        .into_iter()
+        .filter(|c| *c != Contender::PorticoB)
+    {
+        match c.missing_program() {
+            Some(program) => skip(&format!("bench contender {c}: {program} is not installed")),
+            None => contenders.push(c),
+        }
+    }
+    let prefix = format!("pbench-t{}", std::process::id());
+    let mut opts = BenchOptions::standard(&prefix, support::binaries().edge);
+    opts.contenders = contenders.clone();
+    opts.workloads = vec![Workload::KeepAlive, Workload::NewConn, Workload::Stream8];
+    opts.duration = Duration::from_secs(1);
+    opts.connections = 8;
+    opts.big_file_mib = 4;
+    // CI machines may have one CPU: no pinning here.
+    opts.client_cpu = None;
+    opts.balancer_cpu = None;
+    let mut bench = Bench::up(opts).expect("bench topology up");
+    let mut results = Vec::new();
+    for workload in [Workload::KeepAlive, Workload::NewConn, Workload::Stream8] {
+        for c in &contenders {
+            let r = bench
+                .run_one(*c, workload, 1)
+                .unwrap_or_else(|e| panic!("{c} {workload}: {e}"));
+            eprintln!("{}", r.line());
+            results.push(r);
+        }
+    }
+    bench.teardown().expect("bench teardown");
+    for r in &results {
+        let what = format!("{} {}", r.contender, r.workload);
+        assert!(r.seconds > 0.5, "{what}: ran {} s", r.seconds);
+        assert!(r.bytes > 0, "{what}: no bytes");
+        assert!(r.figure() > 0.0, "{what}: figure 0");
+        if !r.workload.is_stream() {
+            assert!(r.requests > 0, "{what}: no requests");
+            assert!(
+                r.p50_us > 0 && r.p99_us >= r.p50_us,
+                "{what}: latency {r:?}"
+            );
+        }
+        let has_process = !matches!(r.contender, Contender::Direct | Contender::Nftables);
+        if has_process {
+            assert!(r.cpu_seconds.unwrap_or(0.0) > 0.0, "{what}: no CPU time");
+            assert!(r.peak_rss_kib.unwrap_or(0) > 0, "{what}: no RSS");
+        } else {
+            assert_eq!(r.cpu_seconds, None, "{what}");
+        }
+    }
+    let table = Summary::new(&results).markdown();
+    for c in &contenders {
+        assert!(
+            table.contains(&format!("| {c} |")),
+            "{c} missing in\n{table}"
+        );
+    }
+    // Nothing left behind.
+    let left: Vec<String> = portico_lab::netns::list()
+        .expect("ip netns list")
+        .into_iter()
+        .filter(|ns| ns.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+}
