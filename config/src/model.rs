@@ -288,9 +288,10 @@ pub struct ProxySettings {
     /// Size of the Maglev lookup table; a prime.
     pub maglev_table_size: u32,
     /// Copy TCP data socket -> pipe -> socket with `splice(2)`, inside the
-    /// kernel, rather than through a user-space buffer. The edge falls back
-    /// to buffers by itself where the kernel refuses; turning it off is for
-    /// comparing the two, or for sandboxes where splicing misbehaves.
+    /// kernel, rather than through a user-space buffer (the edge falls back
+    /// to buffers by itself where the kernel refuses). Off by default: it
+    /// halves the CPU per GB of bulk transfers but costs small
+    /// request/response traffic latency (docs/benchmarks.md, run 3).
     pub splice: bool,
 }
 
@@ -306,7 +307,7 @@ impl Default for ProxySettings {
             udp_idle_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
-            splice: true,
+            splice: false,
         }
     }
 }

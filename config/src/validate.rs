@@ -1258,7 +1258,7 @@ settings:
     udpIdleTimeout: 45s
     drainTimeout: 0
     maglevTableSize: 251
-    splice: false
+    splice: true
   vip:
     interface: eth0
   metricsListen: '[::1]:9100'
@@ -1286,7 +1286,7 @@ settings:
                 udp_idle_timeout: Duration::from_secs(45),
                 drain_timeout: Duration::ZERO,
                 maglev_table_size: 251,
-                splice: false,
+                splice: true,
             }
         );
         assert_eq!(s.vip.interface.as_deref(), Some("eth0"));
@@ -1295,8 +1295,8 @@ settings:
     }
 
     #[test]
-    fn splice_is_on_unless_turned_off_and_must_be_a_boolean() {
-        assert!(valid("settings: {proxy: {}}").settings.proxy.splice);
+    fn splice_is_off_unless_turned_on_and_must_be_a_boolean() {
+        assert!(!valid("settings: {proxy: {}}").settings.proxy.splice);
         assert!(
             valid("settings: {proxy: {splice: true}}")
                 .settings
