@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use portico_dashboards::exposition::{self, Families};
 use portico_dashboards::{model, promql, Component, DASHBOARDS};
+use portico_lab::netns::privileged;
 use portico_lab::netns::{self, in_netns};
 use portico_lab::topology::{self, Client};
 use portico_lab::{Binaries, Lab, LabOptions};
@@ -373,34 +374,6 @@ services:
         token = token.display(),
         state = state.display(),
     )
-}
-
-/// Whether privileged tests (root, `ip`, `nft`, `setsid`) can run here. When
-/// they cannot, says so loudly; under `CI=true` that is a failure.
-fn privileged(what: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let tools = [("ip", "-V"), ("nft", "-V"), ("setsid", "--version")]
-        .iter()
-        .all(|(tool, flag)| {
-            Command::new(tool)
-                .arg(flag)
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-    if root && tools {
-        return true;
-    }
-    let why = format!(
-        "SKIPPED {what}: needs root and the ip, nft and setsid programs (root={root}, tools={tools})"
-    );
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{why}; CI=true forbids skipping");
-    }
-    // Straight to the stderr handle: libtest captures `eprintln!` of passing tests.
-    if let Err(e) = writeln!(std::io::stderr(), "{why}") {
-        panic!("{why} (and stderr failed: {e})");
-    }
-    false
 }
 
 /// The lab, edge and agent binaries of this test's target directory and

@@ -110,3 +110,33 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T, Ne
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }
+
+/// For tests: whether privileged tests (root, `ip`, `nft`, `setsid`) can run here. When
+/// they cannot, says so loudly; under `CI=true` that is a failure.
+pub fn privileged(what: &str) -> bool {
+    use std::io::Write as _;
+    let root = nix::unistd::geteuid().is_root();
+    let tools = [("ip", "-V"), ("nft", "-V"), ("setsid", "--version")]
+        .iter()
+        .all(|(tool, flag)| {
+            std::process::Command::new(tool)
+                .arg(flag)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if root && tools {
+        return true;
+    }
+    let why = format!(
+        "SKIPPED {what}: needs root and the ip, nft and setsid programs (root={root}, tools={tools})"
+    );
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{why}; CI=true forbids skipping");
+    }
+    // Straight to the stderr handle: libtest captures `eprintln!` of passing
+    // tests, and a skip must be seen.
+    if let Err(e) = writeln!(std::io::stderr(), "{why}") {
+        panic!("{why} (and stderr failed: {e})");
+    }
+    false
+}

@@ -12,7 +12,6 @@
 
 #![allow(dead_code)] // each test binary uses a different part of it
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,34 +20,7 @@ use std::time::{Duration, Instant};
 
 use portico_lab::{Binaries, Lab, LabOptions};
 
-/// Whether privileged tests (root, `ip`, `nft`, `setsid`) can run here. When
-/// they cannot, says so loudly; under `CI=true` that is a failure.
-pub fn privileged(what: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let tools = [("ip", "-V"), ("nft", "-V"), ("setsid", "--version")]
-        .iter()
-        .all(|(tool, flag)| {
-            Command::new(tool)
-                .arg(flag)
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-    if root && tools {
-        return true;
-    }
-    let why = format!(
-        "SKIPPED {what}: needs root and the ip, nft and setsid programs (root={root}, tools={tools})"
-    );
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{why}; CI=true forbids skipping");
-    }
-    // Straight to the stderr handle: libtest captures `eprintln!` of passing
-    // tests, and a skip must be seen.
-    if let Err(e) = writeln!(std::io::stderr(), "{why}") {
-        panic!("{why} (and stderr failed: {e})");
-    }
-    false
-}
+pub use portico_lab::netns::privileged;
 
 /// The binaries under test (built once if missing, see the module docs).
 pub fn binaries() -> Binaries {
