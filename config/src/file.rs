@@ -155,8 +155,8 @@ pub struct RawProxySettings {
     pub drain_timeout: Option<RawDuration>,
     /// `maglevTableSize`.
     pub maglev_table_size: Option<i64>,
-    /// `splice`: copy TCP data with `splice(2)`.
-    pub splice: Option<bool>,
+    /// `splice`: `auto`, `always` / `true` or `off` / `false`.
+    pub splice: Option<RawNameOrBool>,
 }
 
 /// `settings.vip`.
@@ -214,7 +214,7 @@ pub struct RawService {
     /// `algorithm`: `maglev`, `round-robin` or `least-connections`.
     pub algorithm: Option<String>,
     /// `proxyProtocol`: `off`, `v1`, `v2` or `false`.
-    pub proxy_protocol: Option<RawProxyProtocol>,
+    pub proxy_protocol: Option<RawNameOrBool>,
     /// `clusterCheck`: overrides `settings.health.clusterCheck` for this
     /// Service.
     pub cluster_check: Option<String>,
@@ -300,28 +300,30 @@ impl<'de> Deserialize<'de> for RawDuration {
     }
 }
 
-/// `proxyProtocol` as written: a name, or a YAML boolean (`false` means `off`).
+/// A setting written either as a name or as a YAML boolean
+/// (`proxyProtocol: false`, `splice: auto`); stage 2 decides what each
+/// means for its field.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RawProxyProtocol {
-    /// `off`, `v1`, `v2` (anything else is refused in stage 2).
+pub enum RawNameOrBool {
+    /// A name, checked against the field's spellings in stage 2.
     Name(String),
-    /// `false` (off); `true` is refused in stage 2 as ambiguous.
+    /// `true` or `false`.
     Bool(bool),
 }
 
-impl<'de> Deserialize<'de> for RawProxyProtocol {
+impl<'de> Deserialize<'de> for RawNameOrBool {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct V;
         impl Visitor<'_> for V {
-            type Value = RawProxyProtocol;
+            type Value = RawNameOrBool;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("\"off\", \"v1\", \"v2\" or false")
+                f.write_str("a name or a boolean")
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawProxyProtocol, E> {
-                Ok(RawProxyProtocol::Name(v.to_string()))
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawNameOrBool, E> {
+                Ok(RawNameOrBool::Name(v.to_string()))
             }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawProxyProtocol, E> {
-                Ok(RawProxyProtocol::Bool(v))
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawNameOrBool, E> {
+                Ok(RawNameOrBool::Bool(v))
             }
         }
         deserializer.deserialize_any(V)
@@ -790,8 +792,8 @@ services:
         assert_eq!(
             pp,
             [
-                Some(RawProxyProtocol::Bool(false)),
-                Some(RawProxyProtocol::Name("off".into()))
+                Some(RawNameOrBool::Bool(false)),
+                Some(RawNameOrBool::Name("off".into()))
             ]
         );
         let (_, errors) = parse_document("settings:\n  proxy:\n    idleTimeout: 1.5\n");

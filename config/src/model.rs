@@ -116,6 +116,27 @@ pub enum ProxyProtocol {
     V2,
 }
 
+/// When a TCP connection's bytes go through `splice(2)` instead of a
+/// user-space buffer (`settings.proxy.splice`).
+///
+/// Splicing halves the CPU per GB of bulk transfers, but each small
+/// request costs more (a pipe and two splices where one read and one write
+/// do), which doubled kept-alive p99 latency in docs/benchmarks.md (run 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SpliceMode {
+    /// Always through buffers.
+    Off,
+    /// Each direction starts buffered and switches to splicing once one
+    /// read fills the whole buffer, i.e. the transfer proves large (the
+    /// rule of HAProxy's `option splice-auto`). Request/response traffic
+    /// keeps the buffered path's latency, bulk transfers get the spliced
+    /// path's CPU cost.
+    #[default]
+    Auto,
+    /// Every direction splices from the first byte.
+    Always,
+}
+
 /// `spec.loadBalancerSourceRanges`, after parsing.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub enum SourceRanges {
@@ -287,12 +308,10 @@ pub struct ProxySettings {
     pub drain_timeout: Duration,
     /// Size of the Maglev lookup table; a prime.
     pub maglev_table_size: u32,
-    /// Copy TCP data socket -> pipe -> socket with `splice(2)`, inside the
-    /// kernel, rather than through a user-space buffer (the edge falls back
-    /// to buffers by itself where the kernel refuses). Off by default: it
-    /// halves the CPU per GB of bulk transfers but costs small
-    /// request/response traffic latency (docs/benchmarks.md, run 3).
-    pub splice: bool,
+    /// When TCP data is copied socket -> pipe -> socket with `splice(2)`,
+    /// inside the kernel, rather than through a user-space buffer (the edge
+    /// falls back to buffers by itself where the kernel refuses).
+    pub splice: SpliceMode,
 }
 
 /// The default Maglev table size, from the Maglev paper.
@@ -307,7 +326,7 @@ impl Default for ProxySettings {
             udp_idle_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
-            splice: false,
+            splice: SpliceMode::Auto,
         }
     }
 }
@@ -574,6 +593,7 @@ spelled_enum!(ClusterHealthCheck, "clusterCheck", display = true, [
     KubeProxy => "kube-proxy",
     TcpNodePort => "tcp-node-port",
 ]);
+spelled_enum!(SpliceMode, "splice", display = true, [Off => "off", Auto => "auto", Always => "always"]);
 spelled_enum!(AllDownPolicy, "allDown", display = true, [FailOpen => "fail-open", FailClosed => "fail-closed"]);
 
 #[cfg(test)]
@@ -599,6 +619,9 @@ mod tests {
         }
         for c in ClusterHealthCheck::ALL {
             assert_eq!(c.to_string().parse::<ClusterHealthCheck>(), Ok(*c));
+        }
+        for m in SpliceMode::ALL {
+            assert_eq!(m.to_string().parse::<SpliceMode>(), Ok(*m));
         }
         for a in AllDownPolicy::ALL {
             assert_eq!(a.to_string().parse::<AllDownPolicy>(), Ok(*a));

@@ -17,13 +17,13 @@ use crate::duration::{format_duration, parse_duration};
 use crate::error::FieldError;
 use crate::file::{
     RawAddressPool, RawDocument, RawDuration, RawEdgeConfig, RawHealthSettings, RawHookApiSettings,
-    RawKubernetesSettings, RawNode, RawProxyProtocol, RawProxySettings, RawService, RawServicePort,
+    RawKubernetesSettings, RawNameOrBool, RawNode, RawProxySettings, RawService, RawServicePort,
     RawSettings, ServiceEntry,
 };
 use crate::model::{
     AddressPool, AddressRange, EdgeConfig, EdgeSettings, HealthSettings, HookApiSettings,
     KubernetesSettings, Node, ParseEnumError, Protocol, ProxyProtocol, ProxySettings, Service,
-    ServiceKey, ServicePort, SessionAffinity, SourceRanges, TrafficPolicy, VipSettings,
+    ServiceKey, ServicePort, SessionAffinity, SourceRanges, SpliceMode, TrafficPolicy, VipSettings,
     DEFAULT_AFFINITY_TIMEOUT,
 };
 
@@ -409,6 +409,7 @@ impl Validator {
             d.maglev_table_size,
             |v| maglev_table_size(*v),
         );
+        let splice = self.field(&p("splice"), raw.splice.as_ref(), d.splice, splice_mode);
         if let Some(size) = maglev_table_size {
             if usize::try_from(size).is_ok_and(|size| size <= node_count) {
                 self.error(
@@ -427,7 +428,7 @@ impl Validator {
             udp_idle_timeout: udp_idle_timeout.unwrap_or(d.udp_idle_timeout),
             drain_timeout: drain_timeout.unwrap_or(d.drain_timeout),
             maglev_table_size: maglev_table_size.unwrap_or(d.maglev_table_size),
-            splice: raw.splice.unwrap_or(d.splice),
+            splice: splice.unwrap_or(d.splice),
         }
     }
 
@@ -855,11 +856,21 @@ fn spelled<T: FromStr<Err = ParseEnumError>>(s: &str) -> Result<T, String> {
     s.parse().map_err(|e: ParseEnumError| e.to_string())
 }
 
-fn proxy_protocol(raw: &RawProxyProtocol) -> Result<ProxyProtocol, String> {
+fn proxy_protocol(raw: &RawNameOrBool) -> Result<ProxyProtocol, String> {
     match raw {
-        RawProxyProtocol::Name(name) => spelled(name),
-        RawProxyProtocol::Bool(false) => Ok(ProxyProtocol::Off),
-        RawProxyProtocol::Bool(true) => Err("true is ambiguous; use \"v1\" or \"v2\"".to_string()),
+        RawNameOrBool::Name(name) => spelled(name),
+        RawNameOrBool::Bool(false) => Ok(ProxyProtocol::Off),
+        RawNameOrBool::Bool(true) => Err("true is ambiguous; use \"v1\" or \"v2\"".to_string()),
+    }
+}
+
+/// `splice`: a mode's name, or a boolean (`true` is `always`, `false` is
+/// `off`).
+fn splice_mode(raw: &RawNameOrBool) -> Result<SpliceMode, String> {
+    match raw {
+        RawNameOrBool::Name(name) => spelled(name),
+        RawNameOrBool::Bool(true) => Ok(SpliceMode::Always),
+        RawNameOrBool::Bool(false) => Ok(SpliceMode::Off),
     }
 }
 
@@ -1060,7 +1071,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::model::{Algorithm, AllDownPolicy, ClusterHealthCheck, ExclusionReason};
+    use crate::model::{Algorithm, AllDownPolicy, ClusterHealthCheck, ExclusionReason, SpliceMode};
     use crate::parse_edge_config;
 
     /// Every (path, message) the full pipeline reports; empty when valid.
@@ -1286,7 +1297,7 @@ settings:
                 udp_idle_timeout: Duration::from_secs(45),
                 drain_timeout: Duration::ZERO,
                 maglev_table_size: 251,
-                splice: true,
+                splice: SpliceMode::Always,
             }
         );
         assert_eq!(s.vip.interface.as_deref(), Some("eth0"));
@@ -1295,23 +1306,30 @@ settings:
     }
 
     #[test]
-    fn splice_is_off_unless_turned_on_and_must_be_a_boolean() {
-        assert!(!valid("settings: {proxy: {}}").settings.proxy.splice);
-        assert!(
-            valid("settings: {proxy: {splice: true}}")
-                .settings
-                .proxy
-                .splice
+    fn splice_is_auto_unless_set_and_takes_names_or_booleans() {
+        let mode = |yaml: &str| valid(yaml).settings.proxy.splice;
+        assert_eq!(mode("settings: {proxy: {}}"), SpliceMode::Auto);
+        assert_eq!(mode("settings: {proxy: {splice: auto}}"), SpliceMode::Auto);
+        assert_eq!(
+            mode("settings: {proxy: {splice: always}}"),
+            SpliceMode::Always
         );
-        assert!(
-            !valid("settings: {proxy: {splice: false}}")
-                .settings
-                .proxy
-                .splice
+        assert_eq!(
+            mode("settings: {proxy: {splice: true}}"),
+            SpliceMode::Always
         );
+        assert_eq!(mode("settings: {proxy: {splice: off}}"), SpliceMode::Off);
+        assert_eq!(mode("settings: {proxy: {splice: false}}"), SpliceMode::Off);
         assert_problems(
             "settings: {proxy: {splice: sometimes}}",
-            &[("settings.proxy.splice", "boolean")],
+            &[(
+                "settings.proxy.splice",
+                "unknown splice \"sometimes\" (expected off, auto or always)",
+            )],
+        );
+        assert_problems(
+            "settings: {proxy: {splice: 3}}",
+            &[("settings.proxy.splice", "a name or a boolean")],
         );
     }
 

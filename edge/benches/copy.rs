@@ -22,7 +22,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::resource::{getrusage, UsageWho};
-use portico_edge::copy::{copy_bidirectional, CopyOptions, CopyPath, NoopObserver};
+use portico_edge::copy::{copy_bidirectional, CopyOptions, CopyPath, NoopObserver, SpliceMode};
 
 /// One contender: a name and the options it runs with.
 struct Contender {
@@ -46,7 +46,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 fn contenders() -> Vec<Contender> {
     let spliced = |pipe_size| CopyOptions {
-        splice: true,
+        splice: SpliceMode::Always,
         pipe_size,
         ..CopyOptions::default()
     };
@@ -54,9 +54,14 @@ fn contenders() -> Vec<Contender> {
         Contender {
             name: "buffered 64 KiB",
             opts: CopyOptions {
-                splice: false,
+                splice: SpliceMode::Off,
                 ..CopyOptions::default()
             },
+        },
+        // The default: buffered until a read fills the buffer.
+        Contender {
+            name: "auto, 256 KiB pipe",
+            opts: CopyOptions::default(),
         },
         // What every pipe gets once the user's pipe pages pass
         // `fs.pipe-user-pages-soft` (unprivileged processes only).
@@ -147,10 +152,9 @@ fn run(opts: &CopyOptions, streams: usize, bytes: u64) -> Sample {
                     let outcome = copy.await.unwrap();
                     assert_eq!(outcome.client_to_upstream, bytes, "{outcome:?}");
                     // A fallback would make the figures lie about the path.
-                    let want = if opts.splice {
-                        CopyPath::Spliced
-                    } else {
-                        CopyPath::Buffered
+                    let want = match opts.splice {
+                        SpliceMode::Off => CopyPath::Buffered,
+                        SpliceMode::Auto | SpliceMode::Always => CopyPath::Spliced,
                     };
                     assert_eq!(outcome.client_to_upstream_path, want, "{outcome:?}");
                 }

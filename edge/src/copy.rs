@@ -14,27 +14,38 @@
 //!
 //! Both directions run concurrently inside the caller's task (no extra task
 //! per connection) on the split halves of the two sockets, each on one of two
-//! paths ([`CopyPath`]):
+//! paths ([`CopyPath`]), chosen by [`CopyOptions::splice`]:
 //!
-//! - **Spliced** (the default): `splice(2)` moves the bytes socket -> pipe ->
-//!   socket inside the kernel, as page references, never copying them
-//!   through user space. A direction fills its pipe only when the pipe is
-//!   empty and then drains it completely before reading again, so the
-//!   pipe's fill level is always known: a fill that would block means the
-//!   source has nothing (never "the pipe is full", which with pipes counted
-//!   in page slots rather than bytes could not be told apart), a drain that
-//!   would block means the destination is full, and end of stream is seen
-//!   only once every earlier byte has left, so the half-close is passed on
-//!   behind the data. Readiness comes from tokio's reactor for the sockets;
-//!   the pipe ends are non-blocking and, by the rule above, never need to
-//!   wait.
-//! - **Buffered**: `read` into one buffer of [`CopyOptions::buffer_size`]
-//!   bytes per direction, then `write` it all out. Used when splicing is
-//!   turned off, and as the fallback when the kernel refuses the first
-//!   splice (`EINVAL`, `ENOSYS`, `EOPNOTSUPP`: a kernel or sandbox without
-//!   it) or no pipe can be had (out of file descriptors); the fallback is per
-//!   direction and happens only while that direction holds no bytes, so no
-//!   byte is lost or reordered by it.
+//! - **Buffered**: `read` into a buffer of [`CopyOptions::buffer_size`]
+//!   bytes, then `write` it all out. A direction takes a buffer from a
+//!   per-thread pool when its source becomes readable and gives it back
+//!   once the source is drained, so an idle connection holds no buffer and a
+//!   new one allocates (and zeroes) nothing. A read that comes back short
+//!   shows the socket drained, so its readiness is cleared right there, as
+//!   tokio's own `read` does, instead of costing a `read` that would block.
+//! - **Spliced**: `splice(2)` moves the bytes socket -> pipe -> socket inside
+//!   the kernel, as page references, never copying them through user
+//!   space. A direction fills its pipe only when the pipe is empty and then
+//!   drains it completely before reading again, so the pipe's fill level is
+//!   always known: a fill that would block means the source has nothing
+//!   (never "the pipe is full", which with pipes counted in page slots
+//!   rather than bytes could not be told apart), a drain that would block
+//!   means the destination is full, and end of stream is seen only once
+//!   every earlier byte has left, so the half-close is passed on behind the
+//!   data. Readiness comes from tokio's reactor for the sockets; the pipe
+//!   ends are non-blocking and, by the rule above, never need to wait.
+//!
+//! With [`SpliceMode::Auto`] (the default) a direction starts buffered and
+//! moves to splicing for good after a read fills the whole buffer, once the
+//! buffer's bytes are out: request/response traffic keeps the buffered
+//! path's per-request cost and latency, bulk transfers get the spliced
+//! path's CPU per byte (HAProxy's `splice-auto` follows the same rule).
+//! [`SpliceMode::Always`] splices from the first byte; [`SpliceMode::Off`]
+//! never does. A spliced direction falls back to buffers when the kernel
+//! refuses the first splice (`EINVAL`, `ENOSYS`, `EOPNOTSUPP`: a kernel or
+//! sandbox without it) or no pipe can be had (out of file descriptors); a
+//! switch either way happens only while that direction holds no bytes, so
+//! no byte is lost or reordered by it.
 //!
 //! Pipes are not held for a connection's lifetime: a direction takes an
 //! empty pipe from a process-wide pool when its source becomes readable and
@@ -51,6 +62,7 @@
 //! attribution, idle timeout, drain and per-write byte counts; the tests run
 //! every behaviour on both.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -60,7 +72,8 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+pub use portico_config::SpliceMode;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -98,6 +111,10 @@ const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60)
 /// connections at once without a `pipe2` each time.
 const MAX_IDLE_PIPE_BYTES: usize = 16 * 1024 * 1024;
 
+/// At most this many idle buffers wait in each thread's pool (4 MiB of the
+/// default size); more are freed when given back.
+const MAX_IDLE_BUFFERS: usize = 64;
+
 /// Tuning for [`copy_bidirectional`], typically shared by all connections of
 /// a listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,10 +126,10 @@ pub struct CopyOptions {
     /// Stop the copy once no byte has been written in either direction for
     /// this long. `None` disables the timeout.
     pub idle_timeout: Option<Duration>,
-    /// Move bytes with `splice(2)` through a pipe per direction (falling back
-    /// to the buffered path where the kernel refuses); `false` always uses
-    /// the buffered path.
-    pub splice: bool,
+    /// When to move bytes with `splice(2)` through a pipe per direction
+    /// (falling back to the buffered path where the kernel refuses); see
+    /// the module docs.
+    pub splice: SpliceMode,
     /// Size in bytes asked of each pipe (`F_SETPIPE_SZ`); the kernel rounds
     /// it up to a power of two pages. If it is refused (above
     /// `fs.pipe-max-size`, or past the user's pipe page allowance), the pipe
@@ -125,7 +142,7 @@ impl Default for CopyOptions {
         Self {
             buffer_size: DEFAULT_BUFFER_SIZE,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
-            splice: true,
+            splice: SpliceMode::Auto,
             pipe_size: DEFAULT_PIPE_SIZE,
         }
     }
@@ -213,7 +230,8 @@ pub struct CopyOutcome {
     /// Bytes written to the client, i.e. received from the upstream.
     pub upstream_to_client: u64,
     /// The path client -> upstream was on when the copy stopped
-    /// ([`CopyPath::Buffered`] if it fell back from splicing).
+    /// ([`CopyPath::Spliced`] if it moved to splicing, [`CopyPath::Buffered`]
+    /// if it fell back from it).
     pub client_to_upstream_path: CopyPath,
     /// The path upstream -> client was on when the copy stopped.
     pub upstream_to_client_path: CopyPath,
@@ -261,8 +279,9 @@ where
     let activity = Activity::new();
     let client_to_upstream_total = AtomicU64::new(0);
     let upstream_to_client_total = AtomicU64::new(0);
-    let client_to_upstream_buffered = AtomicBool::new(!opts.splice);
-    let upstream_to_client_buffered = AtomicBool::new(!opts.splice);
+    let starts_buffered = opts.splice != SpliceMode::Always;
+    let client_to_upstream_buffered = AtomicBool::new(starts_buffered);
+    let upstream_to_client_buffered = AtomicBool::new(starts_buffered);
 
     let (client_read, client_write) = client.split();
     let (upstream_read, upstream_write) = upstream.split();
@@ -403,37 +422,103 @@ impl Activity {
 /// to the failing side.
 async fn pump(
     from: ReadHalf<'_>,
-    to: WriteHalf<'_>,
+    mut to: WriteHalf<'_>,
     opts: &CopyOptions,
     dir: Direction<'_>,
     activity: &Activity,
     observer: &dyn CopyObserver,
 ) -> Result<(), EndReason> {
-    if opts.splice {
-        splice_pump(from, to, opts, dir, activity, observer).await
-    } else {
-        buffered_pump(from, to, opts.buffer_size, dir, activity, observer).await
+    let mut path = match opts.splice {
+        SpliceMode::Always => CopyPath::Spliced,
+        SpliceMode::Auto | SpliceMode::Off => CopyPath::Buffered,
+    };
+    let mut may_splice = opts.splice == SpliceMode::Auto;
+    loop {
+        let next = match path {
+            CopyPath::Buffered => {
+                buffered_pump(&from, &mut to, opts, may_splice, &dir, activity, observer).await?
+            }
+            CopyPath::Spliced => {
+                splice_pump(&from, &mut to, opts, &dir, activity, observer).await?
+            }
+        };
+        match next {
+            Pumped::Eof => return Ok(()),
+            Pumped::Switch(to_path) => {
+                // Each switch happens while the direction holds no byte, and
+                // at most once each way.
+                dir.buffered
+                    .store(to_path == CopyPath::Buffered, Ordering::Relaxed);
+                path = to_path;
+                may_splice = false;
+            }
+        }
     }
 }
 
-/// The buffered path of [`pump`].
+/// How a path of [`pump`] ended without an error.
+enum Pumped {
+    /// End of stream, passed on as a half-close.
+    Eof,
+    /// Holding no bytes, the direction goes on on this path.
+    Switch(CopyPath),
+}
+
+/// The buffered path of [`pump`]. With `may_splice`, a read that fills the
+/// whole buffer moves the direction to [`splice_pump`] once the buffer's
+/// bytes are written.
 async fn buffered_pump(
-    mut from: ReadHalf<'_>,
-    mut to: WriteHalf<'_>,
-    buffer_size: usize,
-    dir: Direction<'_>,
+    from: &ReadHalf<'_>,
+    to: &mut WriteHalf<'_>,
+    opts: &CopyOptions,
+    may_splice: bool,
+    dir: &Direction<'_>,
     activity: &Activity,
     observer: &dyn CopyObserver,
-) -> Result<(), EndReason> {
-    let mut buf = vec![0u8; buffer_size.max(1)];
+) -> Result<Pumped, EndReason> {
+    let src = from.as_ref();
+    let size = opts.buffer_size.max(1);
+    // Held only while the source has data; see the module docs.
+    let mut held: Option<Vec<u8>> = None;
     loop {
-        let n = match from.read(&mut buf).await {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err((dir.read_error)(e.kind())),
+        src.readable()
+            .await
+            .map_err(|e| (dir.read_error)(e.kind()))?;
+        let mut buf = held.take().unwrap_or_else(|| buffers::take(size));
+        let room = buf.capacity() - buf.len();
+        let mut got = None;
+        // The read runs inside `try_io` so that a short read, which shows
+        // the socket drained, can clear the readiness observed before it
+        // (by answering `WouldBlock`): readiness that arrived during the
+        // read is kept, so no wake-up is lost.
+        let read = src.try_io(Interest::READABLE, || {
+            let n = src.try_read_buf(&mut buf)?;
+            got = Some(n);
+            if n > 0 && n < room {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(n)
+            }
+        });
+        let n = match (read, got) {
+            (Ok(n), _) => n,
+            (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => n,
+            (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => {
+                buffers::give(buf);
+                continue;
+            }
+            (Err(e), None) if e.kind() == io::ErrorKind::Interrupted => {
+                held = Some(buf);
+                continue;
+            }
+            (Err(e), _) => return Err((dir.read_error)(e.kind())),
         };
         if n == 0 {
-            return to.shutdown().await.map_err(|e| (dir.write_error)(e.kind()));
+            buffers::give(buf);
+            to.shutdown()
+                .await
+                .map_err(|e| (dir.write_error)(e.kind()))?;
+            return Ok(Pumped::Eof);
         }
         // Written piecewise rather than with `write_all` so that every
         // partial write counts as activity and reaches the observer as it
@@ -449,6 +534,54 @@ async fn buffered_pump(
             pending = &pending[written..];
             dir.wrote(written, activity, observer);
         }
+        let drained = n < room;
+        if drained || may_splice {
+            buffers::give(buf);
+        } else {
+            buf.clear();
+            held = Some(buf);
+        }
+        if !drained && may_splice {
+            // The transfer is large, and no byte is held here now.
+            return Ok(Pumped::Switch(CopyPath::Spliced));
+        }
+    }
+}
+
+/// The per-thread pool of empty copy buffers of [`buffered_pump`].
+mod buffers {
+    use super::{RefCell, MAX_IDLE_BUFFERS};
+
+    thread_local! {
+        static IDLE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// An empty buffer with room for `size` bytes, from this thread's pool
+    /// or new (allocated, not zeroed: reads fill its spare capacity).
+    pub(super) fn take(size: usize) -> Vec<u8> {
+        IDLE.with_borrow_mut(|idle| {
+            idle.iter()
+                .rposition(|b| b.capacity() == size)
+                .map(|at| idle.swap_remove(at))
+        })
+        .unwrap_or_else(|| Vec::with_capacity(size))
+    }
+
+    /// How many buffers this thread's pool holds.
+    #[cfg(test)]
+    pub(super) fn idle_count() -> usize {
+        IDLE.with_borrow(Vec::len)
+    }
+
+    /// Gives a buffer back (its bytes are forgotten), or frees it if the
+    /// pool is full.
+    pub(super) fn give(mut buf: Vec<u8>) {
+        buf.clear();
+        IDLE.with_borrow_mut(|idle| {
+            if idle.len() < MAX_IDLE_BUFFERS {
+                idle.push(buf);
+            }
+        });
     }
 }
 
@@ -463,14 +596,14 @@ const SPLICE_FLAGS: SpliceFFlags =
 /// does not pass `MSG_NOSIGNAL`); Rust programs ignore `SIGPIPE` from the
 /// start, so it surfaces as `EPIPE` like a `write` would.
 async fn splice_pump(
-    from: ReadHalf<'_>,
-    to: WriteHalf<'_>,
+    from: &ReadHalf<'_>,
+    to: &mut WriteHalf<'_>,
     opts: &CopyOptions,
-    dir: Direction<'_>,
+    dir: &Direction<'_>,
     activity: &Activity,
     observer: &dyn CopyObserver,
-) -> Result<(), EndReason> {
-    let (src, dst) = (from.as_ref(), to.as_ref());
+) -> Result<Pumped, EndReason> {
+    let src = from.as_ref();
     // Held only while the source has data; see the module docs.
     let mut held: Option<Pipe> = None;
     let mut spliced_any = false;
@@ -487,9 +620,7 @@ async fn splice_pump(
                     // holds no bytes now, so it can carry on buffered
                     // without losing any.
                     tracing::debug!(direction = dir.name, error = %e, "no pipe for splice; copying buffered");
-                    dir.buffered.store(true, Ordering::Relaxed);
-                    return buffered_pump(from, to, opts.buffer_size, dir, activity, observer)
-                        .await;
+                    return Ok(Pumped::Switch(CopyPath::Buffered));
                 }
             },
         };
@@ -502,8 +633,10 @@ async fn splice_pump(
                 // End of stream, and the pipe is empty: every byte before
                 // the FIN has been written, so the FIN can follow.
                 pipe.recycle();
-                let mut to = to;
-                return to.shutdown().await.map_err(|e| (dir.write_error)(e.kind()));
+                to.shutdown()
+                    .await
+                    .map_err(|e| (dir.write_error)(e.kind()))?;
+                return Ok(Pumped::Eof);
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -518,12 +651,12 @@ async fn splice_pump(
             }
             Err(e) if !spliced_any && splice_unsupported(&e) => {
                 warn_splice_unsupported(&e);
-                dir.buffered.store(true, Ordering::Relaxed);
-                return buffered_pump(from, to, opts.buffer_size, dir, activity, observer).await;
+                return Ok(Pumped::Switch(CopyPath::Buffered));
             }
             Err(e) => return Err((dir.read_error)(e.kind())),
         };
         spliced_any = true;
+        let dst = to.as_ref();
         while in_pipe > 0 {
             let drained = dst
                 .async_io(Interest::WRITABLE, || {
@@ -703,6 +836,7 @@ mod tests {
     use super::*;
     use socket2::SockRef;
     use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
     use tokio::task::JoinHandle;
     use tokio::time::timeout;
@@ -826,12 +960,9 @@ mod tests {
                     &*task_observer,
                 )
                 .await;
-                let want = paths(path_of(&opts));
+                let (got, want) = (settled(outcome, opts.splice), paths(opts.splice));
                 assert_eq!(
-                    (
-                        outcome.client_to_upstream_path,
-                        outcome.upstream_to_client_path
-                    ),
+                    (got.client_to_upstream_path, got.upstream_to_client_path),
                     (want.client_to_upstream_path, want.upstream_to_client_path),
                     "a direction left the path asked for"
                 );
@@ -855,46 +986,64 @@ mod tests {
         std::future::pending()
     }
 
-    /// Default options on `path`.
-    fn on(path: CopyPath) -> CopyOptions {
+    /// Default options with splicing `mode`.
+    fn on(mode: SpliceMode) -> CopyOptions {
         CopyOptions {
-            splice: path == CopyPath::Spliced,
+            splice: mode,
             ..CopyOptions::default()
         }
     }
 
-    fn path_of(opts: &CopyOptions) -> CopyPath {
-        if opts.splice {
-            CopyPath::Spliced
-        } else {
-            CopyPath::Buffered
-        }
-    }
-
-    fn with_idle(path: CopyPath, idle: Duration) -> CopyOptions {
+    fn with_idle(mode: SpliceMode, idle: Duration) -> CopyOptions {
         CopyOptions {
             idle_timeout: Some(idle),
-            ..on(path)
+            ..on(mode)
         }
     }
 
-    /// An outcome with both directions on `path`, for `..paths(path)`.
-    fn paths(path: CopyPath) -> CopyOutcome {
+    /// The path both directions start on with `mode`.
+    fn start_path(mode: SpliceMode) -> CopyPath {
+        match mode {
+            SpliceMode::Always => CopyPath::Spliced,
+            SpliceMode::Off | SpliceMode::Auto => CopyPath::Buffered,
+        }
+    }
+
+    /// An outcome with both directions on the path `mode` starts on, for
+    /// `..paths(mode)`.
+    fn paths(mode: SpliceMode) -> CopyOutcome {
         CopyOutcome {
             end: EndReason::Eof,
             client_to_upstream: 0,
             upstream_to_client: 0,
-            client_to_upstream_path: path,
-            upstream_to_client_path: path,
+            client_to_upstream_path: start_path(mode),
+            upstream_to_client_path: start_path(mode),
         }
     }
 
-    /// The most one write can move on `path`: a buffer, or a pipe (whose
+    /// `outcome` as the shared tests compare it: with [`SpliceMode::Auto`],
+    /// whether a direction moved to splicing depends on how the kernel
+    /// split the bytes into reads, so its paths are taken as they started
+    /// (the `auto_*` tests check the switch itself).
+    fn settled(outcome: CopyOutcome, mode: SpliceMode) -> CopyOutcome {
+        match mode {
+            SpliceMode::Auto => CopyOutcome {
+                client_to_upstream_path: CopyPath::Buffered,
+                upstream_to_client_path: CopyPath::Buffered,
+                ..outcome
+            },
+            SpliceMode::Off | SpliceMode::Always => outcome,
+        }
+    }
+
+    /// The most one write can move with `opts`: a buffer, or a pipe (whose
     /// size the kernel rounds up to a power of two pages).
     fn chunk_bound(opts: &CopyOptions) -> usize {
-        match path_of(opts) {
-            CopyPath::Buffered => opts.buffer_size.max(1),
-            CopyPath::Spliced => opts.pipe_size.max(page_size()).next_power_of_two(),
+        let pipe = opts.pipe_size.max(page_size()).next_power_of_two();
+        match opts.splice {
+            SpliceMode::Off => opts.buffer_size.max(1),
+            SpliceMode::Always => pipe,
+            SpliceMode::Auto => pipe.max(opts.buffer_size.max(1)),
         }
     }
 
@@ -936,30 +1085,28 @@ mod tests {
         out
     }
 
-    /// Runs each named test body once per path, as `buffered::<name>` and
-    /// `spliced::<name>`, with the given `#[tokio::test]` arguments.
-    macro_rules! on_both_paths {
+    /// Runs each named test body once per splicing mode, as `off::<name>`,
+    /// `auto::<name>` and `always::<name>`, with the given `#[tokio::test]`
+    /// arguments.
+    macro_rules! in_every_mode {
         ($($name:ident $(($($flavor:tt)*))?),* $(,)?) => {
-            mod buffered {
+            in_every_mode!(@mode off Off; $($name $(($($flavor)*))?),*);
+            in_every_mode!(@mode auto Auto; $($name $(($($flavor)*))?),*);
+            in_every_mode!(@mode always Always; $($name $(($($flavor)*))?),*);
+        };
+        (@mode $module:ident $mode:ident; $($name:ident $(($($flavor:tt)*))?),*) => {
+            mod $module {
                 $(
                     #[tokio::test$(($($flavor)*))?]
                     async fn $name() {
-                        super::$name(super::CopyPath::Buffered).await
-                    }
-                )*
-            }
-            mod spliced {
-                $(
-                    #[tokio::test$(($($flavor)*))?]
-                    async fn $name() {
-                        super::$name(super::CopyPath::Spliced).await
+                        super::$name(super::SpliceMode::$mode).await
                     }
                 )*
             }
         };
     }
 
-    on_both_paths!(
+    in_every_mode!(
         large_payloads_flow_both_ways_at_once(flavor = "multi_thread", worker_threads = 2),
         client_half_close_still_gets_full_response,
         upstream_half_close_lets_client_keep_sending,
@@ -982,7 +1129,7 @@ mod tests {
 
     /// A PROXY protocol header is written to the upstream before the copy
     /// starts; it must reach the upstream ahead of every copied byte.
-    async fn bytes_written_before_the_copy_go_first(path: CopyPath) {
+    async fn bytes_written_before_the_copy_go_first(path: SpliceMode) {
         let (mut client, mut proxy_client) = connected_pair().await;
         let (mut proxy_upstream, mut upstream) = connected_pair().await;
         let header = b"PROXY TCP4 192.0.2.1 192.0.2.2 40000 80\r\n";
@@ -1013,7 +1160,7 @@ mod tests {
         upstream.shutdown().await.unwrap();
         let outcome = within("the copy to end", copy).await.unwrap();
         assert_eq!(
-            outcome,
+            settled(outcome, path),
             CopyOutcome {
                 end: EndReason::Eof,
                 // The header was not copied, so it is not counted.
@@ -1028,7 +1175,7 @@ mod tests {
     /// request/response round trips: on the spliced path each small segment
     /// takes a pipe slot, and each round trip takes a pipe from the pool and
     /// gives it back.
-    async fn many_small_writes_and_round_trips_arrive_intact(path: CopyPath) {
+    async fn many_small_writes_and_round_trips_arrive_intact(path: SpliceMode) {
         let mut proxied = Proxied::start(on(path), no_drain()).await;
         proxied.client.set_nodelay(true).unwrap();
         proxied.upstream.set_nodelay(true).unwrap();
@@ -1096,7 +1243,7 @@ mod tests {
     /// The client sends and half-closes while the upstream reads nothing:
     /// the proxy holds bytes (in its pipe, when splicing) when the FIN
     /// arrives, and must pass the FIN on only after all of them.
-    async fn half_close_waits_for_bytes_held_in_the_proxy(path: CopyPath) {
+    async fn half_close_waits_for_bytes_held_in_the_proxy(path: SpliceMode) {
         let mut proxied = Proxied::start_with_small_upstream_buffers(on(path), no_drain()).await;
         let data = pattern(HELD, 11);
         within("the client's data and FIN", async {
@@ -1110,7 +1257,7 @@ mod tests {
         proxied.upstream.shutdown().await.unwrap();
         let (outcome, ..) = proxied.outcome().await;
         assert_eq!(
-            outcome,
+            settled(outcome, path),
             CopyOutcome {
                 end: EndReason::Eof,
                 client_to_upstream: HELD as u64,
@@ -1149,7 +1296,7 @@ mod tests {
         assert_same_bytes(&got, &sent[..got.len()], "prefix");
     }
 
-    async fn idle_timeout_with_bytes_held_in_the_proxy_drops_them(path: CopyPath) {
+    async fn idle_timeout_with_bytes_held_in_the_proxy_drops_them(path: SpliceMode) {
         let idle = Duration::from_millis(300);
         let mut proxied =
             Proxied::start_with_small_upstream_buffers(with_idle(path, idle), no_drain()).await;
@@ -1159,7 +1306,7 @@ mod tests {
         assert_upstream_got_only(&mut upstream, &sent, outcome.client_to_upstream).await;
     }
 
-    async fn drain_with_bytes_held_in_the_proxy_drops_them(path: CopyPath) {
+    async fn drain_with_bytes_held_in_the_proxy_drops_them(path: SpliceMode) {
         let (tx, rx) = watch::channel(false);
         let mut proxied =
             Proxied::start_with_small_upstream_buffers(on(path), drain_signal(rx)).await;
@@ -1172,7 +1319,7 @@ mod tests {
 
     /// The upstream resets while a large transfer towards it is under way
     /// and the proxy holds bytes for it.
-    async fn upstream_reset_mid_transfer_is_an_upstream_error(path: CopyPath) {
+    async fn upstream_reset_mid_transfer_is_an_upstream_error(path: SpliceMode) {
         let mut proxied = Proxied::start_with_small_upstream_buffers(on(path), no_drain()).await;
         hold_bytes_in_the_proxy(&mut proxied).await;
         let Proxied {
@@ -1209,7 +1356,7 @@ mod tests {
         for pipe_size in [DEFAULT_PIPE_SIZE, 1024 * 1024] {
             let opts = CopyOptions {
                 pipe_size,
-                ..on(CopyPath::Spliced)
+                ..on(SpliceMode::Always)
             };
             let proxied = Proxied::start(opts, no_drain()).await;
             const LEN: usize = 64 * 1024 * 1024;
@@ -1279,7 +1426,7 @@ mod tests {
     async fn a_pipe_of_one_page_still_copies() {
         let opts = CopyOptions {
             pipe_size: 0,
-            ..on(CopyPath::Spliced)
+            ..on(SpliceMode::Always)
         };
         let mut proxied = Proxied::start(opts, no_drain()).await;
         let data = pattern(100_000, 17);
@@ -1372,7 +1519,7 @@ mod tests {
                 "the descriptor table should be full"
             );
 
-            let opts = on(CopyPath::Spliced);
+            let opts = on(SpliceMode::Always);
             let copy = async {
                 copy_bidirectional(
                     &mut proxy_client,
@@ -1409,14 +1556,14 @@ mod tests {
                     end: EndReason::Eof,
                     client_to_upstream: request.len() as u64,
                     upstream_to_client: response.len() as u64,
-                    ..paths(CopyPath::Buffered)
+                    ..paths(SpliceMode::Off)
                 }
             );
         });
         println!("portico-no-pipes-child-done");
     }
 
-    async fn large_payloads_flow_both_ways_at_once(path: CopyPath) {
+    async fn large_payloads_flow_both_ways_at_once(path: SpliceMode) {
         const LEN: usize = 8 * 1024 * 1024;
         let opts = on(path);
         let proxied = Proxied::start(opts.clone(), no_drain()).await;
@@ -1448,7 +1595,7 @@ mod tests {
 
         let outcome = within("the copy to end", proxied.copy).await.unwrap();
         assert_eq!(
-            outcome,
+            settled(outcome, path),
             CopyOutcome {
                 end: EndReason::Eof,
                 client_to_upstream: LEN as u64,
@@ -1465,7 +1612,7 @@ mod tests {
         assert!(observer.largest_chunk.load(Ordering::Relaxed) <= bound as u64);
     }
 
-    async fn client_half_close_still_gets_full_response(path: CopyPath) {
+    async fn client_half_close_still_gets_full_response(path: SpliceMode) {
         let mut proxied = Proxied::start(on(path), no_drain()).await;
         let request = b"GET /big HTTP/1.0\r\n\r\n";
         let response = pattern(1024 * 1024, 3);
@@ -1496,7 +1643,7 @@ mod tests {
         );
     }
 
-    async fn upstream_half_close_lets_client_keep_sending(path: CopyPath) {
+    async fn upstream_half_close_lets_client_keep_sending(path: SpliceMode) {
         let mut proxied = Proxied::start(on(path), no_drain()).await;
         // A server that speaks first and then closes its side.
         proxied.upstream.write_all(b"220 hello\r\n").await.unwrap();
@@ -1509,7 +1656,7 @@ mod tests {
 
         let (outcome, ..) = proxied.outcome().await;
         assert_eq!(
-            outcome,
+            settled(outcome, path),
             CopyOutcome {
                 end: EndReason::Eof,
                 client_to_upstream: 9,
@@ -1519,7 +1666,7 @@ mod tests {
         );
     }
 
-    async fn idle_timeout_fires_when_silent_and_closes_both_sides(path: CopyPath) {
+    async fn idle_timeout_fires_when_silent_and_closes_both_sides(path: SpliceMode) {
         let idle = Duration::from_millis(200);
         let started = Instant::now();
         let proxied = Proxied::start(with_idle(path, idle), no_drain()).await;
@@ -1539,7 +1686,7 @@ mod tests {
         assert!(read_to_eof(&mut upstream).await.is_empty());
     }
 
-    async fn idle_timer_restarts_from_the_last_byte(path: CopyPath) {
+    async fn idle_timer_restarts_from_the_last_byte(path: SpliceMode) {
         let idle = Duration::from_millis(300);
         let start = Instant::now();
         let mut proxied = Proxied::start(with_idle(path, idle), no_drain()).await;
@@ -1566,7 +1713,7 @@ mod tests {
         );
     }
 
-    async fn steady_traffic_in_either_direction_is_not_idle(path: CopyPath) {
+    async fn steady_traffic_in_either_direction_is_not_idle(path: SpliceMode) {
         let idle = Duration::from_millis(200);
         let tick = Duration::from_millis(25);
         // 2 x 24 ticks: 1.2 s of traffic, six idle periods.
@@ -1611,7 +1758,7 @@ mod tests {
         let (outcome, ..) = proxied.outcome().await;
         let bytes = 8 * ticks_per_phase;
         assert_eq!(
-            outcome,
+            settled(outcome, path),
             CopyOutcome {
                 end: EndReason::Eof,
                 client_to_upstream: bytes,
@@ -1621,7 +1768,7 @@ mod tests {
         );
     }
 
-    async fn drain_signal_stops_a_live_copy(path: CopyPath) {
+    async fn drain_signal_stops_a_live_copy(path: SpliceMode) {
         let (tx, rx) = watch::channel(false);
         let mut proxied = Proxied::start(on(path), drain_signal(rx)).await;
         proxied.client.write_all(b"before").await.unwrap();
@@ -1636,7 +1783,7 @@ mod tests {
         tx.send(true).unwrap();
         let (outcome, _, mut client, mut upstream) = proxied.outcome().await;
         assert_eq!(
-            outcome,
+            settled(outcome, path),
             CopyOutcome {
                 end: EndReason::Drained,
                 client_to_upstream: 6,
@@ -1648,7 +1795,7 @@ mod tests {
         assert!(read_to_eof(&mut upstream).await.is_empty());
     }
 
-    async fn drain_already_signalled_stops_before_copying(path: CopyPath) {
+    async fn drain_already_signalled_stops_before_copying(path: SpliceMode) {
         let (tx, rx) = watch::channel(false);
         tx.send(true).unwrap();
         // The flag stays set even though nobody can change it any more.
@@ -1660,7 +1807,7 @@ mod tests {
         assert!(read_to_eof(&mut upstream).await.is_empty());
     }
 
-    async fn dropping_the_drain_sender_does_not_drain(path: CopyPath) {
+    async fn dropping_the_drain_sender_does_not_drain(path: SpliceMode) {
         let (tx, rx) = watch::channel(false);
         let mut proxied = Proxied::start(on(path), drain_signal(rx)).await;
         drop(tx);
@@ -1672,7 +1819,7 @@ mod tests {
         assert_eq!(outcome.end, EndReason::Eof);
     }
 
-    async fn client_reset_is_a_client_error(path: CopyPath) {
+    async fn client_reset_is_a_client_error(path: SpliceMode) {
         let mut proxied = Proxied::start(on(path), no_drain()).await;
         proxied.client.write_all(b"partial").await.unwrap();
         let mut buf = [0u8; 7];
@@ -1702,7 +1849,7 @@ mod tests {
         assert!(read_to_eof(&mut upstream).await.is_empty());
     }
 
-    async fn upstream_reset_is_an_upstream_error(path: CopyPath) {
+    async fn upstream_reset_is_an_upstream_error(path: SpliceMode) {
         let proxied = Proxied::start(on(path), no_drain()).await;
         proxied.upstream.set_zero_linger().unwrap();
         let Proxied {
@@ -1721,7 +1868,7 @@ mod tests {
         assert!(read_to_eof(&mut client).await.is_empty());
     }
 
-    async fn write_to_a_reset_client_is_a_client_error(path: CopyPath) {
+    async fn write_to_a_reset_client_is_a_client_error(path: SpliceMode) {
         // The client half-closes, then resets while the response is still
         // flowing: the proxy no longer reads from the client, so it is the
         // write towards it that has to notice.
@@ -1760,7 +1907,7 @@ mod tests {
         let mut proxied = Proxied::start(
             CopyOptions {
                 buffer_size: 0,
-                ..on(CopyPath::Buffered)
+                ..on(SpliceMode::Off)
             },
             no_drain(),
         )
@@ -1773,6 +1920,117 @@ mod tests {
         assert_eq!(outcome.end, EndReason::Eof);
         assert_eq!(outcome.client_to_upstream, 3);
         assert_eq!(observer.largest_chunk.load(Ordering::Relaxed), 1);
+    }
+
+    /// Request/response traffic never fills a buffer in one read, so in
+    /// the default mode both directions stay on the buffered path.
+    #[tokio::test]
+    async fn auto_keeps_request_response_traffic_buffered() {
+        let mut proxied = Proxied::start(on(SpliceMode::Auto), no_drain()).await;
+        let mut sent = (0, 0);
+        for i in 0..200u64 {
+            let request = pattern(1 + (i as usize * 37) % 3000, i + 1);
+            proxied.client.write_all(&request).await.unwrap();
+            let mut at_upstream = vec![0u8; request.len()];
+            within("a request", proxied.upstream.read_exact(&mut at_upstream))
+                .await
+                .unwrap();
+            assert_same_bytes(&at_upstream, &request, "request");
+            let response = pattern(1 + (i as usize * 53) % 20_000, i + 1000);
+            proxied.upstream.write_all(&response).await.unwrap();
+            let mut at_client = vec![0u8; response.len()];
+            within("a response", proxied.client.read_exact(&mut at_client))
+                .await
+                .unwrap();
+            assert_same_bytes(&at_client, &response, "response");
+            sent = (
+                sent.0 + request.len() as u64,
+                sent.1 + response.len() as u64,
+            );
+        }
+        proxied.client.shutdown().await.unwrap();
+        proxied.upstream.shutdown().await.unwrap();
+        let (outcome, ..) = proxied.outcome().await;
+        assert_eq!(
+            outcome,
+            CopyOutcome {
+                end: EndReason::Eof,
+                client_to_upstream: sent.0,
+                upstream_to_client: sent.1,
+                ..paths(SpliceMode::Off)
+            }
+        );
+    }
+
+    /// A large download fills the buffer, so that direction moves to
+    /// splicing, with no byte lost or reordered at the switch; the
+    /// request direction stays buffered.
+    #[tokio::test]
+    async fn auto_splices_a_large_transfer_from_the_first_full_read() {
+        const LEN: usize = 4 * 1024 * 1024;
+        let opts = CopyOptions {
+            // Small, so that a full read is certain however the kernel
+            // splits the stream.
+            buffer_size: 4096,
+            ..on(SpliceMode::Auto)
+        };
+        let mut proxied = Proxied::start(opts, no_drain()).await;
+        let request = b"GET /big HTTP/1.0\r\n\r\n";
+        proxied.client.write_all(request).await.unwrap();
+        let mut at_upstream = vec![0u8; request.len()];
+        within("the request", proxied.upstream.read_exact(&mut at_upstream))
+            .await
+            .unwrap();
+        let body = pattern(LEN, 21);
+        let send = async {
+            proxied.upstream.write_all(&body).await.unwrap();
+            proxied.upstream.shutdown().await.unwrap();
+        };
+        let ((), got) = within("the download", async {
+            tokio::join!(send, read_to_eof(&mut proxied.client))
+        })
+        .await;
+        assert_same_bytes(&got, &body, "download across the switch");
+        proxied.client.shutdown().await.unwrap();
+        let (outcome, observer, ..) = proxied.outcome().await;
+        assert_eq!(
+            outcome,
+            CopyOutcome {
+                end: EndReason::Eof,
+                client_to_upstream: request.len() as u64,
+                upstream_to_client: LEN as u64,
+                client_to_upstream_path: CopyPath::Buffered,
+                upstream_to_client_path: CopyPath::Spliced,
+            }
+        );
+        // Spliced writes move more than one 4 KiB buffer at a time.
+        assert!(observer.largest_chunk.load(Ordering::Relaxed) > 4096);
+    }
+
+    #[test]
+    fn buffers_are_reused_and_the_pool_is_bounded() {
+        let first = buffers::take(1000);
+        assert!(first.is_empty() && first.capacity() >= 1000);
+        let at = first.as_ptr();
+        let mut used = first;
+        used.extend_from_slice(b"old bytes");
+        buffers::give(used);
+        let again = buffers::take(1000);
+        assert_eq!(again.as_ptr(), at, "the pooled buffer comes back");
+        assert!(again.is_empty(), "with its bytes forgotten");
+        // Another size is not handed out for this one.
+        buffers::give(again);
+        let other_size = buffers::take(2000);
+        assert_ne!(other_size.as_ptr(), at);
+        // Past the bound, buffers are freed rather than pooled.
+        let many: Vec<_> = (0..MAX_IDLE_BUFFERS + 10)
+            .map(|_| buffers::take(1000))
+            .collect();
+        for b in many {
+            buffers::give(b);
+        }
+        let pooled = buffers::idle_count();
+        assert_eq!(pooled, MAX_IDLE_BUFFERS);
     }
 
     #[test]
