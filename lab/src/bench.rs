@@ -16,7 +16,9 @@
 //! `mode tcp` with checks, nginx `stream`, and nftables DNAT + SNAT in the lb
 //! namespace (the in-kernel ceiling). Workloads ([`Workload`]): kept-alive
 //! requests, one request per connection, and the download of a large
-//! page-cached file over one and over eight connections.
+//! page-cached file over one and over eight connections. Apart from those,
+//! [`failover`] measures what clients see when node 2 dies under a stream of
+//! new connections (`--workloads failover`).
 //!
 //! What makes the figures comparable (`/work/shared/docs/benchmarking.md`'s
 //! traps): runs are interleaved (every contender once per round, per
@@ -41,6 +43,10 @@ use std::time::{Duration, Instant};
 
 use crate::netns::{self, ip_line, NetnsError};
 use crate::procs::{self, ProcError, Spawned};
+
+pub mod failover;
+
+pub use failover::{FailoverResult, FailoverSpec, HEALTH_PORT};
 
 /// The VIP every balancer listens on (port [`VIP_PORT`]).
 pub const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
@@ -285,6 +291,8 @@ pub struct BenchOptions {
     pub max_steal: f64,
     /// Record a `perf` profile of each Portico run into this directory.
     pub perf_dir: Option<PathBuf>,
+    /// Measure failover too (after the workloads), this way.
+    pub failover: Option<FailoverSpec>,
 }
 
 impl BenchOptions {
@@ -311,6 +319,7 @@ impl BenchOptions {
             big_file_mib: 100,
             max_steal: 0.05,
             perf_dir: None,
+            failover: None,
         }
     }
 }
@@ -1103,7 +1112,9 @@ impl WrkResult {
 }
 
 /// Each backend node: `/small` answers its name, `/big` is the large file;
-/// kept-alive connections are never closed by a request count (trap 8).
+/// kept-alive connections are never closed by a request count (trap 8). A
+/// health server on [`HEALTH_PORT`] answers `/healthz` as kube-proxy's does,
+/// so health checks never touch the NodePort.
 fn backend_nginx_conf(node: &str, dir: &Path, state: &Path) -> String {
     let dir = dir.display();
     let www = state.join("www");
@@ -1132,21 +1143,27 @@ http {{
     location = /small {{ return 200 \"{node}\\n\"; }}
     location = /big {{ root {www}; }}
   }}
+  server {{
+    listen {HEALTH_PORT};
+    location = /healthz {{ return 200 \"ok\\n\"; }}
+  }}
 }}
 "
     )
 }
 
 /// HAProxy's documented set-up for a TCP balancer on one core: one thread,
-/// active checks (1 s, fall 2, rise 2), a failed connect retried elsewhere
-/// (`option redispatch`), kernel splicing where it pays (`splice-auto`).
+/// active checks (1 s, fall 2, rise 2; HTTP `GET /healthz` on the nodes'
+/// health port, as Portico's kube-proxy check), a failed connect retried
+/// elsewhere (`option redispatch`), kernel splicing where it pays
+/// (`splice-auto`).
 fn haproxy_conf() -> String {
     let servers: String = NODES
         .iter()
         .enumerate()
         .map(|(i, ip)| {
             format!(
-                "  server node-{} {ip}:{NODE_PORT} check inter 1s fall 2 rise 2\n",
+                "  server node-{} {ip}:{NODE_PORT} check port {HEALTH_PORT} inter 1s fall 2 rise 2\n",
                 i + 1
             )
         })
@@ -1168,6 +1185,7 @@ frontend vip
   default_backend nodes
 backend nodes
   balance roundrobin
+  option httpchk GET /healthz
 {servers}"
     )
 }
@@ -1208,8 +1226,9 @@ stream {{
     )
 }
 
-/// The edge's config file: the two nodes, health checks on (TCP connect to
-/// the NodePort, as HAProxy's `check`), same intervals as HAProxy.
+/// The edge's config file: the two nodes, health checks on (kube-proxy's:
+/// HTTP `GET /healthz` on the nodes' [`HEALTH_PORT`], as HAProxy's
+/// `check`), same intervals as HAProxy.
 pub fn portico_config() -> String {
     let nodes: String = NODES
         .iter()
@@ -1223,7 +1242,8 @@ pub fn portico_config() -> String {
     timeout: 500ms
     rise: 2
     fall: 2
-    clusterCheck: tcp-node-port
+    clusterCheck: kube-proxy
+    kubeProxyPort: {HEALTH_PORT}
   proxy:
     connectTimeout: 2s
     connectRetries: 2
@@ -1650,7 +1670,9 @@ pub struct BenchArgs {
         default_value = "direct,portico,haproxy,nginx,nftables"
     )]
     pub contenders: Vec<String>,
-    /// Workloads (comma-separated): keepalive, newconn, stream1, stream8.
+    /// Workloads (comma-separated): keepalive, newconn, stream1, stream8;
+    /// `failover` adds the failover measurement (node 2's link down under a
+    /// stream of new connections, per contender but direct).
     #[arg(
         long,
         value_delimiter = ',',
@@ -1687,6 +1709,9 @@ pub struct BenchArgs {
     /// Record a perf profile of each Portico run into this directory.
     #[arg(long)]
     pub perf_dir: Option<PathBuf>,
+    /// Failover measurements per contender (with `--workloads failover`).
+    #[arg(long, default_value_t = 1)]
+    pub failover_runs: usize,
     /// Namespace prefix.
     #[arg(long, default_value = "pbench")]
     pub prefix: String,
@@ -1736,6 +1761,13 @@ pub fn main(args: BenchArgs) -> std::process::ExitCode {
     }
     let mut workloads = Vec::new();
     for name in &args.workloads {
+        if name == "failover" {
+            opts.failover = Some(FailoverSpec {
+                runs: args.failover_runs.max(1),
+                ..FailoverSpec::standard()
+            });
+            continue;
+        }
         match Workload::parse(name) {
             Some(w) => workloads.push(w),
             None => return fail(&format!("unknown workload {name:?}")),
@@ -1798,9 +1830,16 @@ pub fn main(args: BenchArgs) -> std::process::ExitCode {
         Ok(b) => b,
         Err(e) => return fail(&e),
     };
-    let results = run_all(&mut bench, |r| println!("{}", r.line()));
+    let failover_spec = bench.opts.failover.clone();
+    let results = run_all(&mut bench, |r| println!("{}", r.line())).and_then(|results| {
+        let failovers = match &failover_spec {
+            Some(spec) => failover::run_failovers(&mut bench, spec, |r| println!("{}", r.line()))?,
+            None => Vec::new(),
+        };
+        Ok((results, failovers))
+    });
     let teardown = bench.teardown();
-    let results = match results {
+    let (results, failovers) = match results {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
@@ -1813,7 +1852,25 @@ pub fn main(args: BenchArgs) -> std::process::ExitCode {
             .unwrap_or_default()
             .trim()
     );
-    print!("{}", Summary::new(&results).markdown());
+    if !results.is_empty() {
+        print!("{}", Summary::new(&results).markdown());
+    }
+    if let Some(spec) = &failover_spec {
+        println!(
+            "\n### Failover: node 2's link down at {} s for {} s under {} new connections/s (GET /small, {} s timeout; slow = above {} ms); the counter read every {} ms\n",
+            spec.kill_at.as_secs_f64(),
+            spec.down_for.as_secs_f64(),
+            spec.rate,
+            spec.timeout.as_secs_f64(),
+            spec.slow.as_millis(),
+            spec.poll.as_millis(),
+        );
+        print!("{}", failover::failover_markdown(&failovers));
+        println!("\nnftables DNAT has no health check: it sends to the dead node until the link is back.\n");
+        for r in &failovers {
+            println!("{}", r.timeline_text());
+        }
+    }
     ExitCode::SUCCESS
 }
 

@@ -9,7 +9,9 @@ mod support;
 use std::io::Write as _;
 use std::time::Duration;
 
-use portico_lab::bench::{self, Bench, BenchOptions, Contender, Summary, Workload};
+use portico_lab::bench::{
+    self, failover, Bench, BenchOptions, Contender, FailoverSpec, Summary, Workload,
+};
 
 fn ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")
@@ -99,6 +101,101 @@ fn bench_smoke_every_installed_contender() {
         );
     }
     // Nothing left behind.
+    let left: Vec<String> = portico_lab::netns::list()
+        .expect("ip netns list")
+        .into_iter()
+        .filter(|ns| ns.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+}
+
+/// The failover measurement, short: node 2's link goes down under a stream
+/// of new connections and comes back. Portico must lose nothing and stop
+/// sending to node 2 within two probe intervals (plus the poll and a
+/// probe's timeout); HAProxy must detect it too; nftables DNAT, which has no
+/// health check, never does.
+#[test]
+fn bench_failover_smoke() {
+    if !support::privileged("bench failover smoke test") {
+        return;
+    }
+    let mut contenders = vec![Contender::Portico];
+    for c in [Contender::Haproxy, Contender::Nftables] {
+        match c.missing_program() {
+            Some(program) => skip(&format!("bench failover {c}: {program} is not installed")),
+            None => contenders.push(c),
+        }
+    }
+    let prefix = format!("pbench-f{}", std::process::id());
+    let mut opts = BenchOptions::standard(&prefix, support::binaries().edge);
+    opts.contenders = contenders.clone();
+    opts.workloads = Vec::new();
+    opts.big_file_mib = 1;
+    opts.client_cpu = None;
+    opts.balancer_cpu = None;
+    let spec = FailoverSpec {
+        rate: 50,
+        kill_at: Duration::from_secs(2),
+        down_for: Duration::from_secs(6),
+        recover_limit: Duration::from_secs(6),
+        after_recovery: Duration::from_millis(500),
+        ..FailoverSpec::standard()
+    };
+    let mut bench = Bench::up(opts).expect("bench topology up");
+    let results = failover::run_failovers(&mut bench, &spec, |r| eprintln!("{}", r.line()));
+    bench.teardown().expect("bench teardown");
+    let results = results.expect("failover runs");
+    let table = failover::failover_markdown(&results);
+    let timelines: String = results.iter().map(|r| r.timeline_text()).collect();
+    let all = format!("{table}\n{timelines}");
+    // Straight to stderr: these figures are the point.
+    if let Err(e) = writeln!(std::io::stderr(), "{all}") {
+        panic!("stderr: {e}");
+    }
+    assert_eq!(
+        results.iter().map(|r| r.contender).collect::<Vec<_>>(),
+        contenders
+    );
+    // Two probe intervals of 1 s, a probe's 500 ms timeout, and 500 ms for
+    // the 50 ms poll and a busy machine.
+    let detect_limit = Duration::from_millis(2 * 1000 + 500 + 500);
+    for r in &results {
+        let c = r.contender;
+        // About rate x (kill_at + down_for + recovery + after_recovery).
+        assert!(r.sent >= 250, "{c}: only {} connections\n{all}", r.sent);
+        let before: usize = r.timeline.iter().take(2).map(|s| s.node2).sum();
+        assert!(
+            before > 0,
+            "{c}: node-2 answered nothing before the kill\n{all}"
+        );
+        assert!(
+            r.recovery.is_some(),
+            "{c}: node-2 never answered again\n{all}"
+        );
+        match c {
+            Contender::Portico => {
+                assert_eq!(r.failed(), 0, "{c}: failed connections\n{all}");
+                let d = r
+                    .detection
+                    .unwrap_or_else(|| panic!("{c}: no detection\n{all}"));
+                assert!(
+                    d <= detect_limit,
+                    "{c}: detection {d:?} > {detect_limit:?}\n{all}"
+                );
+            }
+            Contender::Haproxy => {
+                let d = r
+                    .detection
+                    .unwrap_or_else(|| panic!("{c}: no detection\n{all}"));
+                assert!(d < spec.down_for, "{c}: detection {d:?}\n{all}");
+            }
+            Contender::Nftables => {
+                assert_eq!(r.detection, None, "{c}: no health check, yet\n{all}");
+                assert!(r.failed() > 0, "{c}: sends to the dead node\n{all}");
+            }
+            _ => {}
+        }
+    }
     let left: Vec<String> = portico_lab::netns::list()
         .expect("ip netns list")
         .into_iter()
