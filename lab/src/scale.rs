@@ -399,6 +399,10 @@ pub struct Figures {
     pub api_writes: Option<Duration>,
     /// Warm set-up: start of the change until every VIP:port answered.
     pub warm: Duration,
+    /// Warm set-up: until the first VIP:port answered.
+    pub warm_first: Duration,
+    /// Cold start: process start until the first VIP:port answered.
+    pub cold_first: Duration,
     /// Warm set-up until the edge's metrics counted every listener.
     pub warm_listeners: Option<Duration>,
     /// Cold start: process start until every VIP:port answered.
@@ -460,6 +464,13 @@ pub fn markdown(header: &str, services: usize, portico: &Figures, haproxy: &Figu
         " s",
     );
     row(
+        "warm set-up: first answers",
+        Some(secs(portico.warm_first)),
+        Some(secs(haproxy.warm_first)),
+        2,
+        " s",
+    );
+    row(
         "warm set-up: metrics count all listeners",
         portico.warm_listeners.map(secs),
         None,
@@ -470,6 +481,13 @@ pub fn markdown(header: &str, services: usize, portico: &Figures, haproxy: &Figu
         "cold start: all answer",
         Some(secs(portico.cold)),
         Some(secs(haproxy.cold)),
+        2,
+        " s",
+    );
+    row(
+        "cold start: first answers",
+        Some(secs(portico.cold_first)),
+        Some(secs(haproxy.cold_first)),
         2,
         " s",
     );
@@ -862,15 +880,16 @@ impl Scale {
         Ok(body)
     }
 
-    /// Probes every target until each answered with its nodePort; the time
-    /// of the last first answer. `between` runs after every pass.
+    /// Probes every target until each answered with its nodePort; the times
+    /// of the first and of the last first answer. `between` runs after
+    /// every pass.
     fn probe_all(
         &self,
         since: Instant,
         what: &str,
         log: &Path,
         mut between: impl FnMut() + Send,
-    ) -> Result<Duration, ScaleError> {
+    ) -> Result<(Duration, Duration), ScaleError> {
         let targets = self.targets();
         let limit = self.opts.setup_limit;
         let concurrency = self.opts.concurrency.max(1);
@@ -918,12 +937,11 @@ impl Scale {
                     std::thread::sleep(Duration::from_millis(20));
                 }
             }
-            let last = answered
-                .iter()
-                .filter_map(|a| *lock(a))
-                .max()
-                .unwrap_or(since);
-            Ok(last.saturating_duration_since(since))
+            let times: Vec<Instant> = answered.iter().filter_map(|a| *lock(a)).collect();
+            let at = |t: Option<&Instant>| {
+                t.map_or(Duration::ZERO, |t| t.saturating_duration_since(since))
+            };
+            Ok((at(times.iter().min()), at(times.iter().max())))
         })?;
         outcome.map_err(|detail| ScaleError::Timeout {
             what: what.to_string(),
@@ -1012,15 +1030,17 @@ impl Scale {
             f.api_writes = Some(started.elapsed());
             let want = (n * PORTS.len()) as f64;
             let mut listeners_at: Option<Duration> = None;
-            f.warm = self.probe_all(started, "warm set-up (Portico)", &log, || {
-                if listeners_at.is_none() {
-                    if let Ok(m) = self.edge_metrics() {
-                        if metric_value(&m, "portico_edge_listeners").is_some_and(|v| v >= want) {
-                            listeners_at = Some(started.elapsed());
+            (f.warm_first, f.warm) =
+                self.probe_all(started, "warm set-up (Portico)", &log, || {
+                    if listeners_at.is_none() {
+                        if let Ok(m) = self.edge_metrics() {
+                            if metric_value(&m, "portico_edge_listeners").is_some_and(|v| v >= want)
+                            {
+                                listeners_at = Some(started.elapsed());
+                            }
                         }
                     }
-                }
-            })?;
+                })?;
             f.warm_cpu_s = ticks_to_s(cpu_ticks(&[pid]).saturating_sub(cpu_before));
             if listeners_at.is_none() {
                 let m = self.edge_metrics().unwrap_or_default();
@@ -1055,7 +1075,8 @@ impl Scale {
         let pid = edge.child.id() as i32;
         let log = edge.log.clone();
         let result = (|| -> Result<(), ScaleError> {
-            f.cold = self.probe_all(started, "cold start (Portico)", &log, || {})?;
+            (f.cold_first, f.cold) =
+                self.probe_all(started, "cold start (Portico)", &log, || {})?;
             f.cold_cpu_s = ticks_to_s(cpu_ticks(&[pid]));
             let answered = self.check_pass()?;
             f.answered = f.answered.min(answered);
@@ -1151,7 +1172,8 @@ impl Scale {
             let started = Instant::now();
             write(&conf, &haproxy_config(&self.ports))?;
             signal(master_pid, nix::sys::signal::Signal::SIGUSR2)?;
-            f.warm = self.probe_all(started, "warm set-up (HAProxy reload)", &log, || {})?;
+            (f.warm_first, f.warm) =
+                self.probe_all(started, "warm set-up (HAProxy reload)", &log, || {})?;
             f.warm_cpu_s = ticks_to_s(ticks_since(&before, &self.haproxy_pids()?));
             let pids = self.haproxy_settled(&log, 2)?;
             f.answered = self.check_pass()?;
@@ -1184,7 +1206,8 @@ impl Scale {
         let master = self.start_haproxy(&conf, "haproxy-cold")?;
         let log = master.log.clone();
         let result = (|| -> Result<(), ScaleError> {
-            f.cold = self.probe_all(started, "cold start (HAProxy)", &log, || {})?;
+            (f.cold_first, f.cold) =
+                self.probe_all(started, "cold start (HAProxy)", &log, || {})?;
             let pids = self.haproxy_pids()?;
             f.cold_cpu_s = ticks_to_s(cpu_ticks(&pids));
             let answered = self.check_pass()?;
@@ -1808,6 +1831,8 @@ mod tests {
         let portico = Figures {
             api_writes: Some(Duration::from_millis(1500)),
             warm: Duration::from_secs(4),
+            warm_first: Duration::from_millis(500),
+            cold_first: Duration::from_millis(400),
             warm_listeners: Some(Duration::from_secs(3)),
             cold: Duration::from_secs(2),
             warm_cpu_s: 1.0,
@@ -1830,6 +1855,7 @@ mod tests {
         };
         let haproxy = Figures {
             warm: Duration::from_secs(1),
+            warm_first: Duration::from_millis(250),
             cold: Duration::from_secs(1),
             warm_cpu_s: 2.0,
             cold_cpu_s: 1.0,
@@ -1856,6 +1882,7 @@ mod tests {
         assert!(t.contains(
             "| warm set-up: all answer (HAProxy: reload from empty) | 4.00 s | 1.00 s | 4.00 |"
         ));
+        assert!(t.contains("| warm set-up: first answers | 0.50 s | 0.25 s | 2.00 |"));
         assert!(t.contains(
             "| CPU during warm set-up (with reaped children: `ip`, old workers) | 1.00 s | 2.00 s | 0.50 |"
         ));

@@ -32,6 +32,8 @@ fn sane(name: &str, f: &Figures, services: usize, changes: usize) {
             "{name}: {what} set-up took {d:?}"
         );
     }
+    assert!(f.warm_first <= f.warm, "{name}: first after last {f:?}");
+    assert!(f.cold_first <= f.cold, "{name}: first after last {f:?}");
     for d in &f.changes {
         assert!(*d < Duration::from_secs(30), "{name}: a change took {d:?}");
     }
