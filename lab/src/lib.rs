@@ -27,6 +27,7 @@ pub mod netns;
 pub mod objects;
 pub mod pod;
 pub mod procs;
+pub mod scale;
 pub mod topology;
 
 pub use lab::{down, status, Binaries, DownReport, Lab, LabError, LabOptions};

@@ -57,6 +57,10 @@ enum Command {
     /// Benchmark the edge against direct, HAProxy, nginx stream and nftables
     /// DNAT in namespaces of its own (see docs/benchmarks.md).
     Bench(portico_lab::bench::BenchArgs),
+    /// The scale benchmark: N LoadBalancer Services x 3 ports against the
+    /// edge and against HAProxy (set-up time, memory per Service, change ->
+    /// traffic), in namespaces of its own.
+    Scale(portico_lab::scale::ScaleArgs),
     /// The lab's Kubernetes API server (portico-kube-fake).
     #[command(hide = true)]
     ApiServer {
@@ -130,6 +134,7 @@ fn main() -> ExitCode {
         },
         Command::Client { from, count, addr } => client(from, count, addr),
         Command::Bench(args) => portico_lab::bench::main(args),
+        Command::Scale(args) => portico_lab::scale::main(args),
         Command::ApiServer { listen, state_dir } => {
             runtime(|| async move { portico_lab::api::run_server(listen, &state_dir).await })
         }
