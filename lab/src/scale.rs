@@ -69,6 +69,10 @@ pub const NODE_PORT_BASE: u16 = 20000;
 pub const NODE_PORT_RANGE: (u16, u16) = (20000, 29999);
 /// Where the node server really listens.
 pub const NODE_SERVER_PORT: u16 = 9000;
+/// How long a probe waits for its connect (all of it on veths between
+/// namespaces of one machine).
+const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// kube-proxy's node health port (`/healthz`).
 pub const HEALTH_PORT: u16 = 10256;
 /// The most Services: the pool's size.
@@ -1374,9 +1378,15 @@ fn answer(mut conn: TcpStream, node: &str) {
 }
 
 /// One request through `target`: the node and nodePort that answered.
+///
+/// The connect gives up after [`PROBE_CONNECT_TIMEOUT`]: a VIP the edge has
+/// not added yet drops the SYN (HAProxy's pre-added VIPs refuse it at once),
+/// and waiting out a full second there would make that second the
+/// resolution of every set-up time.
 fn probe(target: SocketAddr) -> Result<(String, u16), String> {
     let timeout = Duration::from_secs(1);
-    let mut s = TcpStream::connect_timeout(&target, timeout).map_err(|e| e.to_string())?;
+    let mut s =
+        TcpStream::connect_timeout(&target, PROBE_CONNECT_TIMEOUT).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     s.write_all(b"GET / HTTP/1.0\r\nHost: scale\r\n\r\n")

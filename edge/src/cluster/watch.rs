@@ -33,6 +33,12 @@ use crate::metrics::EdgeMetrics;
 const DEBOUNCE: Duration = Duration::from_millis(50);
 /// How often the reconcile runs without a change (retries failed writes).
 const RESYNC: Duration = Duration::from_secs(10);
+
+/// Status writes (and Events) in flight at once. One at a time, 1,000 new
+/// Services took 0.5 s of writes, during which Services created meanwhile
+/// waited for the next pass; a bound keeps a relist from flooding the API
+/// server.
+const API_WRITES_IN_FLIGHT: usize = 16;
 /// The field manager / reporting controller name.
 pub const CONTROLLER: &str = "portico-edge";
 
@@ -368,25 +374,12 @@ impl Loop {
     }
 
     async fn write_statuses(&mut self, updates: &[StatusUpdate]) {
-        for update in updates {
-            let api: Api<core::Service> =
-                Api::namespaced(self.client.clone(), &update.key.namespace);
-            let ingress: Vec<serde_json::Value> = update
-                .ingress
-                .iter()
-                .map(|ip| serde_json::json!({"ip": ip.to_string(), "ipMode": "Proxy"}))
-                .collect();
-            let patch = if ingress.is_empty() {
-                serde_json::json!({"status": {"loadBalancer": {"ingress": null}}})
-            } else {
-                serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}})
-            };
-            let result = with_timeout(api.patch_status(
-                &update.key.name,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            ))
-            .await;
+        let writes: Vec<_> = updates
+            .iter()
+            .map(|update| write_status(self.client.clone(), update))
+            .collect();
+        let mut results = futures::stream::iter(writes).buffer_unordered(API_WRITES_IN_FLIGHT);
+        while let Some((update, result)) = results.next().await {
             match result {
                 Ok(_) => {
                     self.metrics
@@ -414,6 +407,7 @@ impl Loop {
     async fn post_events(&mut self, desired: &Desired, recorder: &Recorder) {
         self.posted
             .retain(|key, _| desired.conditions.contains_key(key));
+        let mut to_post = Vec::new();
         for (key, conditions) in &desired.conditions {
             let posted = self.posted.entry(key.clone()).or_default();
             // Conditions that went away may be told again when they return.
@@ -429,36 +423,75 @@ impl Loop {
                 continue;
             };
             let reference = svc.object_ref(&());
-            for c in new {
-                let event = Event {
-                    type_: if c.warning {
-                        EventType::Warning
+            to_post.extend(new.into_iter().map(|c| (key, c, reference.clone())));
+        }
+        let posts: Vec<_> = to_post
+            .into_iter()
+            .map(|(key, c, reference)| post_event(recorder, key, c, reference))
+            .collect();
+        let mut results = futures::stream::iter(posts).buffer_unordered(API_WRITES_IN_FLIGHT);
+        while let Some((key, c, result)) = results.next().await {
+            let kind = if c.warning { "Warning" } else { "Normal" };
+            match result {
+                Ok(()) => {
+                    self.metrics.kube_events.with_label_values(&[kind]).inc();
+                    if c.warning {
+                        tracing::warn!(service = %key, reason = c.reason, message = %c.message, "event");
                     } else {
-                        EventType::Normal
-                    },
-                    reason: c.reason.into(),
-                    note: Some(c.message.clone()),
-                    action: "EnsureLoadBalancer".into(),
-                    secondary: None,
-                };
-                let kind = if c.warning { "Warning" } else { "Normal" };
-                match with_timeout(recorder.publish(&event, &reference)).await {
-                    Ok(()) => {
-                        self.metrics.kube_events.with_label_values(&[kind]).inc();
-                        if c.warning {
-                            tracing::warn!(service = %key, reason = c.reason, message = %c.message, "event");
-                        } else {
-                            tracing::info!(service = %key, reason = c.reason, message = %c.message, "event");
-                        }
-                        posted.insert(c);
+                        tracing::info!(service = %key, reason = c.reason, message = %c.message, "event");
                     }
-                    Err(e) => {
-                        tracing::warn!(service = %key, reason = c.reason, error = %e, "event not recorded; retrying at the next pass");
-                    }
+                    self.posted.entry(key.clone()).or_default().insert(c);
+                }
+                Err(e) => {
+                    tracing::warn!(service = %key, reason = c.reason, error = %e, "event not recorded; retrying at the next pass");
                 }
             }
         }
     }
+}
+
+/// Writes one Service's `status.loadBalancer`.
+async fn write_status(
+    client: Client,
+    update: &StatusUpdate,
+) -> (&StatusUpdate, Result<core::Service, String>) {
+    let api: Api<core::Service> = Api::namespaced(client, &update.key.namespace);
+    let ingress: Vec<serde_json::Value> = update
+        .ingress
+        .iter()
+        .map(|ip| serde_json::json!({"ip": ip.to_string(), "ipMode": "Proxy"}))
+        .collect();
+    let patch = if ingress.is_empty() {
+        serde_json::json!({"status": {"loadBalancer": {"ingress": null}}})
+    } else {
+        serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}})
+    };
+    let params = PatchParams::default();
+    let result =
+        with_timeout(api.patch_status(&update.key.name, &params, &Patch::Merge(&patch))).await;
+    (update, result)
+}
+
+/// Records condition `c` of Service `key` as an Event on `reference`.
+async fn post_event<'a>(
+    recorder: &Recorder,
+    key: &'a ServiceKey,
+    c: Condition,
+    reference: k8s_openapi::api::core::v1::ObjectReference,
+) -> (&'a ServiceKey, Condition, Result<(), String>) {
+    let event = Event {
+        type_: if c.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: c.reason.into(),
+        note: Some(c.message.clone()),
+        action: "EnsureLoadBalancer".into(),
+        secondary: None,
+    };
+    let result = with_timeout(recorder.publish(&event, &reference)).await;
+    (key, c, result)
 }
 
 /// The Services of a snapshot whose every route has backends, all probed
