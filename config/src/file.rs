@@ -147,6 +147,8 @@ pub struct RawProxySettings {
     pub connect_timeout: Option<RawDuration>,
     /// `connectRetries`.
     pub connect_retries: Option<i64>,
+    /// `connectAttemptDelay`.
+    pub connect_attempt_delay: Option<RawDuration>,
     /// `idleTimeout`.
     pub idle_timeout: Option<RawDuration>,
     /// `udpIdleTimeout`.

@@ -298,6 +298,12 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// How many further nodes are tried after a failed connect.
     pub connect_retries: u32,
+    /// When a connect has not completed after this long, the next node is
+    /// tried alongside it and the first to connect wins (RFC 8305's
+    /// "connection attempt delay"); a dead node then costs a client this
+    /// delay instead of the whole connect timeout. Zero tries the nodes one
+    /// after another, each for the whole timeout.
+    pub connect_attempt_delay: Duration,
     /// A connection with no traffic either way for this long is closed.
     pub idle_timeout: Duration,
     /// A UDP flow (client address -> node) with no datagram either way for
@@ -322,6 +328,7 @@ impl Default for ProxySettings {
         ProxySettings {
             connect_timeout: Duration::from_secs(2),
             connect_retries: 2,
+            connect_attempt_delay: Duration::from_millis(250),
             idle_timeout: Duration::from_secs(3600),
             udp_idle_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),

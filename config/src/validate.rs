@@ -385,6 +385,12 @@ impl Validator {
             d.connect_retries,
             |v| u32_in(*v, 0, MAX_CONNECT_RETRIES),
         );
+        let connect_attempt_delay = self.field(
+            &p("connectAttemptDelay"),
+            raw.connect_attempt_delay.as_ref(),
+            d.connect_attempt_delay,
+            duration,
+        );
         let idle_timeout = self.field(
             &p("idleTimeout"),
             raw.idle_timeout.as_ref(),
@@ -424,6 +430,7 @@ impl Validator {
         ProxySettings {
             connect_timeout: connect_timeout.unwrap_or(d.connect_timeout),
             connect_retries: connect_retries.unwrap_or(d.connect_retries),
+            connect_attempt_delay: connect_attempt_delay.unwrap_or(d.connect_attempt_delay),
             idle_timeout: idle_timeout.unwrap_or(d.idle_timeout),
             udp_idle_timeout: udp_idle_timeout.unwrap_or(d.udp_idle_timeout),
             drain_timeout: drain_timeout.unwrap_or(d.drain_timeout),
@@ -1265,6 +1272,7 @@ settings:
   proxy:
     connectTimeout: 1s
     connectRetries: 0
+    connectAttemptDelay: 100ms
     idleTimeout: 1h30m
     udpIdleTimeout: 45s
     drainTimeout: 0
@@ -1293,6 +1301,7 @@ settings:
             ProxySettings {
                 connect_timeout: Duration::from_secs(1),
                 connect_retries: 0,
+                connect_attempt_delay: Duration::from_millis(100),
                 idle_timeout: Duration::from_secs(5400),
                 udp_idle_timeout: Duration::from_secs(45),
                 drain_timeout: Duration::ZERO,

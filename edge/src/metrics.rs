@@ -156,7 +156,7 @@ impl EdgeMetrics {
             retries: counter_vec(
                 &r,
                 "portico_edge_connect_retries_total",
-                "Connect attempts to a further node after a failed one.",
+                "Connect attempts to a further node, after a failed one or alongside one still pending after connectAttemptDelay.",
                 sp,
             ),
             backend_up: gauge_vec(

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::StreamExt;
 use portico_config::{ProxyProtocol, ProxySettings};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -63,6 +64,85 @@ impl Drop for ActiveGuard<'_> {
     }
 }
 
+/// Connects to the first of `candidates` (indices into the route's
+/// backends, in preference order) that answers; returns the stream and the
+/// backend's index.
+///
+/// Each attempt may take `connect_timeout`; a failed one starts the next at
+/// once. An attempt still pending after `connect_attempt_delay` is raced by
+/// one to the next candidate (RFC 8305's connection attempt delay), and the
+/// first to connect wins, so a node that silently dropped off costs a
+/// client the delay instead of the whole timeout. Every failure (error or
+/// timeout) is a passive health signal, also of attempts still pending
+/// when another won: those run on in the background until they end, and
+/// one that connects after all is closed before any byte was sent.
+async fn connect_first(
+    route: &Arc<Route>,
+    candidates: &[usize],
+    settings: &ProxySettings,
+) -> Option<(TcpStream, usize)> {
+    let attempt = |idx: usize| {
+        let route = Arc::clone(route);
+        let timeout = settings.connect_timeout;
+        async move {
+            let started = Instant::now();
+            let addr = route.backends[idx].addr;
+            let result = tokio::time::timeout(timeout, TcpStream::connect(addr)).await;
+            let result = match result {
+                Ok(Ok(stream)) => Ok(stream),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("timed out".to_owned()),
+            };
+            let elapsed = started.elapsed().as_secs_f64();
+            if let Err(error) = &result {
+                let backend = &route.backends[idx];
+                route.metrics.connect_err.observe(elapsed);
+                tracing::debug!(backend = %backend.addr, node = %backend.node, %error, "connect failed");
+                route.reporter.connect_failed(backend.health);
+            }
+            (idx, elapsed, result)
+        }
+    };
+    let race = !settings.connect_attempt_delay.is_zero();
+    let mut next = candidates.iter().copied();
+    let mut pending = futures::stream::FuturesUnordered::new();
+    pending.extend(next.next().map(attempt));
+    let delay = tokio::time::sleep(settings.connect_attempt_delay);
+    tokio::pin!(delay);
+    let won = loop {
+        tokio::select! {
+            Some((idx, elapsed, result)) = pending.next() => match result {
+                Ok(stream) => {
+                    route.metrics.connect_ok.observe(elapsed);
+                    break Some((stream, idx));
+                }
+                // A failure hands over at once, whatever the delay.
+                Err(_) => match next.next() {
+                    Some(idx) => {
+                        route.metrics.retries.inc();
+                        pending.push(attempt(idx));
+                        delay.as_mut().reset(tokio::time::Instant::now() + settings.connect_attempt_delay);
+                    }
+                    None if pending.is_empty() => break None,
+                    None => {}
+                },
+            },
+            () = &mut delay, if race && next.len() > 0 => {
+                if let Some(idx) = next.next() {
+                    route.metrics.retries.inc();
+                    pending.push(attempt(idx));
+                }
+                delay.as_mut().reset(tokio::time::Instant::now() + settings.connect_attempt_delay);
+            }
+        }
+    };
+    if !pending.is_empty() {
+        // The losers' outcomes still count as health signals.
+        tokio::spawn(async move { while pending.next().await.is_some() {} });
+    }
+    won
+}
+
 /// Handles one accepted connection on `listener` with the route current at
 /// accept time. `shutdown` ends the copy when the edge stops or hands over.
 pub async fn handle(
@@ -106,39 +186,22 @@ pub async fn handle(
             tracing::debug!(reason, "rejected");
             return ConnectionEnd::Rejected(reason);
         }
-        let mut upstream = None;
-        for (attempt, &idx) in candidates.iter().enumerate() {
-            let backend = &route.backends[idx];
-            if attempt > 0 {
-                route.metrics.retries.inc();
-            }
-            let started = Instant::now();
-            match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(backend.addr)).await {
-                Ok(Ok(stream)) => {
-                    route.metrics.connect_ok.observe(started.elapsed().as_secs_f64());
-                    upstream = Some((stream, backend));
-                    break;
-                }
-                Ok(Err(e)) => {
-                    route.metrics.connect_err.observe(started.elapsed().as_secs_f64());
-                    tracing::debug!(backend = %backend.addr, node = %backend.node, error = %e, "connect failed");
-                    route.reporter.connect_failed(backend.health);
-                }
-                Err(_) => {
-                    route.metrics.connect_err.observe(started.elapsed().as_secs_f64());
-                    tracing::debug!(backend = %backend.addr, node = %backend.node, "connect timed out");
-                    route.reporter.connect_failed(backend.health);
-                }
-            }
-        }
-        let Some((mut upstream, backend)) = upstream else {
+        let upstream = connect_first(&route, &candidates, settings).await;
+        let Some((mut upstream, backend)) = upstream.map(|(s, idx)| (s, &route.backends[idx]))
+        else {
             route.metrics.failed.inc();
-            tracing::info!(tried = candidates.len(), "no node reachable; closing client");
+            tracing::info!(
+                tried = candidates.len(),
+                "no node reachable; closing client"
+            );
             return ConnectionEnd::Failed;
         };
         backend.active.fetch_add(1, Ordering::Relaxed);
         route.metrics.active.inc();
-        let _guard = ActiveGuard { route: &route, backend };
+        let _guard = ActiveGuard {
+            route: &route,
+            backend,
+        };
         if let Some(aff) = &route.affinity {
             aff.touch(peer.ip(), backend.node.clone());
         }
@@ -174,7 +237,14 @@ pub async fn handle(
             splice: settings.splice,
             ..CopyOptions::default()
         };
-        let outcome = copy_bidirectional(&mut client, &mut upstream, &opts, stop, &Counters(&route.metrics)).await;
+        let outcome = copy_bidirectional(
+            &mut client,
+            &mut upstream,
+            &opts,
+            stop,
+            &Counters(&route.metrics),
+        )
+        .await;
         tracing::debug!(?outcome, node = %backend.node, "closed");
         if let Some(aff) = &route.affinity {
             aff.touch(peer.ip(), backend.node.clone());

@@ -140,6 +140,7 @@ async fn without_retries_a_dead_node_fails_the_client() {
     }
     let (mut cfg, vip) = rr_config(net, 3);
     cfg.settings.proxy.connect_retries = 0;
+    cfg.settings.health.fall = 100;
     let edge = Edge::start(cfg, EdgeOptions::default())
         .await
         .expect("edge starts");
@@ -177,6 +178,9 @@ async fn retries_are_bounded_by_connect_retries() {
     }
     let (mut cfg, vip) = rr_config(net, 3);
     cfg.settings.proxy.connect_retries = 1;
+    // Nodes stay up whatever fails: a node taken down passively mid-test
+    // would shorten some connection's candidate list.
+    cfg.settings.health.fall = 100;
     let edge = Edge::start(cfg, EdgeOptions::default())
         .await
         .expect("edge starts");
@@ -201,4 +205,117 @@ async fn retries_are_bounded_by_connect_retries() {
         8.0
     );
     edge.shutdown().await;
+}
+
+/// A NodePort that never answers: a listener whose accept queue is full, so
+/// the kernel drops every further SYN, as it would for a node that silently
+/// dropped off the network (all on loopback).
+struct SilentPort {
+    _listener: socket2::Socket,
+    _queued: Vec<std::net::TcpStream>,
+}
+
+impl SilentPort {
+    fn bind(addr: SocketAddr) -> SilentPort {
+        use socket2::{Domain, Socket, Type};
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        listener.set_reuse_address(true).expect("SO_REUSEADDR");
+        listener.bind(&addr.into()).expect("bind the silent port");
+        // A backlog of 0 holds one connection; nothing ever accepts it.
+        listener.listen(0).expect("listen");
+        let mut queued = Vec::new();
+        for _ in 0..2 {
+            if let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+                queued.push(s);
+            }
+        }
+        assert!(!queued.is_empty(), "the accept queue took a connection");
+        let probe = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+        assert!(probe.is_err(), "a further connect must go unanswered");
+        SilentPort {
+            _listener: listener,
+            _queued: queued,
+        }
+    }
+}
+
+/// A node whose NodePort silently drops SYNs while its health server says
+/// 200: with a connection attempt delay, a client sent to it waits that
+/// delay (the next node is raced and wins), not the connect timeout; with
+/// none, it waits the whole timeout. Either way no client fails, and the
+/// timed-out attempts count as passive failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_costs_the_attempt_delay_not_the_connect_timeout() {
+    for delay in [Duration::from_millis(100), Duration::ZERO] {
+        let net = subnet();
+        let _good = start_nodes(net, 2, false).await;
+        let _silent_health = node_without_node_port(net, 2).await;
+        let _silent = SilentPort::bind(SocketAddr::new(net.ip(3), NODE_PORT));
+        let (mut cfg, vip) = rr_config(net, 3);
+        // After the first probe, only passive failures can judge node-2.
+        cfg.settings.health.interval = Duration::from_secs(60);
+        cfg.settings.health.fall = 100;
+        let timeout = Duration::from_millis(1500);
+        cfg.settings.proxy.connect_timeout = timeout;
+        cfg.settings.proxy.connect_attempt_delay = delay;
+        let edge = Edge::start(cfg, EdgeOptions::default())
+            .await
+            .expect("edge starts");
+        wait_until("first probes", DEADLINE, || all_probed(&edge)).await;
+
+        // Round-robin over three nodes: 6 connections send 2 to node-2.
+        let mut slow = Vec::new();
+        for i in 0..6 {
+            let started = std::time::Instant::now();
+            let (line, _) = hello(vip, None)
+                .await
+                .unwrap_or_else(|e| panic!("connection {i} (delay {delay:?}): {e}"));
+            assert_ne!(node_of(&line), "node-2");
+            let took = started.elapsed();
+            if took >= Duration::from_millis(100) {
+                slow.push(took);
+            }
+        }
+        assert_eq!(
+            slow.len(),
+            2,
+            "delay {delay:?}: the two sent to node-2 waited: {slow:?}"
+        );
+        for took in &slow {
+            if delay.is_zero() {
+                assert!(
+                    *took >= timeout,
+                    "without a delay the timeout is waited out: {took:?}"
+                );
+            } else {
+                assert!(
+                    *took < timeout,
+                    "raced after {delay:?}, not after the timeout: {took:?}"
+                );
+            }
+        }
+        let text = scrape(edge.metrics_addr()).await;
+        assert_eq!(
+            metric(&text, RETRIES, &["default/web"]),
+            2.0,
+            "delay {delay:?}"
+        );
+        assert_eq!(metric_opt(&text, FAILED, &["default/web"]), Some(0.0));
+        // The raced attempts time out in the background and still count.
+        let metrics = edge.metrics_addr();
+        wait_until_async(
+            "both attempts to node-2 reported",
+            DEADLINE,
+            || async move {
+                let text = scrape(metrics).await;
+                metric(
+                    &text,
+                    "portico_edge_connect_duration_seconds_count",
+                    &[r#"result="error""#],
+                ) == 2.0
+            },
+        )
+        .await;
+        edge.shutdown().await;
+    }
 }
