@@ -1208,20 +1208,7 @@ mod tests {
 
         const ROUNDS: u64 = 500;
         for i in 0..ROUNDS {
-            let request = pattern(1 + (i as usize * 37) % 3000, i + 1);
-            proxied.client.write_all(&request).await.unwrap();
-            let mut at_upstream = vec![0u8; request.len()];
-            within("a request", proxied.upstream.read_exact(&mut at_upstream))
-                .await
-                .unwrap();
-            assert_same_bytes(&at_upstream, &request, "request");
-            let response = pattern(1 + (i as usize * 53) % 5000, i + 1000);
-            proxied.upstream.write_all(&response).await.unwrap();
-            let mut at_client = vec![0u8; response.len()];
-            within("a response", proxied.client.read_exact(&mut at_client))
-                .await
-                .unwrap();
-            assert_same_bytes(&at_client, &response, "response");
+            round_trip(&mut proxied, i, 5000).await;
         }
         proxied.client.shutdown().await.unwrap();
         proxied.upstream.shutdown().await.unwrap();
@@ -1233,6 +1220,27 @@ mod tests {
         );
         let requests: u64 = (0..ROUNDS).map(|i| 1 + (i * 37) % 3000).sum();
         assert_eq!(outcome.client_to_upstream, data.len() as u64 + requests);
+    }
+
+    /// Round trip `i`: a request of up to 3,000 bytes to the upstream, then
+    /// a response of up to `max_response` bytes back, both checked byte for
+    /// byte; returns their lengths.
+    async fn round_trip(proxied: &mut Proxied, i: u64, max_response: usize) -> (u64, u64) {
+        let request = pattern(1 + (i as usize * 37) % 3000, i + 1);
+        proxied.client.write_all(&request).await.unwrap();
+        let mut at_upstream = vec![0u8; request.len()];
+        within("a request", proxied.upstream.read_exact(&mut at_upstream))
+            .await
+            .unwrap();
+        assert_same_bytes(&at_upstream, &request, "request");
+        let response = pattern(1 + (i as usize * 53) % max_response, i + 1000);
+        proxied.upstream.write_all(&response).await.unwrap();
+        let mut at_client = vec![0u8; response.len()];
+        within("a response", proxied.client.read_exact(&mut at_client))
+            .await
+            .unwrap();
+        assert_same_bytes(&at_client, &response, "response");
+        (request.len() as u64, response.len() as u64)
     }
 
     /// Bytes the client sends while the upstream reads nothing, small
@@ -1929,24 +1937,8 @@ mod tests {
         let mut proxied = Proxied::start(on(SpliceMode::Auto), no_drain()).await;
         let mut sent = (0, 0);
         for i in 0..200u64 {
-            let request = pattern(1 + (i as usize * 37) % 3000, i + 1);
-            proxied.client.write_all(&request).await.unwrap();
-            let mut at_upstream = vec![0u8; request.len()];
-            within("a request", proxied.upstream.read_exact(&mut at_upstream))
-                .await
-                .unwrap();
-            assert_same_bytes(&at_upstream, &request, "request");
-            let response = pattern(1 + (i as usize * 53) % 20_000, i + 1000);
-            proxied.upstream.write_all(&response).await.unwrap();
-            let mut at_client = vec![0u8; response.len()];
-            within("a response", proxied.client.read_exact(&mut at_client))
-                .await
-                .unwrap();
-            assert_same_bytes(&at_client, &response, "response");
-            sent = (
-                sent.0 + request.len() as u64,
-                sent.1 + response.len() as u64,
-            );
+            let (request, response) = round_trip(&mut proxied, i, 20_000).await;
+            sent = (sent.0 + request, sent.1 + response);
         }
         proxied.client.shutdown().await.unwrap();
         proxied.upstream.shutdown().await.unwrap();
