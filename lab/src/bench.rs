@@ -41,6 +41,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::command::{raise_open_files, run, wait_bounded, CommandFailed};
 use crate::netns::{self, ip_line, NetnsError};
 use crate::procs::{self, ProcError, Spawned};
 
@@ -68,6 +69,15 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest an auxiliary command (`ip`, `nft`, `haproxy -v`) may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl From<CommandFailed> for BenchError {
+    fn from(e: CommandFailed) -> Self {
+        BenchError::Command {
+            command: e.command,
+            reason: e.reason,
+        }
+    }
+}
 
 /// A benchmark failure.
 #[derive(Debug, thiserror::Error)]
@@ -771,12 +781,12 @@ impl Bench {
             program,
         ];
         full.extend(args);
-        run(
+        Ok(run(
             "ip",
             &full,
             None,
             self.opts.duration + Duration::from_secs(30),
-        )
+        )?)
     }
 
     /// Stops everything and removes the namespaces and the state directory.
@@ -1312,96 +1322,6 @@ pub fn installed(program: &str) -> bool {
     found
 }
 
-/// Runs a command with a deadline; its stdout, or an error with its stderr.
-fn run(
-    program: &str,
-    args: &[String],
-    stdin: Option<&str>,
-    limit: Duration,
-) -> Result<String, BenchError> {
-    let line = format!("{program} {}", args.join(" "));
-    let fail = |reason: String| BenchError::Command {
-        command: line.clone(),
-        reason,
-    };
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| fail(format!("cannot start: {e}")))?;
-    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
-        input
-            .write_all(text.as_bytes())
-            .map_err(|e| fail(format!("stdin: {e}")))?;
-    }
-    // Read both pipes on threads so a chatty child never blocks on them.
-    let mut out_pipe = child.stdout.take();
-    let mut err_pipe = child.stderr.take();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(p) = out_pipe.as_mut() {
-            if let Err(e) = p.read_to_string(&mut s) {
-                tracing::debug!(error = %e, "reading a command's output");
-            }
-        }
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(p) = err_pipe.as_mut() {
-            if let Err(e) = p.read_to_string(&mut s) {
-                tracing::debug!(error = %e, "reading a command's output");
-            }
-        }
-        s
-    });
-    let status = wait_bounded(&mut child, limit, &line)?;
-    let stdout = out.join().unwrap_or_default();
-    let stderr = err.join().unwrap_or_default();
-    if !status.success() {
-        return Err(fail(format!("{status}: {}", stderr.trim())));
-    }
-    Ok(stdout)
-}
-
-/// Waits for `child` at most `limit`, killing it then.
-fn wait_bounded(
-    child: &mut std::process::Child,
-    limit: Duration,
-    what: &str,
-) -> Result<std::process::ExitStatus, BenchError> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let polled = child.try_wait().map_err(|e| BenchError::Command {
-            command: what.to_string(),
-            reason: e.to_string(),
-        })?;
-        if let Some(status) = polled {
-            return Ok(status);
-        }
-        if Instant::now() >= deadline {
-            if let Err(e) = child.kill() {
-                tracing::warn!(command = what, error = %e, "cannot kill a timed-out command");
-            }
-            // Reap it; an error here only means it is already gone.
-            if let Err(e) = child.wait() {
-                tracing::debug!(command = what, error = %e, "reaping a killed command");
-            }
-            return Err(BenchError::Command {
-                command: what.to_string(),
-                reason: format!("still running after {limit:?}; killed"),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn nft(ns: &str, args: &[&str], stdin: Option<&str>) -> Result<String, BenchError> {
     let mut all = vec![
         "netns".to_string(),
@@ -1410,7 +1330,7 @@ fn nft(ns: &str, args: &[&str], stdin: Option<&str>) -> Result<String, BenchErro
         "nft".into(),
     ];
     all.extend(args.iter().map(|a| a.to_string()));
-    run("ip", &all, stdin, COMMAND_TIMEOUT)
+    Ok(run("ip", &all, stdin, COMMAND_TIMEOUT)?)
 }
 
 /// `perf record` of process `pid` for `duration` into `<dir>/<name>.data`.
@@ -1473,20 +1393,6 @@ fn write_big_file(path: &Path, mib: u64) -> Result<(), BenchError> {
         .and_then(|mut f| f.read_to_end(&mut sink))
         .map_err(err)?;
     Ok(())
-}
-
-/// Raises this process's open-files soft limit to its hard limit (trap 9);
-/// the programs it starts inherit it.
-fn raise_open_files() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((_, hard)) => {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                tracing::warn!(error = %e, "cannot raise the open-files limit");
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot read the open-files limit"),
-    }
 }
 
 /// `TcpExtTCPSynRetrans` of namespace `ns`.

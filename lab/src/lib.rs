@@ -21,6 +21,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod command;
 pub mod lab;
 pub mod load;
 pub mod netns;

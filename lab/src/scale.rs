@@ -46,7 +46,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,6 +54,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::api::{self, ApiClient, ApiClientError};
+use crate::command::{self, raise_open_files, CommandFailed};
 use crate::netns::{self, ip_line, NetnsError};
 use crate::procs::{self, ProcError, Spawned};
 
@@ -103,6 +104,15 @@ const CHANGE_POLL: Duration = Duration::from_millis(5);
 const ROLES: [&str; 5] = ["client", "lb", "api", "node-1", "node-2"];
 /// The Services' Kubernetes namespace.
 const KUBE_NS: &str = "default";
+
+impl From<CommandFailed> for ScaleError {
+    fn from(e: CommandFailed) -> Self {
+        ScaleError::Command {
+            command: e.command,
+            reason: e.reason,
+        }
+    }
+}
 
 /// A scale benchmark failure.
 #[derive(Debug, thiserror::Error)]
@@ -1495,18 +1505,6 @@ fn ticks_to_s(ticks: u64) -> f64 {
     ticks as f64 / hz
 }
 
-fn raise_open_files() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((_, hard)) => {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                tracing::warn!(error = %e, "cannot raise the open-files limit");
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot read the open-files limit"),
-    }
-}
-
 /// Runs `program args` in namespace `ns` with `stdin`, bounded; its stdout.
 fn run_in(
     ns: &str,
@@ -1514,66 +1512,12 @@ fn run_in(
     args: &[&str],
     stdin: Option<&str>,
 ) -> Result<String, ScaleError> {
-    let line = format!("ip netns exec {ns} {program} {}", args.join(" "));
-    let fail = |reason: String| ScaleError::Command {
-        command: line.clone(),
-        reason,
-    };
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, program])
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| fail(format!("cannot start: {e}")))?;
-    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
-        input
-            .write_all(text.as_bytes())
-            .map_err(|e| fail(format!("stdin: {e}")))?;
-    }
-    let mut out_pipe = child.stdout.take();
-    let mut err_pipe = child.stderr.take();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(p) = out_pipe.as_mut() {
-            let _ignored = p.read_to_string(&mut s);
-        }
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(p) = err_pipe.as_mut() {
-            let _ignored = p.read_to_string(&mut s);
-        }
-        s
-    });
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| fail(e.to_string()))? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            if let Err(e) = child.kill() {
-                tracing::warn!(command = %line, error = %e, "cannot kill a timed-out command");
-            }
-            let _reaped = child.wait();
-            return Err(fail(format!(
-                "still running after {COMMAND_TIMEOUT:?}; killed"
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let stdout = out.join().unwrap_or_default();
-    let stderr = err.join().unwrap_or_default();
-    if !status.success() {
-        return Err(fail(format!("{status}: {}", stderr.trim())));
-    }
-    Ok(stdout)
+    let mut all: Vec<String> = ["netns", "exec", ns, program]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    all.extend(args.iter().map(|a| a.to_string()));
+    Ok(command::run("ip", &all, stdin, COMMAND_TIMEOUT)?)
 }
 
 /// Copies every file of `from` into `to` (created).

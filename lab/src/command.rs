@@ -1,0 +1,122 @@
+//! The auxiliary programs the benchmarks run (`ip`, `nft`, `taskset`,
+//! `haproxy`, `wrk`, `perf`): every wait bounded, both output pipes read on
+//! threads of their own so a chatty child never blocks, and every failure
+//! naming the command line.
+
+use std::io::{Read as _, Write as _};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A command that failed, timed out or could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("`{command}` failed: {reason}")]
+pub struct CommandFailed {
+    /// The command line.
+    pub command: String,
+    /// What it said, or why it did not run.
+    pub reason: String,
+}
+
+/// Runs a command with a deadline; its stdout, or an error with its stderr.
+pub fn run(
+    program: &str,
+    args: &[String],
+    stdin: Option<&str>,
+    limit: Duration,
+) -> Result<String, CommandFailed> {
+    let line = format!("{program} {}", args.join(" "));
+    let fail = |reason: String| CommandFailed {
+        command: line.clone(),
+        reason,
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot start: {e}")))?;
+    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
+        input
+            .write_all(text.as_bytes())
+            .map_err(|e| fail(format!("stdin: {e}")))?;
+    }
+    // Read both pipes on threads so a chatty child never blocks on them.
+    let mut out_pipe = child.stdout.take();
+    let mut err_pipe = child.stderr.take();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(p) = out_pipe.as_mut() {
+            if let Err(e) = p.read_to_string(&mut s) {
+                tracing::debug!(error = %e, "reading a command's output");
+            }
+        }
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(p) = err_pipe.as_mut() {
+            if let Err(e) = p.read_to_string(&mut s) {
+                tracing::debug!(error = %e, "reading a command's output");
+            }
+        }
+        s
+    });
+    let status = wait_bounded(&mut child, limit, &line)?;
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    if !status.success() {
+        return Err(fail(format!("{status}: {}", stderr.trim())));
+    }
+    Ok(stdout)
+}
+
+/// Waits for `child` at most `limit`, killing it then.
+pub fn wait_bounded(
+    child: &mut std::process::Child,
+    limit: Duration,
+    what: &str,
+) -> Result<std::process::ExitStatus, CommandFailed> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let polled = child.try_wait().map_err(|e| CommandFailed {
+            command: what.to_string(),
+            reason: e.to_string(),
+        })?;
+        if let Some(status) = polled {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            if let Err(e) = child.kill() {
+                tracing::warn!(command = what, error = %e, "cannot kill a timed-out command");
+            }
+            // Reap it; an error here only means it is already gone.
+            if let Err(e) = child.wait() {
+                tracing::debug!(command = what, error = %e, "reaping a killed command");
+            }
+            return Err(CommandFailed {
+                command: what.to_string(),
+                reason: format!("still running after {limit:?}; killed"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Raises this process's open-files soft limit to its hard limit (trap 9);
+/// the programs it starts inherit it.
+pub fn raise_open_files() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((_, hard)) => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, "cannot raise the open-files limit");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-files limit"),
+    }
+}
