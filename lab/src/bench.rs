@@ -480,11 +480,20 @@ impl Bench {
             ip_line(&cmd)?;
         }
         // Forwarding inside the lb namespace only: `direct` and DNAT need it.
-        let forward = Path::new("/proc/sys/net/ipv4/ip_forward");
-        netns::in_netns(&lb, || fs::write(forward, "1"))?.map_err(|source| BenchError::File {
-            path: forward.to_path_buf(),
-            source,
-        })?;
+        set_sysctl(&lb, "net/ipv4/ip_forward", "1")?;
+        // Whichever side closes a connection first keeps it in TIME_WAIT.
+        // When that is the client (wrk closes as soon as a `Connection:
+        // close` response is complete, before a balancer that forwards the
+        // server's FIN late), tens of thousands of TIME_WAIT sockets make
+        // every connect search the port range, and wrk's core, not the
+        // balancer, sets the rate. Both connecting namespaces may reuse a
+        // TIME_WAIT port for a new outgoing connection (safe with TCP
+        // timestamps) from the whole range, so no contender is measured
+        // through its client's port search.
+        for ns in [&client, &lb] {
+            set_sysctl(ns, "net/ipv4/tcp_tw_reuse", "1")?;
+            set_sysctl(ns, "net/ipv4/ip_local_port_range", "1024 65535")?;
+        }
         let big = self.opts.state_dir.join("www").join("big");
         write_big_file(&big, self.opts.big_file_mib)?;
         for (i, node_ip) in NODES.iter().enumerate() {
@@ -1393,6 +1402,15 @@ fn write_big_file(path: &Path, mib: u64) -> Result<(), BenchError> {
         .and_then(|mut f| f.read_to_end(&mut sink))
         .map_err(err)?;
     Ok(())
+}
+
+/// Sets `/proc/sys/<key>` inside namespace `ns` (these are per namespace).
+fn set_sysctl(ns: &str, key: &str, value: &str) -> Result<(), BenchError> {
+    let path = Path::new("/proc/sys").join(key);
+    netns::in_netns(ns, || fs::write(&path, value))?.map_err(|source| BenchError::File {
+        path: path.clone(),
+        source,
+    })
 }
 
 /// `TcpExtTCPSynRetrans` of namespace `ns`.
