@@ -388,7 +388,11 @@ fn binaries() -> Binaries {
                 .parent()
                 .and_then(Path::parent)
                 .expect("<target>/<profile>/deps");
-            build(profile_dir);
+            portico_lab::command::cargo_build(
+                profile_dir,
+                &["portico-lab", "portico-edge", "portico-node-agent"],
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
             Binaries {
                 lab: profile_dir.join("portico-lab"),
                 edge: profile_dir.join("portico-edge"),
@@ -396,47 +400,6 @@ fn binaries() -> Binaries {
             }
         })
         .clone()
-}
-
-/// `cargo build -p portico-lab -p portico-edge -p portico-node-agent --bins`
-/// into the target directory and profile `profile_dir` belongs to. Cargo
-/// releases its build lock before running tests, so this does not wait on
-/// the outer cargo.
-fn build(profile_dir: &Path) {
-    let target_dir = profile_dir.parent().expect("a target directory");
-    let profile = profile_dir
-        .file_name()
-        .and_then(|p| p.to_str())
-        .expect("a profile directory name");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let mut command = Command::new(&cargo);
-    command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "build",
-            "-p",
-            "portico-lab",
-            "-p",
-            "portico-edge",
-            "-p",
-            "portico-node-agent",
-            "--bins",
-            "--target-dir",
-        ])
-        .arg(target_dir);
-    match profile {
-        "debug" => {}
-        "release" => {
-            command.arg("--release");
-        }
-        other => {
-            command.args(["--profile", other]);
-        }
-    }
-    let status = command
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
-    assert!(status.success(), "{command:?} failed: {status}");
 }
 
 /// A lab of this test's own, up and serving; torn down when dropped.

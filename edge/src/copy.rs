@@ -534,16 +534,16 @@ async fn buffered_pump(
             pending = &pending[written..];
             dir.wrote(written, activity, observer);
         }
-        let drained = n < room;
-        if drained || may_splice {
+        if n < room {
+            // Drained: no buffer is held while the source is quiet.
             buffers::give(buf);
+        } else if may_splice {
+            // The transfer is large, and no byte is held here now.
+            buffers::give(buf);
+            return Ok(Pumped::Switch(CopyPath::Spliced));
         } else {
             buf.clear();
             held = Some(buf);
-        }
-        if !drained && may_splice {
-            // The transfer is large, and no byte is held here now.
-            return Ok(Pumped::Switch(CopyPath::Spliced));
         }
     }
 }
@@ -1075,6 +1075,22 @@ mod tests {
         assert_eq!(got.len(), want.len(), "{what}: length");
     }
 
+    /// Writes `data` and then the FIN on `from` while `to` reads to end of
+    /// stream; what `to` read.
+    async fn stream_through(
+        what: &str,
+        from: &mut TcpStream,
+        to: &mut TcpStream,
+        data: &[u8],
+    ) -> Vec<u8> {
+        let send = async {
+            from.write_all(data).await.unwrap();
+            from.shutdown().await.unwrap();
+        };
+        let ((), got) = within(what, async { tokio::join!(send, read_to_eof(to)) }).await;
+        got
+    }
+
     /// Reads until end of stream; a closed socket must report EOF, not an
     /// error.
     async fn read_to_eof(stream: &mut TcpStream) -> Vec<u8> {
@@ -1146,14 +1162,7 @@ mod tests {
             .await
         });
         let body = pattern(256 * 1024, 9);
-        let send = async {
-            client.write_all(&body).await.unwrap();
-            client.shutdown().await.unwrap();
-        };
-        let ((), got) = within("header and body", async {
-            tokio::join!(send, read_to_eof(&mut upstream))
-        })
-        .await;
+        let got = stream_through("header and body", &mut client, &mut upstream, &body).await;
         let mut want = header.to_vec();
         want.extend_from_slice(&body);
         assert_same_bytes(&got, &want, "header then body");
@@ -1438,13 +1447,12 @@ mod tests {
         };
         let mut proxied = Proxied::start(opts, no_drain()).await;
         let data = pattern(100_000, 17);
-        let send = async {
-            proxied.client.write_all(&data).await.unwrap();
-            proxied.client.shutdown().await.unwrap();
-        };
-        let ((), got) = within("the data", async {
-            tokio::join!(send, read_to_eof(&mut proxied.upstream))
-        })
+        let got = stream_through(
+            "the data",
+            &mut proxied.client,
+            &mut proxied.upstream,
+            &data,
+        )
         .await;
         assert_same_bytes(&got, &data, "through a one-page pipe");
         proxied.upstream.shutdown().await.unwrap();
@@ -1974,13 +1982,12 @@ mod tests {
             .await
             .unwrap();
         let body = pattern(LEN, 21);
-        let send = async {
-            proxied.upstream.write_all(&body).await.unwrap();
-            proxied.upstream.shutdown().await.unwrap();
-        };
-        let ((), got) = within("the download", async {
-            tokio::join!(send, read_to_eof(&mut proxied.client))
-        })
+        let got = stream_through(
+            "the download",
+            &mut proxied.upstream,
+            &mut proxied.client,
+            &body,
+        )
         .await;
         assert_same_bytes(&got, &body, "download across the switch");
         proxied.client.shutdown().await.unwrap();

@@ -145,32 +145,20 @@ pub fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<std::net::Tcp
 /// The system work behind [`VipManager`]. Implementations act in the
 /// network namespace of the calling thread.
 pub trait AddressOps: Send + Sync {
-    /// Puts `ip` (as a host address: /32 or /128) on `ifname`. `Ok(true)`
-    /// when this call added it, `Ok(false)` when it was already there.
-    fn add(&self, ifname: &str, ip: IpAddr) -> Result<bool, VipError>;
-    /// Takes `ip` off `ifname`; an address already gone is not an error.
-    fn remove(&self, ifname: &str, ip: IpAddr) -> Result<(), VipError>;
+    /// Puts each of `ips` (as a host address: /32 or /128) on `ifname`,
+    /// results in the same order: `Ok(true)` when this call added it,
+    /// `Ok(false)` when it was already there. Implementations may do it in
+    /// one go (a Service set-up adds hundreds).
+    fn add_all(&self, ifname: &str, ips: &[IpAddr]) -> Vec<Result<bool, VipError>>;
+    /// Takes each of `ips` off `ifname`, results in the same order; an
+    /// address already gone is not an error.
+    fn remove_all(&self, ifname: &str, ips: &[IpAddr]) -> Vec<Result<(), VipError>>;
     /// Tells the link's neighbours that `ip` is now here ([`ANNOUNCE_COUNT`]
     /// times, [`ANNOUNCE_INTERVAL`] apart). Returns once the first went out.
     fn announce(&self, ifname: &str, ip: IpAddr) -> Result<(), VipError>;
-    /// [`AddressOps::add`] for each of `ips`, results in the same order.
-    /// Implementations may do it in one go (a Service set-up adds hundreds).
-    fn add_all(&self, ifname: &str, ips: &[IpAddr]) -> Vec<Result<bool, VipError>> {
-        ips.iter().map(|ip| self.add(ifname, *ip)).collect()
-    }
-    /// [`AddressOps::remove`] for each of `ips`, results in the same order.
-    fn remove_all(&self, ifname: &str, ips: &[IpAddr]) -> Vec<Result<(), VipError>> {
-        ips.iter().map(|ip| self.remove(ifname, *ip)).collect()
-    }
 }
 
 impl<T: AddressOps + ?Sized> AddressOps for Arc<T> {
-    fn add(&self, ifname: &str, ip: IpAddr) -> Result<bool, VipError> {
-        (**self).add(ifname, ip)
-    }
-    fn remove(&self, ifname: &str, ip: IpAddr) -> Result<(), VipError> {
-        (**self).remove(ifname, ip)
-    }
     fn add_all(&self, ifname: &str, ips: &[IpAddr]) -> Vec<Result<bool, VipError>> {
         (**self).add_all(ifname, ips)
     }
@@ -417,22 +405,6 @@ impl IpCommand {
         }
     }
 
-    fn run(&self, ifname: &str, ip: IpAddr, args: &[&str]) -> Result<String, VipError> {
-        let output = self
-            .exec(args, None)
-            .map_err(|e| self.spawn_error(ifname, ip, &e))?;
-        if output.status.success() {
-            return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
-        }
-        Err(VipError::Command {
-            command: format!("{} {}", self.program.display(), args.join(" ")),
-            ifname: ifname.to_owned(),
-            ip,
-            status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        })
-    }
-
     /// Every address on `ifname`, both families; a failure is reported
     /// against each of `ips`.
     fn addresses(&self, ifname: &str, ips: &[IpAddr]) -> Result<BTreeSet<IpAddr>, Vec<VipError>> {
@@ -495,15 +467,6 @@ impl IpCommand {
             .collect()
     }
 
-    fn is_present(&self, ifname: &str, ip: IpAddr) -> Result<bool, VipError> {
-        let out = self.run(
-            ifname,
-            ip,
-            &[family(ip), "-o", "addr", "show", "dev", ifname],
-        )?;
-        Ok(parse_addresses(&out).contains(&ip))
-    }
-
     fn repeat_later(&self, announcement: Announcement) {
         let sender = self.repeater.get_or_init(|| {
             let (tx, rx) = mpsc::channel();
@@ -533,47 +496,9 @@ impl IpCommand {
 }
 
 impl AddressOps for IpCommand {
-    fn add(&self, ifname: &str, ip: IpAddr) -> Result<bool, VipError> {
-        check_ifname(ifname)?;
-        if self.is_present(ifname, ip)? {
-            return Ok(false);
-        }
-        let (prefixed, extra) = host_address(ip);
-        let mut args = vec![family(ip), "addr", "add", &prefixed, "dev", ifname];
-        args.extend(extra);
-        match self.run(ifname, ip, &args) {
-            Ok(_) => Ok(true),
-            // Someone else added it between our look and our add: theirs.
-            Err(e) => match self.is_present(ifname, ip) {
-                Ok(true) => Ok(false),
-                _ => Err(e),
-            },
-        }
-    }
-
-    fn remove(&self, ifname: &str, ip: IpAddr) -> Result<(), VipError> {
-        check_ifname(ifname)?;
-        // The address went with its interface.
-        if nix::net::if_::if_nametoindex(ifname) == Err(nix::errno::Errno::ENODEV) {
-            return Ok(());
-        }
-        let (prefixed, _) = host_address(ip);
-        match self.run(
-            ifname,
-            ip,
-            &[family(ip), "addr", "del", &prefixed, "dev", ifname],
-        ) {
-            Ok(_) => Ok(()),
-            Err(e) => match self.is_present(ifname, ip) {
-                Ok(false) => Ok(()),
-                _ => Err(e),
-            },
-        }
-    }
-
     fn add_all(&self, ifname: &str, ips: &[IpAddr]) -> Vec<Result<bool, VipError>> {
-        if check_ifname(ifname).is_err() || ips.is_empty() {
-            return ips.iter().map(|ip| self.add(ifname, *ip)).collect();
+        if ips.is_empty() || check_ifname(ifname).is_err() {
+            return ips.iter().map(|_| Err(invalid_interface(ifname))).collect();
         }
         let present = match self.addresses(ifname, ips) {
             Ok(present) => present,
@@ -616,8 +541,8 @@ impl AddressOps for IpCommand {
     }
 
     fn remove_all(&self, ifname: &str, ips: &[IpAddr]) -> Vec<Result<(), VipError>> {
-        if check_ifname(ifname).is_err() || ips.is_empty() {
-            return ips.iter().map(|ip| self.remove(ifname, *ip)).collect();
+        if ips.is_empty() || check_ifname(ifname).is_err() {
+            return ips.iter().map(|_| Err(invalid_interface(ifname))).collect();
         }
         // The addresses went with their interface.
         if nix::net::if_::if_nametoindex(ifname) == Err(nix::errno::Errno::ENODEV) {
@@ -657,14 +582,6 @@ impl AddressOps for IpCommand {
             self.repeat_later(announcement);
         }
         Ok(())
-    }
-}
-
-fn family(ip: IpAddr) -> &'static str {
-    if ip.is_ipv4() {
-        "-4"
-    } else {
-        "-6"
     }
 }
 
@@ -731,9 +648,13 @@ fn check_ifname(ifname: &str) -> Result<(), VipError> {
     if valid {
         Ok(())
     } else {
-        Err(VipError::InvalidInterface {
-            ifname: ifname.to_owned(),
-        })
+        Err(invalid_interface(ifname))
+    }
+}
+
+fn invalid_interface(ifname: &str) -> VipError {
+    VipError::InvalidInterface {
+        ifname: ifname.to_owned(),
     }
 }
 
@@ -1050,23 +971,31 @@ impl FakeAddressOps {
 }
 
 impl AddressOps for FakeAddressOps {
-    fn add(&self, ifname: &str, ip: IpAddr) -> Result<bool, VipError> {
+    fn add_all(&self, ifname: &str, ips: &[IpAddr]) -> Vec<Result<bool, VipError>> {
         let mut state = self.state();
-        state.calls.push(FakeCall::Add(ifname.to_owned(), ip));
-        if state.failing.contains(&ip) {
-            return Err(Self::fail("add", ifname, ip));
-        }
-        Ok(state.present.insert((ifname.to_owned(), ip)))
+        ips.iter()
+            .map(|&ip| {
+                state.calls.push(FakeCall::Add(ifname.to_owned(), ip));
+                if state.failing.contains(&ip) {
+                    return Err(Self::fail("add", ifname, ip));
+                }
+                Ok(state.present.insert((ifname.to_owned(), ip)))
+            })
+            .collect()
     }
 
-    fn remove(&self, ifname: &str, ip: IpAddr) -> Result<(), VipError> {
+    fn remove_all(&self, ifname: &str, ips: &[IpAddr]) -> Vec<Result<(), VipError>> {
         let mut state = self.state();
-        state.calls.push(FakeCall::Remove(ifname.to_owned(), ip));
-        if state.failing.contains(&ip) {
-            return Err(Self::fail("remove", ifname, ip));
-        }
-        state.present.remove(&(ifname.to_owned(), ip));
-        Ok(())
+        ips.iter()
+            .map(|&ip| {
+                state.calls.push(FakeCall::Remove(ifname.to_owned(), ip));
+                if state.failing.contains(&ip) {
+                    return Err(Self::fail("remove", ifname, ip));
+                }
+                state.present.remove(&(ifname.to_owned(), ip));
+                Ok(())
+            })
+            .collect()
     }
 
     fn announce(&self, ifname: &str, ip: IpAddr) -> Result<(), VipError> {
@@ -1395,12 +1324,12 @@ mod tests {
     fn ip_command_rejects_bad_names_before_running_anything() {
         let ops = IpCommand::with_program("/nonexistent/ip");
         assert!(matches!(
-            ops.add("a b", ip("192.0.2.1")),
-            Err(VipError::InvalidInterface { .. })
+            ops.add_all("a b", &[ip("192.0.2.1")]).as_slice(),
+            [Err(VipError::InvalidInterface { .. })]
         ));
         assert!(matches!(
-            ops.add("eth0", ip("192.0.2.1")),
-            Err(VipError::Spawn { .. })
+            ops.add_all("eth0", &[ip("192.0.2.1")]).as_slice(),
+            [Err(VipError::Spawn { .. })]
         ));
     }
 

@@ -1,9 +1,11 @@
 //! The auxiliary programs the benchmarks run (`ip`, `nft`, `taskset`,
-//! `haproxy`, `wrk`, `perf`): every wait bounded, both output pipes read on
+//! `haproxy`, `wrk`, `perf`), and the `cargo build` of the binaries the
+//! tests run: every wait bounded, both output pipes read on
 //! threads of their own so a chatty child never blocks, and every failure
 //! naming the command line.
 
 use std::io::{Read as _, Write as _};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -120,3 +122,55 @@ pub fn raise_open_files() {
         Err(e) => tracing::warn!(error = %e, "cannot read the open-files limit"),
     }
 }
+
+/// `cargo build -p <package>... --bins` into the target directory and
+/// profile that `profile_dir` (`<target>/<profile>`) belongs to, for the
+/// tests that run binaries of other packages (the lab's and the
+/// dashboards'). Cargo releases its build lock before running tests, so this
+/// does not wait on the outer cargo. Its output goes to this process's.
+pub fn cargo_build(profile_dir: &Path, packages: &[&str]) -> Result<(), CommandFailed> {
+    let what = format!("cargo build {} --bins", packages.join(" "));
+    let fail = |reason: String| CommandFailed {
+        command: what.clone(),
+        reason,
+    };
+    let target_dir = profile_dir
+        .parent()
+        .ok_or_else(|| fail(format!("{} has no target directory", profile_dir.display())))?;
+    let profile = profile_dir
+        .file_name()
+        .and_then(|p| p.to_str())
+        .ok_or_else(|| fail(format!("{} names no profile", profile_dir.display())))?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut command = Command::new(&cargo);
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("build")
+        .args(packages.iter().flat_map(|p| ["-p", p]))
+        .arg("--bins")
+        .arg("--target-dir")
+        .arg(target_dir);
+    match profile {
+        "debug" => {}
+        "release" => {
+            command.arg("--release");
+        }
+        other => {
+            command.args(["--profile", other]);
+        }
+    }
+    eprintln!("building: {command:?}");
+    let mut child = command
+        .spawn()
+        .map_err(|e| fail(format!("cannot start {cargo}: {e}")))?;
+    let status = wait_bounded(&mut child, CARGO_BUILD_LIMIT, &what)?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(fail(status.to_string()))
+    }
+}
+
+/// The longest a [`cargo_build`] may take (a clean build of the workspace
+/// takes about 8 minutes on two cores).
+const CARGO_BUILD_LIMIT: Duration = Duration::from_secs(30 * 60);

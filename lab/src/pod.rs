@@ -297,18 +297,25 @@ pub fn get(addr: SocketAddr) -> Result<Answer, ClientError> {
     let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(io)?;
     stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
     stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
-    stream
-        .write_all(
-            format!("GET / HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: portico-lab\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .map_err(io)?;
+    stream.write_all(request(addr).as_bytes()).map_err(io)?;
     let mut text = Vec::new();
     stream.read_to_end(&mut text).map_err(io)?;
-    if text.is_empty() {
+    parse_response(addr, &text)
+}
+
+/// The request [`get`] and [`get_async`] send.
+fn request(addr: SocketAddr) -> String {
+    format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: portico-lab\r\nConnection: close\r\n\r\n"
+    )
+}
+
+/// The pod's answer in a whole HTTP response read from `addr`.
+fn parse_response(addr: SocketAddr, response: &[u8]) -> Result<Answer, ClientError> {
+    if response.is_empty() {
         return Err(ClientError::Closed { addr });
     }
-    let text = String::from_utf8_lossy(&text).into_owned();
+    let text = String::from_utf8_lossy(response).into_owned();
     text.split_once("\r\n\r\n")
         .filter(|(head, _)| head.starts_with("HTTP/1.1 200 "))
         .and_then(|(_, body)| Answer::parse(body.trim()))
@@ -323,10 +330,7 @@ pub async fn get_async(addr: SocketAddr, timeout: Duration) -> Result<Answer, Cl
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
         stream
-            .write_all(
-                format!("GET / HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: portico-lab\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )
+            .write_all(request(addr).as_bytes())
             .await
             .map_err(io)?;
         let mut text = Vec::new();
@@ -336,14 +340,7 @@ pub async fn get_async(addr: SocketAddr, timeout: Duration) -> Result<Answer, Cl
     let text = tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| ClientError::TimedOut { addr })??;
-    if text.is_empty() {
-        return Err(ClientError::Closed { addr });
-    }
-    let text = String::from_utf8_lossy(&text).into_owned();
-    text.split_once("\r\n\r\n")
-        .filter(|(head, _)| head.starts_with("HTTP/1.1 200 "))
-        .and_then(|(_, body)| Answer::parse(body.trim()))
-        .ok_or(ClientError::BadAnswer { addr, text })
+    parse_response(addr, &text)
 }
 
 #[cfg(test)]

@@ -12,8 +12,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of it
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -37,59 +36,12 @@ pub fn binaries() -> Binaries {
                 .map(|(_, package)| package)
                 .collect();
             if !missing.is_empty() {
-                build(profile_dir, &missing);
+                portico_lab::command::cargo_build(profile_dir, &missing)
+                    .unwrap_or_else(|e| panic!("{e}"));
             }
             Binaries { lab, edge, agent }
         })
         .clone()
-}
-
-/// `cargo build -p <package>... --bins` into the target directory and
-/// profile `profile_dir` belongs to (bounded: 30 min). Cargo releases its
-/// build lock before running tests, so this does not wait on the outer cargo.
-fn build(profile_dir: &Path, packages: &[&str]) {
-    let target_dir = profile_dir.parent().expect("a target directory");
-    let profile = profile_dir
-        .file_name()
-        .and_then(|p| p.to_str())
-        .expect("a profile directory name");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let mut command = Command::new(&cargo);
-    command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .arg("build")
-        .args(packages.iter().flat_map(|p| ["-p", p]))
-        .arg("--bins")
-        .arg("--target-dir")
-        .arg(target_dir);
-    match profile {
-        "debug" => {}
-        "release" => {
-            command.arg("--release");
-        }
-        other => {
-            command.args(["--profile", other]);
-        }
-    }
-    eprintln!("building the edge and node agent binaries: {command:?}");
-    let mut child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
-    let limit = Duration::from_secs(30 * 60);
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for cargo") {
-            break status;
-        }
-        if started.elapsed() > limit {
-            if let Err(e) = child.kill() {
-                eprintln!("killing cargo: {e}");
-            }
-            panic!("cargo build did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert!(status.success(), "{command:?} failed: {status}");
 }
 
 /// A lab of the test's own (prefix `plt<pid>-<n>`, state under the temp
