@@ -300,6 +300,10 @@ pub struct FailoverResult {
     pub timed_out: usize,
     /// Anything else.
     pub other: usize,
+    /// Of the failed connections, those started before the link was down
+    /// (before the `ip link set down` returned): they may have been
+    /// connected to node 2 already, which no connect retry can save.
+    pub in_flight: usize,
     /// Answered slower than the slow threshold.
     pub slow: usize,
     /// See [`detection`].
@@ -348,6 +352,11 @@ impl FailoverResult {
             closed: count(&|o| *o == Outcome::Closed),
             timed_out: count(&|o| *o == Outcome::TimedOut),
             other: count(&|o| matches!(o, Outcome::Other(_))),
+            in_flight: run
+                .attempts
+                .iter()
+                .filter(|a| a.outcome.node().is_none() && a.at < run.killed)
+                .count(),
             slow: run
                 .attempts
                 .iter()
@@ -367,6 +376,12 @@ impl FailoverResult {
     /// Failed connections, every kind.
     pub fn failed(&self) -> usize {
         self.refused + self.closed + self.timed_out + self.other
+    }
+
+    /// Failed connections started once node 2 was down: the ones a
+    /// balancer's connect retry is there to save.
+    pub fn failed_after_kill(&self) -> usize {
+        self.failed() - self.in_flight
     }
 
     /// One line for the run log.
@@ -450,6 +465,9 @@ pub fn failover_markdown(results: &[FailoverResult]) -> String {
             if n > 0 {
                 kinds.push(format!("{n} {kind}"));
             }
+        }
+        if r.in_flight > 0 {
+            kinds.push(format!("{} in flight at the kill", r.in_flight));
         }
         let failed = if kinds.is_empty() {
             format!("0 of {}", r.sent)
@@ -1025,6 +1043,7 @@ mod tests {
         };
         let r = FailoverResult::new(&run);
         assert_eq!((r.sent, r.failed(), r.timed_out, r.slow), (100, 1, 1, 2));
+        assert_eq!((r.in_flight, r.failed_after_kill()), (0, 1));
         assert_eq!(r.detection, Some(ms(400)));
         assert_eq!(r.last_syn, Some(ms(500)));
         // First node-2 answer after 8 s: started at 8.1 s, took 2 ms.
@@ -1061,5 +1080,26 @@ mod tests {
         assert_eq!(counter_packets(listing, "retransmitted"), Some(7));
         assert_eq!(counter_packets(listing, "missing"), None);
         assert!(counter_table().contains("ip daddr 10.92.0.12 tcp dport 30080"));
+    }
+
+    #[test]
+    fn a_failure_started_before_the_kill_counts_as_in_flight() {
+        let run = FailoverRun {
+            contender: Contender::Portico,
+            run: 1,
+            attempts: vec![
+                attempt(2990, 3000, Outcome::TimedOut),
+                attempt(3010, 260, node("node-1")),
+            ],
+            samples: vec![sample(0, 0, 0), sample(3000, 1, 0)],
+            killed: ms(3000),
+            restored: ms(8000),
+            slow: ms(200),
+        };
+        let r = FailoverResult::new(&run);
+        assert_eq!((r.failed(), r.in_flight, r.failed_after_kill()), (1, 1, 0));
+        assert!(
+            failover_markdown(&[r]).contains("| 1 of 2 (1 timed out, 1 in flight at the kill) |"),
+        );
     }
 }
