@@ -1,10 +1,11 @@
-//! The cluster model the node agent programs from: Services with their
-//! ClusterIPs and target ports, EndpointSlices, and the agent's own Node.
+//! The cluster model: Services with their ClusterIPs, target ports and
+//! load-balancer fields, and EndpointSlices, as [`crate::kube`] reads them
+//! from the Kubernetes objects for both the edge and the node agent (Nodes
+//! read into [`crate::model::Node`]).
 //!
-//! These mirror the Kubernetes objects closely (a source converts `v1`
-//! Service, `discovery.k8s.io/v1` EndpointSlice and `v1` Node into them) but
-//! keep only what the datapath needs, already parsed: addresses are
-//! `IpAddr`s, ports are numbers, names are resolved where they can be.
+//! These mirror the Kubernetes objects closely but keep only what Portico
+//! needs, already parsed: addresses are `IpAddr`s, ports are numbers, enums
+//! are enums.
 //! Validation that depends on several objects (a target port named in the
 //! Service but absent from a slice, an endpoint of the wrong family) is the
 //! planner's job, per Service port, so one bad object never costs another
@@ -12,19 +13,10 @@
 
 use std::net::IpAddr;
 
-use ipnetwork::IpNetwork;
-
-use crate::model::{Protocol, ServiceKey, SessionAffinity, TrafficPolicy};
-
-/// The label that hands a Service to an alternative proxy (kube-proxy
-/// ignores every Service that carries it).
-pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+use crate::model::{IpFamily, Protocol, ServiceKey, SessionAffinity, SourceRanges, TrafficPolicy};
 
 /// The node agent's default proxy name.
 pub const DEFAULT_PROXY_NAME: &str = "portico";
-
-/// The label tying an EndpointSlice to its Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// `spec.type` of a Service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -65,17 +57,48 @@ pub struct ClusterServicePort {
     pub target_port: TargetPort,
 }
 
-/// A Service, as the node agent sees it.
+/// `status.loadBalancer.ingress[].ipMode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IpMode {
+    /// Packets arrive addressed to the load-balancer IP: kube-proxy may
+    /// capture the address inside the cluster.
+    Vip,
+    /// The load balancer proxies to node ports: the address must not be
+    /// captured inside the cluster.
+    Proxy,
+}
+
+/// One `status.loadBalancer.ingress[]` entry that carries an `ip`
+/// (hostname-only entries are not kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LoadBalancerIngress {
+    /// `ip`.
+    pub ip: IpAddr,
+    /// `ipMode`; `None` when absent (servers older than 1.29 drop it).
+    pub ip_mode: Option<IpMode>,
+}
+
+/// A Service, read from its `v1` object.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ClusterService {
     /// `namespace/name`.
     pub key: ServiceKey,
     /// `spec.type`.
     pub service_type: ServiceType,
+    /// `spec.loadBalancerClass`.
+    pub load_balancer_class: Option<String>,
     /// `spec.clusterIPs` (empty or `None` for headless: nothing to program).
     pub cluster_ips: Vec<IpAddr>,
-    /// `status.loadBalancer.ingress[].ip` plus `spec.externalIPs`.
+    /// `spec.ipFamilies`, in order.
+    pub ip_families: Vec<IpFamily>,
+    /// `spec.externalIPs`.
     pub external_ips: Vec<IpAddr>,
+    /// `spec.loadBalancerIP` (deprecated), trimmed, as text: the API server
+    /// does not validate it, so its reader (the edge's address request)
+    /// judges it.
+    pub load_balancer_ip: Option<String>,
+    /// `status.loadBalancer.ingress[]` entries with an `ip`.
+    pub ingress: Vec<LoadBalancerIngress>,
     /// `spec.ports`.
     pub ports: Vec<ClusterServicePort>,
     /// `spec.externalTrafficPolicy`.
@@ -86,12 +109,10 @@ pub struct ClusterService {
     pub health_check_node_port: Option<u16>,
     /// `spec.sessionAffinity` (+ timeout).
     pub session_affinity: SessionAffinity,
-    /// `spec.loadBalancerSourceRanges` (or the legacy annotation), parsed;
-    /// entries that do not parse are in `invalid_source_ranges`.
-    pub source_ranges: Vec<IpNetwork>,
-    /// Source range entries that did not parse: the LB addresses of this
-    /// Service fail closed.
-    pub invalid_source_ranges: Vec<String>,
+    /// `spec.loadBalancerSourceRanges`, or the legacy annotation when the
+    /// field is empty; [`SourceRanges::Invalid`] when an entry does not
+    /// parse (the load-balancer addresses then fail closed).
+    pub source_ranges: SourceRanges,
     /// The value of the `service.kubernetes.io/service-proxy-name` label.
     pub proxy_name: Option<String>,
 }
@@ -146,17 +167,4 @@ pub struct EndpointSlice {
     pub ports: Vec<EndpointPort>,
     /// Its endpoints.
     pub endpoints: Vec<Endpoint>,
-}
-
-/// The node the agent runs on.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
-pub struct NodeInfo {
-    /// `metadata.name`.
-    pub name: String,
-    /// Its addresses (InternalIP first).
-    pub addresses: Vec<IpAddr>,
-    /// It has a `deletionTimestamp`.
-    pub deleting: bool,
-    /// It carries the `ToBeDeletedByClusterAutoscaler` taint.
-    pub to_be_deleted: bool,
 }

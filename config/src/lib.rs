@@ -1,7 +1,9 @@
-//! Portico's shared model, config file format and validation.
+//! Portico's shared model, config file format and validation, and the one
+//! reading of Kubernetes objects into that model ([`kube`]).
 //!
 //! No IO and no async runtime here: the edge, the node agent and the test API
-//! server all depend on this crate, and it depends on none of them.
+//! server all depend on this crate, and it depends on none of them. The
+//! Kubernetes objects come in as `k8s-openapi` types (plain data; no client).
 //!
 //! A config file is read in two stages: [`file`](mod@file) turns YAML text into raw
 //! serde structs (reporting syntax errors, unknown keys and wrong types), and
@@ -12,6 +14,7 @@ pub mod cluster;
 pub mod duration;
 pub mod error;
 pub mod file;
+pub mod kube;
 pub mod model;
 pub mod validate;
 

@@ -59,6 +59,35 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// An IP family, as `spec.ipFamilies` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IpFamily {
+    /// `IPv4`.
+    V4,
+    /// `IPv6`.
+    V6,
+}
+
+impl IpFamily {
+    /// The family of an address.
+    pub fn of(addr: IpAddr) -> IpFamily {
+        if addr.is_ipv4() {
+            IpFamily::V4
+        } else {
+            IpFamily::V6
+        }
+    }
+}
+
+impl fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IpFamily::V4 => "IPv4",
+            IpFamily::V6 => "IPv6",
+        })
+    }
+}
+
 /// `spec.externalTrafficPolicy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum TrafficPolicy {
@@ -218,7 +247,7 @@ impl fmt::Display for ExclusionReason {
 }
 
 /// A cluster node the edge may send traffic to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Node {
     /// The Node's name.
     pub name: String,
@@ -233,6 +262,19 @@ impl Node {
     /// Whether the Node may receive load-balanced traffic.
     pub fn eligible(&self) -> bool {
         self.excluded.is_empty()
+    }
+
+    /// Whether the Node is on its way out of the cluster (being deleted, or
+    /// marked by the cluster autoscaler): what kube-proxy's `/healthz`
+    /// reports as `nodeEligible: false`. The exclusion label does not count
+    /// there; it only keeps load balancers away.
+    pub fn leaving(&self) -> bool {
+        self.excluded.iter().any(|r| {
+            matches!(
+                r,
+                ExclusionReason::Deleting | ExclusionReason::ToBeDeletedTaint
+            )
+        })
     }
 }
 
@@ -285,7 +327,7 @@ impl Default for HealthSettings {
             rise: 2,
             fall: 2,
             cluster_check: ClusterHealthCheck::KubeProxy,
-            kube_proxy_port: 10256,
+            kube_proxy_port: crate::kube::names::KUBE_PROXY_HEALTH_PORT,
             all_down: AllDownPolicy::FailOpen,
         }
     }

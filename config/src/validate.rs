@@ -20,6 +20,7 @@ use crate::file::{
     RawKubernetesSettings, RawNameOrBool, RawNode, RawProxySettings, RawService, RawServicePort,
     RawSettings, ServiceEntry,
 };
+use crate::kube::parse_cidr;
 use crate::model::{
     AddressPool, AddressRange, EdgeConfig, EdgeSettings, HealthSettings, HookApiSettings,
     KubernetesSettings, Node, ParseEnumError, Protocol, ProxyProtocol, ProxySettings, Service,
@@ -27,11 +28,7 @@ use crate::model::{
     DEFAULT_AFFINITY_TIMEOUT,
 };
 
-/// The namespace of a Service that does not name one.
-pub const DEFAULT_NAMESPACE: &str = "default";
-/// The largest `sessionAffinityConfig.clientIP.timeoutSeconds` (one day), as
-/// Kubernetes allows.
-pub const MAX_AFFINITY_TIMEOUT_SECONDS: u32 = 86_400;
+pub use crate::kube::names::{DEFAULT_NAMESPACE, MAX_AFFINITY_TIMEOUT_SECONDS};
 /// The smallest accepted `maglevTableSize`.
 pub const MIN_MAGLEV_TABLE_SIZE: u32 = 7;
 /// The largest accepted `maglevTableSize` (a prime).
@@ -725,13 +722,19 @@ impl Validator {
         if raw.is_empty() {
             return SourceRanges::Any;
         }
-        let networks = raw
-            .iter()
-            .enumerate()
-            .filter_map(|(k, text)| {
-                self.check(&format!("{path}.loadBalancerSourceRanges[{k}]"), cidr(text))
-            })
-            .collect();
+        // Each entry is checked on its own for its path; the set is then
+        // read as every other source reads it (duplicates kept once).
+        let mut networks: Vec<IpNetwork> = Vec::new();
+        for (k, text) in raw.iter().enumerate() {
+            if let Some(net) = self.check(
+                &format!("{path}.loadBalancerSourceRanges[{k}]"),
+                parse_cidr(text),
+            ) {
+                if !networks.contains(&net) {
+                    networks.push(net);
+                }
+            }
+        }
         SourceRanges::Only(networks)
     }
 
@@ -899,31 +902,6 @@ fn usable_ip(text: &str) -> Result<IpAddr, String> {
     Ok(ip)
 }
 
-/// A CIDR, as Kubernetes requires for `loadBalancerSourceRanges` (a bare
-/// address is refused). Host bits may be set (`10.0.0.1/8` is `10.0.0.0/8`),
-/// as Kubernetes accepts them.
-fn cidr(text: &str) -> Result<IpNetwork, String> {
-    let invalid = |why: String| format!("{text:?} is not a valid CIDR ({why})");
-    let Some((address, prefix)) = text.split_once('/') else {
-        let hint = match text.parse::<IpAddr>() {
-            Ok(IpAddr::V4(_)) => format!(", e.g. {text}/32"),
-            Ok(IpAddr::V6(_)) => format!(", e.g. {text}/128"),
-            Err(_) => String::new(),
-        };
-        return Err(invalid(format!("a prefix length is required{hint}")));
-    };
-    let address: IpAddr = address
-        .parse()
-        .map_err(|_| invalid(format!("{address:?} is not an IP address")))?;
-    let max = if address.is_ipv4() { 32 } else { 128 };
-    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= max).ok_or_else(|| {
-        invalid(format!(
-            "the prefix length must be a number from 0 to {max}"
-        ))
-    })?;
-    IpNetwork::new(address, prefix).map_err(|e| invalid(e.to_string()))
-}
-
 /// A pool entry: a CIDR (`203.0.113.0/28`, every address of it), a range
 /// (`203.0.113.10-203.0.113.20`) or one address.
 fn address_range(text: &str) -> Result<AddressRange, String> {
@@ -943,7 +921,7 @@ fn address_range(text: &str) -> Result<AddressRange, String> {
         }
         AddressRange { first, last }
     } else if text.contains('/') {
-        let net = cidr(text)?;
+        let net = parse_cidr(text)?;
         AddressRange {
             first: net.network(),
             last: net.broadcast(),
@@ -1991,10 +1969,11 @@ settings:
                 "2001:db8::/32".parse().unwrap()
             ])
         );
-        // Host bits may be set, as Kubernetes allows.
+        // Host bits may be set, as Kubernetes allows (and are cleared);
+        // blanks, leading zeros and duplicates are read as Kubernetes reads them.
         assert_eq!(
-            only_service(&svc("['10.1.2.3/8', '::/0']")).source_ranges,
-            SourceRanges::Only(vec!["10.1.2.3/8".parse().unwrap(), "::/0".parse().unwrap()])
+            only_service(&svc("['10.1.2.3/8', '::/0', ' 010.0.0.0/08 ']")).source_ranges,
+            SourceRanges::Only(vec!["10.0.0.0/8".parse().unwrap(), "::/0".parse().unwrap()])
         );
         assert_problems(
             &svc("[10.0.0.0/8, 10.0.0.0/33, 10.0.0.1, '2001:db8::1', example.com/8, '2001:db8::/129', 10.0.0.0/]"),

@@ -34,9 +34,7 @@ use tokio::task::JoinHandle;
 use crate::metrics::EdgeMetrics;
 use crate::plan::HealthTarget;
 
-/// The header kube-proxy's service health server puts the local endpoint
-/// count in.
-pub const WEIGHT_HEADER: &str = "X-Load-Balancing-Endpoint-Weight";
+pub use portico_config::kube::names::ENDPOINT_WEIGHT_HEADER as WEIGHT_HEADER;
 
 /// A target's health as the edge judges it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

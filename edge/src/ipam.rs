@@ -16,39 +16,9 @@
 //! number) is used by both.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use portico_config::{AddressPool, AddressRange, Protocol};
-
-/// An IP family, as `spec.ipFamilies` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Family {
-    /// `IPv4`.
-    V4,
-    /// `IPv6`.
-    V6,
-}
-
-impl Family {
-    /// The family of an address.
-    pub fn of(addr: IpAddr) -> Family {
-        if addr.is_ipv4() {
-            Family::V4
-        } else {
-            Family::V6
-        }
-    }
-}
-
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Family::V4 => "IPv4",
-            Family::V6 => "IPv6",
-        })
-    }
-}
+use portico_config::{AddressPool, AddressRange, IpFamily, Protocol};
 
 /// What one Service asks of the IPAM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +26,7 @@ pub struct AddressRequest {
     /// Who asks (`namespace/name`); also the tie-breaker between requests.
     pub owner: String,
     /// One address per family, in this order (`spec.ipFamilies`).
-    pub families: Vec<Family>,
+    pub families: Vec<IpFamily>,
     /// Addresses the Service must get, or none at all (when not empty).
     pub wanted: Vec<IpAddr>,
     /// Addresses the Service holds now; kept while they stay valid.
@@ -100,7 +70,7 @@ pub enum IpamError {
     #[error("no free {family} address left in {}", pool_phrase(.pool))]
     Exhausted {
         /// The family.
-        family: Family,
+        family: IpFamily,
         /// The pool, if one was named.
         pool: Option<String>,
     },
@@ -130,7 +100,7 @@ pub fn assign(pools: &[AddressPool], requests: &[AddressRequest]) -> BTreeMap<St
     let mut order: Vec<&AddressRequest> = requests.iter().collect();
     order.sort_by(|a, b| a.owner.cmp(&b.owner));
     let mut book = Book::default();
-    let mut chosen: BTreeMap<&str, BTreeMap<Family, IpAddr>> = BTreeMap::new();
+    let mut chosen: BTreeMap<&str, BTreeMap<IpFamily, IpAddr>> = BTreeMap::new();
     let mut out: BTreeMap<String, Assignment> = BTreeMap::new();
 
     let allowed = |req: &AddressRequest| -> Result<Vec<&AddressPool>, IpamError> {
@@ -152,7 +122,7 @@ pub fn assign(pools: &[AddressPool], requests: &[AddressRequest]) -> BTreeMap<St
             continue;
         };
         for &addr in &req.current {
-            let family = Family::of(addr);
+            let family = IpFamily::of(addr);
             let slot = chosen.entry(&req.owner).or_default();
             if slot.contains_key(&family)
                 || !req.families.contains(&family)
@@ -186,7 +156,7 @@ pub fn assign(pools: &[AddressPool], requests: &[AddressRequest]) -> BTreeMap<St
                 .wanted
                 .iter()
                 .copied()
-                .filter(|a| Family::of(*a) == family)
+                .filter(|a| IpFamily::of(*a) == family)
                 .collect();
             let pick = if let Some(&addr) = wanted.first() {
                 if !allowed_pools.iter().any(|p| p.contains(addr)) {
@@ -275,12 +245,12 @@ impl<'a> Book<'a> {
     fn next_free(
         &self,
         pools: &[&AddressPool],
-        family: Family,
+        family: IpFamily,
         req: &AddressRequest,
     ) -> Option<IpAddr> {
         if req.sharing_key.is_some() {
             let shared = self.holders.keys().copied().find(|&addr| {
-                Family::of(addr) == family
+                IpFamily::of(addr) == family
                     && pools.iter().any(|p| p.contains(addr))
                     && self.refusal(addr, req).is_none()
             });
@@ -289,7 +259,11 @@ impl<'a> Book<'a> {
             }
         }
         for pool in pools {
-            for range in pool.ranges.iter().filter(|r| Family::of(r.first) == family) {
+            for range in pool
+                .ranges
+                .iter()
+                .filter(|r| IpFamily::of(r.first) == family)
+            {
                 if let Some(addr) = self.first_unheld(range) {
                     return Some(addr);
                 }
@@ -319,7 +293,7 @@ impl<'a> Book<'a> {
                 candidate += 1;
             }
         }
-        Some(from_u128(candidate, Family::of(range.first)))
+        Some(from_u128(candidate, IpFamily::of(range.first)))
     }
 }
 
@@ -330,11 +304,11 @@ fn to_u128(addr: IpAddr) -> u128 {
     }
 }
 
-fn from_u128(n: u128, family: Family) -> IpAddr {
+fn from_u128(n: u128, family: IpFamily) -> IpAddr {
     match family {
         // Only ever called with values inside an IPv4 range.
-        Family::V4 => IpAddr::V4(Ipv4Addr::from(n as u32)),
-        Family::V6 => IpAddr::V6(Ipv6Addr::from(n)),
+        IpFamily::V4 => IpAddr::V4(Ipv4Addr::from(n as u32)),
+        IpFamily::V6 => IpAddr::V6(Ipv6Addr::from(n)),
     }
 }
 
@@ -372,7 +346,7 @@ mod tests {
     fn req(owner: &str) -> AddressRequest {
         AddressRequest {
             owner: owner.into(),
-            families: vec![Family::V4],
+            families: vec![IpFamily::V4],
             wanted: vec![],
             current: vec![],
             pool: None,
@@ -477,18 +451,18 @@ mod tests {
     #[test]
     fn dual_stack_gets_one_address_per_family_in_order() {
         let mut a = req("ns/a");
-        a.families = vec![Family::V6, Family::V4];
+        a.families = vec![IpFamily::V6, IpFamily::V4];
         let mut b = req("ns/b");
-        b.families = vec![Family::V6];
+        b.families = vec![IpFamily::V6];
         let mut c = req("ns/c");
-        c.families = vec![Family::V6];
+        c.families = vec![IpFamily::V6];
         let out = assign(&pools(), &[a, b, c]);
         assert_eq!(addrs(&out, "ns/a"), ["2001:db8::1", "203.0.113.1"]);
         assert_eq!(addrs(&out, "ns/b"), ["2001:db8::2"]);
         assert!(matches!(
             out["ns/c"].problems[0],
             IpamError::Exhausted {
-                family: Family::V6,
+                family: IpFamily::V6,
                 ..
             }
         ));
@@ -556,7 +530,7 @@ mod tests {
         let reqs: Vec<AddressRequest> = (0..500)
             .map(|i| {
                 let mut r = req(&format!("ns/s{i:03}"));
-                r.families = vec![Family::V6];
+                r.families = vec![IpFamily::V6];
                 r
             })
             .collect();

@@ -5,12 +5,10 @@
 //! anything. A hook returns every problem it finds, each becoming one `cause`
 //! of a 422 `Invalid` Status.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
-
 use serde_json::Value;
 
 /// The legacy annotation the real server also validates.
-pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
+pub use portico_config::kube::names::LEGACY_SOURCE_RANGES_ANNOTATION as SOURCE_RANGES_ANNOTATION;
 
 const SOURCE_RANGES_HINT: &str =
     "must be a list of IP ranges. For example, 10.240.0.0/24,10.250.0.0/24 ";
@@ -74,7 +72,7 @@ pub fn service(obj: &Value) -> Vec<FieldError> {
         ));
     }
     if !ranges.is_empty() {
-        if !ranges.iter().all(|r| is_cidr(r.trim())) {
+        if !ranges.iter().all(|r| is_cidr(r)) {
             let shown = format!("[{}]", ranges.join(" "));
             errors.push(FieldError::invalid(
                 "spec.LoadBalancerSourceRanges",
@@ -82,7 +80,7 @@ pub fn service(obj: &Value) -> Vec<FieldError> {
                 SOURCE_RANGES_HINT,
             ));
         }
-    } else if !annotation.split(',').all(|r| is_cidr(r.trim())) {
+    } else if !annotation.trim().is_empty() && !annotation.trim().split(',').all(is_cidr) {
         errors.push(FieldError::invalid(
             format!("metadata.annotations[{SOURCE_RANGES_ANNOTATION}]"),
             annotation,
@@ -92,24 +90,10 @@ pub fn service(obj: &Value) -> Vec<FieldError> {
     errors
 }
 
-/// Whether `s` is a CIDR as Go's `net.ParseCIDR` accepts it (host bits may be set).
+/// Whether `s` is a CIDR as the API server accepts it (Go's
+/// `ParseCIDRSloppy` after trimming blanks: host bits, leading zeros).
 pub fn is_cidr(s: &str) -> bool {
-    let Some((addr, len)) = s.split_once('/') else {
-        return false;
-    };
-    if len.is_empty() || len.len() > 3 || !len.bytes().all(|b| b.is_ascii_digit()) {
-        return false;
-    }
-    let Ok(len) = len.parse::<u8>() else {
-        return false;
-    };
-    if addr.parse::<Ipv4Addr>().is_ok() {
-        len <= 32
-    } else if addr.parse::<Ipv6Addr>().is_ok() {
-        len <= 128
-    } else {
-        false
-    }
+    portico_config::kube::is_valid_cidr(s)
 }
 
 /// Quotes like Go's `%q` for the plain strings met here.
@@ -131,6 +115,11 @@ mod tests {
             "2001:db8::/32",
             "::/0",
         ] {
+            assert!(is_cidr(good), "{good}");
+        }
+        // What the real server accepts beyond the strict form (KEP-4858's
+        // legacy validation): blanks, leading zeros, host bits.
+        for good in [" 10.0.0.0/8 ", "010.001.002.003/32", "10.1.2.3/08"] {
             assert!(is_cidr(good), "{good}");
         }
         for bad in [

@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use portico_config::cluster::{
     AddressType, ClusterService, ClusterServicePort, Endpoint, EndpointPort, EndpointSlice,
-    NodeInfo, ServiceType, TargetPort, DEFAULT_PROXY_NAME,
+    ServiceType, TargetPort, DEFAULT_PROXY_NAME,
 };
-use portico_config::{Protocol, ServiceKey, SessionAffinity, TrafficPolicy};
+use portico_config::{Node, Protocol, ServiceKey, SessionAffinity, TrafficPolicy};
 use portico_node_agent::plan::{plan, PlanOptions, Planner};
 use portico_node_agent::render::{render_diff, render_full};
 use portico_node_agent::Ruleset;
@@ -44,7 +44,11 @@ fn fixture(services: u32, per_service: u32) -> (Vec<ClusterService>, Vec<Endpoin
             key: ServiceKey::new("bench", &name),
             service_type: ServiceType::LoadBalancer,
             cluster_ips: vec![v4(0x0a60_0000 + i)],
+            load_balancer_class: None,
+            ip_families: Vec::new(),
             external_ips: vec![v4(0xcb00_0000 + i)],
+            load_balancer_ip: None,
+            ingress: Vec::new(),
             ports: vec![ClusterServicePort {
                 name: "http".into(),
                 protocol: Protocol::Tcp,
@@ -57,8 +61,7 @@ fn fixture(services: u32, per_service: u32) -> (Vec<ClusterService>, Vec<Endpoin
             internal_traffic_policy: TrafficPolicy::Cluster,
             health_check_node_port: None,
             session_affinity: SessionAffinity::None,
-            source_ranges: vec![],
-            invalid_source_ranges: vec![],
+            source_ranges: portico_config::SourceRanges::Any,
             proxy_name: Some(DEFAULT_PROXY_NAME.into()),
         });
         slices.push(EndpointSlice {
@@ -187,7 +190,7 @@ fn change(
     planner: &mut Planner,
     svcs: &[ClusterService],
     slices: &[EndpointSlice],
-    node: &NodeInfo,
+    node: &Node,
     ns: Option<&Netns>,
     dump: Option<(&std::path::Path, &str)>,
 ) -> (Duration, Duration, Duration) {
@@ -228,7 +231,7 @@ fn main() {
         1
     };
     let (svcs, mut slices) = fixture(services, per);
-    let node = NodeInfo {
+    let node = Node {
         name: "node-0".into(),
         addresses: vec![v4(0xc0a8_0001)],
         ..Default::default()

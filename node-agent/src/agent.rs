@@ -24,7 +24,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use portico_config::cluster::{ClusterService, EndpointSlice, NodeInfo};
+use portico_config::cluster::{ClusterService, EndpointSlice};
+use portico_config::Node;
 use portico_config::{ServiceKey, TrafficPolicy};
 
 use crate::health::{HealthServerError, HealthState, NodeHealthServer, ServiceHealthServers};
@@ -98,7 +99,7 @@ pub enum AgentError {
 pub fn local_endpoint_counts(
     services: &[ClusterService],
     slices: &[EndpointSlice],
-    node: &NodeInfo,
+    node: &Node,
     opts: &PlanOptions,
 ) -> BTreeMap<u16, (ServiceKey, usize)> {
     let mut out = BTreeMap::new();
@@ -247,7 +248,7 @@ impl<B: NftBackend> Agent<B> {
             tracing::warn!(node = %self.opts.node_name, "no Node object for this node; planning without its addresses");
         }
         self.reported_no_node = snapshot.node.is_none();
-        let node = snapshot.node.clone().unwrap_or_else(|| NodeInfo {
+        let node = snapshot.node.clone().unwrap_or_else(|| Node {
             name: self.opts.node_name.clone(),
             ..Default::default()
         });
@@ -473,7 +474,11 @@ mod tests {
             key: ServiceKey::new("default", name),
             service_type: ServiceType::LoadBalancer,
             cluster_ips: vec!["10.96.0.10".parse().unwrap()],
+            load_balancer_class: None,
+            ip_families: Vec::new(),
             external_ips: vec![],
+            load_balancer_ip: None,
+            ingress: Vec::new(),
             ports: vec![ClusterServicePort {
                 name: "http".into(),
                 protocol: Protocol::Tcp,
@@ -485,8 +490,7 @@ mod tests {
             internal_traffic_policy: TrafficPolicy::Cluster,
             health_check_node_port: hc,
             session_affinity: SessionAffinity::None,
-            source_ranges: vec![],
-            invalid_source_ranges: vec![],
+            source_ranges: portico_config::SourceRanges::Any,
             proxy_name: proxy.map(String::from),
         }
     }
@@ -513,7 +517,7 @@ mod tests {
 
     #[test]
     fn counts_ready_endpoints_on_this_node_for_local_services_we_own() {
-        let node = NodeInfo {
+        let node = Node {
             name: "n1".into(),
             ..Default::default()
         };

@@ -32,18 +32,14 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::any;
 use axum::Router;
-use portico_config::cluster::NodeInfo;
+use portico_config::Node;
 use portico_config::ServiceKey;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-/// kube-proxy's node health port (`--healthz-bind-address` default), which
-/// the edge probes for `Cluster` Services.
-pub const NODE_HEALTH_PORT: u16 = 10256;
-
-/// The header carrying a Service's local endpoint count, as kube-proxy sends
-/// it; the edge may use it as the node's weight.
-pub const WEIGHT_HEADER: &str = "X-Load-Balancing-Endpoint-Weight";
+pub use portico_config::kube::names::{
+    ENDPOINT_WEIGHT_HEADER as WEIGHT_HEADER, KUBE_PROXY_HEALTH_PORT as NODE_HEALTH_PORT,
+};
 
 /// [`WEIGHT_HEADER`] in the lowercase form `http` requires for a static name
 /// (HTTP header names are case-insensitive on the wire).
@@ -173,8 +169,8 @@ impl HealthState {
     /// Updates the Node's eligibility from its current state: not eligible
     /// while it has a `deletionTimestamp` or the `ToBeDeletedByClusterAutoscaler`
     /// taint, so load balancers drain it before it goes away.
-    pub fn set_node(&self, node: &NodeInfo) {
-        self.lock().node_eligible = !node.deleting && !node.to_be_deleted;
+    pub fn set_node(&self, node: &Node) {
+        self.lock().node_eligible = !node.leaving();
     }
 
     /// Whether the last successful sync is recent enough (what `/livez`
@@ -624,12 +620,19 @@ mod tests {
         (HealthState::with_clock(MAX_AGE, clock.clock()), clock)
     }
 
-    fn node(deleting: bool, to_be_deleted: bool) -> NodeInfo {
-        NodeInfo {
+    fn node(deleting: bool, to_be_deleted: bool) -> Node {
+        use portico_config::ExclusionReason;
+        let excluded = [
+            (deleting, ExclusionReason::Deleting),
+            (to_be_deleted, ExclusionReason::ToBeDeletedTaint),
+        ];
+        Node {
             name: "node-a".into(),
-            deleting,
-            to_be_deleted,
-            ..NodeInfo::default()
+            excluded: excluded
+                .into_iter()
+                .filter_map(|(on, reason)| on.then_some(reason))
+                .collect(),
+            ..Node::default()
         }
     }
 

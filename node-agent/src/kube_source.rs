@@ -37,14 +37,17 @@ use kube::api::{Api, ListParams};
 use kube::runtime::reflector::{self, store::Writer, Store};
 use kube::runtime::{watcher, WatchStreamExt as _};
 use kube::ResourceExt as _;
-use portico_config::cluster::{SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL};
+use portico_config::kube::names::{SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL};
+use portico_config::kube::{
+    namespaced_key, read_endpoint_slice, read_node, read_service, FieldProblem, Read,
+};
 use portico_config::ServiceKey;
 use prometheus::IntCounterVec;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::manifests::{node_from_k8s, service_from_k8s, slice_from_k8s, ObjectError, Snapshot};
+use crate::manifests::Snapshot;
 
 /// Server-side timeout of a watch request by default: the API server ends
 /// the watch after it, and the watcher resumes from the last
@@ -175,28 +178,46 @@ pub fn node_selector(node_name: &str) -> String {
 /// EndpointSlices of a Service that converted are kept and converted: the
 /// slice watch sees every Service's slices, and a slice of another Service
 /// is neither planned nor reported. The Node is the one named `node_name`.
-/// Objects that do not convert are skipped and returned; nothing else is
-/// lost. Services and slices come out sorted by key, as from the manifests.
+/// Objects the shared reader refuses are skipped; their problems are
+/// returned with those of the objects it kept (worked around); nothing else
+/// is lost. Services and slices come out sorted by key, as from the
+/// manifests.
 pub fn snapshot_from_objects<'a>(
     services: impl IntoIterator<Item = &'a core::Service>,
     slices: impl IntoIterator<Item = &'a discovery::EndpointSlice>,
     nodes: impl IntoIterator<Item = &'a core::Node>,
     node_name: &str,
-) -> (Snapshot, Vec<ObjectError>) {
-    let mut errors = Vec::new();
+) -> (Snapshot, Vec<FieldProblem>) {
+    /// The value of a reading, its problems (or the refusal) to `problems`.
+    fn keep<T>(read: Result<Read<T>, FieldProblem>, problems: &mut Vec<FieldProblem>) -> Option<T> {
+        match read {
+            Ok(read) => {
+                problems.extend(read.problems);
+                Some(read.value)
+            }
+            Err(refused) => {
+                problems.push(refused);
+                None
+            }
+        }
+    }
+
+    let mut problems = Vec::new();
     let mut snapshot = Snapshot::default();
     for svc in services {
-        match service_from_k8s(svc) {
-            Ok(s) => snapshot.services.push(s),
-            Err(e) => errors.push(e),
-        }
+        snapshot
+            .services
+            .extend(keep(read_service(svc), &mut problems));
     }
     snapshot.services.sort_by(|a, b| a.key.cmp(&b.key));
     let ours = |slice: &discovery::EndpointSlice| {
         let Some(service) = slice.labels().get(SERVICE_NAME_LABEL) else {
             return false;
         };
-        let key = ServiceKey::new(slice.namespace().unwrap_or_default(), service.clone());
+        let Some(own) = namespaced_key(&slice.metadata) else {
+            return false;
+        };
+        let key = ServiceKey::new(own.namespace, service.clone());
         snapshot
             .services
             .binary_search_by(|s| s.key.cmp(&key))
@@ -204,10 +225,7 @@ pub fn snapshot_from_objects<'a>(
     };
     let mut kept = Vec::new();
     for slice in slices.into_iter().filter(|s| ours(s)) {
-        match slice_from_k8s(slice) {
-            Ok(s) => kept.push(s),
-            Err(e) => errors.push(e),
-        }
+        kept.extend(keep(read_endpoint_slice(slice), &mut problems));
     }
     kept.sort_by(|a, b| a.key.cmp(&b.key));
     snapshot.slices = kept;
@@ -215,12 +233,9 @@ pub fn snapshot_from_objects<'a>(
         .into_iter()
         .find(|n| n.metadata.name.as_deref() == Some(node_name))
     {
-        match node_from_k8s(node) {
-            Ok(n) => snapshot.node = Some(n),
-            Err(e) => errors.push(e),
-        }
+        snapshot.node = keep(read_node(node), &mut problems);
     }
-    (snapshot, errors)
+    (snapshot, problems)
 }
 
 /// The three watch caches (reflector stores).
@@ -237,7 +252,7 @@ pub struct Stores {
 impl Stores {
     /// The planner's input from what the caches hold now; see
     /// [`snapshot_from_objects`].
-    pub fn snapshot(&self, node_name: &str) -> (Snapshot, Vec<ObjectError>) {
+    pub fn snapshot(&self, node_name: &str) -> (Snapshot, Vec<FieldProblem>) {
         let services = self.services.state();
         let slices = self.slices.state();
         let nodes = self.nodes.state();
@@ -702,6 +717,7 @@ mod tests {
     use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus, Taint};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use portico_config::cluster::ServiceType;
+    use portico_config::ExclusionReason;
 
     fn service(ns: &str, name: &str, node_port: i32) -> core::Service {
         serde_json::from_value(serde_json::json!({
@@ -838,7 +854,7 @@ mod tests {
             node.addresses,
             ["192.168.1.10".parse::<std::net::IpAddr>().unwrap()]
         );
-        assert!(!node.deleting && !node.to_be_deleted);
+        assert!(node.excluded.is_empty());
         // Another node's name finds no Node.
         assert_eq!(stores.snapshot("n2").0.node, None);
     }
@@ -860,16 +876,21 @@ mod tests {
             ],
         );
         let (snapshot, errors) = stores.snapshot("n1");
+        // A bad endpoint address costs that endpoint, not the slice.
         assert_eq!(
             names(&snapshot),
-            (vec!["a/web".to_string()], vec!["a/web-x".to_string()])
+            (
+                vec!["a/web".to_string()],
+                vec!["a/web-x".to_string(), "a/web-y".to_string()]
+            )
         );
+        assert!(snapshot.slices[1].endpoints.is_empty());
         let errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         assert_eq!(
             errors,
             [
                 "Service a/bad: spec.ports[0].nodePort: 70000 is outside 1-65535",
-                "EndpointSlice a/web-y: endpoints[0].addresses[0]: \"10.244.0.999\" is not a valid IP address",
+                "EndpointSlice a/web-y: endpoints[0].addresses[0]: \"10.244.0.999\" is not a valid IP address; endpoint skipped",
             ]
         );
         assert_eq!(snapshot.node, None, "no Node listed");
@@ -882,18 +903,20 @@ mod tests {
         n.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
         n.spec = Some(NodeSpec {
             taints: Some(vec![Taint {
-                key: crate::manifests::TO_BE_DELETED_TAINT.into(),
+                key: portico_config::kube::names::TO_BE_DELETED_TAINT.into(),
                 effect: "NoSchedule".into(),
                 ..Default::default()
             }]),
             ..Default::default()
         });
         list(&mut w.nodes, vec![node("n1")]);
-        assert!(!stores.snapshot("n1").0.node.expect("node").deleting);
+        assert!(!stores.snapshot("n1").0.node.expect("node").leaving());
         w.nodes.apply_watcher_event(&watcher::Event::Apply(n));
         let node = stores.snapshot("n1").0.node.expect("node");
-        assert!(node.deleting, "deletionTimestamp");
-        assert!(node.to_be_deleted, "ToBeDeletedByClusterAutoscaler");
+        assert_eq!(
+            node.excluded,
+            [ExclusionReason::Deleting, ExclusionReason::ToBeDeletedTaint]
+        );
     }
 
     #[test]

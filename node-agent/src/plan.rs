@@ -97,10 +97,10 @@ use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 use portico_config::cluster::{
-    AddressType, ClusterService, ClusterServicePort, EndpointSlice, NodeInfo, ServiceType,
+    AddressType, ClusterService, ClusterServicePort, EndpointSlice, IpMode, ServiceType,
     TargetPort, DEFAULT_PROXY_NAME,
 };
-use portico_config::{Protocol, ServiceKey, SessionAffinity, TrafficPolicy};
+use portico_config::{Node, Protocol, ServiceKey, SessionAffinity, SourceRanges, TrafficPolicy};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::ruleset::{BaseChain, Chain, Family, Ruleset, Set};
@@ -167,7 +167,7 @@ pub struct Plan {
 pub fn plan(
     services: &[ClusterService],
     slices: &[EndpointSlice],
-    node: &NodeInfo,
+    node: &Node,
     opts: &PlanOptions,
 ) -> Plan {
     let mut planner = Planner::new(opts.clone());
@@ -374,7 +374,7 @@ impl Planner {
         &mut self,
         services: &[ClusterService],
         slices: &[EndpointSlice],
-        node: &NodeInfo,
+        node: &Node,
     ) -> PlanChange {
         let force = self.node_name.as_deref() != Some(node.name.as_str());
         self.node_name = Some(node.name.clone());
@@ -944,29 +944,47 @@ fn units(svc: &ClusterService) -> Units {
             ),
         }
     }
+    // The addresses captured on the node, as kube-proxy captures them: the
+    // load-balancer ingress addresses (except those of a proxying load
+    // balancer, `ipMode: Proxy`, whose traffic arrives on NodePorts) and
+    // `spec.externalIPs`.
+    let captured = svc
+        .ingress
+        .iter()
+        .enumerate()
+        .filter(|(_, ingress)| ingress.ip_mode != Some(IpMode::Proxy))
+        .map(|(i, ingress)| (format!("status.loadBalancer.ingress[{i}].ip"), ingress.ip))
+        .chain(
+            svc.external_ips
+                .iter()
+                .enumerate()
+                .map(|(i, ip)| (format!("spec.externalIPs[{i}]"), *ip)),
+        );
     let mut external_ips: BTreeMap<Family, Vec<IpAddr>> = BTreeMap::new();
-    for (i, ip) in svc.external_ips.iter().enumerate() {
-        let family = Family::of(ip);
+    for (field, ip) in captured {
+        let family = Family::of(&ip);
         if !cluster_ip.contains_key(&family) {
             skip(
-                format!("externalIPs[{i}]"),
+                field,
                 format!("{ip}: the Service has no {family} ClusterIP; address ignored"),
             );
             continue;
         }
         let list = external_ips.entry(family).or_default();
-        if !list.contains(ip) {
-            list.push(*ip);
+        if !list.contains(&ip) {
+            list.push(ip);
         }
     }
-    if !svc.invalid_source_ranges.is_empty() && !svc.external_ips.is_empty() {
-        skip(
-            "spec.loadBalancerSourceRanges".to_string(),
-            format!(
-                "unparsable range(s) {:?}; the Service's external addresses accept no client",
-                svc.invalid_source_ranges
-            ),
-        );
+    if let SourceRanges::Invalid { errors } = &svc.source_ranges {
+        if !external_ips.is_empty() {
+            skip(
+                "spec.loadBalancerSourceRanges".to_string(),
+                format!(
+                    "{}; the Service's external addresses accept no client",
+                    errors.join("; ")
+                ),
+            );
+        }
     }
 
     let mut seen_ports: BTreeMap<(Protocol, u16), usize> = BTreeMap::new();
@@ -1379,15 +1397,19 @@ impl FragmentBuilder<'_> {
 
         // Source ranges guard the external addresses only (kube-proxy never
         // applies them to NodePorts).
-        let ranges: Vec<IpNetwork> = svc
-            .source_ranges
-            .iter()
-            .filter(|r| Family::of(&r.network()) == family)
-            .copied()
-            .collect();
-        let restricted = !svc.source_ranges.is_empty() || !svc.invalid_source_ranges.is_empty();
+        let (restricted, ranges): (bool, Vec<IpNetwork>) = match &svc.source_ranges {
+            SourceRanges::Any => (false, Vec::new()),
+            SourceRanges::Invalid { .. } => (true, Vec::new()),
+            SourceRanges::Only(nets) => (
+                true,
+                nets.iter()
+                    .filter(|r| Family::of(&r.network()) == family)
+                    .copied()
+                    .collect(),
+            ),
+        };
         if restricted && !external_ips.is_empty() {
-            let rule = if !svc.invalid_source_ranges.is_empty() || ranges.is_empty() {
+            let rule = if ranges.is_empty() {
                 // Fail closed: an unparsable range, or ranges of the other
                 // family only, must never widen access.
                 "drop".to_string()
@@ -1516,7 +1538,11 @@ mod tests {
             key: ServiceKey::new("default", "web"),
             service_type: ServiceType::NodePort,
             cluster_ips: vec!["10.96.0.10".parse().expect("ip")],
+            load_balancer_class: None,
+            ip_families: Vec::new(),
             external_ips: Vec::new(),
+            load_balancer_ip: None,
+            ingress: Vec::new(),
             ports: vec![ClusterServicePort {
                 name: "http".to_string(),
                 protocol: Protocol::Tcp,
@@ -1528,8 +1554,7 @@ mod tests {
             internal_traffic_policy: TrafficPolicy::Cluster,
             health_check_node_port: None,
             session_affinity: SessionAffinity::None,
-            source_ranges: Vec::new(),
-            invalid_source_ranges: Vec::new(),
+            source_ranges: portico_config::SourceRanges::Any,
             proxy_name: proxy_name.map(str::to_string),
         }
     }
@@ -1554,10 +1579,10 @@ mod tests {
         }
     }
 
-    fn node() -> NodeInfo {
-        NodeInfo {
+    fn node() -> Node {
+        Node {
             name: "node-a".to_string(),
-            ..NodeInfo::default()
+            ..Node::default()
         }
     }
 
@@ -1676,14 +1701,14 @@ mod tests {
         sticky.session_affinity = SessionAffinity::ClientIp {
             timeout: std::time::Duration::from_secs(60),
         };
-        let other_node = NodeInfo {
+        let other_node = Node {
             name: "node-b".to_string(),
-            ..NodeInfo::default()
+            ..Node::default()
         };
         // Each step: Services, slices, node. `api` first takes web's
         // NodePort (it sorts first) and shares web's endpoint (one hairpin
         // element for both), then goes and gives the NodePort back.
-        let steps: Vec<(Vec<ClusterService>, Vec<EndpointSlice>, NodeInfo)> = vec![
+        let steps: Vec<(Vec<ClusterService>, Vec<EndpointSlice>, Node)> = vec![
             (vec![web.clone()], vec![web_slice()], node()),
             (vec![web.clone()], vec![two.clone()], node()),
             (

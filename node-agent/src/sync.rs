@@ -216,11 +216,11 @@ mod tests {
     #[test]
     fn a_planner_change_is_sent_alone_and_patches_the_applied_state() {
         use crate::plan::{PlanOptions, Planner};
-        use portico_config::cluster::NodeInfo;
+        use portico_config::Node;
 
-        let node = NodeInfo {
+        let node = Node {
             name: "n1".to_string(),
-            ..NodeInfo::default()
+            ..Node::default()
         };
         let mut planner = Planner::new(PlanOptions::default());
         let mut syncer = Syncer::new(FakeNft::new());

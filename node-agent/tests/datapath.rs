@@ -20,7 +20,7 @@ use netns::*;
 use portico_config::cluster::{
     AddressType, ClusterService, Endpoint, EndpointSlice, ServiceType, TargetPort,
 };
-use portico_config::{Protocol, TrafficPolicy};
+use portico_config::{Protocol, SourceRanges, TrafficPolicy};
 use portico_node_agent::{
     plan, render_diff, render_full, NftCommand, Plan, PlanOptions, Ruleset, SyncOutcome, Syncer,
 };
@@ -344,13 +344,15 @@ fn source_ranges_guard_lb_addresses_but_not_nodeports() {
     let endpoints = || vec![ready(&v4(&pods[0]), "node-a")];
     let mut allowed = nodeport_service("allowed", "10.96.0.10", 30080);
     allowed.external_ips = vec![ip("203.0.113.10")];
-    allowed.source_ranges = vec!["192.168.77.0/24".parse().expect("cidr")];
+    allowed.source_ranges = SourceRanges::Only(vec!["192.168.77.0/24".parse().expect("cidr")]);
     let mut denied = nodeport_service("denied", "10.96.0.11", 30081);
     denied.external_ips = vec![ip("203.0.113.11")];
-    denied.source_ranges = vec!["198.51.100.0/24".parse().expect("cidr")];
+    denied.source_ranges = SourceRanges::Only(vec!["198.51.100.0/24".parse().expect("cidr")]);
     let mut broken = nodeport_service("broken", "10.96.0.12", 30082);
     broken.external_ips = vec![ip("203.0.113.12")];
-    broken.invalid_source_ranges = vec!["10.0.0.0/33".to_string()];
+    broken.source_ranges = SourceRanges::Invalid {
+        errors: vec!["10.0.0.0/33".to_string()],
+    };
     let services = [allowed, denied, broken];
     let slices = [
         pod_slice("allowed", endpoints()),

@@ -100,7 +100,7 @@ fn bad_input_keeps_the_good_service_and_names_every_problem() {
             "Service default/broken spec.ports[0].port",
             "Service default/broken spec.ports[2].port",
             "Service default/broken spec.ports[3].nodePort",
-            "Service default/closed externalIPs[1]",
+            "Service default/closed spec.externalIPs[1]",
             "Service default/closed spec.loadBalancerSourceRanges",
             "Service default/no-cluster-ip spec.clusterIPs",
         ]

@@ -10,6 +10,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as core;
+use portico_config::cluster::{ClusterService, ServiceType};
+use portico_config::kube::read_service;
 use portico_config::{AddressPool, KubernetesSettings, Node, Service, ServiceKey};
 
 use super::translate::{self, FieldProblem};
@@ -65,8 +67,10 @@ pub struct Desired {
     pub statuses: Vec<StatusUpdate>,
     /// The current conditions of each of our Services.
     pub conditions: BTreeMap<ServiceKey, BTreeSet<Condition>>,
-    /// Problems with Nodes (for the log; there is no Service to tell).
-    pub node_problems: Vec<FieldProblem>,
+    /// Problems with objects that have no Service of ours to tell (for the
+    /// log): Nodes left out or read around, Services the reader refused
+    /// (whose class cannot be trusted to say whose they are).
+    pub problems: Vec<FieldProblem>,
 }
 
 /// Everything the reconciler needs besides the objects.
@@ -93,25 +97,33 @@ pub fn reconcile(
     let mut out = Desired::default();
     for node in nodes {
         match translate::translate_node(node) {
-            Ok(n) => out.nodes.push(n),
-            Err(p) => out.node_problems.push(p),
+            Ok(read) => {
+                out.problems.extend(read.problems);
+                out.nodes.push(read.value);
+            }
+            Err(p) => out.problems.push(p),
         }
     }
     out.nodes.sort_by(|a, b| a.name.cmp(&b.name));
 
     let mut ours = Vec::new();
     for svc in services {
-        let Some(key) = translate::service_key(svc) else {
-            continue;
-        };
-        let current = ingress_of(svc);
-        if translate::is_ours(svc, &ctx.kubernetes) {
-            if let Some(t) = translate::translate_service(svc) {
-                ours.push((t, current));
+        let read = match read_service(svc) {
+            Ok(read) => read,
+            Err(refused) => {
+                out.problems.push(refused);
+                continue;
             }
-        } else if !current.is_empty() && releases(svc, &key, &current, ctx) {
+        };
+        let current: Vec<IpAddr> = read.value.ingress.iter().map(|i| i.ip).collect();
+        if translate::is_ours(&read.value, &ctx.kubernetes) {
+            ours.push((
+                translate::translate(read, svc.metadata.annotations.as_ref()),
+                current,
+            ));
+        } else if !current.is_empty() && releases(&read.value, &current, ctx) {
             out.statuses.push(StatusUpdate {
-                key,
+                key: read.value.key,
                 ingress: Vec::new(),
             });
         }
@@ -195,27 +207,14 @@ pub fn reconcile(
     out
 }
 
-/// The addresses in a Service's `status.loadBalancer.ingress`.
-pub fn ingress_of(svc: &core::Service) -> Vec<IpAddr> {
-    svc.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip.as_deref()?.parse().ok())
-        .collect()
-}
-
 /// Whether the addresses a Service that is no longer ours shows are ours
 /// to take back: we wrote them since we started, or the Service is not a
 /// LoadBalancer any more and every address is from our pools.
-fn releases(svc: &core::Service, key: &ServiceKey, current: &[IpAddr], ctx: &Context) -> bool {
-    if ctx.written.contains(key) {
+fn releases(svc: &ClusterService, current: &[IpAddr], ctx: &Context) -> bool {
+    if ctx.written.contains(&svc.key) {
         return true;
     }
-    let is_lb = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
-    !is_lb
+    svc.service_type != ServiceType::LoadBalancer
         && current
             .iter()
             .all(|a| ctx.pools.iter().any(|p| p.contains(*a)))
@@ -419,5 +418,27 @@ mod tests {
         let cleared: Vec<String> = d.statuses.iter().map(|s| s.key.to_string()).collect();
         assert_eq!(cleared, ["ns/moved", "ns/demoted"]);
         assert!(d.statuses.iter().all(|s| s.ingress.is_empty()));
+    }
+
+    /// The cluster source reads each Service variant of the shared table as
+    /// the shared reader does: a refused one is left out and reported, the
+    /// others are served as read.
+    #[test]
+    fn every_shared_case_is_served_as_the_shared_reader_reads_it() {
+        use portico_config::kube::cases;
+
+        for case in cases::service_cases() {
+            let d = reconcile(
+                &[Arc::new(case.service())],
+                &[node("n1", "10.0.0.1")],
+                &ctx("203.0.113.9"),
+            );
+            let got = match (&d.services[..], &d.problems[..]) {
+                ([service], []) => Ok(super::translate::tests::outcome(service)),
+                ([], [refused]) => Err(refused.to_string()),
+                other => panic!("case {:?}: {other:?}", case.name),
+            };
+            cases::check(&case, got);
+        }
     }
 }

@@ -1,23 +1,29 @@
-//! Kubernetes objects in, the shared model out: which Services are ours, and
-//! what each one and each Node means for the edge.
+//! Kubernetes objects in, the edge's model out: which Services are ours,
+//! and what each one and each Node means for the edge.
 //!
-//! Pure. A mistake in one object never costs another object anything: an
-//! invalid annotation falls back to its default and is reported; invalid
+//! Pure. The objects themselves are read by the shared reader
+//! ([`portico_config::kube`]), the one the node agent uses too; this module
+//! adds what only the edge reads: its class, its annotations and the
+//! address request for the IPAM. A mistake in one object never costs another
+//! object anything: an object the reader refuses is left out and reported;
+//! an invalid annotation falls back to its default and is reported; invalid
 //! source ranges make that Service fail closed; a Node without a usable
 //! address is left out. Every problem names the object and the field.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::Duration;
 
-use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1 as core;
+use portico_config::cluster::{ClusterService, ServiceType};
+use portico_config::kube::{read_node, read_service, Read};
 use portico_config::{
-    Algorithm, ClusterHealthCheck, ExclusionReason, KubernetesSettings, Node, Protocol,
-    ProxyProtocol, Service, ServiceKey, ServicePort, SessionAffinity, SourceRanges, TrafficPolicy,
-    DEFAULT_AFFINITY_TIMEOUT,
+    Algorithm, ClusterHealthCheck, IpFamily, KubernetesSettings, Node, ProxyProtocol, Service,
+    ServicePort,
 };
 
-use crate::ipam::{AddressRequest, Family};
+pub use portico_config::kube::FieldProblem;
+
+use crate::ipam::AddressRequest;
 
 /// The annotations a Service may carry, with what each one means: the
 /// README's annotation table is written from this list (a test keeps them
@@ -44,45 +50,14 @@ pub const PROXY_PROTOCOL: &str = "portico.io/proxy-protocol";
 /// `portico.io/health-check`.
 pub const HEALTH_CHECK: &str = "portico.io/health-check";
 
-/// The legacy source-range annotation, read when the field is empty (as
-/// kube-proxy and cloud providers do).
-pub const LEGACY_SOURCE_RANGES: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
-/// The Node label that keeps a node out of load balancers.
-pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
-/// The cluster autoscaler's taint on a node it is about to delete.
-pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
-
-/// A problem with one field of one object.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{object}: {field}: {message}")]
-pub struct FieldProblem {
-    /// `Service ns/name` or `Node name`.
-    pub object: String,
-    /// The field or annotation, e.g. `spec.ports[1].nodePort`.
-    pub field: String,
-    /// What is wrong and what was done instead.
-    pub message: String,
-}
-
 /// Whether a Service is one the edge implements: `type: LoadBalancer` with
 /// our `loadBalancerClass` (or none, when the edge is the default class).
-pub fn is_ours(svc: &core::Service, settings: &KubernetesSettings) -> bool {
-    let Some(spec) = &svc.spec else {
-        return false;
-    };
-    spec.type_.as_deref() == Some("LoadBalancer")
-        && match spec.load_balancer_class.as_deref() {
+pub fn is_ours(svc: &ClusterService, settings: &KubernetesSettings) -> bool {
+    svc.service_type == ServiceType::LoadBalancer
+        && match svc.load_balancer_class.as_deref() {
             Some(class) => class == settings.load_balancer_class,
             None => settings.default_class,
         }
-}
-
-/// The key of a Service, if it has a name.
-pub fn service_key(svc: &core::Service) -> Option<ServiceKey> {
-    Some(ServiceKey::new(
-        svc.metadata.namespace.clone().unwrap_or_default(),
-        svc.metadata.name.clone()?,
-    ))
 }
 
 /// One of our Services, translated: the model (without VIPs, which the
@@ -97,13 +72,24 @@ pub struct TranslatedService {
     pub problems: Vec<FieldProblem>,
 }
 
-/// Translates one of our Services. `None` only when it has no name or no
-/// spec (nothing to serve).
-pub fn translate_service(svc: &core::Service) -> Option<TranslatedService> {
-    let key = service_key(svc)?;
-    let spec = svc.spec.as_ref()?;
-    let object = format!("Service {key}");
-    let mut problems = Vec::new();
+/// Reads and translates a Service; the `Err` is the shared reader's
+/// refusal, naming the field.
+pub fn translate_service(svc: &core::Service) -> Result<TranslatedService, FieldProblem> {
+    let read = read_service(svc)?;
+    Ok(translate(read, svc.metadata.annotations.as_ref()))
+}
+
+/// Translates a Service the shared reader has read; `annotations` are the
+/// object's own (the edge's options live there).
+pub fn translate(
+    read: Read<ClusterService>,
+    annotations: Option<&BTreeMap<String, String>>,
+) -> TranslatedService {
+    let Read {
+        value: svc,
+        mut problems,
+    } = read;
+    let object = format!("Service {}", svc.key);
     let mut problem = |field: &str, message: String| {
         problems.push(FieldProblem {
             object: object.clone(),
@@ -111,107 +97,18 @@ pub fn translate_service(svc: &core::Service) -> Option<TranslatedService> {
             message,
         })
     };
-    let annotations = svc.metadata.annotations.clone().unwrap_or_default();
     let annotation = |name: &str| {
         annotations
-            .get(name)
+            .and_then(|a| a.get(name))
             .map(|v| v.trim())
             .filter(|v| !v.is_empty())
     };
-
-    let mut ports = Vec::new();
-    for (i, p) in spec.ports.iter().flatten().enumerate() {
-        let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
-            "TCP" => Protocol::Tcp,
-            "UDP" => Protocol::Udp,
-            "SCTP" => Protocol::Sctp,
-            other => {
-                problem(
-                    &format!("spec.ports[{i}].protocol"),
-                    format!("{other:?} is not TCP, UDP or SCTP; port skipped"),
-                );
-                continue;
-            }
-        };
-        let Some(port) = u16::try_from(p.port).ok().filter(|p| *p > 0) else {
-            problem(
-                &format!("spec.ports[{i}].port"),
-                format!("{} is outside 1-65535; port skipped", p.port),
-            );
-            continue;
-        };
-        let node_port = match p.node_port {
-            None | Some(0) => None,
-            Some(n) => match u16::try_from(n) {
-                Ok(n) => Some(n),
-                Err(_) => {
-                    problem(
-                        &format!("spec.ports[{i}].nodePort"),
-                        format!("{n} is outside 1-65535; port not forwarded"),
-                    );
-                    None
-                }
-            },
-        };
-        ports.push(ServicePort {
-            name: p.name.clone().unwrap_or_default(),
-            protocol,
-            port,
-            node_port,
-        });
-    }
-
-    let external_traffic_policy = match spec.external_traffic_policy.as_deref() {
-        Some("Local") => TrafficPolicy::Local,
-        _ => TrafficPolicy::Cluster,
-    };
-    let health_check_node_port = spec
-        .health_check_node_port
-        .and_then(|p| u16::try_from(p).ok())
-        .filter(|p| *p > 0);
-
-    let session_affinity = match spec.session_affinity.as_deref() {
-        Some("ClientIP") => SessionAffinity::ClientIp {
-            timeout: spec
-                .session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
-                .and_then(|s| u64::try_from(s).ok())
-                .filter(|s| *s > 0)
-                .map(Duration::from_secs)
-                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT),
-        },
-        _ => SessionAffinity::None,
-    };
-
-    let (ranges, ranges_field) = match spec.load_balancer_source_ranges.as_deref() {
-        Some(list) if !list.is_empty() => {
-            (list.to_vec(), "spec.loadBalancerSourceRanges".to_string())
-        }
-        _ => match annotation(LEGACY_SOURCE_RANGES) {
-            Some(text) => (
-                text.split(',').map(|s| s.trim().to_string()).collect(),
-                format!("metadata.annotations[{LEGACY_SOURCE_RANGES}]"),
-            ),
-            None => (Vec::new(), String::new()),
-        },
-    };
-    let source_ranges = source_ranges(&ranges);
-    if let SourceRanges::Invalid { errors } = &source_ranges {
-        problem(
-            &ranges_field,
-            format!("{}; the Service accepts no client", errors.join("; ")),
-        );
-    }
+    let field = |name: &str| format!("metadata.annotations[{name}]");
 
     let algorithm = match annotation(ALGORITHM) {
         None => Algorithm::default(),
         Some(text) => text.parse().unwrap_or_else(|e| {
-            problem(
-                &format!("metadata.annotations[{ALGORITHM}]"),
-                format!("{e}; using maglev"),
-            );
+            problem(&field(ALGORITHM), format!("{e}; using maglev"));
             Algorithm::default()
         }),
     };
@@ -219,7 +116,7 @@ pub fn translate_service(svc: &core::Service) -> Option<TranslatedService> {
         None => ProxyProtocol::Off,
         Some(text) => text.parse().unwrap_or_else(|e| {
             problem(
-                &format!("metadata.annotations[{PROXY_PROTOCOL}]"),
+                &field(PROXY_PROTOCOL),
                 format!("{e}; sending no PROXY header"),
             );
             ProxyProtocol::Off
@@ -231,7 +128,7 @@ pub fn translate_service(svc: &core::Service) -> Option<TranslatedService> {
             Ok(c) => Some(c),
             Err(e) => {
                 problem(
-                    &format!("metadata.annotations[{HEALTH_CHECK}]"),
+                    &field(HEALTH_CHECK),
                     format!("{e}; using settings.health.clusterCheck"),
                 );
                 None
@@ -240,21 +137,18 @@ pub fn translate_service(svc: &core::Service) -> Option<TranslatedService> {
     };
 
     // Addresses: the annotation wins over the deprecated spec field.
-    let mut wanted = Vec::new();
     let (wanted_text, wanted_field) = match annotation(LOAD_BALANCER_IPS) {
-        Some(t) => (
-            Some(t),
-            format!("metadata.annotations[{LOAD_BALANCER_IPS}]"),
-        ),
+        Some(t) => (Some(t), field(LOAD_BALANCER_IPS)),
         None => (
-            spec.load_balancer_ip.as_deref().filter(|s| !s.is_empty()),
+            svc.load_balancer_ip.as_deref(),
             "spec.loadBalancerIP".to_string(),
         ),
     };
+    let mut wanted: Vec<IpAddr> = Vec::new();
     let mut wanted_ok = true;
     for text in wanted_text.into_iter().flat_map(|t| t.split(',')) {
         match text.trim().parse::<IpAddr>() {
-            Ok(ip) if wanted.iter().any(|w: &IpAddr| w.is_ipv4() == ip.is_ipv4()) => {
+            Ok(ip) if wanted.iter().any(|w| w.is_ipv4() == ip.is_ipv4()) => {
                 problem(
                     &wanted_field,
                     format!("more than one address of the family of {ip}; no address assigned"),
@@ -274,146 +168,105 @@ pub fn translate_service(svc: &core::Service) -> Option<TranslatedService> {
             }
         }
     }
-    let mut families: Vec<Family> = spec
-        .ip_families
+    // Wanted addresses name their families themselves.
+    let families = if !wanted_ok {
+        Vec::new()
+    } else if !wanted.is_empty() {
+        wanted.iter().map(|a| IpFamily::of(*a)).collect()
+    } else if svc.ip_families.is_empty() {
+        vec![IpFamily::V4]
+    } else {
+        svc.ip_families.clone()
+    };
+
+    let ports: Vec<ServicePort> = svc
+        .ports
         .iter()
-        .flatten()
-        .filter_map(|f| match f.as_str() {
-            "IPv4" => Some(Family::V4),
-            "IPv6" => Some(Family::V6),
-            _ => None,
+        .map(|p| ServicePort {
+            name: p.name.clone(),
+            protocol: p.protocol,
+            port: p.port,
+            node_port: p.node_port,
         })
         .collect();
-    if families.is_empty() {
-        families.push(Family::V4);
-    }
-    // Wanted addresses name their families themselves.
-    if wanted_ok && !wanted.is_empty() {
-        families = wanted.iter().map(|a| Family::of(*a)).collect();
-    }
-    let current = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip.as_deref()?.parse().ok())
-        .collect();
     let request = AddressRequest {
-        owner: key.to_string(),
-        families: if wanted_ok { families } else { Vec::new() },
+        owner: svc.key.to_string(),
+        families,
         wanted,
-        current,
+        current: svc.ingress.iter().map(|i| i.ip).collect(),
         pool: annotation(ADDRESS_POOL).map(str::to_string),
         sharing_key: annotation(ALLOW_SHARED_IP).map(str::to_string),
         ports: ports.iter().map(|p| (p.protocol, p.port)).collect(),
     };
 
-    Some(TranslatedService {
+    TranslatedService {
         service: Service {
-            key,
+            key: svc.key,
             vips: Vec::new(),
             ports,
-            external_traffic_policy,
-            health_check_node_port,
-            session_affinity,
-            source_ranges,
+            external_traffic_policy: svc.external_traffic_policy,
+            health_check_node_port: svc.health_check_node_port,
+            session_affinity: svc.session_affinity,
+            source_ranges: svc.source_ranges,
             algorithm,
             proxy_protocol,
             cluster_check,
         },
         request,
         problems,
-    })
-}
-
-/// Parses source ranges as Kubernetes does (host bits allowed); any bad
-/// entry makes the whole set invalid, so the Service fails closed.
-fn source_ranges(ranges: &[String]) -> SourceRanges {
-    if ranges.is_empty() {
-        return SourceRanges::Any;
-    }
-    let mut nets = Vec::new();
-    let mut errors = Vec::new();
-    for r in ranges {
-        let parsed = r
-            .split_once('/')
-            .and_then(|(a, p)| Some((a.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?)))
-            .and_then(|(a, p)| IpNetwork::new(a, p).ok());
-        match parsed {
-            Some(net) => nets.push(net),
-            None => errors.push(format!("{r:?} is not a valid CIDR")),
-        }
-    }
-    if errors.is_empty() {
-        SourceRanges::Only(nets)
-    } else {
-        SourceRanges::Invalid { errors }
     }
 }
 
-/// Translates a Node: its addresses (InternalIP first, then ExternalIP) and
-/// why it must not receive traffic. A Node with no usable address is
-/// reported and left out.
-pub fn translate_node(node: &core::Node) -> Result<Node, FieldProblem> {
-    let name = node.metadata.name.clone().unwrap_or_default();
-    let problem = |field: &str, message: &str| FieldProblem {
-        object: format!("Node {name}"),
-        field: field.to_string(),
-        message: message.to_string(),
-    };
-    let all = node
-        .status
-        .as_ref()
-        .and_then(|s| s.addresses.as_deref())
-        .unwrap_or_default();
-    let mut addresses: Vec<IpAddr> = Vec::new();
-    for kind in ["InternalIP", "ExternalIP"] {
-        for a in all.iter().filter(|a| a.type_ == kind) {
-            if let Ok(ip) = a.address.parse::<IpAddr>() {
-                if !addresses.contains(&ip) {
-                    addresses.push(ip);
-                }
-            }
-        }
+/// Reads a Node for the edge: its addresses (InternalIP first, then
+/// ExternalIP) and why it must not receive traffic, with what the reader
+/// worked around. A Node the reader refuses, or without a usable address,
+/// is the `Err` and is left out.
+pub fn translate_node(node: &core::Node) -> Result<Read<Node>, FieldProblem> {
+    let read = read_node(node)?;
+    if read.value.addresses.is_empty() {
+        return Err(FieldProblem {
+            object: format!("Node {}", read.value.name),
+            field: "status.addresses".into(),
+            message: "no InternalIP or ExternalIP address; node not used".into(),
+        });
     }
-    if addresses.is_empty() {
-        return Err(problem(
-            "status.addresses",
-            "no InternalIP or ExternalIP address; node not used",
-        ));
-    }
-    let mut excluded = Vec::new();
-    if node.metadata.deletion_timestamp.is_some() {
-        excluded.push(ExclusionReason::Deleting);
-    }
-    if node
-        .metadata
-        .labels
-        .as_ref()
-        .is_some_and(|l| l.contains_key(EXCLUDE_LABEL))
-    {
-        excluded.push(ExclusionReason::ExcludeLabel);
-    }
-    if node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .is_some_and(|t| t.iter().any(|t| t.key == TO_BE_DELETED_TAINT))
-    {
-        excluded.push(ExclusionReason::ToBeDeletedTaint);
-    }
-    Ok(Node {
-        name,
-        addresses,
-        excluded,
-    })
+    Ok(read)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::time::Duration;
+
+    use portico_config::kube::names::{
+        EXCLUDE_FROM_LOAD_BALANCERS_LABEL as EXCLUDE_LABEL,
+        LEGACY_SOURCE_RANGES_ANNOTATION as LEGACY_SOURCE_RANGES, TO_BE_DELETED_TAINT,
+    };
+    use portico_config::{
+        ExclusionReason, Protocol, ServiceKey, SessionAffinity, SourceRanges, TrafficPolicy,
+    };
+
     use super::*;
+
+    /// What the edge serves of a Service, in the shared table's terms.
+    pub(crate) fn outcome(s: &Service) -> portico_config::kube::cases::Outcome {
+        portico_config::kube::cases::Outcome {
+            key: s.key.clone(),
+            ports: s
+                .ports
+                .iter()
+                .map(|p| (p.protocol, p.port, p.node_port))
+                .collect(),
+            external_traffic_policy: s.external_traffic_policy,
+            health_check_node_port: s.health_check_node_port,
+            session_affinity: s.session_affinity,
+            source_ranges: s.source_ranges.clone(),
+        }
+    }
+
+    /// [`is_ours`] of a Service as the shared reader reads it.
+    fn owned(svc: &core::Service, settings: &KubernetesSettings) -> bool {
+        is_ours(&read_service(svc).expect("reads").value, settings)
+    }
 
     fn svc(json: serde_json::Value) -> core::Service {
         serde_json::from_value(json).expect("a Service")
@@ -463,22 +316,22 @@ mod tests {
             serde_json::json!({"loadBalancerClass": null}),
             serde_json::json!({}),
         );
-        assert!(is_ours(
+        assert!(owned(
             &lb(serde_json::json!({}), serde_json::json!({})),
             &ours
         ));
-        assert!(!is_ours(&classless, &ours));
-        assert!(is_ours(&classless, &default_class));
+        assert!(!owned(&classless, &ours));
+        assert!(owned(&classless, &default_class));
         let other = lb(
             serde_json::json!({"loadBalancerClass": "example.com/other"}),
             serde_json::json!({}),
         );
-        assert!(!is_ours(&other, &default_class));
+        assert!(!owned(&other, &default_class));
         let node_port = lb(
             serde_json::json!({"type": "NodePort"}),
             serde_json::json!({}),
         );
-        assert!(!is_ours(&node_port, &default_class));
+        assert!(!owned(&node_port, &default_class));
     }
 
     #[test]
@@ -540,7 +393,7 @@ mod tests {
             panic!("{:?}", s.source_ranges)
         };
         assert_eq!(nets.len(), 2);
-        assert_eq!(t.request.families, [Family::V6, Family::V4]);
+        assert_eq!(t.request.families, [IpFamily::V6, IpFamily::V4]);
         assert_eq!(t.request.pool.as_deref(), Some("public"));
         assert_eq!(t.request.sharing_key.as_deref(), Some("dns"));
         assert_eq!(
@@ -609,7 +462,7 @@ mod tests {
                 "2001:db8::7".parse().unwrap()
             ]
         );
-        assert_eq!(t.request.families, [Family::V4, Family::V6]);
+        assert_eq!(t.request.families, [IpFamily::V4, IpFamily::V6]);
 
         let spec_only = translate_service(&lb(
             serde_json::json!({"loadBalancerIP": "203.0.113.9"}),
@@ -665,7 +518,7 @@ mod tests {
             ]},
         }))
         .unwrap();
-        let n = translate_node(&node).unwrap();
+        let n = translate_node(&node).unwrap().value;
         assert_eq!(n.name, "n1");
         let shown: Vec<String> = n.addresses.iter().map(|a| a.to_string()).collect();
         assert_eq!(shown, ["10.0.0.1", "fd00::1", "198.51.100.1"]);

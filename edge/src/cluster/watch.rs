@@ -356,8 +356,8 @@ impl Loop {
     }
 
     fn publish(&self, desired: &Desired) {
-        for p in &desired.node_problems {
-            tracing::debug!(problem = %p, "node skipped");
+        for p in &desired.problems {
+            tracing::debug!(problem = %p, "object left out or read around");
         }
         let model = ClusterModel {
             services: desired.services.clone(),

@@ -727,9 +727,9 @@ impl From<RequestError> for ApiError {
     fn from(e: RequestError) -> Self {
         let status = match &e {
             RequestError::ClusterMismatch { .. } => StatusCode::CONFLICT,
-            RequestError::KeyMismatch { .. } | RequestError::NoSpec { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            RequestError::KeyMismatch { .. } => StatusCode::BAD_REQUEST,
+            // What the API server would refuse with 422.
+            RequestError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             RequestError::NotFound { .. } => StatusCode::NOT_FOUND,
             RequestError::Address { problem, .. } => match **problem {
                 // The pool is full or the address is someone else's: may

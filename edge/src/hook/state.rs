@@ -21,13 +21,14 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use portico_config::{AddressPool, Node, Service, ServiceKey};
+use portico_config::kube::names::DEFAULT_NAMESPACE;
+use portico_config::{AddressPool, IpFamily, Node, Service, ServiceKey};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::translate::{
     translate_node, translate_service, FieldProblem, ADDRESS_POOL, LOAD_BALANCER_IPS,
 };
-use crate::ipam::{self, Family, IpamError};
+use crate::ipam::{self, IpamError};
 
 /// The version of the persisted file's format this edge writes and reads.
 pub const STATE_VERSION: u32 = 1;
@@ -59,11 +60,12 @@ pub enum RequestError {
         /// What the path says.
         expected: String,
     },
-    /// The Service has no `spec`.
-    #[error("Service {key}: service.spec is required")]
-    NoSpec {
-        /// The Service.
-        key: ServiceKey,
+    /// The Service is not one the API server would accept; the shared
+    /// reader says which field.
+    #[error("{problem}")]
+    Invalid {
+        /// The refusal, naming the field.
+        problem: FieldProblem,
     },
     /// No load balancer exists for the Service.
     #[error("there is no load balancer for Service {key}")]
@@ -97,7 +99,7 @@ impl RequestError {
         match self {
             RequestError::ClusterMismatch { .. } => Some("cluster".into()),
             RequestError::KeyMismatch { field, .. } => Some((*field).to_string()),
-            RequestError::NoSpec { .. } => Some("service.spec".into()),
+            RequestError::Invalid { problem } => Some(format!("service.{}", problem.field)),
             RequestError::NotFound { .. } => None,
             RequestError::Address { field, .. } => field.clone(),
             RequestError::NoAddress { problem } => Some(format!("service.{}", problem.field)),
@@ -213,7 +215,7 @@ impl HookState {
         self.check_cluster(cluster)?;
         check_key(key, &service)?;
         let translated =
-            translate_service(&service).ok_or_else(|| RequestError::NoSpec { key: key.clone() })?;
+            translate_service(&service).map_err(|problem| RequestError::Invalid { problem })?;
         let mut warnings: Vec<String> = translated.problems.iter().map(|p| p.to_string()).collect();
         let (nodes, node_warnings) = trim_nodes(nodes);
         warnings.extend(node_warnings);
@@ -229,12 +231,12 @@ impl HookState {
             }
             // The others only hold what they have: asking for exactly their
             // addresses means they never take a new one here.
-            let Some(t) = translate_service(&b.service) else {
+            let Ok(t) = translate_service(&b.service) else {
                 continue;
             };
             let mut r = t.request;
             r.owner = other.to_string();
-            r.families = b.addresses.iter().map(|a| Family::of(*a)).collect();
+            r.families = b.addresses.iter().map(|a| IpFamily::of(*a)).collect();
             r.wanted = b.addresses.clone();
             r.current = b.addresses.clone();
             r.pool = None;
@@ -325,7 +327,7 @@ impl HookState {
             .balancers
             .values()
             .filter_map(|b| {
-                let mut t = translate_service(&b.service)?;
+                let mut t = translate_service(&b.service).ok()?;
                 t.service.vips = b.addresses.clone();
                 Some(t.service)
             })
@@ -333,7 +335,7 @@ impl HookState {
         let nodes = self
             .nodes
             .iter()
-            .filter_map(|n| translate_node(n).ok())
+            .filter_map(|n| translate_node(n).ok().map(|read| read.value))
             .collect();
         HookModel { services, nodes }
     }
@@ -435,7 +437,12 @@ fn check_key(key: &ServiceKey, service: &core::Service) -> Result<(), RequestErr
         ("service.metadata.name", &service.metadata.name, &key.name),
     ];
     for (field, found, expected) in fields {
-        let found = found.as_deref().unwrap_or_default();
+        // No namespace is `default`, as the shared reader (and the API
+        // server) read it.
+        let found = match found.as_deref() {
+            None | Some("") if field == "service.metadata.namespace" => DEFAULT_NAMESPACE,
+            other => other.unwrap_or_default(),
+        };
         if found != expected {
             return Err(RequestError::KeyMismatch {
                 key: key.clone(),
@@ -556,8 +563,9 @@ fn trim_nodes(nodes: Vec<core::Node>) -> (Vec<core::Node>, Vec<String>) {
                 ..Default::default()
             }),
         };
-        if let Err(p) = translate_node(&trimmed) {
-            warnings.push(p.to_string());
+        match translate_node(&trimmed) {
+            Ok(read) => warnings.extend(read.problems.iter().map(ToString::to_string)),
+            Err(p) => warnings.push(p.to_string()),
         }
         out.push(trimmed);
     }
@@ -881,5 +889,35 @@ mod tests {
         let mut short = svc.clone();
         short.metadata.uid = Some("12-34".into());
         assert_eq!(load_balancer_name(&short), "a1234");
+    }
+
+    /// The hook API reads each Service variant of the shared table as the
+    /// shared reader does: refused ones are refused naming the field.
+    #[test]
+    fn every_shared_case_is_read_as_the_shared_reader_reads_it() {
+        use portico_config::kube::cases;
+
+        for case in cases::service_cases() {
+            let svc = case.service();
+            let key = portico_config::kube::namespaced_key(&svc.metadata).expect("a key");
+            let got = HookState::default()
+                .ensure("prod", &key, svc, vec![node("n1", "10.0.0.1")], &pools())
+                .map_err(|e| {
+                    assert!(
+                        matches!(e, RequestError::Invalid { .. }),
+                        "case {:?}: {e:?}",
+                        case.name
+                    );
+                    format!("{}: {e}", e.field().unwrap_or_default())
+                })
+                .map(|outcome| {
+                    let model = outcome.state.model();
+                    let [service] = &model.services[..] else {
+                        panic!("case {:?}: {model:?}", case.name);
+                    };
+                    crate::cluster::translate::tests::outcome(service)
+                });
+            cases::check(&case, got);
+        }
     }
 }

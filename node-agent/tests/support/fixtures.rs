@@ -136,11 +136,11 @@ pub fn affinity_dual_stack() -> Fixture {
     );
     dns.external_ips = vec![ip("203.0.113.53"), ip("2001:db8:ff::53")];
     dns.session_affinity = affinity(600);
-    dns.source_ranges = vec![
+    dns.source_ranges = portico_config::SourceRanges::Only(vec![
         "192.0.2.0/24".parse().expect("cidr"),
         "198.51.100.0/24".parse().expect("cidr"),
         "2001:db8:1::/48".parse().expect("cidr"),
-    ];
+    ]);
     dns.ports = vec![
         port(
             "dns-udp",
@@ -245,7 +245,9 @@ pub fn bad_input() -> Fixture {
     )];
     let mut closed = service("closed", ServiceType::LoadBalancer, &["10.96.0.43"]);
     closed.external_ips = vec![ip("203.0.113.43"), ip("2001:db8:ff::43")];
-    closed.invalid_source_ranges = vec!["10.0.0.0/33".into()];
+    closed.source_ranges = portico_config::SourceRanges::Invalid {
+        errors: vec!["10.0.0.0/33".into()],
+    };
     closed.ports = vec![port(
         "http",
         Protocol::Tcp,

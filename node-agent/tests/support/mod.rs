@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use portico_config::cluster::{
     AddressType, ClusterService, ClusterServicePort, Endpoint, EndpointPort, EndpointSlice,
-    NodeInfo, ServiceType, TargetPort,
+    ServiceType, TargetPort,
 };
-use portico_config::{Protocol, ServiceKey, SessionAffinity, TrafficPolicy};
+use portico_config::{Node, Protocol, ServiceKey, SessionAffinity, TrafficPolicy};
 
 pub fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
@@ -24,14 +24,17 @@ pub fn service(name: &str, service_type: ServiceType, cluster_ips: &[&str]) -> C
         key: ServiceKey::new("default", name),
         service_type,
         cluster_ips: cluster_ips.iter().map(|s| ip(s)).collect(),
+        load_balancer_class: None,
+        ip_families: Vec::new(),
         external_ips: Vec::new(),
+        load_balancer_ip: None,
+        ingress: Vec::new(),
         ports: Vec::new(),
         external_traffic_policy: TrafficPolicy::Cluster,
         internal_traffic_policy: TrafficPolicy::Cluster,
         health_check_node_port: None,
         session_affinity: SessionAffinity::None,
-        source_ranges: Vec::new(),
-        invalid_source_ranges: Vec::new(),
+        source_ranges: portico_config::SourceRanges::Any,
         proxy_name: Some("portico".to_string()),
     }
 }
@@ -111,12 +114,11 @@ pub fn slice(
     }
 }
 
-pub fn node(name: &str, addr: &str) -> NodeInfo {
-    NodeInfo {
+pub fn node(name: &str, addr: &str) -> Node {
+    Node {
         name: name.to_string(),
         addresses: vec![ip(addr)],
-        deleting: false,
-        to_be_deleted: false,
+        excluded: Vec::new(),
     }
 }
 
