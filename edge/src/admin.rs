@@ -1,6 +1,9 @@
 //! The edge's HTTP endpoints: `/metrics` for Prometheus, `/status` (JSON) for
 //! `portico-edge status` and people, `/healthz` for the appliance's own
-//! supervision. The cloud-provider hook API joins them here later.
+//! supervision. (The cloud-provider hook API has a listener of its own:
+//! [`crate::hook`].)
+
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -8,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
-use crate::edge::StatusHandle;
 use crate::metrics::EdgeMetrics;
+use crate::status::StatusSource;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -17,7 +20,7 @@ pub struct AdminState {
     /// Metrics to render.
     pub metrics: EdgeMetrics,
     /// Where status comes from.
-    pub cmd: StatusHandle,
+    pub status: Arc<dyn StatusSource>,
 }
 
 /// `/metrics` only.
@@ -48,8 +51,12 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 }
 
 async fn status(State(state): State<AdminState>) -> Response {
-    match state.cmd.status().await {
-        Ok(s) => Json(s).into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    match state.status.status().await {
+        Some(s) => Json(s).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the edge is shutting down\n",
+        )
+            .into_response(),
     }
 }

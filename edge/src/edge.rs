@@ -1,9 +1,9 @@
 //! The edge's control plane: one task that owns the plan, the health checker,
 //! the listeners and the VIPs, and publishes snapshots to the data path.
 //!
-//! Every source of configuration (the config file today; the Kubernetes watch
-//! and the hook API later) hands a whole [`EdgeConfig`] to [`Edge::apply`];
-//! the data path never knows where it came from.
+//! Every source of configuration (the config file, the Kubernetes watch, the
+//! hook API), once merged ([`crate::sources`]), hands a whole [`EdgeConfig`]
+//! to [`Edge::apply`]; the data path never knows where it came from.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -13,18 +13,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures::future::BoxFuture;
 use portico_config::EdgeConfig;
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use crate::admin;
+use crate::admission::AcceptContext;
 use crate::health::HealthChecker;
-use crate::listeners::{AcceptContext, ListenerManager};
+use crate::listeners::ListenerManager;
 use crate::metrics::EdgeMetrics;
 use crate::plan::{self, Plan};
 use crate::snapshot::{port_label, Snapshot, SnapshotBuilder};
+use crate::status::{AccessStatus, BackendStatus, ListenerStatus, Status, StatusSource};
 use crate::upgrade;
 use crate::vip::{AddressOps, VipManager};
 
@@ -63,59 +65,6 @@ pub struct EdgeOptions {
     /// The metrics to export (sources started before the edge count into
     /// them too); `None` creates a fresh set.
     pub metrics: Option<EdgeMetrics>,
-}
-
-/// The status of one listener, for `/status` and `portico-edge status`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct ListenerStatus {
-    /// `tcp/VIP:port`.
-    pub listener: String,
-    /// `namespace/name`.
-    pub service: String,
-    /// Port name or number.
-    pub port: String,
-    /// Whether the socket is open (and the error if not).
-    pub open: bool,
-    /// Why it is not open, if it is not.
-    pub error: Option<String>,
-    /// Source range policy: `any`, `N ranges`, or `closed: why`.
-    pub access: String,
-    /// Why the route cannot carry traffic, if it cannot.
-    pub problem: Option<String>,
-    /// True when no backend is healthy.
-    pub all_down: bool,
-    /// One row per node.
-    pub backends: Vec<BackendStatus>,
-}
-
-/// The status of one backend of a listener.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct BackendStatus {
-    /// Node name.
-    pub node: String,
-    /// `address:nodePort`.
-    pub addr: String,
-    /// Health check, e.g. `node-proxy:10.0.0.1:10256`.
-    pub check: String,
-    /// Healthy?
-    pub healthy: bool,
-    /// Whether a probe has completed yet.
-    pub probed: bool,
-    /// Weight.
-    pub weight: u32,
-    /// Connections this edge has open to it.
-    pub active: u64,
-    /// The last probe error, if failing.
-    pub last_error: Option<String>,
-}
-
-/// The whole status.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Default)]
-pub struct Status {
-    /// Snapshot generation.
-    pub generation: u64,
-    /// One entry per listener, sorted.
-    pub listeners: Vec<ListenerStatus>,
 }
 
 enum Command {
@@ -180,9 +129,9 @@ impl Edge {
         };
         let state = admin::AdminState {
             metrics: metrics.clone(),
-            cmd: StatusHandle {
+            status: Arc::new(StatusHandle {
                 cmd: cmd_tx.clone(),
-            },
+            }),
         };
         servers.push(spawn_server(
             "admin",
@@ -356,19 +305,26 @@ impl Edge {
 
 /// A handle the admin server asks for status through.
 #[derive(Clone)]
-pub struct StatusHandle {
+struct StatusHandle {
     cmd: mpsc::Sender<Command>,
 }
 
 impl StatusHandle {
     /// Asks the control task for the current status.
-    pub async fn status(&self) -> Result<Status, EdgeError> {
+    async fn status(&self) -> Result<Status, EdgeError> {
         let (tx, rx) = oneshot::channel();
         self.cmd
             .send(Command::Status(tx))
             .await
             .map_err(|_| EdgeError::Stopped)?;
         rx.await.map_err(|_| EdgeError::Stopped)
+    }
+}
+
+impl StatusSource for StatusHandle {
+    fn status(&self) -> BoxFuture<'static, Option<Status>> {
+        let handle = self.clone();
+        Box::pin(async move { StatusHandle::status(&handle).await.ok() })
     }
 }
 
@@ -379,7 +335,7 @@ fn take_or_bind(
 ) -> Result<std::net::TcpListener, EdgeError> {
     let key = format!("{what}/{addr}");
     let res = match inherited.remove(&key) {
-        Some(fd) => upgrade::into_std_listener(fd),
+        Some(fd) => crate::sockets::into_std_listener(fd),
         None => std::net::TcpListener::bind(addr),
     };
     let l = res.map_err(|source| EdgeError::Listen { what, addr, source })?;
@@ -494,9 +450,11 @@ impl Control {
                     open: !failed.contains_key(key),
                     error: failed.get(key).cloned(),
                     access: match &p.access {
-                        plan::Access::Any => "any".into(),
-                        plan::Access::Ranges(set) => format!("{} ranges", set.len()),
-                        plan::Access::Closed { reason } => format!("closed: {reason}"),
+                        plan::Access::Any => AccessStatus::Any,
+                        plan::Access::Ranges(set) => AccessStatus::Ranges { count: set.len() },
+                        plan::Access::Closed { reason } => AccessStatus::Closed {
+                            reason: reason.to_string(),
+                        },
                     },
                     problem: p.problem.as_ref().map(|x| x.to_string()),
                     all_down: route.all_down,

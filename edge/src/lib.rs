@@ -8,6 +8,7 @@
 //! and [`copy`]s both ways.
 
 pub mod admin;
+pub mod admission;
 pub mod cluster;
 pub mod copy;
 pub mod edge;
@@ -22,10 +23,11 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod run;
 pub mod snapshot;
+pub mod sockets;
 pub mod source_ranges;
 pub mod sources;
 pub mod standin;
-pub mod status_view;
+pub mod status;
 pub mod sys;
 #[doc(hidden)]
 pub mod testing;

@@ -12,38 +12,17 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_util::task::TaskTracker;
 
-use crate::metrics::EdgeMetrics;
+use crate::admission::AcceptContext;
 use crate::plan::ListenerKey;
-use crate::snapshot::Snapshot;
-use crate::{proxy, udp, upgrade, vip};
+use crate::sockets::{self, BACKLOG};
+use crate::{proxy, udp};
 use portico_config::Protocol;
-
-/// The backlog of every listening socket.
-pub const BACKLOG: i32 = 4096;
-
-/// What accept tasks share.
-#[derive(Clone)]
-pub struct AcceptContext {
-    /// The current snapshot.
-    pub snapshot: Arc<ArcSwap<Snapshot>>,
-    /// Becomes true when established connections must end (drain over).
-    pub shutdown: watch::Receiver<bool>,
-    /// Every connection task, so shutdown can wait for them.
-    pub tracker: TaskTracker,
-    /// Metrics.
-    pub metrics: EdgeMetrics,
-}
 
 struct OpenListener {
     task: JoinHandle<()>,
@@ -130,8 +109,8 @@ impl ListenerManager {
         }
         if key.protocol == Protocol::Udp {
             let std_socket = match inherited {
-                Some(fd) => udp::into_std_udp(fd)?,
-                None => udp::bind_udp(key.addr)?,
+                Some(fd) => sockets::into_std_udp(fd)?,
+                None => sockets::bind_udp(key.addr)?,
             };
             let fd = std_socket.as_fd().try_clone_to_owned()?;
             let socket = tokio::net::UdpSocket::from_std(std_socket)?;
@@ -139,8 +118,8 @@ impl ListenerManager {
             return Ok(OpenListener { task, fd });
         }
         let std_listener = match inherited {
-            Some(fd) => upgrade::into_std_listener(fd)?,
-            None => vip::bind_listener(key.addr, BACKLOG)?,
+            Some(fd) => sockets::into_std_listener(fd)?,
+            None => sockets::bind_listener(key.addr, BACKLOG)?,
         };
         std_listener.set_nonblocking(true)?;
         let fd = std_listener.as_fd().try_clone_to_owned()?;
@@ -197,7 +176,15 @@ async fn accept_loop(listener: TcpListener, key: ListenerKey, ctx: AcceptContext
                 let settings = snapshot.proxy.clone();
                 let shutdown = ctx.shutdown.clone();
                 ctx.tracker.spawn(async move {
-                    proxy::handle(stream, normalize(peer), key, route, &settings, shutdown).await;
+                    proxy::handle(
+                        stream,
+                        sockets::normalize_peer(peer),
+                        key,
+                        route,
+                        &settings,
+                        shutdown,
+                    )
+                    .await;
                 });
             }
             Err(e) => {
@@ -216,16 +203,5 @@ async fn accept_loop(listener: TcpListener, key: ListenerKey, ctx: AcceptContext
                 }
             }
         }
-    }
-}
-
-/// IPv4-mapped IPv6 peers (from dual-stack sockets) are treated as IPv4.
-pub fn normalize(peer: SocketAddr) -> SocketAddr {
-    match peer {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => peer,
-        },
-        v4 => v4,
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use portico_edge::run::{self, ConfigSource, RunOptions};
 use portico_edge::standin::{StandInNode, StandInSpec};
-use portico_edge::status_view;
+use portico_edge::status;
 
 #[derive(Parser)]
 #[command(
@@ -167,16 +167,21 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Command::Status { admin } => match status_view::fetch(admin) {
-            Ok(s) => {
-                print!("{}", status_view::render(&s));
-                ExitCode::SUCCESS
+        Command::Status { admin } => {
+            let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+                return ExitCode::FAILURE;
+            };
+            match runtime.block_on(status::fetch(admin)) {
+                Ok(s) => {
+                    print!("{}", status::render(&s));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("portico-edge: {e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("portico-edge: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
     }
 }
 

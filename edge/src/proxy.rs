@@ -21,9 +21,10 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::admission;
 use crate::copy::{copy_bidirectional, drain_signal, CopyObserver, CopyOptions};
 use crate::metrics::RouteMetrics;
-use crate::plan::{Access, ListenerKey};
+use crate::plan::ListenerKey;
 use crate::proxy_protocol;
 use crate::snapshot::{Backend, Route};
 
@@ -158,34 +159,18 @@ pub async fn handle(
     };
     let span = tracing::debug_span!("conn", %peer, %listener, service = %route.planned.service);
     async move {
-        route.metrics.accepted.inc();
-        if !route.planned.access.allows(peer.ip()) {
-            let reason = match route.planned.access {
-                Access::Closed { .. } => {
-                    route.metrics.rejected_invalid_range.inc();
-                    crate::metrics::reject::INVALID_SOURCE_RANGE
-                }
-                _ => {
-                    route.metrics.rejected_source_range.inc();
-                    crate::metrics::reject::SOURCE_RANGE
-                }
-            };
-            tracing::debug!(reason, "rejected");
-            return ConnectionEnd::Rejected(reason);
+        if let Err(refusal) = admission::check_source(&route, peer) {
+            tracing::debug!(reason = refusal.reason(), "rejected");
+            return ConnectionEnd::Rejected(refusal.reason());
         }
         let tries = settings.connect_retries as usize + 1;
-        let candidates = route.candidates(peer, tries);
-        if candidates.is_empty() {
-            let reason = if route.backends.is_empty() {
-                route.metrics.rejected_no_backend.inc();
-                crate::metrics::reject::NO_BACKEND
-            } else {
-                route.metrics.rejected_no_healthy.inc();
-                crate::metrics::reject::NO_HEALTHY_BACKEND
-            };
-            tracing::debug!(reason, "rejected");
-            return ConnectionEnd::Rejected(reason);
-        }
+        let candidates = match admission::pick(&route, peer, tries) {
+            Ok(candidates) => candidates,
+            Err(refusal) => {
+                tracing::debug!(reason = refusal.reason(), "rejected");
+                return ConnectionEnd::Rejected(refusal.reason());
+            }
+        };
         let upstream = connect_first(&route, &candidates, settings).await;
         let Some((mut upstream, backend)) = upstream.map(|(s, idx)| (s, &route.backends[idx]))
         else {

@@ -242,7 +242,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             _ = poll.tick() => {
                 if let Some(c) = &cluster {
                     // Services with no healthy node get an Event.
-                    c.set_unhealthy(crate::cluster::watch::unhealthy_services(&edge.snapshot()));
+                    c.set_unhealthy(edge.snapshot().unhealthy_services());
                 }
                 if let ConfigSource::File(_) = opts.source {
                     if let Some(new) = reload(&edge, &opts.source, &mut applied_text, false) {

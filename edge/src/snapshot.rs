@@ -10,7 +10,7 @@
 //! in the [`SnapshotBuilder`] and shared into each new snapshot.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -211,6 +211,27 @@ pub struct Snapshot {
 }
 
 type TableKey = (Vec<(Arc<str>, u32)>, u32);
+
+impl Snapshot {
+    /// The Services whose every route has backends, all probed and all
+    /// down: a Service with no healthy node anywhere (the cluster source
+    /// tells their owners).
+    pub fn unhealthy_services(&self) -> BTreeSet<ServiceKey> {
+        let mut by_service: BTreeMap<&ServiceKey, bool> = BTreeMap::new();
+        for route in self.routes.values() {
+            let down = !route.backends.is_empty()
+                && route.all_down
+                && route.backends.iter().all(|b| b.status.probed);
+            let entry = by_service.entry(&route.planned.service).or_insert(true);
+            *entry &= down;
+        }
+        by_service
+            .into_iter()
+            .filter(|(_, down)| *down)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
 
 /// Builds snapshots and keeps the state that outlives them.
 pub struct SnapshotBuilder {

@@ -18,18 +18,16 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
+use crate::admission::{self, AcceptContext};
 use crate::copy::drain_signal;
-use crate::listeners::AcceptContext;
-use crate::plan::{Access, ListenerKey};
+use crate::plan::ListenerKey;
 use crate::snapshot::Route;
 
 /// Flows one listener keeps at most; datagrams from further new clients are
@@ -41,39 +39,6 @@ const MAX_DATAGRAM: usize = 65_535;
 
 thread_local! {
     static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; MAX_DATAGRAM]);
-}
-
-/// Binds a UDP socket to a VIP that may not be on any interface yet
-/// (`IP_FREEBIND`).
-pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-    let socket = Socket::new(
-        Domain::for_address(addr),
-        Type::DGRAM,
-        Some(SockProtocol::UDP),
-    )?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-        socket.set_freebind_v6(true)?;
-    } else {
-        socket.set_freebind_v4(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
-}
-
-/// Turns a handed-over descriptor back into a UDP socket, checking it is one.
-pub fn into_std_udp(fd: OwnedFd) -> io::Result<std::net::UdpSocket> {
-    let socket = Socket::from(fd);
-    if socket.r#type()? != Type::DGRAM {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a datagram socket",
-        ));
-    }
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
 }
 
 struct Flow {
@@ -159,7 +124,7 @@ fn receive(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Received::Nothing),
             Err(e) => return Err(e),
         };
-        let client = crate::listeners::normalize(from);
+        let client = crate::sockets::normalize_peer(from);
         if let Some(flow) = flows.get(&client).filter(|f| !f.task.is_finished()) {
             flow.last.store(millis(epoch), Ordering::Relaxed);
             match flow.upstream.try_send(&buf[..n]) {
@@ -202,12 +167,7 @@ async fn forward(
     let Some(route) = snapshot.routes.get(key).cloned() else {
         return;
     };
-    route.metrics.accepted.inc();
-    if !route.planned.access.allows(client.ip()) {
-        match route.planned.access {
-            Access::Closed { .. } => route.metrics.rejected_invalid_range.inc(),
-            _ => route.metrics.rejected_source_range.inc(),
-        }
+    if admission::check_source(&route, client).is_err() {
         tracing::debug!(%client, listener = %key, "UDP datagram outside the source ranges dropped");
         return;
     }
@@ -221,14 +181,10 @@ async fn forward(
     }
     // UDP cannot tell a dead node at connect time: take the best choice; an
     // ICMP error later ends the flow and counts against the node.
-    let Some(&idx) = route.candidates(client, 1).first() else {
-        if route.backends.is_empty() {
-            route.metrics.rejected_no_backend.inc();
-        } else {
-            route.metrics.rejected_no_healthy.inc();
-        }
+    let Ok(candidates) = admission::pick(&route, client, 1) else {
         return;
     };
+    let idx = candidates[0];
     let backend_addr = route.backends[idx].addr;
     let upstream = match connect_upstream(backend_addr).await {
         Ok(u) => Arc::new(u),

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockopt, sendmsg, sockopt, ControlMessage, MsgFlags};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::sys;
 
@@ -383,45 +383,6 @@ impl Drop for UpgradeSocket {
     fn drop(&mut self) {
         self.remove_file();
     }
-}
-
-/// Turns a received descriptor into a std listener, after checking it really
-/// is a listening TCP socket (a descriptor from another process could be
-/// anything), and makes it nonblocking.
-pub fn into_std_listener(fd: OwnedFd) -> io::Result<std::net::TcpListener> {
-    let sock = Socket::from(fd);
-    let invalid = |what: &str| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("inherited descriptor {what}"),
-        )
-    };
-    if sock.r#type()? != Type::STREAM {
-        return Err(invalid("is not a stream socket"));
-    }
-    let domain = sock.domain()?;
-    if domain != Domain::IPV4 && domain != Domain::IPV6 {
-        return Err(invalid("is not an IPv4 or IPv6 socket"));
-    }
-    if sock.protocol()?.is_some_and(|p| p != Protocol::TCP) {
-        return Err(invalid("is not a TCP socket"));
-    }
-    if !sock.is_listener()? {
-        return Err(invalid("is not listening"));
-    }
-    sock.set_nonblocking(true)?;
-    Ok(sock.into())
-}
-
-/// [`into_std_listener`], registered with the current tokio runtime. Fails
-/// (rather than panics) when called outside one.
-pub fn into_tokio_listener(fd: OwnedFd) -> io::Result<tokio::net::TcpListener> {
-    if tokio::runtime::Handle::try_current().is_err() {
-        return Err(io::Error::other(
-            "into_tokio_listener needs a tokio runtime",
-        ));
-    }
-    tokio::net::TcpListener::from_std(into_std_listener(fd)?)
 }
 
 fn check_key(key: &str) -> Result<(), UpgradeError> {
@@ -923,7 +884,7 @@ mod tests {
         for (key, fd) in received {
             let cloexec = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFD).unwrap();
             assert_ne!(cloexec & libc::FD_CLOEXEC, 0, "{key} is close-on-exec");
-            let listener = into_std_listener(fd).expect("a listening TCP socket");
+            let listener = crate::sockets::into_std_listener(fd).expect("a listening TCP socket");
             let client = TcpStream::connect_timeout(&addr_of(&key), DEADLINE).expect("connect");
             let (_conn, peer) = accept_one(&listener);
             assert_eq!(
@@ -991,7 +952,7 @@ mod tests {
             clients.iter().map(|s| s.local_addr().unwrap()).collect();
         let mut accepted = Vec::new();
         for (_, fd) in received {
-            let listener = into_std_listener(fd).unwrap();
+            let listener = crate::sockets::into_std_listener(fd).unwrap();
             let here = listener.local_addr().unwrap();
             let queued = clients
                 .iter()
@@ -1411,51 +1372,6 @@ mod tests {
             matches!(err, UpgradeError::Rejected { ref reason, .. } if reason == "no room"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn into_std_listener_accepts_only_listening_tcp_sockets() {
-        let tcp = listen_local();
-        let l = into_std_listener(OwnedFd::from(tcp)).expect("a TCP listener");
-        assert!(l.local_addr().is_ok());
-
-        let unbound = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let unix = std::os::unix::net::UnixListener::bind(TempDir::new().0.join("u.sock"));
-        let (pipe_r, _pipe_w) = nix::unistd::pipe().unwrap();
-        let mut bad: Vec<(&str, OwnedFd)> = vec![
-            ("unbound TCP", unbound.into()),
-            ("UDP", udp.into()),
-            ("pipe", pipe_r),
-        ];
-        if let Ok(unix) = unix {
-            bad.push(("unix listener", unix.into()));
-        }
-        for (what, fd) in bad {
-            assert!(into_std_listener(fd).is_err(), "{what} must be rejected");
-        }
-    }
-
-    #[tokio::test]
-    async fn into_tokio_listener_serves_connections() {
-        let std_listener = listen_local();
-        let addr = std_listener.local_addr().unwrap();
-        let listener = into_tokio_listener(OwnedFd::from(std_listener)).unwrap();
-        let client = tokio::net::TcpStream::connect(addr);
-        let (accepted, connected) =
-            tokio::time::timeout(DEADLINE, async { tokio::join!(listener.accept(), client) })
-                .await
-                .expect("accept before the deadline");
-        assert_eq!(
-            accepted.unwrap().1,
-            connected.unwrap().local_addr().unwrap()
-        );
-    }
-
-    #[test]
-    fn into_tokio_listener_outside_a_runtime_is_an_error() {
-        let err = into_tokio_listener(OwnedFd::from(listen_local())).unwrap_err();
-        assert!(err.to_string().contains("runtime"), "{err}");
     }
 
     #[test]

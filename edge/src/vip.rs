@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::io::{self, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV6};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -117,29 +117,6 @@ pub enum VipError {
         /// Why.
         source: io::Error,
     },
-}
-
-/// Opens a listening TCP socket on `addr` even when `addr` is not (yet) on
-/// any interface, so a listener can exist before its VIP is added, and
-/// survives the VIP moving away and back.
-///
-/// Sets SO_REUSEADDR (restarts do not wait for TIME_WAIT), IP_FREEBIND or,
-/// for IPv6, IPV6_FREEBIND and IPV6_V6ONLY (so `[::]` never also claims the
-/// IPv4 port), and nonblocking mode.
-pub fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    match addr {
-        SocketAddr::V4(_) => socket.set_freebind_v4(true)?,
-        SocketAddr::V6(_) => {
-            socket.set_only_v6(true)?;
-            socket.set_freebind_v6(true)?;
-        }
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(backlog)?;
-    Ok(socket.into())
 }
 
 /// The system work behind [`VipManager`]. Implementations act in the
@@ -1333,49 +1310,12 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn listeners_bind_to_addresses_that_exist_nowhere() {
-        // 198.18.0.0/15 is for benchmarking; nothing here has it.
-        let addr: SocketAddr = "198.18.0.1:0".parse().unwrap();
-        if std::fs::read_to_string("/proc/sys/net/ipv4/ip_nonlocal_bind")
-            .is_ok_and(|v| v.trim() == "0")
-        {
-            let err = std::net::TcpListener::bind(addr).unwrap_err();
-            assert_eq!(
-                err.kind(),
-                io::ErrorKind::AddrNotAvailable,
-                "without freebind it fails"
-            );
-        }
-        let first = bind_listener(addr, 16).expect("freebind");
-        let taken = first.local_addr().unwrap();
-        assert_eq!(taken.ip(), addr.ip());
-        let err = bind_listener(taken, 16).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
-
-        match bind_listener("[2001:db8::123]:0".parse().unwrap(), 16) {
-            Ok(v6) => {
-                let taken = v6.local_addr().unwrap();
-                assert_eq!(
-                    bind_listener(taken, 16).unwrap_err().kind(),
-                    io::ErrorKind::AddrInUse
-                );
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
-                loud_skip(
-                    "IPv6 part of listeners_bind_to_addresses_that_exist_nowhere: no IPv6 here",
-                );
-            }
-            Err(e) => panic!("IPv6 freebind: {e}"),
-        }
-    }
-
     /// Tests in network namespaces of their own, joined by a veth pair.
     mod netns {
         use super::*;
         use std::fs::File;
         use std::io::Read as _;
-        use std::net::{TcpListener, TcpStream};
+        use std::net::{SocketAddr, TcpListener, TcpStream};
         use std::os::fd::AsFd;
         use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -1637,9 +1577,9 @@ mod tests {
             let started = Instant::now();
             let (l4, l6, mut manager, errors, mac) = in_netns(&a, move || {
                 // Listeners first: the VIPs do not exist yet.
-                let l4 = bind_listener(SocketAddr::new(vip4, 0), 16)
+                let l4 = crate::sockets::bind_listener(SocketAddr::new(vip4, 0), 16)
                     .expect("bind before the VIP exists");
-                let l6 = bind_listener(SocketAddr::new(vip6, 0), 16)
+                let l6 = crate::sockets::bind_listener(SocketAddr::new(vip6, 0), 16)
                     .expect("bind before the VIP exists");
                 let ops =
                     IpCommand::new().with_announcements(ANNOUNCE_COUNT, Duration::from_millis(50));

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use portico_edge::edge::Status;
+use portico_edge::status::Status;
 use support::process::*;
 use support::*;
 

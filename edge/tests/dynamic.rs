@@ -324,7 +324,7 @@ async fn a_listener_that_cannot_be_opened_is_reported_and_retried() {
     );
 
     let status = admin_status(edge.admin_addr()).await;
-    let row = |s: &portico_edge::edge::Status, name: &str| {
+    let row = |s: &portico_edge::status::Status, name: &str| {
         s.listeners
             .iter()
             .find(|l| l.service == name)

@@ -8,6 +8,7 @@
 
 mod support;
 
+use portico_edge::status::AccessStatus;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use portico_config::SourceRanges;
@@ -74,7 +75,10 @@ async fn v4_client_inside_the_ranges_is_proxied_outside_is_closed_unseen() {
     );
     let status = admin_status(edge.admin_addr()).await;
     assert_eq!(status.listeners.len(), 1);
-    assert_eq!(status.listeners[0].access, "1 ranges");
+    assert_eq!(
+        status.listeners[0].access,
+        AccessStatus::Ranges { count: 1 }
+    );
     edge.shutdown().await;
 }
 
@@ -209,7 +213,7 @@ async fn invalid_ranges_fail_closed_for_that_service_only() {
     };
     let bad_row = row("default/bad");
     assert!(
-        bad_row.access.starts_with("closed: ") && bad_row.access.contains("10.0.0.0/33"),
+        matches!(&bad_row.access, AccessStatus::Closed { reason } if reason.contains("10.0.0.0/33")),
         "closed access shown with the offending entry: {:?}",
         bad_row.access
     );
@@ -217,7 +221,7 @@ async fn invalid_ranges_fail_closed_for_that_service_only() {
         bad_row.open,
         "the listener itself is open (it closes clients)"
     );
-    assert_eq!(row("default/good").access, "any");
+    assert_eq!(row("default/good").access, AccessStatus::Any);
     edge.shutdown().await;
 }
 

@@ -494,24 +494,6 @@ async fn post_event<'a>(
     (key, c, result)
 }
 
-/// The Services of a snapshot whose every route has backends, all probed
-/// and all down: a Service with no healthy node anywhere.
-pub fn unhealthy_services(snapshot: &crate::snapshot::Snapshot) -> BTreeSet<ServiceKey> {
-    let mut by_service: BTreeMap<&ServiceKey, bool> = BTreeMap::new();
-    for route in snapshot.routes.values() {
-        let down = !route.backends.is_empty()
-            && route.all_down
-            && route.backends.iter().all(|b| b.status.probed);
-        let entry = by_service.entry(&route.planned.service).or_insert(true);
-        *entry &= down;
-    }
-    by_service
-        .into_iter()
-        .filter(|(_, down)| *down)
-        .map(|(k, _)| k.clone())
-        .collect()
-}
-
 /// One API call may take this long before it is given up (and retried at
 /// the next pass): a hung API server must not stall the loop.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);

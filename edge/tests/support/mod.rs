@@ -429,7 +429,7 @@ pub fn node_connections(nodes: &[StandInNode]) -> Vec<u64> {
 }
 
 /// `/status` from the admin API, parsed.
-pub async fn admin_status(admin: SocketAddr) -> portico_edge::edge::Status {
+pub async fn admin_status(admin: SocketAddr) -> portico_edge::status::Status {
     let (code, body) = http_get(admin, "/status").await;
     assert_eq!(code, 200, "/status answers: {body}");
     serde_json::from_str(&body)
