@@ -1,6 +1,6 @@
-//! Several sources, one configuration. The config file, the Kubernetes
-//! source and the hook API each contribute Services and Nodes; [`merge`]
-//! makes one [`EdgeConfig`] of them for the edge.
+//! The merge: the config file, the Kubernetes source and the hook API
+//! each contribute Services and Nodes; [`merge`] makes one [`EdgeConfig`]
+//! of them for the edge.
 //!
 //! Pure. Earlier sources win: the config file first, then the others in the
 //! order given. A Service whose name or listener (address, protocol, port)

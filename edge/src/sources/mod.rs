@@ -1,0 +1,227 @@
+//! Several sources, one configuration: the config file ([`file`]), the
+//! Kubernetes watch ([`crate::cluster`], with `settings.kubernetes`) and the
+//! cloud-provider hook API ([`crate::hook`], with `settings.hookApi`), merged
+//! in that order ([`merge`]) and applied to the [`Edge`].
+//!
+//! [`Sources`] starts and holds the running sources and their latest
+//! models; the process loop ([`crate::run`]) only tells it when to reload,
+//! waits for a change, and applies.
+
+pub mod file;
+pub mod merge;
+
+pub use file::{ConfigFile, ConfigSource, LoadError, Reloaded, EMBEDDED_CONFIG};
+pub use merge::{merge, Contribution};
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portico_config::{EdgeConfig, ServiceKey};
+use tokio::sync::watch;
+
+use crate::cluster::{ClusterModel, ClusterSource};
+use crate::edge::Edge;
+use crate::hook::{HookError, HookModel, HookSource};
+use crate::metrics::EdgeMetrics;
+
+/// How long the edge waits for the cluster's first lists before it starts
+/// without them.
+const FIRST_LIST_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The Kubernetes client could not be set up.
+    #[error("{0}")]
+    Kubernetes(String),
+    /// The hook API could not start.
+    #[error(transparent)]
+    Hook(#[from] HookError),
+}
+
+impl SourceError {
+    /// The process exit code: 64 (`EX_USAGE`) for what a configuration
+    /// fixes, else what the source says.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SourceError::Kubernetes(_) => 64,
+            SourceError::Hook(e) => e.exit_code(),
+        }
+    }
+}
+
+/// The running sources and their latest models.
+pub struct Sources {
+    file: EdgeConfig,
+    cluster: Option<(ClusterSource, watch::Receiver<Option<Arc<ClusterModel>>>)>,
+    hook: Option<(HookSource, watch::Receiver<Arc<HookModel>>)>,
+}
+
+impl Sources {
+    /// Starts the sources the file's settings ask for. `hook_bind_wait`: how
+    /// long the hook API may wait for its address (during an upgrade the
+    /// old process holds it until it has handed over). Waits up to
+    /// [`FIRST_LIST_WAIT`] for the cluster's first lists, so the first
+    /// configuration has its Services (after an upgrade, handed-over
+    /// listeners are kept only if the first configuration has them).
+    pub async fn start(
+        file: EdgeConfig,
+        metrics: &EdgeMetrics,
+        hook_bind_wait: Duration,
+    ) -> Result<Sources, SourceError> {
+        let pools = file.settings.address_pools.clone();
+        let hook = match &file.settings.hook_api {
+            None => None,
+            Some(h) => {
+                let source =
+                    HookSource::start(h, pools.clone(), metrics.clone(), hook_bind_wait).await?;
+                let model = source.model();
+                Some((source, model))
+            }
+        };
+        let cluster = match &file.settings.kubernetes {
+            None => None,
+            Some(k) => {
+                let client = crate::cluster::watch::client(k.kubeconfig.as_deref())
+                    .await
+                    .map_err(SourceError::Kubernetes)?;
+                tracing::info!(class = %k.load_balancer_class, default_class = k.default_class, "watching the cluster for LoadBalancer Services");
+                let source = ClusterSource::start(client, k.clone(), pools, metrics.clone());
+                let mut model = source.model();
+                let listed = tokio::time::timeout(FIRST_LIST_WAIT, model.wait_for(|m| m.is_some()))
+                    .await
+                    .is_ok();
+                if !listed {
+                    tracing::warn!(waited = ?FIRST_LIST_WAIT, "the API server has not answered; starting with the config file's Services only");
+                }
+                Some((source, model))
+            }
+        };
+        Ok(Sources {
+            file,
+            cluster,
+            hook,
+        })
+    }
+
+    /// The file's configuration merged with the cluster's model and then the
+    /// hook API's, and the warnings about what was left out.
+    pub fn merged(&self) -> (EdgeConfig, Vec<String>) {
+        let cluster = self
+            .cluster
+            .as_ref()
+            .and_then(|(_, rx)| rx.borrow().clone());
+        let hook = self.hook.as_ref().map(|(_, rx)| rx.borrow().clone());
+        let contributions: Vec<Contribution<'_>> = cluster
+            .iter()
+            .map(|m| Contribution {
+                source: "kubernetes",
+                services: &m.services,
+                nodes: &m.nodes,
+            })
+            .chain(hook.iter().map(|m| Contribution {
+                source: "the hook API",
+                services: &m.services,
+                nodes: &m.nodes,
+            }))
+            .collect();
+        merge(&self.file, &contributions)
+    }
+
+    /// Resolves when the cluster's or the hook API's model changed; never
+    /// without them.
+    pub async fn changed(&mut self) {
+        let Sources { cluster, hook, .. } = self;
+        let cluster = async {
+            match cluster.as_mut() {
+                Some((_, rx)) => {
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let hook = async {
+            match hook.as_mut() {
+                Some((_, rx)) => {
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = cluster => {}
+            () = hook => {}
+        }
+    }
+
+    /// Takes a reloaded file's configuration: new address pools go to the
+    /// cluster source and the hook API; a changed `kubernetes` or `hookApi`
+    /// section needs a restart.
+    pub fn set_file(&mut self, new: EdgeConfig) {
+        if new.settings.kubernetes != self.file.settings.kubernetes {
+            tracing::warn!("settings.kubernetes changed: it takes effect at the next restart");
+        }
+        if new.settings.hook_api != self.file.settings.hook_api {
+            tracing::warn!("settings.hookApi changed: it takes effect at the next restart");
+        }
+        if let Some((c, _)) = &self.cluster {
+            c.set_pools(new.settings.address_pools.clone());
+        }
+        if let Some((h, _)) = &self.hook {
+            h.set_pools(new.settings.address_pools.clone());
+        }
+        self.file = new;
+    }
+
+    /// Tells the cluster source which Services have no healthy node (they
+    /// get an Event).
+    pub fn set_unhealthy(&self, services: BTreeSet<ServiceKey>) {
+        if let Some((c, _)) = &self.cluster {
+            c.set_unhealthy(services);
+        }
+    }
+
+    /// Applies the merged configuration to the edge; `reload` counts it in
+    /// `portico_edge_reloads_total`.
+    pub async fn apply(&self, edge: &Edge, reload: bool) {
+        let (config, warnings) = self.merged();
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        match edge.apply(config).await {
+            Ok(errors) => {
+                if reload {
+                    record_reload(edge.metrics(), true);
+                    tracing::info!("configuration reloaded");
+                }
+                for (listener, error) in &errors {
+                    tracing::error!(%listener, %error, "listener could not be opened");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "configuration not applied"),
+        }
+    }
+
+    /// Stops every source.
+    pub async fn stop(self) {
+        if let Some((h, _)) = self.hook {
+            h.stop().await;
+        }
+        if let Some((c, _)) = self.cluster {
+            c.stop();
+        }
+    }
+}
+
+/// Counts a reload in `portico_edge_reloads_total{result}`.
+pub fn record_reload(metrics: &EdgeMetrics, ok: bool) {
+    metrics
+        .reloads
+        .with_label_values(&[if ok { "ok" } else { "failed" }])
+        .inc();
+}
