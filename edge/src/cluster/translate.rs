@@ -89,97 +89,14 @@ pub fn translate(
         value: svc,
         mut problems,
     } = read;
-    let object = format!("Service {}", svc.key);
-    let mut problem = |field: &str, message: String| {
-        problems.push(FieldProblem {
-            object: object.clone(),
-            field: field.to_string(),
-            message,
-        })
+    let mut notes = Annotations {
+        object: format!("Service {}", svc.key),
+        annotations,
+        problems: &mut problems,
     };
-    let annotation = |name: &str| {
-        annotations
-            .and_then(|a| a.get(name))
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
-    };
-    let field = |name: &str| format!("metadata.annotations[{name}]");
-
-    let algorithm = match annotation(ALGORITHM) {
-        None => Algorithm::default(),
-        Some(text) => text.parse().unwrap_or_else(|e| {
-            problem(&field(ALGORITHM), format!("{e}; using maglev"));
-            Algorithm::default()
-        }),
-    };
-    let proxy_protocol = match annotation(PROXY_PROTOCOL) {
-        None => ProxyProtocol::Off,
-        Some(text) => text.parse().unwrap_or_else(|e| {
-            problem(
-                &field(PROXY_PROTOCOL),
-                format!("{e}; sending no PROXY header"),
-            );
-            ProxyProtocol::Off
-        }),
-    };
-    let cluster_check = match annotation(HEALTH_CHECK) {
-        None => None,
-        Some(text) => match text.parse::<ClusterHealthCheck>() {
-            Ok(c) => Some(c),
-            Err(e) => {
-                problem(
-                    &field(HEALTH_CHECK),
-                    format!("{e}; using settings.health.clusterCheck"),
-                );
-                None
-            }
-        },
-    };
-
-    // Addresses: the annotation wins over the deprecated spec field.
-    let (wanted_text, wanted_field) = match annotation(LOAD_BALANCER_IPS) {
-        Some(t) => (Some(t), field(LOAD_BALANCER_IPS)),
-        None => (
-            svc.load_balancer_ip.as_deref(),
-            "spec.loadBalancerIP".to_string(),
-        ),
-    };
-    let mut wanted: Vec<IpAddr> = Vec::new();
-    let mut wanted_ok = true;
-    for text in wanted_text.into_iter().flat_map(|t| t.split(',')) {
-        match text.trim().parse::<IpAddr>() {
-            Ok(ip) if wanted.iter().any(|w| w.is_ipv4() == ip.is_ipv4()) => {
-                problem(
-                    &wanted_field,
-                    format!("more than one address of the family of {ip}; no address assigned"),
-                );
-                wanted_ok = false;
-            }
-            Ok(ip) => wanted.push(ip),
-            Err(_) => {
-                problem(
-                    &wanted_field,
-                    format!(
-                        "{:?} is not an IP address; no address assigned",
-                        text.trim()
-                    ),
-                );
-                wanted_ok = false;
-            }
-        }
-    }
-    // Wanted addresses name their families themselves.
-    let families = if !wanted_ok {
-        Vec::new()
-    } else if !wanted.is_empty() {
-        wanted.iter().map(|a| IpFamily::of(*a)).collect()
-    } else if svc.ip_families.is_empty() {
-        vec![IpFamily::V4]
-    } else {
-        svc.ip_families.clone()
-    };
-
-    let ports: Vec<ServicePort> = svc
+    let options = notes.options();
+    let request = notes.address_request(&svc);
+    let ports = svc
         .ports
         .iter()
         .map(|p| ServicePort {
@@ -189,16 +106,6 @@ pub fn translate(
             node_port: p.node_port,
         })
         .collect();
-    let request = AddressRequest {
-        owner: svc.key.to_string(),
-        families,
-        wanted,
-        current: svc.ingress.iter().map(|i| i.ip).collect(),
-        pool: annotation(ADDRESS_POOL).map(str::to_string),
-        sharing_key: annotation(ALLOW_SHARED_IP).map(str::to_string),
-        ports: ports.iter().map(|p| (p.protocol, p.port)).collect(),
-    };
-
     TranslatedService {
         service: Service {
             key: svc.key,
@@ -208,12 +115,132 @@ pub fn translate(
             health_check_node_port: svc.health_check_node_port,
             session_affinity: svc.session_affinity,
             source_ranges: svc.source_ranges,
-            algorithm,
-            proxy_protocol,
-            cluster_check,
+            algorithm: options.algorithm,
+            proxy_protocol: options.proxy_protocol,
+            cluster_check: options.cluster_check,
         },
         request,
         problems,
+    }
+}
+
+/// The per-Service options the edge's annotations set.
+struct Options {
+    algorithm: Algorithm,
+    proxy_protocol: ProxyProtocol,
+    cluster_check: Option<ClusterHealthCheck>,
+}
+
+/// A Service's annotations as the edge reads them; what cannot be used is
+/// reported (and its default used).
+struct Annotations<'a> {
+    object: String,
+    annotations: Option<&'a BTreeMap<String, String>>,
+    problems: &'a mut Vec<FieldProblem>,
+}
+
+impl Annotations<'_> {
+    /// The annotation's value, trimmed; `None` when absent or blank.
+    fn get(&self, name: &str) -> Option<&str> {
+        self.annotations
+            .and_then(|a| a.get(name))
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn problem(&mut self, field: String, message: String) {
+        self.problems.push(FieldProblem {
+            object: self.object.clone(),
+            field,
+            message,
+        });
+    }
+
+    /// An annotation parsed by `T::from_str`; its default (`None`) with a
+    /// problem saying `fallback` when it does not parse.
+    fn parsed<T>(&mut self, name: &str, fallback: &str) -> Option<T>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        let parsed = self.get(name)?.parse::<T>();
+        match parsed {
+            Ok(value) => Some(value),
+            Err(e) => {
+                self.problem(
+                    format!("metadata.annotations[{name}]"),
+                    format!("{e}; {fallback}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn options(&mut self) -> Options {
+        Options {
+            algorithm: self
+                .parsed(ALGORITHM, "using maglev")
+                .unwrap_or_default(),
+            proxy_protocol: self
+                .parsed(PROXY_PROTOCOL, "sending no PROXY header")
+                .unwrap_or(ProxyProtocol::Off),
+            cluster_check: self.parsed(HEALTH_CHECK, "using settings.health.clusterCheck"),
+        }
+    }
+
+    /// What the Service asks of the IPAM. Wanted addresses come from the
+    /// annotation, else the deprecated `spec.loadBalancerIP`, and name
+    /// their families themselves; an unreadable wish asks for nothing.
+    fn address_request(&mut self, svc: &ClusterService) -> AddressRequest {
+        let (wanted_text, wanted_field) = match self.get(LOAD_BALANCER_IPS) {
+            Some(t) => (
+                Some(t.to_owned()),
+                format!("metadata.annotations[{LOAD_BALANCER_IPS}]"),
+            ),
+            None => (svc.load_balancer_ip.clone(), "spec.loadBalancerIP".to_string()),
+        };
+        let mut wanted: Vec<IpAddr> = Vec::new();
+        let mut wanted_ok = true;
+        for text in wanted_text.iter().flat_map(|t| t.split(',')) {
+            match text.trim().parse::<IpAddr>() {
+                Ok(ip) if wanted.iter().any(|w| w.is_ipv4() == ip.is_ipv4()) => {
+                    self.problem(
+                        wanted_field.clone(),
+                        format!("more than one address of the family of {ip}; no address assigned"),
+                    );
+                    wanted_ok = false;
+                }
+                Ok(ip) => wanted.push(ip),
+                Err(_) => {
+                    self.problem(
+                        wanted_field.clone(),
+                        format!(
+                            "{:?} is not an IP address; no address assigned",
+                            text.trim()
+                        ),
+                    );
+                    wanted_ok = false;
+                }
+            }
+        }
+        let families = if !wanted_ok {
+            Vec::new()
+        } else if !wanted.is_empty() {
+            wanted.iter().map(|a| IpFamily::of(*a)).collect()
+        } else if svc.ip_families.is_empty() {
+            vec![IpFamily::V4]
+        } else {
+            svc.ip_families.clone()
+        };
+        AddressRequest {
+            owner: svc.key.to_string(),
+            families,
+            wanted,
+            current: svc.ingress.iter().map(|i| i.ip).collect(),
+            pool: self.get(ADDRESS_POOL).map(str::to_string),
+            sharing_key: self.get(ALLOW_SHARED_IP).map(str::to_string),
+            ports: svc.ports.iter().map(|p| (p.protocol, p.port)).collect(),
+        }
     }
 }
 
