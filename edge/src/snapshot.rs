@@ -233,6 +233,16 @@ impl Snapshot {
     }
 }
 
+/// What one build used of the state kept across builds (the rest is
+/// dropped at its end).
+#[derive(Default)]
+struct Used {
+    tables: HashSet<TableKey>,
+    addrs: HashSet<SocketAddr>,
+    affinity: HashSet<(ServiceKey, Arc<str>, bool)>,
+    metrics: HashSet<(ServiceKey, Arc<str>)>,
+}
+
 /// Builds snapshots and keeps the state that outlives them.
 pub struct SnapshotBuilder {
     metrics: EdgeMetrics,
@@ -277,28 +287,11 @@ impl SnapshotBuilder {
     pub fn build(&mut self, plan: &Plan, health: &HealthView, settings: &EdgeSettings) -> Snapshot {
         self.generation += 1;
         let mut routes = HashMap::with_capacity(plan.routes.len());
-        let mut used_tables: HashSet<TableKey> = HashSet::new();
-        let mut used_addrs: HashSet<SocketAddr> = HashSet::new();
-        let mut used_affinity = HashSet::new();
-        let mut used_metrics = HashSet::new();
+        let mut used = Used::default();
         self.metrics.route_problems.reset();
 
         for (key, planned) in &plan.routes {
-            let mut backends = Vec::with_capacity(planned.backends.len());
-            for pb in &planned.backends {
-                used_addrs.insert(pb.addr);
-                let status = health.get(&pb.health).copied().unwrap_or_default();
-                let active = self.active.entry(pb.addr).or_default().clone();
-                let drain = self.drain_receiver(pb.addr);
-                backends.push(Backend {
-                    node: pb.node.clone(),
-                    addr: pb.addr,
-                    health: pb.health,
-                    status,
-                    active,
-                    drain,
-                });
-            }
+            let backends = self.backends(planned, health, &mut used);
             let healthy: Vec<usize> = (0..backends.len())
                 .filter(|&i| backends[i].status.healthy)
                 .collect();
@@ -310,97 +303,18 @@ impl SnapshotBuilder {
             } else {
                 Vec::new()
             };
-            let weight = |i: usize| -> u32 {
-                // In fail-open mode a down target's weight may be stale or 0;
-                // every node then counts the same.
-                if all_down {
-                    1
-                } else {
-                    backends[i].status.weight
-                }
-            };
-            let selector = match planned.algorithm {
-                Algorithm::Maglev => {
-                    let table_key: TableKey = (
-                        pool.iter()
-                            .map(|&i| (backends[i].node.clone(), weight(i)))
-                            .collect(),
-                        settings.proxy.maglev_table_size,
-                    );
-                    used_tables.insert(table_key.clone());
-                    let table = match self.tables.entry(table_key) {
-                        Entry::Occupied(e) => e.get().clone(),
-                        Entry::Vacant(e) => {
-                            let ids: Vec<MaglevBackend<'_>> = e
-                                .key()
-                                .0
-                                .iter()
-                                .map(|(id, w)| MaglevBackend { id, weight: *w })
-                                .collect();
-                            let table = match MaglevTable::build(&ids, e.key().1) {
-                                Ok(t) => Some(Arc::new(t)),
-                                Err(err) => {
-                                    // Config validation rules these out; from
-                                    // any other source, refuse the route
-                                    // rather than guess.
-                                    tracing::error!(error = %err, listener = %key, "cannot build Maglev table; route gets no traffic");
-                                    None
-                                }
-                            };
-                            e.insert(table).clone()
-                        }
-                    };
-                    Selector::Maglev(table)
-                }
-                Algorithm::RoundRobin => Selector::RoundRobin {
-                    sequence: smooth_wrr(&pool.iter().map(|&i| weight(i)).collect::<Vec<_>>())
-                        .into(),
-                    cursor: self.cursors.entry(*key).or_default().clone(),
-                },
-                Algorithm::LeastConnections => Selector::LeastConnections {
-                    cursor: self.cursors.entry(*key).or_default().clone(),
-                },
-            };
-            let affinity = affinity_timeout(planned).map(|timeout| {
-                let akey = (
-                    planned.service.clone(),
-                    planned.port_name.clone(),
-                    key.addr.is_ipv4(),
-                );
-                used_affinity.insert(akey.clone());
-                let table = self
-                    .affinity
-                    .entry(akey)
-                    .or_insert_with(|| Arc::new(AffinityTable::new(timeout)));
-                if table.timeout != timeout {
-                    *table = Arc::new(AffinityTable::new(timeout));
-                }
-                table.clone()
-            });
-            let service = planned.service.to_string();
-            let mkey = (planned.service.clone(), planned.port_name.clone());
-            used_metrics.insert(mkey.clone());
-            let metrics = self
-                .route_metrics
-                .entry(mkey)
-                .or_insert_with(|| self.metrics.route(&service, &port_label(planned)))
-                .clone();
-            if let Some(problem) = &planned.problem {
-                let label = match problem {
-                    crate::plan::RouteProblem::NoNodePort => "no_node_port",
-                    crate::plan::RouteProblem::NoEligibleNodes => "no_eligible_nodes",
-                };
-                self.metrics
-                    .route_problems
-                    .with_label_values(&[&service, &port_label(planned), label])
-                    .set(1);
-            }
-            if let crate::plan::Access::Closed { .. } = planned.access {
-                self.metrics
-                    .route_problems
-                    .with_label_values(&[&service, &port_label(planned), "invalid_source_range"])
-                    .set(1);
-            }
+            // In fail-open mode a down target's weight may be stale or 0;
+            // every node then counts the same.
+            let weights: Vec<(Arc<str>, u32)> = pool
+                .iter()
+                .map(|&i| {
+                    let b = &backends[i];
+                    (b.node.clone(), if all_down { 1 } else { b.status.weight })
+                })
+                .collect();
+            let selector = self.selector(key, planned, weights, settings, &mut used);
+            let affinity = self.affinity(key, planned, &mut used);
+            let metrics = self.route_metrics(planned, &mut used);
             routes.insert(
                 *key,
                 Arc::new(Route {
@@ -415,19 +329,145 @@ impl SnapshotBuilder {
                 }),
             );
         }
-        self.tables.retain(|k, _| used_tables.contains(k));
+        self.tables.retain(|k, _| used.tables.contains(k));
         self.cursors.retain(|k, _| plan.routes.contains_key(k));
-        self.affinity.retain(|k, _| used_affinity.contains(k));
-        self.route_metrics.retain(|k, _| used_metrics.contains(k));
+        self.affinity.retain(|k, _| used.affinity.contains(k));
+        self.route_metrics.retain(|k, _| used.metrics.contains(k));
         self.active
-            .retain(|addr, count| used_addrs.contains(addr) || count.load(Ordering::Relaxed) > 0);
-        self.schedule_drains(&used_addrs, settings.proxy.drain_timeout);
+            .retain(|addr, count| used.addrs.contains(addr) || count.load(Ordering::Relaxed) > 0);
+        self.schedule_drains(&used.addrs, settings.proxy.drain_timeout);
         self.metrics.generation.set(self.generation as i64);
         Snapshot {
             generation: self.generation,
             routes,
             proxy: settings.proxy.clone(),
         }
+    }
+
+    /// A route's backends with their health, connection counts and drain
+    /// signals.
+    fn backends(
+        &mut self,
+        planned: &PlannedRoute,
+        health: &HealthView,
+        used: &mut Used,
+    ) -> Vec<Backend> {
+        planned
+            .backends
+            .iter()
+            .map(|pb| {
+                used.addrs.insert(pb.addr);
+                Backend {
+                    node: pb.node.clone(),
+                    addr: pb.addr,
+                    health: pb.health,
+                    status: health.get(&pb.health).copied().unwrap_or_default(),
+                    active: self.active.entry(pb.addr).or_default().clone(),
+                    drain: self.drain_receiver(pb.addr),
+                }
+            })
+            .collect()
+    }
+
+    /// The route's node choice over its pool (`weights`: node and weight of
+    /// each pool entry). Maglev tables are shared by every route with the
+    /// same nodes, weights and size, and kept while any route uses them.
+    fn selector(
+        &mut self,
+        key: &ListenerKey,
+        planned: &PlannedRoute,
+        weights: Vec<(Arc<str>, u32)>,
+        settings: &EdgeSettings,
+        used: &mut Used,
+    ) -> Selector {
+        match planned.algorithm {
+            Algorithm::Maglev => {
+                let table_key: TableKey = (weights, settings.proxy.maglev_table_size);
+                used.tables.insert(table_key.clone());
+                let table = match self.tables.entry(table_key) {
+                    Entry::Occupied(e) => e.get().clone(),
+                    Entry::Vacant(e) => {
+                        let ids: Vec<MaglevBackend<'_>> = e
+                            .key()
+                            .0
+                            .iter()
+                            .map(|(id, w)| MaglevBackend { id, weight: *w })
+                            .collect();
+                        let table = match MaglevTable::build(&ids, e.key().1) {
+                            Ok(t) => Some(Arc::new(t)),
+                            Err(err) => {
+                                // Config validation rules these out; from
+                                // any other source, refuse the route rather
+                                // than guess.
+                                tracing::error!(error = %err, listener = %key, "cannot build Maglev table; route gets no traffic");
+                                None
+                            }
+                        };
+                        e.insert(table).clone()
+                    }
+                };
+                Selector::Maglev(table)
+            }
+            Algorithm::RoundRobin => Selector::RoundRobin {
+                sequence: smooth_wrr(&weights.iter().map(|(_, w)| *w).collect::<Vec<_>>()).into(),
+                cursor: self.cursors.entry(*key).or_default().clone(),
+            },
+            Algorithm::LeastConnections => Selector::LeastConnections {
+                cursor: self.cursors.entry(*key).or_default().clone(),
+            },
+        }
+    }
+
+    /// The route's ClientIP affinity table, if its Service asks for one:
+    /// shared by the Service port's listeners of one family, kept across
+    /// snapshots, renewed when the timeout changes.
+    fn affinity(
+        &mut self,
+        key: &ListenerKey,
+        planned: &PlannedRoute,
+        used: &mut Used,
+    ) -> Option<Arc<AffinityTable>> {
+        let timeout = affinity_timeout(planned)?;
+        let akey = (
+            planned.service.clone(),
+            planned.port_name.clone(),
+            key.addr.is_ipv4(),
+        );
+        used.affinity.insert(akey.clone());
+        let table = self
+            .affinity
+            .entry(akey)
+            .or_insert_with(|| Arc::new(AffinityTable::new(timeout)));
+        if table.timeout != timeout {
+            *table = Arc::new(AffinityTable::new(timeout));
+        }
+        Some(table.clone())
+    }
+
+    /// The route's metrics (per Service port), and its problem gauges.
+    fn route_metrics(&mut self, planned: &PlannedRoute, used: &mut Used) -> RouteMetrics {
+        let service = planned.service.to_string();
+        let port = port_label(planned);
+        let mkey = (planned.service.clone(), planned.port_name.clone());
+        used.metrics.insert(mkey.clone());
+        let metrics = self
+            .route_metrics
+            .entry(mkey)
+            .or_insert_with(|| self.metrics.route(&service, &port))
+            .clone();
+        let problem = planned.problem.as_ref().map(|problem| match problem {
+            crate::plan::RouteProblem::NoNodePort => "no_node_port",
+            crate::plan::RouteProblem::NoEligibleNodes => "no_eligible_nodes",
+        });
+        let closed = matches!(planned.access, crate::plan::Access::Closed { .. })
+            .then_some("invalid_source_range");
+        for label in problem.into_iter().chain(closed) {
+            self.metrics
+                .route_problems
+                .with_label_values(&[&service, &port, label])
+                .set(1);
+        }
+        metrics
     }
 
     /// Removes expired affinity bindings of every route.

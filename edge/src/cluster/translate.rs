@@ -178,9 +178,7 @@ impl Annotations<'_> {
 
     fn options(&mut self) -> Options {
         Options {
-            algorithm: self
-                .parsed(ALGORITHM, "using maglev")
-                .unwrap_or_default(),
+            algorithm: self.parsed(ALGORITHM, "using maglev").unwrap_or_default(),
             proxy_protocol: self
                 .parsed(PROXY_PROTOCOL, "sending no PROXY header")
                 .unwrap_or(ProxyProtocol::Off),
@@ -197,7 +195,10 @@ impl Annotations<'_> {
                 Some(t.to_owned()),
                 format!("metadata.annotations[{LOAD_BALANCER_IPS}]"),
             ),
-            None => (svc.load_balancer_ip.clone(), "spec.loadBalancerIP".to_string()),
+            None => (
+                svc.load_balancer_ip.clone(),
+                "spec.loadBalancerIP".to_string(),
+            ),
         };
         let mut wanted: Vec<IpAddr> = Vec::new();
         let mut wanted_ok = true;
