@@ -99,39 +99,57 @@ fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Histo
     m
 }
 
+/// Registers a metric built from a valid definition.
+fn register<M>(r: &Registry, m: prometheus::Result<M>) -> M
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    let m = m.expect("valid metric definition");
+    r.register(Box::new(m.clone()))
+        .expect("metric registered once");
+    m
+}
+
+/// The metrics without labels: snapshot generation, open listeners, VIP
+/// errors, Kubernetes staleness.
+fn scalars(r: &Registry) -> (IntGauge, IntGauge, IntCounter, Gauge) {
+    let generation = register(
+            r,
+            IntGauge::new(
+                "portico_edge_snapshot_generation",
+                "Generation number of the routing snapshot in use; increases with every applied change.",
+            ),
+        );
+    let listeners = register(
+        r,
+        IntGauge::new(
+            "portico_edge_listeners",
+            "Listening sockets currently open.",
+        ),
+    );
+    let vip_errors = register(
+        r,
+        IntCounter::new(
+            "portico_edge_vip_errors_total",
+            "Errors adding, removing or announcing VIP addresses.",
+        ),
+    );
+    let kube_stale = register(
+            r,
+            Gauge::new(
+                "portico_edge_kubernetes_stale_seconds",
+                "Seconds since the Kubernetes watches were last healthy (0 while they are); the edge keeps serving its last view meanwhile.",
+            ),
+        );
+    (generation, listeners, vip_errors, kube_stale)
+}
+
 impl EdgeMetrics {
     /// Creates and registers every metric in a fresh registry.
     pub fn new() -> Self {
         let r = Registry::new();
         let sp = &["service", "port"];
-        let generation = IntGauge::new(
-            "portico_edge_snapshot_generation",
-            "Generation number of the routing snapshot in use; increases with every applied change.",
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(generation.clone()))
-            .expect("metric registered once");
-        let listeners = IntGauge::new(
-            "portico_edge_listeners",
-            "Listening sockets currently open.",
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(listeners.clone()))
-            .expect("metric registered once");
-        let vip_errors = IntCounter::new(
-            "portico_edge_vip_errors_total",
-            "Errors adding, removing or announcing VIP addresses.",
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(vip_errors.clone()))
-            .expect("metric registered once");
-        let kube_stale = Gauge::new(
-            "portico_edge_kubernetes_stale_seconds",
-            "Seconds since the Kubernetes watches were last healthy (0 while they are); the edge keeps serving its last view meanwhile.",
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(kube_stale.clone()))
-            .expect("metric registered once");
+        let (generation, listeners, vip_errors, kube_stale) = scalars(&r);
         EdgeMetrics {
             accepted: counter_vec(&r, "portico_edge_connections_accepted_total", "Client connections accepted by a listener.", sp),
             rejected: counter_vec(
