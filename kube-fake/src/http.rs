@@ -645,151 +645,194 @@ impl WatchFilter {
     }
 }
 
+/// What a watch request asks for.
+struct WatchOptions {
+    /// `resourceVersion`: `None` for "" and "0".
+    requested: Option<u64>,
+    /// `sendInitialEvents`.
+    send_initial: Option<bool>,
+    /// `timeoutSeconds`.
+    timeout: Duration,
+    /// `allowWatchBookmarks`.
+    bookmarks: bool,
+}
+
+impl WatchOptions {
+    /// Reads and checks the query as the real server does.
+    fn from_query(query: &Query) -> Result<WatchOptions, ApiError> {
+        let send_initial = query
+            .get("sendInitialEvents")
+            .map(|v| v == "true" || v == "1");
+        if send_initial == Some(true) {
+            if query.get("resourceVersionMatch") != Some("NotOlderThan") {
+                return Err(ApiError::Unprocessable(
+                    "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan".into(),
+                ));
+            }
+            if !query.flag("allowWatchBookmarks") {
+                return Err(ApiError::Unprocessable(
+                    "ListOptions.meta.k8s.io \"\" is invalid: allowWatchBookmarks: Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true".into(),
+                ));
+            }
+        }
+        let requested =
+            match query.get("resourceVersion").unwrap_or_default() {
+                "" | "0" => None,
+                other => Some(other.parse().map_err(|_| {
+                    ApiError::BadRequest(format!("invalid resource version: {other}"))
+                })?),
+            };
+        Ok(WatchOptions {
+            requested,
+            send_initial,
+            timeout: query
+                .get("timeoutSeconds")
+                .and_then(|t| t.parse::<u64>().ok())
+                .map(Duration::from_secs)
+                .unwrap_or(DEFAULT_WATCH_TIMEOUT),
+            bookmarks: query.flag("allowWatchBookmarks"),
+        })
+    }
+
+    /// Whether the watch starts with the current state: synthetic ADDED
+    /// events for rv ""/"0" (unless sendInitialEvents=false) or when
+    /// sendInitialEvents=true.
+    fn initial(&self) -> bool {
+        self.send_initial.unwrap_or(self.requested.is_none())
+    }
+}
+
 /// Starts a watch stream (HTTP 200, chunked, one event per line).
 fn watch(
     shared: &Arc<Shared>,
     target: &Target,
     query: &Query,
 ) -> Result<Response<ResBody>, ApiError> {
-    let res = target.res;
-    let (labels, mut fields) = selectors(res, query)?;
+    let (labels, mut fields) = selectors(target.res, query)?;
     if let Some(name) = &target.name {
         fields = FieldSelector::name(name);
     }
     let filter = WatchFilter {
-        res,
+        res: target.res,
         namespace: target.namespace.clone(),
         labels,
         fields,
     };
-    let rv = query.get("resourceVersion").unwrap_or_default().to_string();
-    let send_initial = query
-        .get("sendInitialEvents")
-        .map(|v| v == "true" || v == "1");
-    if send_initial == Some(true) {
-        if query.get("resourceVersionMatch") != Some("NotOlderThan") {
-            return Err(ApiError::Unprocessable(
-                "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan".into(),
-            ));
-        }
-        if !query.flag("allowWatchBookmarks") {
-            return Err(ApiError::Unprocessable(
-                "ListOptions.meta.k8s.io \"\" is invalid: allowWatchBookmarks: Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true".into(),
-            ));
-        }
-    }
-    let requested: Option<u64> = match rv.as_str() {
-        "" | "0" => None,
-        other => Some(
-            other
-                .parse()
-                .map_err(|_| ApiError::BadRequest(format!("invalid resource version: {other}")))?,
-        ),
-    };
-    let timeout = query
-        .get("timeoutSeconds")
-        .and_then(|t| t.parse::<u64>().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(DEFAULT_WATCH_TIMEOUT);
-    let bookmarks = query.flag("allowWatchBookmarks");
-    // Initial state: synthetic ADDED events for rv ""/"0" (unless
-    // sendInitialEvents=false) or when sendInitialEvents=true.
-    let initial = send_initial.unwrap_or(requested.is_none());
+    let opts = WatchOptions::from_query(query)?;
+    let (first, pos) = first_events(shared, &filter, &opts);
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let mut first: Vec<Bytes> = Vec::new();
-    let mut pos;
-    {
-        let store = shared.lock();
-        match requested {
-            Some(r) if !initial && r < store.horizon() => {
-                first.push(event_line("ERROR", &status::too_old(r, store.horizon())));
-                pos = u64::MAX;
+    tokio::spawn(stream(shared.clone(), filter, opts, first, pos, tx));
+    Ok(base_response(StatusCode::OK)
+        .body(BodyExt::boxed_unsync(ChannelBody(rx)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed_unsync())))
+}
+
+/// The events a watch starts with, and the revision it goes on from
+/// (`u64::MAX`: it ends after them, with a 410 for a compacted revision).
+fn first_events(shared: &Shared, filter: &WatchFilter, opts: &WatchOptions) -> (Vec<Bytes>, u64) {
+    let store = shared.lock();
+    let initial = opts.initial();
+    match opts.requested {
+        Some(r) if !initial && r < store.horizon() => (
+            vec![event_line("ERROR", &status::too_old(r, store.horizon()))],
+            u64::MAX,
+        ),
+        _ => {
+            let mut first = Vec::new();
+            let mut pos = store.revision();
+            if let Some(r) = opts.requested.filter(|_| !initial) {
+                pos = r.min(store.revision());
             }
-            _ => {
-                pos = store.revision();
-                if let Some(r) = requested.filter(|_| !initial) {
-                    pos = r.min(store.revision());
+            if initial {
+                for obj in store
+                    .list(filter.res)
+                    .into_iter()
+                    .filter(|o| filter.matches(o))
+                {
+                    first.push(event_line("ADDED", obj));
                 }
-                if initial {
-                    for obj in store.list(res).into_iter().filter(|o| filter.matches(o)) {
-                        first.push(event_line("ADDED", obj));
-                    }
-                    if send_initial == Some(true) {
-                        first.push(bookmark(res, pos, true));
-                    }
+                if opts.send_initial == Some(true) {
+                    first.push(bookmark(filter.res, pos, true));
                 }
             }
+            (first, pos)
         }
     }
-    let shared = shared.clone();
+}
+
+/// Sends a watch's events until its timeout, the client leaving, or a
+/// cut: the first ones, then every change after `pos`, with bookmarks.
+async fn stream(
+    shared: Arc<Shared>,
+    filter: WatchFilter,
+    opts: WatchOptions,
+    first: Vec<Bytes>,
+    mut pos: u64,
+    tx: mpsc::Sender<Bytes>,
+) {
     let interval = shared.bookmark_interval;
-    tokio::spawn(async move {
-        let mut cut = shared.cut.subscribe();
-        let mut revisions = shared.revision.subscribe();
-        for line in first {
-            if tx.send(line).await.is_err() {
+    let mut cut = shared.cut.subscribe();
+    let mut revisions = shared.revision.subscribe();
+    for line in first {
+        if tx.send(line).await.is_err() {
+            return;
+        }
+    }
+    if pos == u64::MAX {
+        return;
+    }
+    // The real watch cache sends a last bookmark when the timeout comes.
+    let deadline = Instant::now() + opts.timeout;
+    let mut next_bookmark = Instant::now() + interval;
+    loop {
+        let batch = filter.drain(&shared.lock(), &mut pos);
+        match batch {
+            Ok(lines) => {
+                for line in lines {
+                    if tx.send(line).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(expired) => {
+                if tx.send(expired).await.is_err() {
+                    tracing::debug!("watch client left before its 410 event");
+                }
                 return;
             }
         }
-        if pos == u64::MAX {
-            return;
-        }
-        // The real watch cache sends a last bookmark when the timeout comes.
-        let deadline = Instant::now() + timeout;
-        let mut next_bookmark = Instant::now() + interval;
-        loop {
-            let batch = filter.drain(&shared.lock(), &mut pos);
-            match batch {
-                Ok(lines) => {
+        tokio::select! {
+            changed = revisions.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep_until(next_bookmark.min(deadline)) => {
+                if opts.bookmarks {
+                    let batch = filter.drain(&shared.lock(), &mut pos);
+                    let Ok(lines) = batch else { continue };
                     for line in lines {
                         if tx.send(line).await.is_err() {
                             return;
                         }
                     }
-                }
-                Err(expired) => {
-                    if tx.send(expired).await.is_err() {
-                        tracing::debug!("watch client left before its 410 event");
+                    if tx.send(bookmark(filter.res, pos, false)).await.is_err() {
+                        return;
                     }
+                }
+                if Instant::now() >= deadline {
                     return;
                 }
+                next_bookmark = Instant::now() + interval;
             }
-            tokio::select! {
-                changed = revisions.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                }
-                _ = tokio::time::sleep_until(next_bookmark.min(deadline)) => {
-                    if bookmarks {
-                        let batch = filter.drain(&shared.lock(), &mut pos);
-                        let Ok(lines) = batch else { continue };
-                        for line in lines {
-                            if tx.send(line).await.is_err() {
-                                return;
-                            }
-                        }
-                        if tx.send(bookmark(res, pos, false)).await.is_err() {
-                            return;
-                        }
-                    }
-                    if Instant::now() >= deadline {
-                        return;
-                    }
-                    next_bookmark = Instant::now() + interval;
-                }
-                _ = cut.changed() => {
-                    // Keep the body open so the connection teardown, not a clean
-                    // end of stream, is what the client sees.
-                    tx.closed().await;
-                    return;
-                }
+            _ = cut.changed() => {
+                // Keep the body open so the connection teardown, not a clean
+                // end of stream, is what the client sees.
+                tx.closed().await;
+                return;
             }
         }
-    });
-    Ok(base_response(StatusCode::OK)
-        .body(BodyExt::boxed_unsync(ChannelBody(rx)))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed_unsync())))
+    }
 }
 
 #[cfg(test)]
