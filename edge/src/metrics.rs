@@ -60,7 +60,7 @@ pub struct EdgeMetrics {
     pub vip_errors: IntCounter,
     /// Services currently failing closed or otherwise unable to carry traffic.
     pub route_problems: IntGaugeVec,
-    /// Seconds since the Kubernetes watches were last healthy (0: healthy).
+    /// Seconds since the Kubernetes API server last answered (0 while it does).
     pub kube_stale: Gauge,
     /// Service status writes, by result.
     pub kube_status_writes: IntCounterVec,
@@ -138,7 +138,7 @@ fn scalars(r: &Registry) -> (IntGauge, IntGauge, IntCounter, Gauge) {
             r,
             Gauge::new(
                 "portico_edge_kubernetes_stale_seconds",
-                "Seconds since the Kubernetes watches were last healthy (0 while they are); the edge keeps serving its last view meanwhile.",
+                "Seconds since the Kubernetes API server last answered (a one-Node list every 2 s) while it does not; 0 while it does. The edge keeps serving its last view meanwhile.",
             ),
         );
     (generation, listeners, vip_errors, kube_stale)

@@ -27,9 +27,10 @@ use std::time::{Duration, Instant, SystemTime};
 use portico_config::cluster::{ClusterService, EndpointSlice};
 use portico_config::Node;
 use portico_config::{ServiceKey, TrafficPolicy};
+use portico_kube_watch::{KubeOptions, WatchMetrics};
 
 use crate::health::{HealthServerError, HealthState, NodeHealthServer, ServiceHealthServers};
-use crate::kube_source::{self, Debouncer, KubeError, KubeOptions, KubeSource};
+use crate::kube_source::{Debouncer, KubeError, KubeSource};
 use crate::manifests::{self, Snapshot};
 use crate::metrics::AgentMetrics;
 use crate::nft::NftBackend;
@@ -70,8 +71,8 @@ pub struct AgentOptions {
     /// successful sync (kube-proxy's rule).
     pub sync_period: Duration,
     /// How often the manifest directory is checked for changes (with the
-    /// Kubernetes source: how often the resync and the stale gauge are
-    /// checked, at most every second).
+    /// Kubernetes source: how often the resync is checked, at most every
+    /// second).
     pub poll_interval: Duration,
 }
 
@@ -392,7 +393,7 @@ async fn run_kubernetes<B: NftBackend>(
     mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Result<(), AgentError> {
     let client = tokio::select! {
-        client = kube_source::connect(kube) => client?,
+        client = portico_kube_watch::client(kube) => client.map_err(KubeError::from)?,
         () = &mut shutdown => return Ok(()),
     };
     let node_name = agent.opts.node_name.clone();
@@ -401,7 +402,10 @@ async fn run_kubernetes<B: NftBackend>(
         &node_name,
         &agent.opts.plan.proxy_name,
         kube,
-        metrics.kube_watch_errors.clone(),
+        WatchMetrics {
+            errors: Some(metrics.kube_watch_errors.clone()),
+            stale_seconds: Some(metrics.kube_stale.clone()),
+        },
     );
     let stores = source.stores().clone();
     let ready = stores.wait_until_ready();
@@ -445,7 +449,6 @@ async fn run_kubernetes<B: NftBackend>(
                 }
             }
             _ = tick.tick() => {
-                metrics.kube_stale.set(source.stale(Instant::now()).as_secs_f64());
                 // The periodic resync, also while the API is away: from the
                 // last complete state the caches hold.
                 if listed && agent.full_due() {

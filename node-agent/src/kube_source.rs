@@ -4,13 +4,13 @@
 //!
 //! Two layers:
 //! - pure: [`snapshot_from_objects`] / [`Stores::snapshot`] (cached objects
-//!   -> `Snapshot` plus the objects that did not convert), [`Debouncer`] (a
-//!   burst of changes -> one sync) and [`WatchHealth`] (watch errors and
-//!   recoveries -> what to log, and how stale the caches may be). The unit
-//!   tests feed reflector stores directly and never contact a server.
-//! - IO: [`connect`] builds the client (a kubeconfig file, or
-//!   `kube::Config::infer`: `KUBECONFIG`, `~/.kube/config`, in-cluster) and
-//!   [`KubeSource::start`] runs one `watcher` + `reflector` task per resource.
+//!   -> `Snapshot` plus the objects that did not convert) and [`Debouncer`]
+//!   (a burst of changes -> one sync). The unit tests feed reflector stores
+//!   directly and never contact a server.
+//! - IO: [`KubeSource::start`] runs the watches, their health and the API
+//!   probe with `portico-kube-watch` (the plumbing the edge shares: the
+//!   client, watcher -> reflector stores, logging of failing watches); this
+//!   module only says what to watch.
 //!
 //! Outage behaviour: a reflector replaces its store only when a (re)list has
 //! completed (`InitDone`), and a watch that fails or an API server that goes
@@ -19,100 +19,37 @@
 //! first sync (never a sync from a half-filled cache that would delete the
 //! rules of Services not listed yet), and its periodic resync keeps repairing
 //! drift from that last good state while the API is away. A failing watch is
-//! logged once when it starts failing, then reminded every
-//! [`REMIND_EVERY`], and once when it recovers; the stale-seconds gauge says
-//! for how long the caches may have been missing changes.
+//! logged once when it starts failing, then reminded every minute, and once
+//! when it recovers; the stale-seconds gauge says since when the API server
+//! has not answered the probe (a one-object list every 2 s), so a silent
+//! server shows within seconds.
 
 use std::fmt;
-use std::future::Future;
-use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use kube::api::{Api, ListParams};
-use kube::runtime::reflector::{self, store::Writer, Store};
-use kube::runtime::{watcher, WatchStreamExt as _};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::ResourceExt as _;
 use portico_config::kube::names::{SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL};
 use portico_config::kube::{
     namespaced_key, read_endpoint_slice, read_node, read_service, FieldProblem, Read,
 };
 use portico_config::ServiceKey;
-use prometheus::IntCounterVec;
-use serde::de::DeserializeOwned;
+use portico_kube_watch::{ClientError, KubeOptions, WatchMetrics, Watches};
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 
 use crate::manifests::Snapshot;
-
-/// Server-side timeout of a watch request by default: the API server ends
-/// the watch after it, and the watcher resumes from the last
-/// resourceVersion (no relist). Also bounds how long a silently dead
-/// connection goes unnoticed (this plus the watcher's 5 s margin).
-pub const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Added to the watch timeout to make the client's read timeout: longer
-/// than a quiet watch lasts, so only a server that stopped answering trips it.
-const READ_TIMEOUT_MARGIN: Duration = Duration::from_secs(10);
-
-/// A failing watch is logged again (with its error count) this often.
-pub const REMIND_EVERY: Duration = Duration::from_secs(60);
-
-/// While a watch fails, a one-object list with its selectors is tried this
-/// often: a resumed watch yields nothing until an object changes, so the
-/// probe is what tells that the API answers again.
-const PROBE_EVERY: Duration = Duration::from_secs(2);
-
-/// How long a probe may take.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How the Kubernetes source connects and watches.
-#[derive(Debug, Clone)]
-pub struct KubeOptions {
-    /// A kubeconfig file; `None` infers the configuration (`KUBECONFIG`,
-    /// `~/.kube/config`, then the in-cluster service account).
-    pub kubeconfig: Option<PathBuf>,
-    /// Server-side timeout of each watch request (see [`DEFAULT_WATCH_TIMEOUT`]).
-    pub watch_timeout: Duration,
-}
-
-impl Default for KubeOptions {
-    fn default() -> Self {
-        KubeOptions {
-            kubeconfig: None,
-            watch_timeout: DEFAULT_WATCH_TIMEOUT,
-        }
-    }
-}
 
 /// Why the Kubernetes source could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
-    /// The kubeconfig file given with `--kubeconfig` is unreadable or invalid.
-    #[error("cannot use kubeconfig {}: {source}", path.display())]
-    Kubeconfig {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: kube::config::KubeconfigError,
-    },
-    /// No configuration could be inferred from the environment.
-    #[error("no Kubernetes configuration found (KUBECONFIG, ~/.kube/config, in-cluster service account): {0}")]
-    Infer(#[source] kube::config::InferConfigError),
-    /// The client could not be built from the configuration (TLS, auth).
-    #[error("cannot build a Kubernetes client for {url}: {source}")]
-    Client {
-        /// The API server's URL.
-        url: String,
-        /// Why.
-        #[source]
-        source: kube::Error,
-    },
+    /// No client could be built (the kubeconfig, the environment, TLS).
+    #[error(transparent)]
+    Client(#[from] ClientError),
     /// A watch task ended before its first list completed (it panicked).
     #[error("the {0} watch ended before its first list completed")]
     WatchEnded(Watched),
@@ -130,17 +67,6 @@ pub enum Watched {
 }
 
 impl Watched {
-    /// Every watch, in index order.
-    pub const ALL: [Watched; 3] = [Watched::Services, Watched::EndpointSlices, Watched::Node];
-
-    fn index(self) -> usize {
-        match self {
-            Watched::Services => 0,
-            Watched::EndpointSlices => 1,
-            Watched::Node => 2,
-        }
-    }
-
     /// The resource's name as logs and metrics show it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -337,262 +263,76 @@ impl Debouncer {
 }
 
 // ---------------------------------------------------------------------------
-// Pure: watch health
+// IO: the watches (portico-kube-watch)
 // ---------------------------------------------------------------------------
-
-/// A failing watch.
-#[derive(Debug, Clone, Copy)]
-struct Outage {
-    since: Instant,
-    last_error: Instant,
-    errors: u64,
-    last_report: Instant,
-}
-
-/// What to log for a watch error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorReport {
-    /// The watch was healthy until now: log it as a warning.
-    First,
-    /// The watch has been failing for `failing_for` with `errors` errors and
-    /// was last reported [`REMIND_EVERY`] ago: log a reminder.
-    Reminder {
-        /// Errors in this outage so far.
-        errors: u64,
-        /// Since the first one.
-        failing_for: Duration,
-    },
-    /// Already reported recently: debug level only.
-    Quiet,
-}
-
-/// Which watches are failing and since when.
-#[derive(Debug, Clone, Default)]
-pub struct WatchHealth {
-    outages: [Option<Outage>; 3],
-}
-
-impl WatchHealth {
-    /// Records an error of `which` at `now` and says how to report it.
-    pub fn error(&mut self, which: Watched, now: Instant) -> ErrorReport {
-        let slot = &mut self.outages[which.index()];
-        match slot {
-            None => {
-                *slot = Some(Outage {
-                    since: now,
-                    last_error: now,
-                    errors: 1,
-                    last_report: now,
-                });
-                ErrorReport::First
-            }
-            Some(outage) => {
-                outage.errors += 1;
-                outage.last_error = now;
-                if now.saturating_duration_since(outage.last_report) >= REMIND_EVERY {
-                    outage.last_report = now;
-                    ErrorReport::Reminder {
-                        errors: outage.errors,
-                        failing_for: now.saturating_duration_since(outage.since),
-                    }
-                } else {
-                    ErrorReport::Quiet
-                }
-            }
-        }
-    }
-
-    /// Records at `now` that `which` worked at `evidence` (an event arrived
-    /// then, or a probe sent then has succeeded). Evidence older than the
-    /// watch's last error proves nothing and is ignored. Returns how long
-    /// the outage it ends lasted (until `now`) and its error count.
-    pub fn healthy(
-        &mut self,
-        which: Watched,
-        evidence: Instant,
-        now: Instant,
-    ) -> Option<(Duration, u64)> {
-        let slot = &mut self.outages[which.index()];
-        let outage = (*slot)?;
-        if evidence < outage.last_error {
-            return None;
-        }
-        *slot = None;
-        Some((now.saturating_duration_since(outage.since), outage.errors))
-    }
-
-    /// Whether `which` is failing.
-    pub fn failing(&self, which: Watched) -> bool {
-        self.outages[which.index()].is_some()
-    }
-
-    /// How long the caches may have been missing changes: since the first
-    /// error of the oldest current outage; zero when every watch is healthy.
-    /// (A watch that just goes quiet is not known to fail until its
-    /// timeouts say so: the idle timeout, then the read timeout.)
-    pub fn stale(&self, now: Instant) -> Duration {
-        self.outages
-            .iter()
-            .flatten()
-            .map(|o| now.saturating_duration_since(o.since))
-            .max()
-            .unwrap_or_default()
-    }
-}
-
-// ---------------------------------------------------------------------------
-// IO: client and watches
-// ---------------------------------------------------------------------------
-
-/// Builds the API client: from `opts.kubeconfig` when given, else inferred.
-///
-/// Sets a read timeout a little longer than a watch lasts: without one, a
-/// request to an API server that accepts connections but never answers
-/// would wait forever and such an outage would never show.
-pub async fn connect(opts: &KubeOptions) -> Result<kube::Client, KubeError> {
-    let mut config = match &opts.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
-                KubeError::Kubeconfig {
-                    path: path.clone(),
-                    source,
-                }
-            })?;
-            kube::Config::from_custom_kubeconfig(
-                kubeconfig,
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await
-            .map_err(|source| KubeError::Kubeconfig {
-                path: path.clone(),
-                source,
-            })?
-        }
-        None => kube::Config::infer().await.map_err(KubeError::Infer)?,
-    };
-    config.read_timeout = Some(opts.watch_timeout + READ_TIMEOUT_MARGIN);
-    // Count the read timeout from each request, not from when its pooled
-    // connection went idle.
-    config.reset_reader_on_write = true;
-    let url = config.cluster_url.to_string();
-    kube::Client::try_from(config).map_err(|source| KubeError::Client { url, source })
-}
-
-/// State the watch tasks share with the agent loop.
-struct Shared {
-    health: Mutex<WatchHealth>,
-    changed: Notify,
-}
-
-impl Shared {
-    fn health(&self) -> std::sync::MutexGuard<'_, WatchHealth> {
-        // The critical sections cannot leave the state half-updated.
-        self.health.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn error(&self, which: Watched, error: &dyn fmt::Display) {
-        let report = self.health().error(which, Instant::now());
-        match report {
-            ErrorReport::First => tracing::warn!(
-                resource = %which,
-                error = %error,
-                "Kubernetes watch failed; keeping the last complete state (rules stay as they are) and retrying"
-            ),
-            ErrorReport::Reminder {
-                errors,
-                failing_for,
-            } => tracing::warn!(
-                resource = %which,
-                error = %error,
-                errors,
-                failing_for = ?failing_for,
-                "Kubernetes watch still failing"
-            ),
-            ErrorReport::Quiet => {
-                tracing::debug!(resource = %which, error = %error, "Kubernetes watch error")
-            }
-        }
-    }
-
-    fn healthy(&self, which: Watched, evidence: Instant) {
-        let ended = self.health().healthy(which, evidence, Instant::now());
-        if let Some((outage, errors)) = ended {
-            tracing::info!(resource = %which, outage = ?outage, errors, "Kubernetes watch working again");
-        }
-    }
-}
 
 /// The running watches and their caches. Dropping it stops the watches.
 pub struct KubeSource {
     stores: Stores,
-    shared: Arc<Shared>,
-    tasks: Vec<JoinHandle<()>>,
+    changes: Arc<Notify>,
+    // Held for its tasks: dropping it stops the watches and the probe.
+    _watches: Watches,
 }
 
 impl KubeSource {
     /// Starts the three watches (tasks on the current runtime):
     /// - Services labelled [`service_selector`]`(proxy_name)`;
     /// - every EndpointSlice that has the `kubernetes.io/service-name` label;
-    /// - the Node [`node_selector`]`(node_name)`.
+    /// - the Node [`node_selector`]`(node_name)`;
     ///
-    /// `errors` counts watch errors by `resource`.
+    /// and the API probe, a one-object list of that same Node every 2 s
+    /// (the agent may list Nodes, and the answer is one small object),
+    /// whose last answer sets `metrics.stale_seconds`. `metrics.errors`
+    /// counts watch errors by `resource` ([`Watched::as_str`]).
     pub fn start(
         client: kube::Client,
         node_name: &str,
         proxy_name: &str,
         opts: &KubeOptions,
-        errors: IntCounterVec,
+        metrics: WatchMetrics,
     ) -> Self {
-        let shared = Arc::new(Shared {
-            health: Mutex::new(WatchHealth::default()),
-            changed: Notify::new(),
-        });
-        let timeout = u32::try_from(opts.watch_timeout.as_secs().max(1)).unwrap_or(u32::MAX);
-        let base = watcher::Config::default().timeout(timeout);
-        let (services, services_writer) = reflector::store();
-        let (slices, slices_writer) = reflector::store();
-        let (nodes, nodes_writer) = reflector::store();
-        let tasks = vec![
-            tokio::spawn(watch(
-                Watched::Services,
-                Api::<core::Service>::all(client.clone()),
-                base.clone().labels(&service_selector(proxy_name)),
-                services_writer,
-                shared.clone(),
-                errors.clone(),
-            )),
-            // All slices, not only our Services': the proxy-name label is on
-            // the Service and not copied to its slices, so no selector can
-            // pick them. Narrowing the watch to named Services instead would
-            // restart it (a relist) at every Service change, and a Service
-            // that gets our label later would wait for that relist to have
-            // endpoints. kube-proxy watches every slice too; the snapshot
-            // keeps only our Services' slices.
-            tokio::spawn(watch(
-                Watched::EndpointSlices,
-                Api::<discovery::EndpointSlice>::all(client.clone()),
-                base.clone().labels(SERVICE_NAME_LABEL),
-                slices_writer,
-                shared.clone(),
-                errors.clone(),
-            )),
-            tokio::spawn(watch(
-                Watched::Node,
-                Api::<core::Node>::all(client),
-                base.fields(&node_selector(node_name)),
-                nodes_writer,
-                shared.clone(),
-                errors,
-            )),
-        ];
+        let nodes_api = Api::<core::Node>::all(client.clone());
+        let mut watches = Watches::start(
+            opts,
+            nodes_api.clone(),
+            ListParams::default().fields(&node_selector(node_name)),
+            metrics,
+        );
+        // Only the Services labelled for this proxy: the label is how a
+        // Service picks its proxy (kube-proxy skips the labelled ones), and
+        // the rest of the cluster's Services would only cost memory.
+        let services = watches.watch_into_store(
+            Watched::Services.as_str(),
+            Api::<core::Service>::all(client.clone()),
+            watcher::Config::default().labels(&service_selector(proxy_name)),
+        );
+        // All slices, not only our Services': the proxy-name label is on
+        // the Service and not copied to its slices, so no selector can
+        // pick them. Narrowing the watch to named Services instead would
+        // restart it (a relist) at every Service change, and a Service
+        // that gets our label later would wait for that relist to have
+        // endpoints. kube-proxy watches every slice too; the snapshot
+        // keeps only our Services' slices.
+        let slices = watches.watch_into_store(
+            Watched::EndpointSlices.as_str(),
+            Api::<discovery::EndpointSlice>::all(client),
+            watcher::Config::default().labels(SERVICE_NAME_LABEL),
+        );
+        // Only this node's Node: a large cluster's Nodes change all the
+        // time (status updates), and the agent needs no Node but its own.
+        let nodes = watches.watch_into_store(
+            Watched::Node.as_str(),
+            nodes_api,
+            watcher::Config::default().fields(&node_selector(node_name)),
+        );
         KubeSource {
             stores: Stores {
                 services,
                 slices,
                 nodes,
             },
-            shared,
-            tasks,
+            changes: watches.changes(),
+            _watches: watches,
         }
     }
 
@@ -605,109 +345,7 @@ impl KubeSource {
     /// may resolve it once). Changes made during a relist count when the
     /// relist completes.
     pub async fn changed(&self) {
-        self.shared.changed.notified().await;
-    }
-
-    /// How long the caches may have been missing changes (zero while every
-    /// watch is healthy).
-    pub fn stale(&self, now: Instant) -> Duration {
-        self.shared.health().stale(now)
-    }
-}
-
-impl Drop for KubeSource {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-type Probe = Pin<Box<dyn Future<Output = (Instant, Result<(), String>)> + Send>>;
-
-/// Runs one watch into its store until aborted: the watcher (with the
-/// default exponential backoff after errors) feeds the reflector; changes
-/// wake the agent; errors and recoveries go to [`WatchHealth`].
-async fn watch<K>(
-    which: Watched,
-    api: Api<K>,
-    config: watcher::Config,
-    writer: Writer<K>,
-    shared: Arc<Shared>,
-    errors: IntCounterVec,
-) where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let probe_params = ListParams {
-        label_selector: config.label_selector.clone(),
-        field_selector: config.field_selector.clone(),
-        limit: Some(1),
-        ..ListParams::default()
-    };
-    let errors = errors.with_label_values(&[which.as_str()]);
-    let stream = watcher(api.clone(), config)
-        .default_backoff()
-        // managedFields are most of an object's size and never read.
-        .modify(|o: &mut K| o.managed_fields_mut().clear())
-        .reflect(writer);
-    let mut stream = std::pin::pin!(stream);
-    let mut probe_tick = tokio::time::interval(PROBE_EVERY);
-    probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut probe: Option<Probe> = None;
-    loop {
-        let failing = shared.health().failing(which);
-        tokio::select! {
-            item = stream.next() => match item {
-                Some(Ok(event)) => {
-                    shared.healthy(which, Instant::now());
-                    // InitApply fills the reflector's buffer, not the store:
-                    // the store changes at InitDone.
-                    if matches!(
-                        event,
-                        watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone
-                    ) {
-                        shared.changed.notify_one();
-                    }
-                }
-                Some(Err(e)) => {
-                    errors.inc();
-                    shared.error(which, &e);
-                }
-                None => {
-                    // A watcher stream does not end; should it, the cache
-                    // keeps its last state and the stale gauge says so.
-                    shared.error(which, &"watch stream ended");
-                    tracing::error!(resource = %which, "Kubernetes watch ended; its cache is frozen");
-                    return;
-                }
-            },
-            _ = probe_tick.tick(), if failing && probe.is_none() => {
-                let api = api.clone();
-                let params = probe_params.clone();
-                probe = Some(Box::pin(async move {
-                    let sent = Instant::now();
-                    let result = match tokio::time::timeout(PROBE_TIMEOUT, api.list(&params)).await {
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(_) => Err(format!("no answer in {PROBE_TIMEOUT:?}")),
-                    };
-                    (sent, result)
-                }));
-            }
-            (sent, result) = async { probe.as_mut().expect("branch enabled only with a probe").await }, if probe.is_some() => {
-                probe = None;
-                match result {
-                    Ok(()) => shared.healthy(which, sent),
-                    Err(e) => tracing::debug!(resource = %which, error = %e, "Kubernetes API probe failed"),
-                }
-            }
-        }
+        self.changes.notified().await;
     }
 }
 
@@ -716,6 +354,7 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus, Taint};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::runtime::reflector::{self, store::Writer};
     use portico_config::cluster::ServiceType;
     use portico_config::ExclusionReason;
 
@@ -1013,48 +652,5 @@ mod tests {
         d.changed(t1);
         d.clear();
         assert_eq!(d.deadline(), None);
-    }
-
-    #[test]
-    fn watch_health_reports_once_then_reminds_and_measures_staleness() {
-        let mut h = WatchHealth::default();
-        let t0 = Instant::now();
-        let s = |secs: u64| t0 + Duration::from_secs(secs);
-        assert_eq!(h.stale(s(100)), Duration::ZERO);
-        assert_eq!(h.error(Watched::EndpointSlices, s(0)), ErrorReport::First);
-        assert_eq!(h.error(Watched::EndpointSlices, s(1)), ErrorReport::Quiet);
-        assert_eq!(h.error(Watched::EndpointSlices, s(30)), ErrorReport::Quiet);
-        assert_eq!(h.error(Watched::Node, s(5)), ErrorReport::First);
-        assert_eq!(
-            h.error(Watched::EndpointSlices, s(61)),
-            ErrorReport::Reminder {
-                errors: 4,
-                failing_for: Duration::from_secs(61)
-            }
-        );
-        assert_eq!(h.error(Watched::EndpointSlices, s(62)), ErrorReport::Quiet);
-        assert!(h.failing(Watched::EndpointSlices));
-        assert!(!h.failing(Watched::Services));
-        assert_eq!(h.stale(s(70)), Duration::from_secs(70), "the oldest outage");
-        // A probe sent before the last error proves nothing.
-        assert_eq!(h.healthy(Watched::EndpointSlices, s(61), s(64)), None);
-        // A probe sent after it, answered later: the outage lasted until now.
-        assert_eq!(
-            h.healthy(Watched::EndpointSlices, s(63), s(65)),
-            Some((Duration::from_secs(65), 5))
-        );
-        assert_eq!(h.stale(s(70)), Duration::from_secs(65), "the Node's outage");
-        assert_eq!(
-            h.healthy(Watched::Node, s(70), s(70)),
-            Some((Duration::from_secs(65), 1))
-        );
-        assert_eq!(
-            h.healthy(Watched::Node, s(71), s(71)),
-            None,
-            "already healthy"
-        );
-        assert_eq!(h.stale(s(80)), Duration::ZERO);
-        // The next error is a new outage, reported again.
-        assert_eq!(h.error(Watched::Node, s(90)), ErrorReport::First);
     }
 }

@@ -20,7 +20,7 @@
 //! - [`manifests`]: the directory source (Kubernetes YAML/JSON Services,
 //!   EndpointSlices, Nodes -> the model), and the converters both sources use;
 //! - [`kube_source`]: the Kubernetes API source (watches and their caches ->
-//!   the same snapshot), with debouncing and outage tracking;
+//!   the same snapshot) on `portico-kube-watch`, with debouncing;
 //! - [`agent`]: the loop tying them together, and [`metrics`].
 //!
 //! Tests: unit tests inline; `tests/golden.rs` compares each fixture's full

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
+use portico_kube_watch::{KubeOptions, DEFAULT_WATCH_TIMEOUT};
 use portico_node_agent::agent::{self, AgentError, AgentOptions, Source};
-use portico_node_agent::kube_source::{KubeError, KubeOptions, DEFAULT_WATCH_TIMEOUT};
+use portico_node_agent::kube_source::KubeError;
 use portico_node_agent::nft::{NftBackend, NftCommand};
 use portico_node_agent::plan::PlanOptions;
 use portico_node_agent::ruleset::TABLE_NAME;
@@ -47,8 +48,9 @@ struct RunArgs {
     /// The kubeconfig file to use with `--kubernetes`.
     #[arg(long, value_name = "FILE", requires = "kubernetes")]
     kubeconfig: Option<PathBuf>,
-    /// Server-side timeout of each watch request, in seconds; a silently
-    /// dead connection is noticed after it (plus 5 s).
+    /// Server-side timeout of each watch request, in seconds; the client's
+    /// read timeout is 10 s longer. (A silent API server shows in the stale
+    /// gauge within seconds whatever this is: a probe asks every 2 s.)
     #[arg(long, default_value_t = DEFAULT_WATCH_TIMEOUT.as_secs(), requires = "kubernetes")]
     watch_timeout_secs: u64,
     /// This node's name.
@@ -159,7 +161,7 @@ fn main() -> ExitCode {
             };
             match runtime.block_on(agent::run(opts, NftCommand::new(), shutdown)) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e @ AgentError::Kube(KubeError::Kubeconfig { .. } | KubeError::Infer(_))) => {
+                Err(AgentError::Kube(KubeError::Client(e))) if e.is_configuration() => {
                     // EX_USAGE: the configuration is wrong, a restart will not help.
                     eprintln!("portico-node-agent: {e}");
                     ExitCode::from(64)

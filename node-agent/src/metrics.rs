@@ -27,9 +27,8 @@ pub struct AgentMetrics {
     pub last_sync: IntGauge,
     /// Health check ports that could not be opened.
     pub health_port_errors: IntCounter,
-    /// Seconds since the Kubernetes watches were last known healthy: since
-    /// the first error of the current outage (0 while they work, and with
-    /// the manifest source).
+    /// Seconds since the Kubernetes API server last answered the probe,
+    /// while it does not (0 while it does, and with the manifest source).
     pub kube_stale: Gauge,
     /// Kubernetes watch errors, by resource.
     pub kube_watch_errors: IntCounterVec,
@@ -108,7 +107,7 @@ impl AgentMetrics {
                 &r,
                 Gauge::new(
                     "portico_node_agent_kubernetes_stale_seconds",
-                    "Seconds since the Kubernetes watches were last known healthy (since the first error of the current outage; 0 while every watch works). Meanwhile the rules stay as last synced.",
+                    "Seconds since the Kubernetes API server last answered (a one-object list every 2 s) while it does not answer; 0 while it does. Meanwhile the rules stay as last synced.",
                 )
                 .expect("valid metric definition"),
             ),

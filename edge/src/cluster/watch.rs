@@ -2,27 +2,31 @@
 //! [`reconcile`](super::reconcile::reconcile) on every change, hands the
 //! result to the edge, and writes statuses and Events back.
 //!
+//! The watches, their health and the API probe are `portico-kube-watch`'s
+//! (the plumbing the node agent shares); this module says what to watch.
+//!
 //! Outages: the watches retry with kube's default backoff; reflector stores
 //! only replace their content when a relist completes, and nothing is
 //! published before the first lists are in, so an API server that is away
 //! (or answers with an error) never empties the edge. The time since the
-//! watches were last known healthy is `portico_edge_kubernetes_stale_seconds`.
+//! API server last answered (a one-Node list every 2 s) is
+//! `portico_edge_kubernetes_stale_seconds`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Debug;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1 as core;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use kube::{Client, Resource};
 use portico_config::{AddressPool, KubernetesSettings, Node, Service, ServiceKey};
-use serde::de::DeserializeOwned;
+use portico_kube_watch::{KubeOptions, WatchMetrics, Watches};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
@@ -56,7 +60,9 @@ pub struct ClusterSource {
     model: watch::Receiver<Option<Arc<ClusterModel>>>,
     pools: watch::Sender<Vec<AddressPool>>,
     unhealthy: watch::Sender<BTreeSet<ServiceKey>>,
-    tasks: Vec<JoinHandle<()>>,
+    /// The watches and the API probe; dropping it stops them.
+    watches: Watches,
+    main: JoinHandle<()>,
 }
 
 impl ClusterSource {
@@ -68,28 +74,36 @@ impl ClusterSource {
         pools: Vec<AddressPool>,
         metrics: EdgeMetrics,
     ) -> ClusterSource {
-        let changed = Arc::new(Notify::new());
-        let health = Arc::new(WatchHealth::new());
-        let (services, svc_task) =
-            watch_all::<core::Service>(client.clone(), "Services", &changed, &health);
-        let (nodes, node_task) =
-            watch_all::<core::Node>(client.clone(), "Nodes", &changed, &health);
+        // The client was built by [`client`] with the default options,
+        // so its read timeout outlasts watches of the default length.
+        let mut watches = Watches::start(
+            &KubeOptions::default(),
+            Api::<core::Node>::all(client.clone()),
+            ListParams::default(),
+            WatchMetrics {
+                errors: None,
+                stale_seconds: Some(metrics.kube_stale.clone()),
+            },
+        );
+        // Every Service: which are ours depends on `spec.loadBalancerClass`
+        // (or its absence, with `defaultClass`), which no selector can
+        // pick; and a Service that stops being ours must still be seen, to
+        // clear the status the edge wrote.
+        let services = watches.watch_into_store(
+            "services",
+            Api::all(client.clone()),
+            watcher::Config::default(),
+        );
+        // Every Node: any node may carry a NodePort's traffic.
+        let nodes = watches.watch_into_store(
+            "nodes",
+            Api::all(client.clone()),
+            watcher::Config::default(),
+        );
+        let changed = watches.changes();
         let (model_tx, model) = watch::channel(None);
         let (pools_tx, pools_rx) = watch::channel(pools);
         let (unhealthy_tx, unhealthy_rx) = watch::channel(BTreeSet::new());
-        let stale = {
-            let health = health.clone();
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    tick.tick().await;
-                    metrics.kube_stale.set(health.stale().as_secs_f64());
-                }
-            })
-        };
-        health.starting(PROBE);
-        let probe = tokio::spawn(probe(client.clone(), health.clone()));
         let main = tokio::spawn(
             Loop {
                 client,
@@ -110,7 +124,8 @@ impl ClusterSource {
             model,
             pools: pools_tx,
             unhealthy: unhealthy_tx,
-            tasks: vec![svc_task, node_task, stale, probe, main],
+            watches,
+            main,
         }
     }
 
@@ -140,152 +155,9 @@ impl ClusterSource {
 
     /// Stops every watch.
     pub fn stop(self) {
-        for t in self.tasks {
-            t.abort();
-        }
+        self.main.abort();
+        drop(self.watches);
     }
-}
-
-/// Which watches (and the probe) are failing, and since when.
-struct WatchHealth {
-    /// Per watch: since when it has been failing (or not yet listed).
-    failing_since: Mutex<BTreeMap<&'static str, Instant>>,
-}
-
-impl WatchHealth {
-    fn new() -> Self {
-        WatchHealth {
-            failing_since: Mutex::new(BTreeMap::new()),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, Instant>> {
-        self.failing_since
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn starting(&self, what: &'static str) {
-        self.lock().insert(what, Instant::now());
-    }
-
-    /// Returns whether the watch was failing before.
-    fn ok(&self, what: &'static str) -> bool {
-        self.lock().remove(what).is_some()
-    }
-
-    /// Returns whether this is the first failure of an outage.
-    fn failed(&self, what: &'static str) -> bool {
-        self.failed_since(what, Instant::now())
-    }
-
-    /// Like [`Self::failed`], the outage counted from `since` (the last
-    /// time it worked).
-    fn failed_since(&self, what: &'static str, since: Instant) -> bool {
-        let mut map = self.lock();
-        if map.contains_key(what) {
-            false
-        } else {
-            map.insert(what, since);
-            true
-        }
-    }
-
-    /// How long the API server has not been answering (zero while it
-    /// does). Only the probe counts: a healthy watch on a quiet cluster
-    /// yields nothing for minutes, so silence from a watch proves nothing.
-    fn stale(&self) -> Duration {
-        self.lock()
-            .get(PROBE)
-            .map(|since| since.elapsed())
-            .unwrap_or_default()
-    }
-}
-
-/// The probe's name in [`WatchHealth`].
-const PROBE: &str = "API server";
-
-/// How often the API server is asked whether it answers at all.
-const PROBE_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Asks the API server for one Node's metadata every [`PROBE_INTERVAL`]: a
-/// watch on a quiet cluster says nothing for minutes, and one whose server
-/// hangs says nothing until the client's read timeout (minutes too), so
-/// the watches alone cannot tell a quiet cluster from an absent one.
-async fn probe(client: Client, health: Arc<WatchHealth>) {
-    const WHAT: &str = PROBE;
-    let nodes: Api<core::Node> = Api::all(client);
-    let params = kube::api::ListParams::default().limit(1);
-    let mut tick = tokio::time::interval(PROBE_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Staleness counts from the last answer, not from the failed probe
-    // that noticed its absence.
-    let mut last_answer = Instant::now();
-    loop {
-        tick.tick().await;
-        let asked = Instant::now();
-        match tokio::time::timeout(PROBE_INTERVAL, nodes.list_metadata(&params)).await {
-            Ok(Ok(_)) => {
-                last_answer = asked;
-                if health.ok(WHAT) {
-                    tracing::info!("the API server answers again");
-                }
-            }
-            Ok(Err(e)) => {
-                if health.failed_since(WHAT, last_answer) {
-                    tracing::warn!(error = %e, "the API server does not answer; serving the last view");
-                }
-            }
-            Err(_) => {
-                if health.failed_since(WHAT, last_answer) {
-                    tracing::warn!(timeout = ?PROBE_INTERVAL, "the API server does not answer; serving the last view");
-                }
-            }
-        }
-    }
-}
-
-/// Watches every object of a kind into a reflector store; every change
-/// (and every completed relist) wakes the reconcile loop.
-fn watch_all<K>(
-    client: Client,
-    what: &'static str,
-    changed: &Arc<Notify>,
-    health: &Arc<WatchHealth>,
-) -> (Store<K>, JoinHandle<()>)
-where
-    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
-{
-    let (store, writer) = reflector::store();
-    let api: Api<K> = Api::all(client);
-    let changed = changed.clone();
-    let health = health.clone();
-    health.starting(what);
-    let task = tokio::spawn(async move {
-        let stream = reflector::reflector(
-            writer,
-            watcher(api, watcher::Config::default()).default_backoff(),
-        );
-        futures::pin_mut!(stream);
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(_) => {
-                    if health.ok(what) {
-                        tracing::info!(what, "watching the API server again");
-                    }
-                    changed.notify_one();
-                }
-                Err(e) => {
-                    if health.failed(what) {
-                        tracing::warn!(what, error = %e, "watch failed; keeping the last view and retrying with backoff");
-                    } else {
-                        tracing::debug!(what, error = %e, "watch still failing");
-                    }
-                }
-            }
-        }
-    });
-    (store, task)
 }
 
 struct Loop {
@@ -514,42 +386,15 @@ fn hostname() -> Option<String> {
 }
 
 /// Builds a client: from `kubeconfig` when given, else as `kubectl` finds
-/// one (`KUBECONFIG`, `~/.kube/config`, the in-cluster service account).
-pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, String> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| format!("cannot read kubeconfig {}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| format!("no Kubernetes configuration found: {e}"))?,
+/// one (`KUBECONFIG`, `~/.kube/config`, the in-cluster service account),
+/// with the read timeout of [`portico_kube_watch::client`]. The error is
+/// the message the edge stops with.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, String> {
+    let opts = KubeOptions {
+        kubeconfig: kubeconfig.map(Path::to_path_buf),
+        ..KubeOptions::default()
     };
-    Client::try_from(config).map_err(|e| format!("cannot build a Kubernetes client: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn staleness_counts_from_the_last_answer_and_only_for_the_probe() {
-        let health = WatchHealth::new();
-        assert_eq!(health.stale(), Duration::ZERO);
-        // A failing watch alone says nothing about the API server.
-        assert!(health.failed("Services"));
-        assert_eq!(health.stale(), Duration::ZERO);
-        let last_answer = Instant::now() - Duration::from_secs(5);
-        assert!(health.failed_since(PROBE, last_answer));
-        assert!(
-            !health.failed_since(PROBE, Instant::now()),
-            "one outage, one report"
-        );
-        assert!(health.stale() >= Duration::from_secs(5));
-        assert!(health.ok(PROBE));
-        assert_eq!(health.stale(), Duration::ZERO);
-    }
+    portico_kube_watch::client(&opts)
+        .await
+        .map_err(|e| e.to_string())
 }
