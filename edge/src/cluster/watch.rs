@@ -26,7 +26,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource};
 use portico_config::{AddressPool, KubernetesSettings, Node, Service, ServiceKey};
-use portico_kube_watch::{KubeOptions, WatchMetrics, Watches};
+use portico_kube_watch::{ClientError, KubeOptions, WatchMetrics, Watches};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
@@ -385,16 +385,12 @@ fn hostname() -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
-/// Builds a client: from `kubeconfig` when given, else as `kubectl` finds
-/// one (`KUBECONFIG`, `~/.kube/config`, the in-cluster service account),
-/// with the read timeout of [`portico_kube_watch::client`]. The error is
-/// the message the edge stops with.
-pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, String> {
+/// Builds the edge's client: from `kubeconfig` when given, else as
+/// `kubectl` finds one, with the shared read timeout.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ClientError> {
     let opts = KubeOptions {
         kubeconfig: kubeconfig.map(Path::to_path_buf),
         ..KubeOptions::default()
     };
-    portico_kube_watch::client(&opts)
-        .await
-        .map_err(|e| e.to_string())
+    portico_kube_watch::client(&opts).await
 }

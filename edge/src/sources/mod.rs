@@ -33,8 +33,8 @@ const FIRST_LIST_WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The Kubernetes client could not be set up.
-    #[error("{0}")]
-    Kubernetes(String),
+    #[error(transparent)]
+    Kubernetes(#[from] portico_kube_watch::ClientError),
     /// The hook API could not start.
     #[error(transparent)]
     Hook(#[from] HookError),
@@ -45,7 +45,9 @@ impl SourceError {
     /// fixes, else what the source says.
     pub fn exit_code(&self) -> i32 {
         match self {
-            SourceError::Kubernetes(_) => 64,
+            // A kubeconfig that is wrong or missing: fix the configuration.
+            SourceError::Kubernetes(e) if e.is_configuration() => 64,
+            SourceError::Kubernetes(_) => 1,
             SourceError::Hook(e) => e.exit_code(),
         }
     }
@@ -83,9 +85,7 @@ impl Sources {
         let cluster = match &file.settings.kubernetes {
             None => None,
             Some(k) => {
-                let client = crate::cluster::watch::client(k.kubeconfig.as_deref())
-                    .await
-                    .map_err(SourceError::Kubernetes)?;
+                let client = crate::cluster::watch::client(k.kubeconfig.as_deref()).await?;
                 tracing::info!(class = %k.load_balancer_class, default_class = k.default_class, "watching the cluster for LoadBalancer Services");
                 let source = ClusterSource::start(client, k.clone(), pools, metrics.clone());
                 let mut model = source.model();
