@@ -4,8 +4,7 @@
 //!
 //! Runs are interleaved (every contender once per round, A B C A B C ...)
 //! and reported as medians with ratios to the buffered path, because this
-//! machine is shared and absolute figures drift between runs (see
-//! `../shared/docs/benchmarking.md`). Per contender it prints wall-clock
+//! machine is shared and absolute figures drift between runs. Per contender it prints wall-clock
 //! throughput and the proxy thread's CPU time (user + system, from
 //! `getrusage(RUSAGE_THREAD)`) per GB copied, the figure that decides how
 //! many streams one core can carry. Source and sink threads share the cores

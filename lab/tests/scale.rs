@@ -14,7 +14,7 @@ use portico_lab::scale::{self, Figures, ScaleOptions};
 
 #[test]
 fn scale_config_passes_the_edge_validator() {
-    let yaml = scale::portico_config(Path::new("/tmp/kubeconfig"));
+    let yaml = scale::portico_config(Path::new("kubeconfig"));
     let config = portico_config::parse_edge_config(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
     let pool = &config.settings.address_pools[0];
     assert!(pool.contains(scale::vip(0).into()));
