@@ -1,11 +1,12 @@
 //! Portico's edge: an L4 load balancer in front of Kubernetes nodes.
 //!
-//! Data flow: a source hands an [`portico_config::EdgeConfig`] to the
-//! [`edge::Edge`]; the pure [`plan`] turns it into listeners and routes; the
-//! [`snapshot`] builder adds health and selection state and publishes an
-//! immutable snapshot; each accepted connection ([`proxy`]) reads that
-//! snapshot once, checks the source range, picks nodes, connects with retry
-//! and [`copy`]s both ways.
+//! Data flow: the [`sources`] (config file, Kubernetes, hook API) merge into
+//! one [`portico_config::EdgeConfig`] for the [`edge::Edge`]; the pure
+//! [`plan`] turns it into listeners and routes; the [`snapshot`] builder
+//! adds health and selection state and publishes an immutable snapshot;
+//! each accepted connection ([`proxy`]) or UDP flow ([`udp`]) reads that
+//! snapshot once, goes through [`admission`] (source range, node choice),
+//! and is forwarded (with connect retry and [`copy`] for TCP).
 
 pub mod admin;
 pub mod admission;
