@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// `value` as a `T` that serialises back to the same JSON.
-pub fn typed<T: DeserializeOwned + Serialize>(value: &serde_yaml::Value, at: &str) -> T {
-    let object: T = serde_yaml::from_value(value.clone())
+pub fn typed<T: DeserializeOwned + Serialize>(value: &serde_yaml_ng::Value, at: &str) -> T {
+    let object: T = serde_yaml_ng::from_value(value.clone())
         .unwrap_or_else(|e| panic!("{at}: not a valid {}: {e}", std::any::type_name::<T>()));
     let written = serde_json::to_value(value).expect("YAML as JSON");
     let kept = serde_json::to_value(&object).expect("object as JSON");

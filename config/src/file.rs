@@ -8,7 +8,7 @@
 //! [`RawDuration`]s.
 //!
 //! [`parse_document`] does not deserialize the whole file in one go: it
-//! parses the text to a [`serde_yaml::Value`] first, then deserializes each
+//! parses the text to a [`serde_yaml_ng::Value`] first, then deserializes each
 //! settings subsection, each node, each Service and each Service port on its
 //! own, so a mistake in one of them does not hide the mistakes in the others.
 
@@ -16,7 +16,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde::Deserialize;
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 use crate::error::FieldError;
 
@@ -408,7 +408,7 @@ pub fn parse_document(yaml: &str) -> (RawDocument, Vec<FieldError>) {
     let mut errors = Vec::new();
     let mut doc = RawDocument::default();
 
-    let mut value: Value = match serde_yaml::from_str(yaml) {
+    let mut value: Value = match serde_yaml_ng::from_str(yaml) {
         Ok(value) => value,
         Err(e) => {
             errors.push(FieldError::new("", format!("invalid YAML: {e}")));
@@ -822,7 +822,7 @@ services:
     #[test]
     fn whole_file_deserializes_into_raw_edge_config() {
         let raw: RawEdgeConfig =
-            serde_yaml::from_str("services:\n  - name: web\n    ports:\n      - port: 80\n")
+            serde_yaml_ng::from_str("services:\n  - name: web\n    ports:\n      - port: 80\n")
                 .expect("valid");
         let doc = RawDocument::from(raw);
         let entry = doc.services[0].as_ref().expect("service");

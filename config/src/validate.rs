@@ -62,7 +62,7 @@ pub fn validate(doc: &RawDocument) -> Result<EdgeConfig, Vec<FieldError>> {
 }
 
 /// Validates a file that was deserialized in one piece (e.g. by
-/// `serde_yaml::from_str::<RawEdgeConfig>`).
+/// `serde_yaml_ng::from_str::<RawEdgeConfig>`).
 pub fn validate_raw(raw: RawEdgeConfig) -> Result<EdgeConfig, Vec<FieldError>> {
     validate(&RawDocument::from(raw))
 }
@@ -2099,7 +2099,7 @@ settings: {proxy: {maglev: 7}, vip: {iface: eth0}}
     #[test]
     fn validate_raw_accepts_a_whole_deserialized_file() {
         let raw: RawEdgeConfig =
-            serde_yaml::from_str("services: [{name: a, vips: [10.0.0.1], ports: [{port: 80}]}]")
+            serde_yaml_ng::from_str("services: [{name: a, vips: [10.0.0.1], ports: [{port: 80}]}]")
                 .unwrap();
         let config = validate_raw(raw).unwrap();
         assert_eq!(config.services[0].ports[0].port, 80);

@@ -52,8 +52,8 @@ fn objects(file: &Path) -> Vec<Object> {
     let text =
         std::fs::read_to_string(file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
     let mut objects = Vec::new();
-    for (i, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-        let value = serde_yaml::Value::deserialize(document)
+    for (i, document) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+        let value = serde_yaml_ng::Value::deserialize(document)
             .unwrap_or_else(|e| panic!("{} document {i}: {e}", file.display()));
         if value.is_null() {
             continue;
@@ -454,7 +454,7 @@ fn unit_parser_reads_continuations_and_repeats() {
 
 #[test]
 fn misspelt_fields_are_caught() {
-    let value: serde_yaml::Value = serde_yaml::from_str(
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndatas:\n  a: b\n",
     )
     .unwrap();

@@ -422,7 +422,8 @@ async fn a_corrupt_state_file_is_moved_aside_and_a_bad_token_file_stops_the_star
 fn the_openapi_file_lists_exactly_the_served_routes() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/hook-api.openapi.yaml");
     let text = std::fs::read_to_string(&path).expect("docs/hook-api.openapi.yaml");
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("the OpenAPI file parses");
+    let doc: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&text).expect("the OpenAPI file parses");
     assert!(
         doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
         "an OpenAPI 3 document"

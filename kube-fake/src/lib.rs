@@ -191,7 +191,7 @@ impl FakeApiServer {
                 "context": {"cluster": "kube-fake", "user": "kube-fake", "namespace": "default"}}],
             "current-context": "kube-fake",
         });
-        let yaml = serde_yaml::to_string(&config).map_err(io::Error::other)?;
+        let yaml = serde_yaml_ng::to_string(&config).map_err(io::Error::other)?;
         std::fs::write(path, yaml)
     }
 

@@ -37,7 +37,7 @@ impl PatchKind {
 /// Parses a patch body for `kind` (YAML accepted for apply, which covers JSON).
 pub fn parse_body(kind: PatchKind, body: &[u8]) -> Result<Value, ApiError> {
     match kind {
-        PatchKind::Apply => serde_yaml::from_slice::<Value>(body)
+        PatchKind::Apply => serde_yaml_ng::from_slice::<Value>(body)
             .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}"))),
         _ => serde_json::from_slice::<Value>(body)
             .map_err(|e| ApiError::BadRequest(format!("error decoding patch: {e}"))),

@@ -257,7 +257,7 @@ fn json_documents(text: &str, origin: &str) -> Option<Vec<Document>> {
 fn yaml_documents(text: &str, origin: &str) -> Vec<Document> {
     let mut docs = Vec::new();
     for (first_line, chunk) in split_yaml(text) {
-        match serde_yaml::from_str::<Value>(chunk) {
+        match serde_yaml_ng::from_str::<Value>(chunk) {
             Ok(Value::Null) => {}
             Ok(v) => docs.push(Ok(v)),
             Err(e) => {

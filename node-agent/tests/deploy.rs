@@ -46,8 +46,8 @@ fn objects(file: &Path) -> Vec<Object> {
     let text =
         std::fs::read_to_string(file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
     let mut objects = Vec::new();
-    for (i, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-        let value = serde_yaml::Value::deserialize(document)
+    for (i, document) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+        let value = serde_yaml_ng::Value::deserialize(document)
             .unwrap_or_else(|e| panic!("{} document {i}: {e}", file.display()));
         if value.is_null() {
             continue;
@@ -411,7 +411,7 @@ fn readme_names_the_label_the_agent_handles() {
 
 #[test]
 fn misspelt_fields_are_caught() {
-    let value: serde_yaml::Value = serde_yaml::from_str(
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(
         "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: x\n  namspace: y\n",
     )
     .unwrap();

@@ -49,25 +49,25 @@ fn list_items<T: DeserializeOwned>(body: &str) -> Vec<T> {
 
 /// Reads a Service that must read without problems.
 fn service(yaml: &str) -> ClusterService {
-    let read = read_service(&serde_yaml::from_str(yaml).expect("test Service")).expect("reads");
+    let read = read_service(&serde_yaml_ng::from_str(yaml).expect("test Service")).expect("reads");
     assert!(read.problems.is_empty(), "{:?}", read.problems);
     read.value
 }
 
 fn service_err(yaml: &str) -> FieldProblem {
-    read_service(&serde_yaml::from_str(yaml).expect("test Service")).expect_err(yaml)
+    read_service(&serde_yaml_ng::from_str(yaml).expect("test Service")).expect_err(yaml)
 }
 
 fn service_read(yaml: &str) -> Read<ClusterService> {
-    read_service(&serde_yaml::from_str(yaml).expect("test Service")).expect("reads")
+    read_service(&serde_yaml_ng::from_str(yaml).expect("test Service")).expect("reads")
 }
 
 fn slice(yaml: &str) -> Result<Read<EndpointSlice>, FieldProblem> {
-    read_endpoint_slice(&serde_yaml::from_str(yaml).expect("test EndpointSlice"))
+    read_endpoint_slice(&serde_yaml_ng::from_str(yaml).expect("test EndpointSlice"))
 }
 
 fn node(yaml: &str) -> Result<Read<Node>, FieldProblem> {
-    read_node(&serde_yaml::from_str(yaml).expect("test Node"))
+    read_node(&serde_yaml_ng::from_str(yaml).expect("test Node"))
 }
 
 /// `default/web` of the recorded bodies, as read.
@@ -1005,7 +1005,7 @@ fn a_bad_endpoint_address_costs_that_endpoint_only() {
 
 #[test]
 fn addresses_are_read_as_the_api_server_accepts_them() {
-    let svc: core::Service = serde_yaml::from_str(
+    let svc: core::Service = serde_yaml_ng::from_str(
         "
 metadata: {name: web}
 spec:
