@@ -1,5 +1,6 @@
 //! `v1` Service -> [`ClusterService`].
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1 as core;
@@ -30,86 +31,13 @@ use crate::model::{
 pub fn read_service(svc: &core::Service) -> Result<Read<ClusterService>, FieldProblem> {
     let (key, object) = require_key("Service", &svc.metadata)?;
     let spec = svc.spec.as_ref().ok_or_else(|| object.missing("spec"))?;
-    let mut problems = Vec::new();
-
-    let service_type = match spec.type_.as_deref().unwrap_or("") {
-        "" | "ClusterIP" => ServiceType::ClusterIp,
-        "NodePort" => ServiceType::NodePort,
-        "LoadBalancer" => ServiceType::LoadBalancer,
-        "ExternalName" => ServiceType::ExternalName,
-        other => {
-            return Err(object.invalid(
-                "spec.type",
-                other,
-                "one of ClusterIP, NodePort, LoadBalancer, ExternalName",
-            ))
-        }
-    };
-
-    let mut cluster_ips = Vec::new();
-    let (list, field): (Vec<&String>, &str) = match spec.cluster_ips.as_deref() {
-        Some(list) if !list.is_empty() => (list.iter().collect(), "spec.clusterIPs"),
-        _ => (spec.cluster_ip.iter().collect(), "spec.clusterIP"),
-    };
-    for (i, ip) in list.into_iter().enumerate() {
-        if ip != "None" && !ip.is_empty() {
-            let ip = object.ip(ip, || indexed(field, i, field == "spec.clusterIPs"))?;
-            if !cluster_ips.contains(&ip) {
-                cluster_ips.push(ip);
-            }
-        }
-    }
-
-    let mut ip_families = Vec::new();
-    for (i, family) in spec.ip_families.iter().flatten().enumerate() {
-        ip_families.push(match family.as_str() {
-            "IPv4" => IpFamily::V4,
-            "IPv6" => IpFamily::V6,
-            other => {
-                return Err(object.invalid(
-                    format!("spec.ipFamilies[{i}]"),
-                    other,
-                    "one of IPv4, IPv6",
-                ))
-            }
-        });
-    }
-
-    let mut external_ips = Vec::new();
-    for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
-        let ip = object.ip(ip, || format!("spec.externalIPs[{i}]"))?;
-        if !external_ips.contains(&ip) {
-            external_ips.push(ip);
-        }
-    }
-
+    // The steps run in field order: the first refusal is the one reported.
+    let service_type = service_type(&object, spec)?;
+    let cluster_ips = cluster_ips(&object, spec)?;
+    let ip_families = ip_families(&object, spec)?;
+    let external_ips = external_ips(&object, spec)?;
     let ingress = ingress(svc, &object)?;
-
-    let mut ports = Vec::new();
-    for (i, p) in spec.ports.iter().flatten().enumerate() {
-        let port = object.port(p.port, || format!("spec.ports[{i}].port"))?;
-        let target_port = match &p.target_port {
-            None | Some(IntOrString::Int(0)) => TargetPort::Number(port),
-            Some(IntOrString::Int(n)) => {
-                TargetPort::Number(object.port(*n, || format!("spec.ports[{i}].targetPort"))?)
-            }
-            Some(IntOrString::String(s)) if s.is_empty() => TargetPort::Number(port),
-            Some(IntOrString::String(s)) => match s.parse::<u16>() {
-                Ok(n) if n != 0 => TargetPort::Number(n),
-                _ => TargetPort::Name(s.clone()),
-            },
-        };
-        ports.push(ClusterServicePort {
-            name: p.name.clone().unwrap_or_default(),
-            protocol: protocol(&object, p.protocol.as_deref(), || {
-                format!("spec.ports[{i}].protocol")
-            })?,
-            port,
-            node_port: object.optional_port(p.node_port, || format!("spec.ports[{i}].nodePort"))?,
-            target_port,
-        });
-    }
-
+    let ports = ports(&object, spec)?;
     let external_traffic_policy = traffic_policy(
         &object,
         spec.external_traffic_policy.as_deref(),
@@ -123,36 +51,9 @@ pub fn read_service(svc: &core::Service) -> Result<Read<ClusterService>, FieldPr
     let health_check_node_port = object.optional_port(spec.health_check_node_port, || {
         "spec.healthCheckNodePort".into()
     })?;
+    let session_affinity = session_affinity(&object, spec)?;
 
-    let session_affinity = match spec.session_affinity.as_deref().unwrap_or("") {
-        "" | "None" => SessionAffinity::None,
-        "ClientIP" => {
-            let timeout = spec
-                .session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds);
-            let timeout = match timeout {
-                None => DEFAULT_AFFINITY_TIMEOUT,
-                Some(t) => match u32::try_from(t) {
-                    Ok(t) if (1..=MAX_AFFINITY_TIMEOUT_SECONDS).contains(&t) => {
-                        Duration::from_secs(u64::from(t))
-                    }
-                    _ => {
-                        return Err(object.problem(
-                            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
-                            format!("{t} is not a number of seconds from 1 to 86400"),
-                        ))
-                    }
-                },
-            };
-            SessionAffinity::ClientIp { timeout }
-        }
-        other => {
-            return Err(object.invalid("spec.sessionAffinity", other, "one of None, ClientIP"))
-        }
-    };
-
+    let mut problems = Vec::new();
     let (source_ranges, ranges_field) = read_source_ranges(svc);
     if let SourceRanges::Invalid { errors } = &source_ranges {
         problems.push(object.problem(
@@ -194,6 +95,148 @@ pub fn read_service(svc: &core::Service) -> Result<Read<ClusterService>, FieldPr
         },
         problems,
     })
+}
+
+/// `spec.type`; absent is ClusterIP.
+fn service_type(object: &Object, spec: &core::ServiceSpec) -> Result<ServiceType, FieldProblem> {
+    match spec.type_.as_deref().unwrap_or("") {
+        "" | "ClusterIP" => Ok(ServiceType::ClusterIp),
+        "NodePort" => Ok(ServiceType::NodePort),
+        "LoadBalancer" => Ok(ServiceType::LoadBalancer),
+        "ExternalName" => Ok(ServiceType::ExternalName),
+        other => Err(object.invalid(
+            "spec.type",
+            other,
+            "one of ClusterIP, NodePort, LoadBalancer, ExternalName",
+        )),
+    }
+}
+
+/// `spec.clusterIPs`, else `spec.clusterIP`; `None` (headless) and empty
+/// give none; duplicates are kept once.
+fn cluster_ips(object: &Object, spec: &core::ServiceSpec) -> Result<Vec<IpAddr>, FieldProblem> {
+    let mut cluster_ips = Vec::new();
+    let (list, field): (Vec<&String>, &str) = match spec.cluster_ips.as_deref() {
+        Some(list) if !list.is_empty() => (list.iter().collect(), "spec.clusterIPs"),
+        _ => (spec.cluster_ip.iter().collect(), "spec.clusterIP"),
+    };
+    for (i, ip) in list.into_iter().enumerate() {
+        if ip != "None" && !ip.is_empty() {
+            let ip = object.ip(ip, || indexed(field, i, field == "spec.clusterIPs"))?;
+            if !cluster_ips.contains(&ip) {
+                cluster_ips.push(ip);
+            }
+        }
+    }
+    Ok(cluster_ips)
+}
+
+/// `spec.ipFamilies`.
+fn ip_families(object: &Object, spec: &core::ServiceSpec) -> Result<Vec<IpFamily>, FieldProblem> {
+    let mut ip_families = Vec::new();
+    for (i, family) in spec.ip_families.iter().flatten().enumerate() {
+        ip_families.push(match family.as_str() {
+            "IPv4" => IpFamily::V4,
+            "IPv6" => IpFamily::V6,
+            other => {
+                return Err(object.invalid(
+                    format!("spec.ipFamilies[{i}]"),
+                    other,
+                    "one of IPv4, IPv6",
+                ))
+            }
+        });
+    }
+    Ok(ip_families)
+}
+
+/// `spec.externalIPs`, duplicates kept once.
+fn external_ips(object: &Object, spec: &core::ServiceSpec) -> Result<Vec<IpAddr>, FieldProblem> {
+    let mut external_ips = Vec::new();
+    for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+        let ip = object.ip(ip, || format!("spec.externalIPs[{i}]"))?;
+        if !external_ips.contains(&ip) {
+            external_ips.push(ip);
+        }
+    }
+    Ok(external_ips)
+}
+
+/// `spec.ports`, in spec order.
+fn ports(
+    object: &Object,
+    spec: &core::ServiceSpec,
+) -> Result<Vec<ClusterServicePort>, FieldProblem> {
+    let mut ports = Vec::new();
+    for (i, p) in spec.ports.iter().flatten().enumerate() {
+        let port = object.port(p.port, || format!("spec.ports[{i}].port"))?;
+        let target_port = target_port(object, p, port, i)?;
+        ports.push(ClusterServicePort {
+            name: p.name.clone().unwrap_or_default(),
+            protocol: protocol(object, p.protocol.as_deref(), || {
+                format!("spec.ports[{i}].protocol")
+            })?,
+            port,
+            node_port: object.optional_port(p.node_port, || format!("spec.ports[{i}].nodePort"))?,
+            target_port,
+        });
+    }
+    Ok(ports)
+}
+
+/// `spec.ports[i].targetPort`: absent, 0 or empty is the port itself; a
+/// string that is a number is that number, any other string a name.
+fn target_port(
+    object: &Object,
+    p: &core::ServicePort,
+    port: u16,
+    i: usize,
+) -> Result<TargetPort, FieldProblem> {
+    Ok(match &p.target_port {
+        None | Some(IntOrString::Int(0)) => TargetPort::Number(port),
+        Some(IntOrString::Int(n)) => {
+            TargetPort::Number(object.port(*n, || format!("spec.ports[{i}].targetPort"))?)
+        }
+        Some(IntOrString::String(s)) if s.is_empty() => TargetPort::Number(port),
+        Some(IntOrString::String(s)) => match s.parse::<u16>() {
+            Ok(n) if n != 0 => TargetPort::Number(n),
+            _ => TargetPort::Name(s.clone()),
+        },
+    })
+}
+
+/// `spec.sessionAffinity` and, for ClientIP, its timeout (absent is
+/// [`DEFAULT_AFFINITY_TIMEOUT`]).
+fn session_affinity(
+    object: &Object,
+    spec: &core::ServiceSpec,
+) -> Result<SessionAffinity, FieldProblem> {
+    match spec.session_affinity.as_deref().unwrap_or("") {
+        "" | "None" => Ok(SessionAffinity::None),
+        "ClientIP" => {
+            let timeout = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds);
+            let timeout = match timeout {
+                None => DEFAULT_AFFINITY_TIMEOUT,
+                Some(t) => match u32::try_from(t) {
+                    Ok(t) if (1..=MAX_AFFINITY_TIMEOUT_SECONDS).contains(&t) => {
+                        Duration::from_secs(u64::from(t))
+                    }
+                    _ => {
+                        return Err(object.problem(
+                            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                            format!("{t} is not a number of seconds from 1 to 86400"),
+                        ))
+                    }
+                },
+            };
+            Ok(SessionAffinity::ClientIp { timeout })
+        }
+        other => Err(object.invalid("spec.sessionAffinity", other, "one of None, ClientIP")),
+    }
 }
 
 /// `field[i]` for a list, `field` for the single-valued fallback.

@@ -1,0 +1,76 @@
+//! The value checks the parts of the file share: one raw value in, the
+//! typed value or the message to report at its path out.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::duration::{format_duration, parse_duration};
+use crate::file::RawDuration;
+use crate::model::ParseEnumError;
+
+/// `v` as a `u32`, if within `lo..=hi`.
+pub(super) fn u32_in(v: i64, lo: u32, hi: u32) -> Result<u32, String> {
+    u32::try_from(v)
+        .ok()
+        .filter(|v| (lo..=hi).contains(v))
+        .ok_or_else(|| format!("{v} is outside {lo}-{hi}"))
+}
+
+/// A port number, 1-65535.
+pub(super) fn port(v: i64) -> Result<u16, String> {
+    u16::try_from(v)
+        .ok()
+        .filter(|v| *v != 0)
+        .ok_or_else(|| format!("{v} is outside 1-65535"))
+}
+
+/// Any duration, zero included.
+pub(super) fn duration(raw: &RawDuration) -> Result<Duration, String> {
+    match raw {
+        RawDuration::Text(text) => parse_duration(text),
+        RawDuration::Seconds(secs) => u64::try_from(*secs)
+            .map(Duration::from_secs)
+            .map_err(|_| format!("{secs} is not a valid duration: it must not be negative")),
+    }
+}
+
+/// A duration longer than zero.
+pub(super) fn positive(raw: &RawDuration) -> Result<Duration, String> {
+    let d = duration(raw)?;
+    if d.is_zero() {
+        Err(format!("{} must be longer than 0", format_duration(d)))
+    } else {
+        Ok(d)
+    }
+}
+
+/// One of an enum's spellings (its `FromStr`).
+pub(super) fn spelled<T: FromStr<Err = ParseEnumError>>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|e: ParseEnumError| e.to_string())
+}
+
+/// An RFC 1123 DNS label: 1-63 lowercase letters, digits and '-', starting
+/// and ending with a letter or digit.
+pub(super) fn dns_label(s: &str) -> Result<(), String> {
+    const WHAT: &str = "is not a valid RFC 1123 label";
+    if s.is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    if s.len() > 63 {
+        return Err(format!("{s:?} {WHAT}: it is longer than 63 characters"));
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(format!(
+            "{s:?} {WHAT}: only lowercase letters, digits and '-' are allowed"
+        ));
+    }
+    if s.starts_with('-') || s.ends_with('-') {
+        return Err(format!(
+            "{s:?} {WHAT}: it must start and end with a letter or digit"
+        ));
+    }
+    Ok(())
+}
