@@ -81,7 +81,7 @@ pub fn check_source(route: &Route, client: SocketAddr) -> Result<(), Refusal> {
 /// The second step: the backends to try for `client`, best first, at most
 /// `tries` of them (indices into the route's backends). A refusal is
 /// counted.
-pub fn pick(route: &Arc<Route>, client: SocketAddr, tries: usize) -> Result<Vec<usize>, Refusal> {
+pub fn pick(route: &Route, client: SocketAddr, tries: usize) -> Result<Vec<usize>, Refusal> {
     let candidates = route.candidates(client, tries);
     if !candidates.is_empty() {
         return Ok(candidates);
