@@ -16,6 +16,7 @@ pub mod error;
 pub mod file;
 pub mod kube;
 pub mod model;
+pub mod names;
 pub mod validate;
 
 pub use duration::{format_duration, parse_duration};

@@ -327,7 +327,7 @@ impl Default for HealthSettings {
             rise: 2,
             fall: 2,
             cluster_check: ClusterHealthCheck::KubeProxy,
-            kube_proxy_port: crate::kube::names::KUBE_PROXY_HEALTH_PORT,
+            kube_proxy_port: crate::names::KUBE_PROXY_HEALTH_PORT,
             all_down: AllDownPolicy::FailOpen,
         }
     }

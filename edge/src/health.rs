@@ -34,7 +34,7 @@ use tokio::task::JoinHandle;
 use crate::metrics::EdgeMetrics;
 use crate::plan::HealthTarget;
 
-pub use portico_config::kube::names::ENDPOINT_WEIGHT_HEADER as WEIGHT_HEADER;
+pub use portico_config::names::ENDPOINT_WEIGHT_HEADER as WEIGHT_HEADER;
 
 /// A target's health as the edge judges it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -49,7 +49,6 @@ pub mod selector;
 pub mod status;
 pub mod store;
 pub mod validate;
-mod watch_stream;
 
 pub use crate::http::RequestRecord;
 pub use crate::resource::ResourceDef;

@@ -8,7 +8,7 @@
 use serde_json::Value;
 
 /// The legacy annotation the real server also validates.
-pub use portico_config::kube::names::LEGACY_SOURCE_RANGES_ANNOTATION as SOURCE_RANGES_ANNOTATION;
+pub use portico_config::names::LEGACY_SOURCE_RANGES_ANNOTATION as SOURCE_RANGES_ANNOTATION;
 
 const SOURCE_RANGES_HINT: &str =
     "must be a list of IP ranges. For example, 10.240.0.0/24,10.250.0.0/24 ";

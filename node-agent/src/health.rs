@@ -37,7 +37,7 @@ use portico_config::ServiceKey;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-pub use portico_config::kube::names::{
+pub use portico_config::names::{
     ENDPOINT_WEIGHT_HEADER as WEIGHT_HEADER, KUBE_PROXY_HEALTH_PORT as NODE_HEALTH_PORT,
 };
 

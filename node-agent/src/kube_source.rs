@@ -34,10 +34,10 @@ use kube::api::{Api, ListParams};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::ResourceExt as _;
-use portico_config::kube::names::{SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL};
 use portico_config::kube::{
     namespaced_key, read_endpoint_slice, read_node, read_service, FieldProblem, Read,
 };
+use portico_config::names::{SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL};
 use portico_config::ServiceKey;
 use portico_kube_watch::{ClientError, KubeOptions, WatchMetrics, Watches};
 use tokio::sync::Notify;
@@ -542,7 +542,7 @@ mod tests {
         n.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
         n.spec = Some(NodeSpec {
             taints: Some(vec![Taint {
-                key: portico_config::kube::names::TO_BE_DELETED_TAINT.into(),
+                key: portico_config::names::TO_BE_DELETED_TAINT.into(),
                 effect: "NoSchedule".into(),
                 ..Default::default()
             }]),

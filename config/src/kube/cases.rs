@@ -108,7 +108,7 @@ fn read(change: impl FnOnce(&mut Outcome)) -> Expect {
     Expect::Read(o)
 }
 
-const LEGACY: &str = super::names::LEGACY_SOURCE_RANGES_ANNOTATION;
+const LEGACY: &str = crate::names::LEGACY_SOURCE_RANGES_ANNOTATION;
 
 /// Every case.
 pub fn service_cases() -> Vec<Case> {

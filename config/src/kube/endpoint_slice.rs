@@ -2,11 +2,11 @@
 
 use k8s_openapi::api::discovery::v1 as discovery;
 
-use super::names::SERVICE_NAME_LABEL;
 use super::service::protocol;
 use super::{require_key, FieldProblem, Read};
 use crate::cluster::{AddressType, Endpoint, EndpointPort, EndpointSlice};
 use crate::model::ServiceKey;
+use crate::names::SERVICE_NAME_LABEL;
 
 /// Reads an EndpointSlice.
 ///

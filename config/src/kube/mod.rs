@@ -7,7 +7,7 @@
 //! Pure: `k8s-openapi` types in, [`crate::cluster`] and [`crate::model`]
 //! types out; no client, no IO. Every Kubernetes name Portico reads (labels,
 //! taints, the legacy annotation, the weight header) is defined once, in
-//! [`names`]. The edge's own annotations (`portico.io/...`) are read by the
+//! [`crate::names`]. The edge's own annotations (`portico.io/...`) are read by the
 //! edge, where they mean something.
 //!
 //! Each field has one rule, the API server's:
@@ -30,7 +30,7 @@
 
 pub mod cidr;
 pub mod endpoint_slice;
-pub mod names;
+
 pub mod node;
 pub mod service;
 
@@ -45,6 +45,7 @@ pub use service::read_service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::model::ServiceKey;
+use crate::names;
 
 /// A problem with one field of one object: either the reason the object
 /// was refused (the `Err` of a reader) or something a reader worked around
@@ -149,7 +150,7 @@ impl Object {
 }
 
 /// The key of a namespaced object: a missing or empty namespace is
-/// [`names::DEFAULT_NAMESPACE`] (what `kubectl apply` and the API server
+/// [`crate::names::DEFAULT_NAMESPACE`] (what `kubectl apply` and the API server
 /// use). `None` without a name.
 pub fn namespaced_key(meta: &ObjectMeta) -> Option<ServiceKey> {
     let name = meta.name.as_deref().filter(|n| !n.is_empty())?;

@@ -4,9 +4,9 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1 as core;
 
-use super::names::{EXCLUDE_FROM_LOAD_BALANCERS_LABEL, TO_BE_DELETED_TAINT};
 use super::{FieldProblem, Object, Read};
 use crate::model::{ExclusionReason, Node};
+use crate::names::{EXCLUDE_FROM_LOAD_BALANCERS_LABEL, TO_BE_DELETED_TAINT};
 
 /// Reads a Node.
 ///

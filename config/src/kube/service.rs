@@ -6,15 +6,15 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::names::{
-    LEGACY_SOURCE_RANGES_ANNOTATION, MAX_AFFINITY_TIMEOUT_SECONDS, SERVICE_PROXY_NAME_LABEL,
-};
 use super::{require_key, source_ranges, FieldProblem, Object, Read};
 use crate::cluster::{
     ClusterService, ClusterServicePort, IpMode, LoadBalancerIngress, ServiceType, TargetPort,
 };
 use crate::model::{
     IpFamily, Protocol, SessionAffinity, SourceRanges, TrafficPolicy, DEFAULT_AFFINITY_TIMEOUT,
+};
+use crate::names::{
+    LEGACY_SOURCE_RANGES_ANNOTATION, MAX_AFFINITY_TIMEOUT_SECONDS, SERVICE_PROXY_NAME_LABEL,
 };
 
 /// Reads a `v1` Service (rules in the [module docs](super)).

@@ -28,7 +28,7 @@ use crate::error::FieldError;
 use crate::file::{RawDocument, RawEdgeConfig};
 use crate::model::{EdgeConfig, EdgeSettings};
 
-pub use crate::kube::names::{DEFAULT_NAMESPACE, MAX_AFFINITY_TIMEOUT_SECONDS};
+pub use crate::names::{DEFAULT_NAMESPACE, MAX_AFFINITY_TIMEOUT_SECONDS};
 /// The smallest accepted `maglevTableSize`.
 pub const MIN_MAGLEV_TABLE_SIZE: u32 = 7;
 /// The largest accepted `maglevTableSize` (a prime).

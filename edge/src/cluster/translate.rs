@@ -265,7 +265,7 @@ pub fn translate_node(node: &core::Node) -> Result<Read<Node>, FieldProblem> {
 pub(crate) mod tests {
     use std::time::Duration;
 
-    use portico_config::kube::names::{
+    use portico_config::names::{
         EXCLUDE_FROM_LOAD_BALANCERS_LABEL as EXCLUDE_LABEL,
         LEGACY_SOURCE_RANGES_ANNOTATION as LEGACY_SOURCE_RANGES, TO_BE_DELETED_TAINT,
     };

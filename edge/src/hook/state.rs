@@ -21,7 +21,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use portico_config::kube::names::DEFAULT_NAMESPACE;
+use portico_config::names::DEFAULT_NAMESPACE;
 use portico_config::{AddressPool, IpFamily, Node, Service, ServiceKey};
 use serde::{Deserialize, Serialize};
 

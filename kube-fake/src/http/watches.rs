@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::http::{base_response, selectors, Query, ResBody, Shared, Target};
+use super::{base_response, selectors, Query, ResBody, Shared, Target};
 use crate::resource::ResourceDef;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::{self, ApiError};

@@ -6,6 +6,8 @@
 //! (`Content-Type: application/json`, `Cache-Control: no-cache, private`,
 //! `Audit-Id`). Watches are chunked streams with one JSON event per line.
 
+mod watches;
+
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -24,7 +26,7 @@ use crate::resource::{self, ResourceDef};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
 use crate::store::{object_key, Manager, Store, Subresource};
-use crate::watch_stream::watch;
+use watches::watch;
 
 /// The response body type: a full buffer or a watch stream.
 pub(crate) type ResBody = UnsyncBoxBody<Bytes, Infallible>;
@@ -562,8 +564,8 @@ pub(crate) fn error_response(err: &ApiError, pretty: bool) -> Response<ResBody> 
 
 #[cfg(test)]
 mod tests {
+    use super::watches::bookmark;
     use super::*;
-    use crate::watch_stream::bookmark;
 
     #[test]
     fn query_decoding() {
