@@ -41,9 +41,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::command::{raise_open_files, run, wait_bounded, CommandFailed};
+use crate::command::{self, pinned, raise_open_files, run, wait_bounded, CommandFailed};
 use crate::netns::{self, ip_line, NetnsError};
+use crate::procfs::{self, cpu_ticks, netstat_counter, ticks_to_seconds, ProcStat};
 use crate::procs::{self, ProcError, Spawned};
+use crate::stats::median;
+
+pub use crate::command::installed;
 
 pub mod failover;
 
@@ -63,6 +67,8 @@ const LB_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(10, 91, 0, 1);
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 91, 0, 2);
 /// The balancer's first address towards the nodes.
 const LB_NODE_SIDE: Ipv4Addr = Ipv4Addr::new(10, 92, 0, 1);
+/// The roles of the bench's namespaces (`<prefix>-<role>`).
+const ROLES: [&str; 4] = ["client", "lb", "node-1", "node-2"];
 /// How long processes get to end on SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Longest wait for a contender to answer through its VIP.
@@ -725,7 +731,7 @@ impl Bench {
         };
         let syn_before = syn_retransmits(&client)? + syn_retransmits(&lb)?;
         let cpu_before = cpu_ticks(&lb_pids()?);
-        let stat_before = ProcStat::read()?;
+        let stat_before = read_proc_stat()?;
         let perf = match (&self.opts.perf_dir, contender, process) {
             (Some(dir), Contender::Portico | Contender::PorticoB, Some(p)) => {
                 Some(start_perf(dir, name, p.child.id(), self.opts.duration)?)
@@ -733,7 +739,7 @@ impl Bench {
             _ => None,
         };
         let output = self.wrk(contender, workload)?;
-        let stat_after = ProcStat::read()?;
+        let stat_after = read_proc_stat()?;
         let pids = lb_pids()?;
         let cpu_after = cpu_ticks(&pids);
         let syn_after = syn_retransmits(&client)? + syn_retransmits(&lb)?;
@@ -741,7 +747,6 @@ impl Bench {
             wait_bounded(&mut perf, Duration::from_secs(60), "perf record")?;
         }
         let wrk = WrkResult::parse(&output)?;
-        let ticks = clock_ticks();
         let (steal, cpu_busy) = stat_after.since(&stat_before);
         let mut result = RunResult {
             contender,
@@ -753,8 +758,12 @@ impl Bench {
             p50_us: wrk.p50_us,
             p99_us: wrk.p99_us,
             errors: wrk.errors,
-            cpu_seconds: process.map(|_| cpu_after.saturating_sub(cpu_before) as f64 / ticks),
-            peak_rss_kib: process.map(|_| pids.iter().filter_map(|p| vm_hwm_kib(*p)).sum()),
+            cpu_seconds: process.map(|_| ticks_to_seconds(cpu_after.saturating_sub(cpu_before))),
+            peak_rss_kib: process.map(|_| {
+                pids.iter()
+                    .filter_map(|p| procfs::status_kib(*p, "VmHWM:"))
+                    .sum()
+            }),
             steal,
             cpu_busy,
             syn_retransmits: syn_after.saturating_sub(syn_before),
@@ -829,17 +838,7 @@ pub fn namespace(prefix: &str, role: &str) -> String {
 /// Removes every namespace of the bench `prefix` (stopping what runs in
 /// them) and its state directory. Safe when nothing is there.
 pub fn down(prefix: &str, state_dir: &Path) -> Result<(), BenchError> {
-    let roles = ["client", "lb", "node-1", "node-2"];
-    let existing = netns::list()?;
-    let ours: Vec<String> = roles
-        .iter()
-        .map(|r| namespace(prefix, r))
-        .filter(|ns| existing.contains(ns))
-        .collect();
-    procs::stop_all(&ours, STOP_GRACE)?;
-    for ns in &ours {
-        netns::del(ns)?;
-    }
+    procs::remove_namespaces(prefix, &ROLES, STOP_GRACE)?;
     if state_dir.exists() {
         fs::remove_dir_all(state_dir).map_err(|source| BenchError::File {
             path: state_dir.to_path_buf(),
@@ -907,20 +906,6 @@ fn rejection(r: &RunResult, max_steal: f64) -> Option<String> {
         why.push("nothing transferred".to_string());
     }
     (!why.is_empty()).then(|| why.join(", "))
-}
-
-/// The median of `values` (none when empty).
-pub fn median(values: &mut [f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    Some(if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    })
 }
 
 /// Medians over accepted runs, and ratios taken within a round.
@@ -1309,37 +1294,9 @@ fn nftables_ruleset(snat: Ipv4Addr) -> String {
     )
 }
 
-/// `program args`, behind `taskset -c cpus` when pinned.
-fn pinned(cpus: Option<&str>, program: &str, args: &[String]) -> (String, Vec<String>) {
-    match cpus {
-        Some(cpus) => {
-            let mut all = vec!["-c".to_string(), cpus.to_string(), program.to_string()];
-            all.extend(args.iter().cloned());
-            ("taskset".to_string(), all)
-        }
-        None => (program.to_string(), args.to_vec()),
-    }
-}
-
-/// Whether `program` is on PATH (or in /usr/sbin, where Debian puts daemons).
-pub fn installed(program: &str) -> bool {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/sbin", "/sbin"])
-        .any(|dir| Path::new(dir).join(program).is_file());
-    found
-}
-
+/// Runs `nft args` in namespace `ns`, bounded; its stdout.
 fn nft(ns: &str, args: &[&str], stdin: Option<&str>) -> Result<String, BenchError> {
-    let mut all = vec![
-        "netns".to_string(),
-        "exec".into(),
-        ns.to_string(),
-        "nft".into(),
-    ];
-    all.extend(args.iter().map(|a| a.to_string()));
-    Ok(run("ip", &all, stdin, COMMAND_TIMEOUT)?)
+    Ok(command::run_in(ns, "nft", args, stdin, COMMAND_TIMEOUT)?)
 }
 
 /// `perf record` of process `pid` for `duration` into `<dir>/<name>.data`.
@@ -1424,144 +1381,26 @@ fn syn_retransmits(ns: &str) -> Result<u64, BenchError> {
     Ok(netstat_counter(&text, "TcpExt", "TCPSynRetrans").unwrap_or(0))
 }
 
-/// A counter of `/proc/net/netstat` (a names line, then a values line).
-pub fn netstat_counter(text: &str, group: &str, name: &str) -> Option<u64> {
-    let prefix = format!("{group}:");
-    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
-    let names = lines.next()?;
-    let values = lines.next()?;
-    let i = names.split_whitespace().position(|n| n == name)?;
-    values.split_whitespace().nth(i)?.parse().ok()
-}
-
-/// utime + stime of `pids`, in clock ticks.
-fn cpu_ticks(pids: &[i32]) -> u64 {
-    pids.iter()
-        .filter_map(|pid| {
-            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // Fields after the command's closing parenthesis: state is 3rd
-            // overall, utime 14th, stime 15th.
-            let rest = stat.rsplit_once(") ")?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .sum()
-}
-
-fn clock_ticks() -> f64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .map_or(100.0, |t| t as f64)
-}
-
-/// Peak resident memory of `pid`, KiB.
-fn vm_hwm_kib(pid: i32) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// `/proc/stat`'s CPU lines: the total, then each CPU.
-#[derive(Debug, Clone)]
-pub struct ProcStat {
-    total: Vec<u64>,
-    cpus: Vec<Vec<u64>>,
-}
-
-impl ProcStat {
-    fn read() -> Result<ProcStat, BenchError> {
-        let path = Path::new("/proc/stat");
-        let text = fs::read_to_string(path).map_err(|source| BenchError::File {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Ok(ProcStat::parse(&text))
-    }
-
-    /// Parses `/proc/stat`.
-    pub fn parse(text: &str) -> ProcStat {
-        let nums = |l: &str| -> Vec<u64> {
-            l.split_whitespace()
-                .skip(1)
-                .filter_map(|v| v.parse().ok())
-                .collect()
-        };
-        let mut stat = ProcStat {
-            total: Vec::new(),
-            cpus: Vec::new(),
-        };
-        for line in text.lines() {
-            if line.starts_with("cpu ") {
-                stat.total = nums(line);
-            } else if line.starts_with("cpu") {
-                stat.cpus.push(nums(line));
-            }
-        }
-        stat
-    }
-
-    /// Steal share of all CPU time since `before`, and each CPU's busy share.
-    pub fn since(&self, before: &ProcStat) -> (f64, Vec<f64>) {
-        // user nice system idle iowait irq softirq steal (guest is in user).
-        let delta = |a: &[u64], b: &[u64]| -> Vec<u64> {
-            a.iter()
-                .zip(b)
-                .take(8)
-                .map(|(x, y)| x.saturating_sub(*y))
-                .collect()
-        };
-        let share = |d: &[u64], idx: &[usize]| {
-            let total: u64 = d.iter().sum();
-            let part: u64 = idx.iter().filter_map(|i| d.get(*i)).sum();
-            if total == 0 {
-                0.0
-            } else {
-                part as f64 / total as f64
-            }
-        };
-        let total = delta(&self.total, &before.total);
-        let busy = self
-            .cpus
-            .iter()
-            .zip(&before.cpus)
-            .map(|(a, b)| share(&delta(a, b), &[0, 1, 2, 5, 6]))
-            .collect();
-        (share(&total, &[7]), busy)
-    }
-}
-
 /// Versions of the programs involved, one per line.
 pub fn versions(edge_bin: &Path) -> String {
-    let first_line = |program: &str, args: &[&str]| {
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        match Command::new(program).args(&args).output() {
-            Ok(o) => {
-                let text = format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                );
-                text.lines().next().unwrap_or("").trim().to_string()
-            }
-            Err(e) => format!("{program}: not available ({e})"),
-        }
-    };
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     [
         format!("kernel {}", kernel.trim()),
-        first_line(&edge_bin.display().to_string(), &["--version"]),
-        first_line("haproxy", &["-v"]),
-        first_line("nginx", &["-v"]),
-        first_line("wrk", &["-v"]),
-        first_line("nft", &["-V"]),
+        command::first_line(&edge_bin.display().to_string(), &["--version"]),
+        command::first_line("haproxy", &["-v"]),
+        command::first_line("nginx", &["-v"]),
+        command::first_line("wrk", &["-v"]),
+        command::first_line("nft", &["-V"]),
     ]
     .join("\n")
+}
+
+/// Reads `/proc/stat`.
+fn read_proc_stat() -> Result<ProcStat, BenchError> {
+    ProcStat::read().map_err(|source| BenchError::File {
+        path: PathBuf::from(ProcStat::PATH),
+        source,
+    })
 }
 
 fn create_dir(path: &Path) -> Result<(), BenchError> {
@@ -1812,23 +1651,6 @@ mod tests {
         assert_eq!((r.p50_us, r.p99_us, r.errors), (310, 2200, 0));
         assert!(WrkResult::parse("Running 1s test\n").is_err());
         assert!(WrkResult::parse("PBENCH requests=x").is_err());
-    }
-
-    #[test]
-    fn netstat_counter_is_found_by_name() {
-        let text =
-            "TcpExt: SyncookiesSent TCPSynRetrans Other\nTcpExt: 1 7 9\nIpExt: A\nIpExt: 2\n";
-        assert_eq!(netstat_counter(text, "TcpExt", "TCPSynRetrans"), Some(7));
-        assert_eq!(netstat_counter(text, "TcpExt", "Missing"), None);
-    }
-
-    #[test]
-    fn steal_and_busy_come_from_deltas() {
-        let before = ProcStat::parse("cpu  0 0 0 0 0 0 0 0 0 0\ncpu0 0 0 0 0 0 0 0 0\n");
-        let after = ProcStat::parse("cpu  50 0 30 10 0 0 0 10 0 0\ncpu0 60 0 20 20 0 0 0 0\n");
-        let (steal, busy) = after.since(&before);
-        assert!((steal - 0.1).abs() < 1e-9);
-        assert!((busy[0] - 0.8).abs() < 1e-9);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::api::{self, ApiClient, ApiClientError};
+use crate::command;
 use crate::netns::{self, in_netns, ip_line, NetnsError};
 use crate::objects;
 use crate::pod::{self, Answer, ClientError};
@@ -133,15 +134,10 @@ impl Binaries {
             if here.is_file() {
                 return Ok(here);
             }
-            std::env::var_os("PATH")
-                .iter()
-                .flat_map(std::env::split_paths)
-                .map(|p| p.join(name))
-                .find(|p| p.is_file())
-                .ok_or_else(|| LabError::BinaryNotFound {
-                    name: name.to_string(),
-                    beside: dir.clone(),
-                })
+            command::find_on_path(name).ok_or_else(|| LabError::BinaryNotFound {
+                name: name.to_string(),
+                beside: dir.clone(),
+            })
         };
         Ok(Binaries {
             edge: find("portico-edge")?,
@@ -1049,7 +1045,7 @@ impl Lab {
         let cin = n.client(Client::Inside);
         let cout = n.client(Client::Outside);
         out.push_str("\nTry:\n");
-        if on_path("curl") {
+        if command::find_on_path("curl").is_some() {
             line(
                 &mut out,
                 format!("  ip netns exec {cin} curl -s http://{web}/"),
@@ -1477,13 +1473,6 @@ fn unix_socket_listening(ns: &str, path: &Path) -> Result<(), String> {
 fn line(out: &mut String, text: String) {
     out.push_str(&text);
     out.push('\n');
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .any(|p| p.join(program).is_file())
 }
 
 /// The edge's configuration: the Kubernetes watch, VIPs on the public

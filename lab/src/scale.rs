@@ -56,7 +56,10 @@ use serde_json::{json, Value};
 use crate::api::{self, ApiClient, ApiClientError};
 use crate::command::{self, raise_open_files, CommandFailed};
 use crate::netns::{self, ip_line, NetnsError};
+use crate::procfs::{self, ticks_to_seconds, ticks_with_children};
 use crate::procs::{self, ProcError, Spawned};
+use crate::stats;
+use crate::sync::lock;
 
 /// The Service ports every Service has (TCP).
 pub const PORTS: [u16; 3] = [80, 443, 8080];
@@ -373,21 +376,12 @@ pub struct Quantiles {
 
 /// The [`Quantiles`] of `values` (none when empty).
 pub fn quantiles(values: &[f64]) -> Option<Quantiles> {
-    if values.is_empty() {
-        return None;
-    }
     let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
+    let median = stats::median(&mut v)?;
     let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    let rank = ((0.9 * n as f64).ceil() as usize).clamp(1, n);
     Some(Quantiles {
         median,
-        p90: v[rank - 1],
+        p90: v[stats::nearest_rank(n, 0.9)],
         max: v[n - 1],
     })
 }
@@ -830,14 +824,8 @@ impl Scale {
     }
 
     fn pinned(&self, program: &str, args: &[String]) -> (String, Vec<String>) {
-        match self.opts.balancer_cpu {
-            Some(cpu) => {
-                let mut all = vec!["-c".to_string(), cpu.to_string(), program.to_string()];
-                all.extend(args.iter().cloned());
-                ("taskset".to_string(), all)
-            }
-            None => (program.to_string(), args.to_vec()),
-        }
+        let cpu = self.opts.balancer_cpu.map(|c| c.to_string());
+        command::pinned(cpu.as_deref(), program, args)
     }
 
     /// Stops whatever runs in the lb namespace and removes the VIPs from
@@ -1055,7 +1043,7 @@ impl Scale {
                         }
                     }
                 })?;
-            f.warm_cpu_s = ticks_to_s(cpu_ticks(&[pid]).saturating_sub(cpu_before));
+            f.warm_cpu_s = ticks_to_seconds(cpu_ticks(&[pid]).saturating_sub(cpu_before));
             if listeners_at.is_none() {
                 let m = self.edge_metrics().unwrap_or_default();
                 if metric_value(&m, "portico_edge_listeners").is_some_and(|v| v >= want) {
@@ -1091,7 +1079,7 @@ impl Scale {
         let result = (|| -> Result<(), ScaleError> {
             (f.cold_first, f.cold) =
                 self.probe_all(started, "cold start (Portico)", &log, || {})?;
-            f.cold_cpu_s = ticks_to_s(cpu_ticks(&[pid]));
+            f.cold_cpu_s = ticks_to_seconds(cpu_ticks(&[pid]));
             let answered = self.check_pass()?;
             f.answered = f.answered.min(answered);
             f.mem_cold = mem(&[pid]);
@@ -1188,7 +1176,7 @@ impl Scale {
             signal(master_pid, nix::sys::signal::Signal::SIGUSR2)?;
             (f.warm_first, f.warm) =
                 self.probe_all(started, "warm set-up (HAProxy reload)", &log, || {})?;
-            f.warm_cpu_s = ticks_to_s(ticks_since(&before, &self.haproxy_pids()?));
+            f.warm_cpu_s = ticks_to_seconds(ticks_since(&before, &self.haproxy_pids()?));
             let pids = self.haproxy_settled(&log, 2)?;
             f.answered = self.check_pass()?;
             f.mem_warm = mem(&pids);
@@ -1223,7 +1211,7 @@ impl Scale {
             (f.cold_first, f.cold) =
                 self.probe_all(started, "cold start (HAProxy)", &log, || {})?;
             let pids = self.haproxy_pids()?;
-            f.cold_cpu_s = ticks_to_s(cpu_ticks(&pids));
+            f.cold_cpu_s = ticks_to_seconds(cpu_ticks(&pids));
             let answered = self.check_pass()?;
             f.answered = f.answered.min(answered);
             f.mem_cold = mem(&self.haproxy_settled(&log, 1)?);
@@ -1273,16 +1261,7 @@ impl Drop for Scale {
 /// Removes every namespace of the scale run `prefix` (stopping what runs
 /// in them) and its state directory. Safe when nothing is there.
 pub fn down(prefix: &str, state_dir: &Path) -> Result<(), ScaleError> {
-    let existing = netns::list()?;
-    let ours: Vec<String> = ROLES
-        .iter()
-        .map(|r| format!("{prefix}-{r}"))
-        .filter(|ns| existing.contains(ns))
-        .collect();
-    procs::stop_all(&ours, STOP_GRACE)?;
-    for ns in &ours {
-        netns::del(ns)?;
-    }
+    procs::remove_namespaces(prefix, &ROLES, STOP_GRACE)?;
     if state_dir.exists() {
         fs::remove_dir_all(state_dir).map_err(|source| ScaleError::File {
             path: state_dir.to_path_buf(),
@@ -1412,10 +1391,6 @@ fn probe(target: SocketAddr) -> Result<(String, u16), String> {
 
 // ----- processes, memory, CPU -----------------------------------------------------
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 fn wait_until(
     what: &str,
     limit: Duration,
@@ -1445,64 +1420,36 @@ fn signal(pid: i32, sig: nix::sys::signal::Signal) -> Result<(), ScaleError> {
     })
 }
 
-/// A `/proc/<pid>/status` field, KiB.
-fn status_kib(pid: i32, field: &str) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
 fn mem(pids: &[i32]) -> Mem {
+    let kib = |field: &str| -> u64 {
+        pids.iter()
+            .map(|p| procfs::status_kib(*p, field).unwrap_or(0))
+            .sum()
+    };
     Mem {
-        rss_kib: pids.iter().map(|p| status_kib(*p, "VmRSS:")).sum(),
-        hwm_kib: pids.iter().map(|p| status_kib(*p, "VmHWM:")).sum(),
+        rss_kib: kib("VmRSS:"),
+        hwm_kib: kib("VmHWM:"),
     }
 }
 
-/// utime + stime of one process and of its reaped children (the edge's `ip`
-/// commands, HAProxy's former workers), clock ticks.
-fn ticks(pid: i32) -> Option<u64> {
-    stat_ticks(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
-/// utime + stime + cutime + cstime of a `/proc/<pid>/stat` line.
-pub fn stat_ticks(stat: &str) -> Option<u64> {
-    // Fields after the command's closing parenthesis: state is the 3rd
-    // field overall, utime the 14th ... cstime the 17th.
-    let rest = stat.rsplit_once(") ")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    (11..=14).map(|i| f.get(i)?.parse::<u64>().ok()).sum()
-}
-
+/// CPU ticks of `pids` and of their reaped children.
 fn cpu_ticks(pids: &[i32]) -> u64 {
-    pids.iter().filter_map(|p| ticks(*p)).sum()
+    pids.iter().filter_map(|p| ticks_with_children(*p)).sum()
 }
 
 fn per_pid_ticks(pids: &[i32]) -> BTreeMap<i32, u64> {
-    pids.iter().filter_map(|p| Some((*p, ticks(*p)?))).collect()
+    pids.iter()
+        .filter_map(|p| Some((*p, ticks_with_children(*p)?)))
+        .collect()
 }
 
 /// CPU ticks of `now` since `before` (a process new since then counts whole).
 fn ticks_since(before: &BTreeMap<i32, u64>, now: &[i32]) -> u64 {
     now.iter()
-        .filter_map(|p| Some(ticks(*p)?.saturating_sub(before.get(p).copied().unwrap_or(0))))
+        .filter_map(|p| {
+            Some(ticks_with_children(*p)?.saturating_sub(before.get(p).copied().unwrap_or(0)))
+        })
         .sum()
-}
-
-fn ticks_to_s(ticks: u64) -> f64 {
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .map_or(100.0, |t| t as f64);
-    ticks as f64 / hz
 }
 
 /// Runs `program args` in namespace `ns` with `stdin`, bounded; its stdout.
@@ -1512,12 +1459,7 @@ fn run_in(
     args: &[&str],
     stdin: Option<&str>,
 ) -> Result<String, ScaleError> {
-    let mut all: Vec<String> = ["netns", "exec", ns, program]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-    all.extend(args.iter().map(|a| a.to_string()));
-    Ok(command::run("ip", &all, stdin, COMMAND_TIMEOUT)?)
+    Ok(command::run_in(ns, program, args, stdin, COMMAND_TIMEOUT)?)
 }
 
 /// Copies every file of `from` into `to` (created).
@@ -1548,27 +1490,10 @@ fn write(path: &Path, text: &str) -> Result<(), ScaleError> {
         })
 }
 
-/// The first line of `program args`' output.
-fn first_line(program: &str, args: &[&str]) -> String {
-    match Command::new(program).args(args).output() {
-        Ok(o) => format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-        .lines()
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_string(),
-        Err(e) => format!("{program}: not available ({e})"),
-    }
-}
-
 /// Versions, commit, pinning and load: the report's header.
 pub fn header(opts: &ScaleOptions) -> String {
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let commit = first_line("git", &["rev-parse", "HEAD"]);
+    let commit = command::first_line("git", &["rev-parse", "HEAD"]);
     let dirty = Command::new("git")
         .args(["status", "--porcelain", "--untracked-files=no"])
         .output()
@@ -1578,8 +1503,8 @@ pub fn header(opts: &ScaleOptions) -> String {
         "commit {commit}{}\nkernel {}\n{}\n{}\ncontender pinned to CPU {}; {} changes per contender; {} probes in flight; load average {}\n",
         if dirty { " (dirty)" } else { "" },
         kernel.trim(),
-        first_line(&opts.edge_bin.display().to_string(), &["--version"]),
-        first_line("haproxy", &["-v"]),
+        command::first_line(&opts.edge_bin.display().to_string(), &["--version"]),
+        command::first_line("haproxy", &["-v"]),
         opts.balancer_cpu
             .map_or("none".to_string(), |c| c.to_string()),
         opts.changes,
@@ -1656,7 +1581,7 @@ pub fn main(args: ScaleArgs) -> std::process::ExitCode {
         .edge_bin
         .clone()
         .unwrap_or_else(|| me.with_file_name("portico-edge"));
-    if !crate::bench::installed("haproxy") {
+    if !command::installed("haproxy") {
         return fail(&"haproxy is not installed");
     }
     let mut opts = ScaleOptions::standard(&args.prefix, edge_bin, me);
@@ -1740,13 +1665,6 @@ mod tests {
         let empty = haproxy_config(&[]);
         assert!(empty.contains("listen idle\n  bind 127.0.0.1:9799\n"));
         assert!(!empty.contains("listen s"));
-    }
-
-    #[test]
-    fn cpu_counts_the_process_and_its_reaped_children() {
-        let stat = "42 (portico edge) S 1 42 42 0 -1 4194560 100 0 0 0 150 30 7 3 20 0 2";
-        assert_eq!(stat_ticks(stat), Some(190));
-        assert_eq!(stat_ticks("42 (x) S 1"), None);
     }
 
     #[test]

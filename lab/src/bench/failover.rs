@@ -29,10 +29,13 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::stats;
+use crate::sync::lock;
 
 use super::{
     ip_line, netns, nft, procs, Bench, BenchError, Contender, LB_NODE_SIDE, NODES, NODE_PORT,
@@ -279,8 +282,7 @@ pub fn quantile(values: &mut [Duration], q: f64) -> Option<Duration> {
         return None;
     }
     values.sort();
-    let rank = (q * values.len() as f64).ceil().max(1.0) as usize;
-    Some(values[rank.min(values.len()) - 1])
+    Some(values[stats::nearest_rank(values.len(), q)])
 }
 
 /// The result of one failover measurement.
@@ -527,10 +529,6 @@ pub fn counter_packets(listing: &str, comment: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Brings node 2's link back (and its default route, which went with it)
