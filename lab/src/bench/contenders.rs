@@ -18,7 +18,7 @@ pub enum Contender {
     Direct,
     /// `portico-edge run`, one worker thread.
     Portico,
-    /// A second edge binary ([`BenchOptions::edge_bin_b`], say another
+    /// A second edge binary ([`BenchOptions::edge_bin_b`](super::BenchOptions::edge_bin_b), say another
     /// branch), run the same way in the same rounds.
     PorticoB,
     /// HAProxy `mode tcp`, `check`, one thread, splice-auto, redispatch.

@@ -1,7 +1,7 @@
 //! The bench's namespaces and backends: [`Bench::up`] builds the client,
 //! the lb (the balancer's namespace, with the VIP) and two nodes running
 //! nginx; each run gets fresh source addresses
-//! ([`Bench::fresh_sources`]); [`Bench::teardown`], dropping the [`Bench`],
+//! (`Bench::fresh_sources`); [`Bench::teardown`], dropping the [`Bench`],
 //! or [`down`] removes them again.
 
 use std::collections::BTreeSet;

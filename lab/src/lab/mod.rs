@@ -2,7 +2,7 @@
 //! namespaces and links of [`crate::topology`], starts the API server, the
 //! edge, the node agents and the pod servers in the background, creates the
 //! Kubernetes objects through the API server, and waits until traffic flows
-//! from the inside client through the edge to the pods. [`down()`] removes
+//! from the inside client through the edge to the pods. [`down`] removes
 //! every trace of a lab by its prefix; a [`Lab`] does so when dropped (also
 //! when a test panics) unless [`Lab::detach`]ed, as `portico-lab up` does.
 //!
@@ -14,18 +14,18 @@
 //! - [`observe`]: what the lab reads without changing anything (SYNs per
 //!   node, the edge's metrics and health view, [`NodeWatch`]);
 //! - [`report`]: what `portico-lab up` and `status` print;
-//! - [`down`](mod@down): removing a lab ([`down()`], [`Lab::teardown`]).
+//! - [`teardown`]: removing a lab ([`down`], [`Lab::teardown`]).
 
-pub mod down;
 pub mod observe;
 pub mod processes;
 pub mod report;
 pub mod scenarios;
+pub mod teardown;
 pub mod up;
 
-pub use down::{down, DownReport};
 pub use observe::{backend_up, health_settled, NodeSample, NodeWatch};
 pub use report::status;
+pub use teardown::{down, DownReport};
 pub use up::edge_config;
 
 use std::collections::BTreeMap;

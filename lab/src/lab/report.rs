@@ -9,7 +9,7 @@ use crate::command;
 use crate::procs;
 use crate::topology::{self, Client, Names, Policy};
 
-use super::down::owned_namespaces;
+use super::teardown::owned_namespaces;
 use super::{api_client, Lab, LabError};
 
 impl Lab {

@@ -17,8 +17,8 @@ use crate::pod;
 use crate::procs;
 use crate::topology::{self, Client, Names, NodeSpec};
 
-use super::down::{owned_namespaces, remove_state_dir};
 use super::observe::{edge_metrics, health_settled, nft, observe_table};
+use super::teardown::{owned_namespaces, remove_state_dir};
 use super::{Binaries, Lab, LabError, LabOptions, MARKER};
 
 impl Lab {

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::{KUBE_NS, NODES, NODE_PORT_BASE, PORTS, PORT_NAMES};
 
-/// Service `i`'s VIP (`i` < [`MAX_SERVICES`]).
+/// Service `i`'s VIP (`i` < [`MAX_SERVICES`](super::MAX_SERVICES)).
 pub fn vip(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 95, 0, 0)) + 1 + i as u32)
 }

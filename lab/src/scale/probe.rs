@@ -1,8 +1,8 @@
 //! The prober, from the client namespace: one request through a VIP:port
-//! tells which node and nodePort answered ([`probe`]); every VIP:port until
-//! each answered right, with bounded concurrency ([`Scale::probe_all`]); one
+//! tells which node and nodePort answered (`probe`); every VIP:port until
+//! each answered right, with bounded concurrency (`Scale::probe_all`); one
 //! pass to count the right answers; one VIP:port until it follows a change
-//! ([`Scale::follow`]).
+//! (`Scale::follow`).
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};

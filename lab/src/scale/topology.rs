@@ -1,8 +1,9 @@
 //! The scale run's namespaces: client, lb, the API server and two nodes
-//! (each with its [`node_server`](super::node_server)), built by [`Scale::up`] with the Nodes
-//! created in the API server; [`Scale::teardown`], dropping the [`Scale`],
-//! or [`down`] removes them again. Also the helpers the measurements share:
-//! bounded waits, commands in a namespace, config files written whole.
+//! (each with its [`node_server`](super::node_server)), built by
+//! [`Scale::up`] with the Nodes created in the API server;
+//! [`Scale::teardown`], dropping the [`Scale`], or [`down`] removes them
+//! again. Also the helpers the measurements share: bounded waits, commands
+//! in a namespace, config files written whole.
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
