@@ -1,11 +1,13 @@
-//! The auxiliary programs the benchmarks run (`ip`, `nft`, `taskset`,
-//! `haproxy`, `wrk`, `perf`), and the `cargo build` of the binaries the
-//! tests run: every wait bounded, both output pipes read on
+//! The auxiliary programs the lab and the benchmarks run (`ip`, `nft`,
+//! `taskset`, `haproxy`, `wrk`, `perf`), and the `cargo build` of the
+//! binaries the tests run: every wait bounded, both output pipes read on
 //! threads of their own so a chatty child never blocks, and every failure
-//! naming the command line.
+//! naming the command line. Also where programs are found ([`find_on_path`],
+//! [`installed`]), how one is pinned to CPUs ([`pinned`]) and the version
+//! line a report prints of it ([`first_line`]).
 
 use std::io::{Read as _, Write as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -77,6 +79,23 @@ pub fn run(
     Ok(stdout)
 }
 
+/// Runs `program args` inside namespace `ns` (`ip netns exec`), with
+/// `stdin`, at most `limit`; its stdout.
+pub fn run_in(
+    ns: &str,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+    limit: Duration,
+) -> Result<String, CommandFailed> {
+    let mut all: Vec<String> = ["netns", "exec", ns, program]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    all.extend(args.iter().map(|a| a.to_string()));
+    run("ip", &all, stdin, limit)
+}
+
 /// Waits for `child` at most `limit`, killing it then.
 pub fn wait_bounded(
     child: &mut std::process::Child,
@@ -120,6 +139,53 @@ pub fn raise_open_files() {
             }
         }
         Err(e) => tracing::warn!(error = %e, "cannot read the open-files limit"),
+    }
+}
+
+/// Where `program` is on PATH, if it is.
+pub fn find_on_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|p| p.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Whether `program` is on PATH (or in /usr/sbin, where Debian puts daemons).
+pub fn installed(program: &str) -> bool {
+    find_on_path(program).is_some()
+        || ["/usr/sbin", "/sbin"]
+            .iter()
+            .any(|dir| Path::new(dir).join(program).is_file())
+}
+
+/// `program args`, behind `taskset -c cpus` when pinned.
+pub fn pinned(cpus: Option<&str>, program: &str, args: &[String]) -> (String, Vec<String>) {
+    match cpus {
+        Some(cpus) => {
+            let mut all = vec!["-c".to_string(), cpus.to_string(), program.to_string()];
+            all.extend(args.iter().cloned());
+            ("taskset".to_string(), all)
+        }
+        None => (program.to_string(), args.to_vec()),
+    }
+}
+
+/// The first line of what `program args` prints (stdout, then stderr): a
+/// version line for a report, or why the program is not available.
+pub fn first_line(program: &str, args: &[&str]) -> String {
+    match Command::new(program).args(args).output() {
+        Ok(o) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string(),
+        Err(e) => format!("{program}: not available ({e})"),
     }
 }
 

@@ -27,8 +27,11 @@ pub mod load;
 pub mod netns;
 pub mod objects;
 pub mod pod;
+pub mod procfs;
 pub mod procs;
 pub mod scale;
+pub mod stats;
+mod sync;
 pub mod topology;
 
 pub use lab::{down, status, Binaries, DownReport, Lab, LabError, LabOptions};

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 
 use crate::netns::{in_netns, NetnsError};
 use crate::pod::{self, Answer, ECHO_REQUEST};
+use crate::sync::lock;
 
 /// How often [`Load::wait_until`] re-checks its condition.
 const RECHECK: Duration = Duration::from_millis(20);
@@ -428,10 +429,6 @@ impl Drop for Load {
         // A test that failed early: let the thread wind down on its own.
         self.stop();
     }
-}
-
-fn lock(record: &Mutex<Record>) -> MutexGuard<'_, Record> {
-    record.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn run(spec: LoadSpec, started: Instant, record: Arc<Mutex<Record>>, stop: Arc<AtomicBool>) {

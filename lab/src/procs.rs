@@ -168,6 +168,23 @@ pub fn stop_all(namespaces: &[String], grace: Duration) -> Result<usize, ProcErr
     Err(ProcError::Survivors { namespaces })
 }
 
+/// Stops every process in those of the namespaces `<prefix>-<role>` that
+/// exist, then deletes them: what a benchmark's `down` removes. Safe when
+/// none is there.
+pub fn remove_namespaces(prefix: &str, roles: &[&str], grace: Duration) -> Result<(), ProcError> {
+    let existing = netns::list()?;
+    let ours: Vec<String> = roles
+        .iter()
+        .map(|r| format!("{prefix}-{r}"))
+        .filter(|ns| existing.contains(ns))
+        .collect();
+    stop_all(&ours, grace)?;
+    for ns in &ours {
+        netns::del(ns)?;
+    }
+    Ok(())
+}
+
 fn signal_all(pids: &[(String, i32)], signal: Signal) {
     for (ns, pid) in pids {
         // ESRCH: it ended meanwhile.

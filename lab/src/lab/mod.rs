@@ -1,0 +1,296 @@
+//! Building, running and removing one lab: [`Lab::up`] creates the
+//! namespaces and links of [`crate::topology`], starts the API server, the
+//! edge, the node agents and the pod servers in the background, creates the
+//! Kubernetes objects through the API server, and waits until traffic flows
+//! from the inside client through the edge to the pods. [`down`] removes
+//! every trace of a lab by its prefix; a [`Lab`] does so when dropped (also
+//! when a test panics) unless [`Lab::detach`]ed, as `portico-lab up` does.
+//!
+//! - [`up`]: building the lab ([`Lab::up`]) and the edge's configuration;
+//! - [`processes`]: the running processes: waiting on them, signalling,
+//!   stopping and starting them again, killing and reviving a node;
+//! - [`scenarios`]: what failure scenarios change (a node's link, labels,
+//!   EndpointSlices, an edge reload or binary upgrade);
+//! - [`observe`]: what the lab reads without changing anything (SYNs per
+//!   node, the edge's metrics and health view, [`NodeWatch`]);
+//! - [`report`]: what `portico-lab up` and `status` print;
+//! - [`teardown`]: removing a lab ([`down`], [`Lab::teardown`]).
+
+pub mod observe;
+pub mod processes;
+pub mod report;
+pub mod scenarios;
+pub mod teardown;
+pub mod up;
+
+pub use observe::{backend_up, health_settled, NodeSample, NodeWatch};
+pub use report::status;
+pub use teardown::{down, DownReport};
+pub use up::edge_config;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::api::{self, ApiClient, ApiClientError};
+use crate::command;
+use crate::netns::{in_netns, NetnsError};
+use crate::pod::{self, Answer, ClientError};
+use crate::procs::{ProcError, Spawned};
+use crate::topology::{self, Client, Names};
+
+/// The prefix of the lab `portico-lab` manages.
+pub const DEFAULT_PREFIX: &str = "plab";
+/// Its state directory.
+pub const DEFAULT_STATE_DIR: &str = "/run/portico-lab";
+/// The file that marks a state directory as the lab's (so `down` removes
+/// only directories the lab made).
+const MARKER: &str = "portico-lab.state";
+/// How long processes get to exit on SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How often readiness is re-checked.
+const RECHECK: Duration = Duration::from_millis(50);
+
+/// A lab failure.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// The prefix cannot name namespaces.
+    #[error("invalid lab prefix {0:?}: 1-24 of a-z, 0-9 and '-', starting with a letter")]
+    BadPrefix(String),
+    /// A lab with this prefix exists already.
+    #[error(
+        "a lab with prefix {prefix:?} is up already ({namespaces:?}); run `portico-lab down` first"
+    )]
+    AlreadyUp {
+        /// The prefix.
+        prefix: String,
+        /// Its namespaces.
+        namespaces: Vec<String>,
+    },
+    /// The state directory holds something that is not the lab's.
+    #[error("{0} exists and is not a lab state directory; not touching it")]
+    ForeignStateDir(PathBuf),
+    /// A binary was not found.
+    #[error("cannot find {name}: looked next to {beside} and on PATH")]
+    BinaryNotFound {
+        /// The program.
+        name: String,
+        /// The directory looked in first.
+        beside: PathBuf,
+    },
+    /// A state file could not be written or removed.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No lab process (or Service) of that name.
+    #[error("no such lab process: {0}")]
+    NoSuchProcess(String),
+    /// A process could not be signalled.
+    #[error("cannot send {signal} to {name}: {errno}")]
+    Signal {
+        /// The process.
+        name: String,
+        /// The signal.
+        signal: Signal,
+        /// Why.
+        errno: nix::errno::Errno,
+    },
+    /// Network namespace setup failed.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// A process could not be started or stopped.
+    #[error(transparent)]
+    Proc(#[from] ProcError),
+    /// A request to the API server failed.
+    #[error(transparent)]
+    Api(#[from] ApiClientError),
+    /// The lab's own nftables counters could not be set up or read.
+    #[error("nftables in {ns}: {what}")]
+    Observe {
+        /// The namespace.
+        ns: String,
+        /// What went wrong.
+        what: String,
+    },
+    /// Something did not become ready in time.
+    #[error("timed out after {limit:?} waiting for {what}{diagnostics}")]
+    NotReady {
+        /// What.
+        what: String,
+        /// The limit.
+        limit: Duration,
+        /// The last problem seen, processes that exited, and their logs.
+        diagnostics: String,
+    },
+}
+
+/// The programs the lab runs.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// `portico-lab` itself (its hidden `api-server` and `pod-server`).
+    pub lab: PathBuf,
+    /// `portico-edge`.
+    pub edge: PathBuf,
+    /// `portico-node-agent`.
+    pub agent: PathBuf,
+}
+
+impl Binaries {
+    /// `lab`, and the edge and agent binaries next to it, else on PATH.
+    pub fn beside(lab: PathBuf) -> Result<Binaries, LabError> {
+        let dir = lab.parent().map(Path::to_path_buf).unwrap_or_default();
+        let find = |name: &str| -> Result<PathBuf, LabError> {
+            let here = dir.join(name);
+            if here.is_file() {
+                return Ok(here);
+            }
+            command::find_on_path(name).ok_or_else(|| LabError::BinaryNotFound {
+                name: name.to_string(),
+                beside: dir.clone(),
+            })
+        };
+        Ok(Binaries {
+            edge: find("portico-edge")?,
+            agent: find("portico-node-agent")?,
+            lab,
+        })
+    }
+}
+
+/// How to build a lab.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Every namespace is `<prefix>-<role>`; two labs with different
+    /// prefixes live side by side.
+    pub prefix: String,
+    /// Pid files, logs, the kubeconfig and the edge's config. Removed by `down`.
+    pub state_dir: PathBuf,
+    /// The programs.
+    pub binaries: Binaries,
+    /// How long `up` waits for traffic to flow.
+    pub ready_timeout: Duration,
+    /// The edge's `settings.proxy.drainTimeout`: how long connections to a
+    /// removed node (and, at an upgrade or stop, all) may run on.
+    pub drain_timeout: Duration,
+}
+
+impl LabOptions {
+    /// The options of `portico-lab up`.
+    pub fn standard(binaries: Binaries) -> LabOptions {
+        LabOptions {
+            prefix: DEFAULT_PREFIX.to_string(),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            binaries,
+            ready_timeout: Duration::from_secs(60),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+/// The edge's drain timeout unless [`LabOptions::drain_timeout`] says otherwise.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A running lab. Dropping it tears it down (printing the processes' logs
+/// first when the thread is panicking), unless it was detached.
+#[derive(Debug)]
+pub struct Lab {
+    names: Names,
+    state: PathBuf,
+    processes: Vec<Spawned>,
+    /// Processes stopped on purpose (by a scenario), kept to start again.
+    stopped: Vec<Spawned>,
+    /// The name of the running edge process (`edge`, then `edge-2`... after
+    /// upgrades).
+    edge: String,
+    /// How many edge processes were started.
+    edge_generation: u32,
+    drain_timeout: Duration,
+    vips: BTreeMap<String, IpAddr>,
+    timings: Vec<(&'static str, Duration)>,
+    binaries: Binaries,
+    detached: bool,
+}
+
+impl Lab {
+    /// The namespace names.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
+    /// How long each phase of `up` took.
+    pub fn timings(&self) -> &[(&'static str, Duration)] {
+        &self.timings
+    }
+
+    /// The address (VIP:80) the edge assigned to a Service.
+    pub fn vip(&self, service: &str) -> Option<SocketAddr> {
+        self.vips
+            .get(service)
+            .map(|ip| SocketAddr::new(*ip, topology::SERVICE_PORT))
+    }
+
+    /// A client of the lab's API server (connecting from the edge namespace).
+    pub fn api(&self) -> ApiClient {
+        api_client(&self.names)
+    }
+
+    /// One new connection from `client` to `addr`.
+    pub fn get(&self, client: Client, addr: SocketAddr) -> Result<Answer, ClientError> {
+        self.get_many(client, addr, 1)
+            .into_iter()
+            .next()
+            .unwrap_or(Err(ClientError::Closed { addr }))
+    }
+
+    /// `count` new connections, one after the other, from `client` to `addr`.
+    ///
+    /// # Panics
+    /// If the client's namespace cannot be entered (the lab is broken).
+    pub fn get_many(
+        &self,
+        client: Client,
+        addr: SocketAddr,
+        count: usize,
+    ) -> Vec<Result<Answer, ClientError>> {
+        let ns = self.names.client(client);
+        match in_netns(&ns, || (0..count).map(|_| pod::get(addr)).collect()) {
+            Ok(answers) => answers,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The edge's configuration file.
+    pub fn edge_config_path(&self) -> PathBuf {
+        self.state.join("edge.yaml")
+    }
+
+    /// The configuration the lab gave the edge.
+    pub fn edge_config(&self) -> String {
+        edge_config(&self.state.join(api::KUBECONFIG), self.drain_timeout)
+    }
+
+    /// The edge's drain timeout.
+    pub fn drain_timeout(&self) -> Duration {
+        self.drain_timeout
+    }
+}
+
+/// A client of the lab `names`' API server, from the edge namespace.
+fn api_client(names: &Names) -> ApiClient {
+    ApiClient::new(
+        &names.edge(),
+        SocketAddr::new(topology::EDGE_CLUSTER_IP.into(), topology::API_PORT),
+    )
+}

@@ -1,0 +1,448 @@
+//! Building a lab: [`Lab::up`] checks that no lab of the prefix is up,
+//! makes the state directory, then builds the namespaces and links, starts
+//! the API server, the edge, the node agents and the pods, creates the
+//! Kubernetes objects and waits, phase by phase (each timed), until traffic
+//! flows. [`edge_config`] is the configuration the edge runs with.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::api::{self, ApiClient};
+use crate::netns::{self, in_netns, ip_line, NetnsError};
+use crate::objects;
+use crate::pod;
+use crate::procs;
+use crate::topology::{self, Client, Names, NodeSpec};
+
+use super::observe::{edge_metrics, health_settled, nft, observe_table};
+use super::teardown::{owned_namespaces, remove_state_dir};
+use super::{Binaries, Lab, LabError, LabOptions, MARKER};
+
+impl Lab {
+    /// Builds the lab and waits until every Service answers the inside
+    /// client through the edge. On failure everything made so far is removed.
+    pub fn up(opts: &LabOptions) -> Result<Lab, LabError> {
+        if !topology::valid_prefix(&opts.prefix) {
+            return Err(LabError::BadPrefix(opts.prefix.clone()));
+        }
+        let names = Names::new(&opts.prefix);
+        let existing = owned_namespaces(&names)?;
+        if !existing.is_empty() {
+            return Err(LabError::AlreadyUp {
+                prefix: opts.prefix.clone(),
+                namespaces: existing,
+            });
+        }
+        // A state directory left by a lab whose namespaces are gone is stale.
+        remove_state_dir(&opts.state_dir)?;
+        if opts.state_dir.exists() {
+            return Err(LabError::ForeignStateDir(opts.state_dir.clone()));
+        }
+        for dir in ["logs", "run"] {
+            let path = opts.state_dir.join(dir);
+            fs::create_dir_all(&path).map_err(|source| LabError::File { path, source })?;
+        }
+        let marker = opts.state_dir.join(MARKER);
+        fs::write(&marker, format!("prefix={}\n", opts.prefix)).map_err(|source| {
+            LabError::File {
+                path: marker,
+                source,
+            }
+        })?;
+        let mut lab = Lab {
+            names,
+            state: opts.state_dir.clone(),
+            processes: Vec::new(),
+            stopped: Vec::new(),
+            edge: "edge".to_string(),
+            edge_generation: 1,
+            drain_timeout: opts.drain_timeout,
+            vips: BTreeMap::new(),
+            timings: Vec::new(),
+            binaries: opts.binaries.clone(),
+            detached: false,
+        };
+        // From here on an error drops `lab`, which removes everything.
+        lab.build(opts)?;
+        Ok(lab)
+    }
+
+    /// The phases of [`Lab::up`], each timed.
+    fn build(&mut self, opts: &LabOptions) -> Result<(), LabError> {
+        let started = Instant::now();
+        let mut phase = Instant::now();
+        let mut mark = |lab: &mut Lab, what: &'static str| {
+            lab.timings.push((what, phase.elapsed()));
+            phase = Instant::now();
+        };
+        self.build_network()?;
+        mark(self, "network namespaces and links");
+
+        let api = self.start_api_server(&opts.binaries)?;
+        mark(self, "API server");
+
+        self.start_processes(opts)?;
+        mark(self, "processes started");
+
+        create_objects(&api)?;
+        mark(self, "Kubernetes objects created");
+
+        self.vips = self.wait_addresses(&api, opts.ready_timeout)?;
+        mark(self, "addresses assigned");
+
+        let edge_ns = self.names.edge();
+        self.wait(
+            "the edge's health checks to settle (every node up; Local Services only where they have pods)",
+            opts.ready_timeout,
+            |_: &Lab| health_settled(&edge_metrics(&edge_ns).map_err(|e| e.to_string())?),
+        )?;
+        mark(self, "health checks settled");
+
+        self.wait_traffic(opts.ready_timeout)?;
+        mark(self, "traffic flowing");
+        self.timings.push(("total", started.elapsed()));
+        Ok(())
+    }
+
+    /// The API server, in the edge namespace; returns a client of it once
+    /// it answers.
+    fn start_api_server(&mut self, bins: &Binaries) -> Result<ApiClient, LabError> {
+        let edge_ns = self.names.edge();
+        let api_addr = SocketAddr::new(topology::EDGE_CLUSTER_IP.into(), topology::API_PORT);
+        let state = self.state.display().to_string();
+        self.start(
+            "api-server",
+            &edge_ns,
+            &bins.lab,
+            &[
+                "api-server",
+                "--listen",
+                &api_addr.to_string(),
+                "--state-dir",
+                &state,
+            ],
+        )?;
+        let kubeconfig = self.state.join(api::KUBECONFIG);
+        let api = self.api();
+        self.wait("the API server", Duration::from_secs(15), |_: &Lab| {
+            if !kubeconfig.is_file() {
+                return Err("no kubeconfig yet".to_string());
+            }
+            api.get("/version").map(|_| ()).map_err(|e| e.to_string())
+        })?;
+        Ok(api)
+    }
+
+    /// The edge (with its config written), a node agent per node and a
+    /// server per pod.
+    fn start_processes(&mut self, opts: &LabOptions) -> Result<(), LabError> {
+        let bins = &opts.binaries;
+        let edge_ns = self.names.edge();
+        let kubeconfig = self.state.join(api::KUBECONFIG);
+        let config = self.state.join("edge.yaml");
+        write_file(&config, &edge_config(&kubeconfig, opts.drain_timeout))?;
+        let upgrade = self.state.join("run").join("edge-upgrade.sock");
+        self.start(
+            "edge",
+            &edge_ns,
+            &bins.edge,
+            &[
+                "run",
+                "--config",
+                &config.display().to_string(),
+                "--upgrade-socket",
+                &upgrade.display().to_string(),
+            ],
+        )?;
+        for node in topology::nodes() {
+            let ns = self.names.node(&node);
+            self.start(
+                &format!("agent-{}", node.name),
+                &ns,
+                &bins.agent,
+                &[
+                    "run",
+                    "--kubernetes",
+                    "--kubeconfig",
+                    &kubeconfig.display().to_string(),
+                    "--node-name",
+                    &node.name,
+                    "--health-addr",
+                    &format!("0.0.0.0:{}", topology::NODE_HEALTH_PORT),
+                    "--health-bind-ip",
+                    &node.ip().to_string(),
+                    "--metrics-addr",
+                    &format!("127.0.0.1:{}", topology::AGENT_METRICS_PORT),
+                ],
+            )?;
+        }
+        for p in topology::pods() {
+            let ns = self.names.pod(&p);
+            self.start(
+                &format!("pod-{}", p.name),
+                &ns,
+                &bins.lab,
+                &[
+                    "pod-server",
+                    "--name",
+                    &p.name,
+                    "--node",
+                    &format!("node-{}", p.node),
+                    "--listen",
+                    &format!("0.0.0.0:{}", topology::POD_PORT),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the edge wrote every Service's address; the addresses.
+    fn wait_addresses(
+        &mut self,
+        api: &ApiClient,
+        limit: Duration,
+    ) -> Result<BTreeMap<String, IpAddr>, LabError> {
+        let wanted: Vec<&str> = topology::services().iter().map(|s| s.name).collect();
+        self.wait(
+            "the edge to write every Service's address",
+            limit,
+            |_: &Lab| {
+                let services = api.services().map_err(|e| e.to_string())?;
+                let vips: BTreeMap<String, IpAddr> = services
+                    .iter()
+                    .filter_map(|s| {
+                        let name = s["metadata"]["name"].as_str()?.to_string();
+                        Some((name, ApiClient::ingress_ip(s)?))
+                    })
+                    .collect();
+                match wanted.iter().find(|w| !vips.contains_key(**w)) {
+                    Some(missing) => Err(format!("{missing} has no address yet")),
+                    None => Ok(vips),
+                }
+            },
+        )
+    }
+
+    /// Waits until every Service answers the inside client.
+    fn wait_traffic(&mut self, limit: Duration) -> Result<(), LabError> {
+        let wanted: Vec<&str> = topology::services().iter().map(|s| s.name).collect();
+        for name in wanted {
+            let Some(addr) = self.vip(name) else {
+                continue;
+            };
+            let client = self.names.client(Client::Inside);
+            self.wait(
+                &format!("{name} ({addr}) to answer the inside client"),
+                limit,
+                |_: &Lab| {
+                    in_netns(&client, || pod::get(addr))
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| e.to_string())
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The namespaces, bridges, veths, addresses, routes and forwarding.
+    fn build_network(&mut self) -> Result<(), LabError> {
+        let n = &self.names;
+        let net = n.net();
+        netns::add(&net)?;
+        for br in ["br-pub", "br-clu"] {
+            ip_line(&format!("-n {net} link add {br} type bridge"))?;
+            ip_line(&format!("-n {net} link set {br} up"))?;
+        }
+        let attach = |bridge: &str, port: &str, ns: &str, iface: &str, cidr: &str| {
+            for cmd in [
+                format!("-n {net} link add {port} type veth peer name {iface} netns {ns}"),
+                format!("-n {net} link set {port} master {bridge} up"),
+                format!("-n {ns} addr add {cidr} dev {iface}"),
+                format!("-n {ns} link set {iface} up"),
+            ] {
+                ip_line(&cmd)?;
+            }
+            Ok::<_, NetnsError>(())
+        };
+        let edge = n.edge();
+        netns::add(&edge)?;
+        let public = |ip: std::net::Ipv4Addr| format!("{ip}/{}", topology::PUBLIC_PREFIX);
+        let cluster = |ip: std::net::Ipv4Addr| format!("{ip}/{}", topology::CLUSTER_PREFIX);
+        attach(
+            "br-pub",
+            "pub-edge",
+            &edge,
+            "eth0",
+            &public(topology::EDGE_PUBLIC_IP),
+        )?;
+        attach(
+            "br-clu",
+            "clu-edge",
+            &edge,
+            "eth1",
+            &cluster(topology::EDGE_CLUSTER_IP),
+        )?;
+        for (client, port) in [(Client::Inside, "pub-cin"), (Client::Outside, "pub-cout")] {
+            let ns = n.client(client);
+            netns::add(&ns)?;
+            let IpAddr::V4(ip) = client.ip() else {
+                continue;
+            };
+            attach("br-pub", port, &ns, "eth0", &public(ip))?;
+        }
+        let nodes = topology::nodes();
+        for node in &nodes {
+            let ns = n.node(node);
+            netns::add(&ns)?;
+            forwarding_on(&ns)?;
+            nft(&ns, &["-f", "-"], Some(&observe_table()))?;
+            attach(
+                "br-clu",
+                &format!("clu-{}", node.name),
+                &ns,
+                "eth0",
+                &cluster(node.ip()),
+            )?;
+            ip_line(&format!("-n {ns} link add br0 type bridge"))?;
+            ip_line(&format!("-n {ns} addr add {}/24 dev br0", node.bridge_ip()))?;
+            ip_line(&format!("-n {ns} link set br0 up"))?;
+            for other in nodes.iter().filter(|o| o.index != node.index) {
+                ip_line(&format!(
+                    "-n {ns} route add {} via {}",
+                    other.pod_cidr(),
+                    other.ip()
+                ))?;
+            }
+        }
+        self.build_pods()
+    }
+
+    /// Each pod's namespace on its node's bridge.
+    fn build_pods(&self) -> Result<(), LabError> {
+        let n = &self.names;
+        for p in topology::pods() {
+            let ns = n.pod(&p);
+            netns::add(&ns)?;
+            let node_ns = n.ns(&format!("node-{}", p.node));
+            let gateway = NodeSpec {
+                index: p.node,
+                name: String::new(),
+            }
+            .bridge_ip();
+            let port = format!("vp-{}", p.name);
+            for cmd in [
+                format!("-n {node_ns} link add {port} type veth peer name eth0 netns {ns}"),
+                format!("-n {node_ns} link set {port} master br0 up"),
+                format!("-n {ns} addr add {}/24 dev eth0", p.ip),
+                format!("-n {ns} link set eth0 up"),
+                format!("-n {ns} route add default via {gateway}"),
+            ] {
+                ip_line(&cmd)?;
+            }
+        }
+        Ok(())
+    }
+    fn start(
+        &mut self,
+        name: &str,
+        ns: &str,
+        program: &Path,
+        args: &[&str],
+    ) -> Result<(), LabError> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let spawned = procs::spawn(&self.state, name, ns, program, &args)?;
+        self.processes.push(spawned);
+        Ok(())
+    }
+}
+
+/// The Nodes, Services and EndpointSlices of the topology, created through
+/// the API server.
+fn create_objects(api: &ApiClient) -> Result<(), LabError> {
+    let pods = topology::pods();
+    for node in topology::nodes() {
+        api.create(objects::NODES_PATH, &objects::node(&node))?;
+    }
+    for svc in topology::services() {
+        api.create(&objects::services_path(), &objects::service(&svc))?;
+        api.create(&objects::slices_path(), &objects::slice(&svc, &pods))?;
+    }
+    Ok(())
+}
+
+/// Writes `text` to `path`.
+pub(super) fn write_file(path: &Path, text: &str) -> Result<(), LabError> {
+    fs::write(path, text).map_err(|source| LabError::File {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// IPv4 forwarding in one namespace (the sysctl is per namespace: the
+/// host's is not touched).
+fn forwarding_on(ns: &str) -> Result<(), LabError> {
+    let path = Path::new("/proc/sys/net/ipv4/ip_forward");
+    in_netns(ns, || fs::write(path, "1"))?.map_err(|source| LabError::File {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The edge's configuration: the Kubernetes watch, VIPs on the public
+/// interface, the address pool, and health checks quick enough for a lab.
+pub fn edge_config(kubeconfig: &Path, drain_timeout: Duration) -> String {
+    format!(
+        "# Written by portico-lab.
+settings:
+  health:
+    interval: 1s
+    timeout: 500ms
+    rise: 2
+    fall: 2
+    kubeProxyPort: {health}
+  proxy:
+    connectTimeout: 1s
+    connectRetries: 2
+    drainTimeout: {drain}ms
+  vip:
+    interface: eth0
+  metricsListen: 127.0.0.1:{metrics}
+  adminListen: 127.0.0.1:{admin}
+  kubernetes:
+    kubeconfig: {kubeconfig}
+  addressPools:
+    - name: public
+      addresses: [{pool}]
+",
+        health = topology::NODE_HEALTH_PORT,
+        metrics = topology::EDGE_METRICS_PORT,
+        admin = topology::EDGE_ADMIN_PORT,
+        kubeconfig = kubeconfig.display(),
+        pool = topology::ADDRESS_POOL,
+        drain = drain_timeout.as_millis(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::DEFAULT_DRAIN_TIMEOUT;
+    use super::*;
+
+    #[test]
+    fn the_edge_config_passes_the_real_validator() {
+        let yaml = edge_config(
+            Path::new("/run/portico-lab/kubeconfig"),
+            DEFAULT_DRAIN_TIMEOUT,
+        );
+        let config =
+            portico_config::parse_edge_config(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let s = &config.settings;
+        assert_eq!(s.vip.interface.as_deref(), Some("eth0"));
+        assert!(s.kubernetes.is_some());
+        assert_eq!(s.address_pools.len(), 1);
+        assert_eq!(s.proxy.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+    }
+}
