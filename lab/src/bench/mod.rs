@@ -20,7 +20,7 @@
 //! [`failover`] measures what clients see when node 2 dies under a stream of
 //! new connections (`--workloads failover`).
 //!
-//! What makes the figures comparable (`/work/shared/docs/benchmarking.md`'s
+//! What makes the figures comparable (the usual benchmarking
 //! traps): runs are interleaved (every contender once per round, per
 //! workload) and ratios are taken within a round; each run gets fresh source
 //! addresses on the client and on the balancer's node side, so no run meets
