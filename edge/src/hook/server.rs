@@ -864,7 +864,8 @@ mod tests {
 
     /// A `v1.Node` of realistic size, as the kubelet reports it (its 50
     /// largest images, the default of `nodeStatusMaxImages`) and
-    /// `kubectl get nodes -o json` prints it; the same size for every `i`.
+    /// `kubectl get nodes -o json` prints it; only its numbers differ with
+    /// `i`.
     fn full_node(i: usize) -> Value {
         let name = format!("pool-a-node-{i:05}");
         let images: Vec<Value> = (0..50)
