@@ -45,12 +45,23 @@
 //!   loaded at start, so the load balancers come back after a restart with
 //!   no call; see [`store`] for a corrupt file.
 //!
-//! [`state`] is the pure part, [`store`] the file, [`server`] the HTTP
-//! server and the [`HookSource`] the edge reads.
+//! - **Limits**: a body over 128 MiB is refused with 413 (a list of 5,000
+//!   full Nodes is about 58 MiB, 87 MiB indented), a call that takes over
+//!   60 s with 408; a connection whose request header does not arrive
+//!   within 10 s (or that sits idle that long) is closed; 64 connections
+//!   and 4 calls at once, more wait. See [`Limits`].
+//!
+//! [`state`] is the pure part, [`store`] the file, `routes` the handlers,
+//! `auth` the token check, and [`server`] the listener, the layers around
+//! the routes and the [`HookSource`] the edge reads.
 
+mod auth;
+mod routes;
 pub mod server;
 pub mod state;
 pub mod store;
 
-pub use server::{HookError, HookSource, Operation, Route, ROUTES};
+pub use auth::read_token;
+pub use routes::{Operation, Route, ROUTES};
+pub use server::{HookError, HookSource, Limits};
 pub use state::{HookModel, HookState};

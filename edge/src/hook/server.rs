@@ -1,40 +1,53 @@
-//! The IO half of the hook API: the HTTP server on its own listener, the
-//! bearer token check, persistence before every answer, and the model the
-//! edge reads ([`HookSource`]).
+//! The IO half of the hook API: its listener, the layers every request
+//! passes, and the model the edge reads ([`HookSource`]).
 //!
-//! Calls are served one at a time (one lock around the state): each one
-//! computes the new state ([`super::state`]), writes it to disk, and only
-//! then makes it current and answers, so a 2xx means the change is on disk
-//! and a failed write (500) leaves memory and disk as they were.
+//! The routes and what they do are in `hook/routes.rs`, the bearer token
+//! in `hook/auth.rs`. Around the routes, outermost first:
+//!
+//! | layer | what it does |
+//! |---|---|
+//! | `count` | `portico_edge_hook_requests_total{route,code}`, every answer below included |
+//! | `auth::require_bearer` | 401 without the token, before anything else is done |
+//! | `json_errors` | the layers' own answers (408, 413) as `{"error"}` bodies |
+//! | `tower_http` `TimeoutLayer` | 408 when a call, its body and its wait for the state included, takes longer than [`Limits::request_timeout`] |
+//! | `tower` `GlobalConcurrencyLimitLayer` | at most [`Limits::max_requests`] calls in flight; more wait (within the timeout) |
+//! | `tower_http` `RequestBodyLimitLayer` | 413 for a body over [`Limits::max_body`]: up front by its `Content-Length`, else as soon as it grows over |
+//!
+//! Before any of them, hyper's HTTP/1 server closes a connection whose
+//! request header does not arrive within [`Limits::header_timeout`] (a
+//! half-sent header, or an idle kept-alive connection), and the accept
+//! loop serves at most [`Limits::max_connections`] connections at once:
+//! further ones wait in the listen backlog until one ends.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::{to_bytes, Body};
-use axum::extract::{Path as UrlPath, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::body::to_bytes;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{on, MethodFilter, MethodRouter};
-use axum::{Json, RequestPartsExt, Router};
-use k8s_openapi::api::core::v1 as core;
-use portico_config::{AddressPool, HookApiSettings, ServiceKey};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use portico_config::{AddressPool, HookApiSettings};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch, Mutex};
+use tokio::sync::{oneshot, watch, Mutex, Semaphore};
 use tokio::task::JoinHandle;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::ServiceBuilder;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
 
-use super::state::{load_balancer_status, HookModel, HookState, Outcome, RequestError};
+use super::auth::{self, read_token, Token};
+use super::routes::{self, route_label, too_large, ApiError, Shared};
+use super::state::HookModel;
 use super::store::{self, StoreError};
-use crate::ipam::IpamError;
 use crate::metrics::EdgeMetrics;
-
-/// The largest request body accepted: a node list of a few thousand full
-/// `v1.Node` objects (their `status.images` make them large) fits.
-pub const MAX_BODY: usize = 64 << 20;
 
 /// How long in-flight calls may finish when the source stops.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -43,87 +56,60 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// process lets go of it right after the handover).
 const BIND_RETRY: Duration = Duration::from_millis(50);
 
-/// A cloud-provider `LoadBalancer` call (plus a listing for operators).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Operation {
-    /// `EnsureLoadBalancer`.
-    Ensure,
-    /// `UpdateLoadBalancer`.
-    Update,
-    /// `GetLoadBalancer` (and `GetLoadBalancerName`).
-    Get,
-    /// `EnsureLoadBalancerDeleted`.
-    Delete,
-    /// Every load balancer (not part of the cloud-provider interface).
-    List,
-}
+/// How long the accept loop pauses after an error that is not the
+/// connection's own (out of file descriptors, say), as hyper and axum do.
+const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
 
-impl Operation {
-    /// The `route` label of `portico_edge_hook_requests_total`.
-    pub fn label(self) -> &'static str {
-        match self {
-            Operation::Ensure => "ensure",
-            Operation::Update => "update",
-            Operation::Get => "get",
-            Operation::Delete => "delete",
-            Operation::List => "list",
-        }
-    }
-
-    /// The OpenAPI `operationId`: the cloud-provider method's name.
-    pub fn operation_id(self) -> &'static str {
-        match self {
-            Operation::Ensure => "EnsureLoadBalancer",
-            Operation::Update => "UpdateLoadBalancer",
-            Operation::Get => "GetLoadBalancer",
-            Operation::Delete => "EnsureLoadBalancerDeleted",
-            Operation::List => "ListLoadBalancers",
-        }
-    }
-}
-
-/// One route of the API.
+/// What the hook API lets a client do; [`Limits::DEFAULT`] in production.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Route {
-    /// The HTTP method.
-    pub method: &'static str,
-    /// The path, with `{parameters}` as OpenAPI and axum write them.
-    pub path: &'static str,
-    /// What it does.
-    pub operation: Operation,
+pub struct Limits {
+    /// The largest request body, in bytes.
+    pub max_body: usize,
+    /// How long a call may take from its header to its answer (its body,
+    /// its wait for a free slot and for the state included): 408 after.
+    pub request_timeout: Duration,
+    /// How long a client may take to send a request header, and how long a
+    /// kept-alive connection may wait for its next request: the connection
+    /// is closed after (hyper's `header_read_timeout` covers both).
+    pub header_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Calls in flight at once (each may hold a body of up to `max_body`,
+    /// and its objects); more wait, within `request_timeout`.
+    pub max_requests: usize,
 }
 
-const ONE: &str = "/v1/clusters/{cluster}/loadbalancers/{namespace}/{name}";
+impl Limits {
+    /// The production limits.
+    ///
+    /// - `max_body` 128 MiB: the body is a `v1.Service` and the cluster's
+    ///   whole `v1.Node` list, as the provider got them. 5,000 Nodes
+    ///   (Kubernetes' supported maximum) of realistic size (50 images each,
+    ///   the kubelet's default report, plus labels, annotations,
+    ///   conditions) are 57.6 MiB as Go's `json.Marshal` writes them, and
+    ///   about 87 MiB indented as `jq` prints them (the README's curl
+    ///   example). A test keeps the measurement.
+    /// - `request_timeout` 60 s: the Kubernetes API server's default; room
+    ///   to send such a body over a slow link.
+    /// - `header_timeout` 10 s.
+    /// - `max_connections` 64: one cloud-controller-manager and a few
+    ///   operators need a handful.
+    /// - `max_requests` 4: calls change the state one at a time anyway;
+    ///   this bounds the memory bodies can take.
+    pub const DEFAULT: Limits = Limits {
+        max_body: 128 << 20,
+        request_timeout: Duration::from_secs(60),
+        header_timeout: Duration::from_secs(10),
+        max_connections: 64,
+        max_requests: 4,
+    };
+}
 
-/// Every route the server serves; the router is built from this table, and
-/// a test holds `docs/hook-api.openapi.yaml` to it.
-pub const ROUTES: &[Route] = &[
-    Route {
-        method: "PUT",
-        path: ONE,
-        operation: Operation::Ensure,
-    },
-    Route {
-        method: "PUT",
-        path: "/v1/clusters/{cluster}/loadbalancers/{namespace}/{name}/nodes",
-        operation: Operation::Update,
-    },
-    Route {
-        method: "GET",
-        path: ONE,
-        operation: Operation::Get,
-    },
-    Route {
-        method: "DELETE",
-        path: ONE,
-        operation: Operation::Delete,
-    },
-    Route {
-        method: "GET",
-        path: "/v1/clusters/{cluster}/loadbalancers",
-        operation: Operation::List,
-    },
-];
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::DEFAULT
+    }
+}
 
 /// Why the hook API could not start.
 #[derive(Debug, thiserror::Error)]
@@ -177,14 +163,25 @@ pub struct HookSource {
 }
 
 impl HookSource {
-    /// Reads the token, binds the listen address (retrying for up to
-    /// `bind_wait` while another process still holds it), loads the state
-    /// and serves. The model is ready when this returns.
+    /// [`HookSource::start_with`] the production [`Limits`].
     pub async fn start(
         settings: &HookApiSettings,
         pools: Vec<AddressPool>,
         metrics: EdgeMetrics,
         bind_wait: Duration,
+    ) -> Result<HookSource, HookError> {
+        HookSource::start_with(settings, pools, metrics, bind_wait, Limits::DEFAULT).await
+    }
+
+    /// Reads the token, binds the listen address (retrying for up to
+    /// `bind_wait` while another process still holds it), loads the state
+    /// and serves within `limits`. The model is ready when this returns.
+    pub async fn start_with(
+        settings: &HookApiSettings,
+        pools: Vec<AddressPool>,
+        metrics: EdgeMetrics,
+        bind_wait: Duration,
+        limits: Limits,
     ) -> Result<HookSource, HookError> {
         let token = read_token(&settings.token_file)?;
         let listener = bind(settings.listen, bind_wait).await?;
@@ -212,25 +209,15 @@ impl HookSource {
         let (model_tx, model) = watch::channel(Arc::new(loaded.state.model()));
         let (pools_tx, pools_rx) = watch::channel(pools);
         let shared = Arc::new(Shared {
-            token: token.into_bytes(),
             state: Mutex::new(loaded.state),
             state_file: settings.state_file.clone(),
             pools: pools_rx,
             model: model_tx,
-            metrics,
+            max_body: limits.max_body,
         });
+        let app = app(shared, Token::new(&token), metrics, limits);
         let (stop, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, router(shared)).with_graceful_shutdown(async move {
-                // A dropped sender means the source is gone: stop as well.
-                if stop_rx.await.is_err() {
-                    tracing::debug!("hook API source dropped; stopping its server");
-                }
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "hook API server failed");
-            }
-        });
+        let task = tokio::spawn(serve(listener, app, limits, stop_rx));
         Ok(HookSource {
             addr,
             model,
@@ -277,22 +264,6 @@ impl HookSource {
     }
 }
 
-/// Reads the bearer token: the file's content without surrounding white
-/// space.
-pub fn read_token(path: &Path) -> Result<String, HookError> {
-    let text = std::fs::read_to_string(path).map_err(|source| HookError::TokenRead {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(HookError::TokenEmpty {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(token.to_string())
-}
-
 async fn bind(addr: SocketAddr, wait: Duration) -> Result<TcpListener, HookError> {
     let deadline = Instant::now() + wait;
     let mut told = false;
@@ -311,460 +282,139 @@ async fn bind(addr: SocketAddr, wait: Duration) -> Result<TcpListener, HookError
     }
 }
 
-/// What every call shares.
-struct Shared {
-    token: Vec<u8>,
-    state: Mutex<HookState>,
-    state_file: PathBuf,
-    pools: watch::Receiver<Vec<AddressPool>>,
-    model: watch::Sender<Arc<HookModel>>,
-    metrics: EdgeMetrics,
+/// The routes behind their layers (see the module's table).
+fn app(shared: Arc<Shared>, token: Token, metrics: EdgeMetrics, limits: Limits) -> Router {
+    // `Router::layer` wraps every route and both fallbacks, so the 404 and
+    // 405 answers need the token too, and `count` sees the matched route.
+    routes::router(shared).layer(
+        ServiceBuilder::new()
+            .layer(from_fn_with_state(metrics, count))
+            .layer(from_fn_with_state(token, auth::require_bearer))
+            .layer(from_fn_with_state(limits, json_errors))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                limits.request_timeout,
+            ))
+            .layer(GlobalConcurrencyLimitLayer::new(limits.max_requests))
+            // One limit, the layer's (axum's extractors would apply their
+            // own 2 MB default too).
+            .layer(DefaultBodyLimit::disable())
+            .layer(RequestBodyLimitLayer::new(limits.max_body)),
+    )
 }
 
-impl Shared {
-    /// Writes `out.state` to disk and makes it current (when it changed).
-    async fn commit(&self, state: &mut HookState, out: Outcome) -> Result<(), ApiError> {
-        if !out.changed {
-            return Ok(());
-        }
-        let bytes = out.state.to_json();
-        let path = self.state_file.clone();
-        let saved = tokio::task::spawn_blocking(move || store::save(&path, &bytes)).await;
-        let failure = match saved {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(e) => Some(format!(
-                "the write of {} failed: {e}",
-                self.state_file.display()
-            )),
-        };
-        if let Some(why) = failure {
-            tracing::error!(error = %why, "hook state not saved; the call is refused and nothing changed");
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("{why}; nothing was changed"),
-                None,
-            ));
-        }
-        *state = out.state;
-        let model = Arc::new(state.model());
-        self.model.send_if_modified(|m| {
-            if **m == *model {
-                false
-            } else {
-                *m = model;
-                true
-            }
-        });
-        Ok(())
-    }
-}
-
-/// Who serves a request.
-#[derive(Debug, Clone, Copy)]
-enum Target {
-    Op(Operation),
-    /// A known path, another method.
-    WrongMethod,
-    /// No such path.
-    NoRoute,
-}
-
-fn router(shared: Arc<Shared>) -> Router {
-    let mut paths: BTreeMap<&'static str, MethodRouter<Arc<Shared>>> = BTreeMap::new();
-    for route in ROUTES {
-        let target = Target::Op(route.operation);
-        let filter = match route.method {
-            "GET" => MethodFilter::GET,
-            "PUT" => MethodFilter::PUT,
-            "DELETE" => MethodFilter::DELETE,
-            other => unreachable!("ROUTES uses only GET, PUT and DELETE, not {other}"),
-        };
-        let handler = move |State(s): State<Arc<Shared>>, req: Request| dispatch(s, target, req);
-        let methods = match paths.remove(route.path) {
-            Some(m) => m.on(filter, handler),
-            None => on(filter, handler),
-        };
-        paths.insert(route.path, methods);
-    }
-    let mut router = Router::new();
-    for (path, methods) in paths {
-        router = router.route(
-            path,
-            methods.fallback(|State(s): State<Arc<Shared>>, req: Request| {
-                dispatch(s, Target::WrongMethod, req)
-            }),
-        );
-    }
-    router
-        .fallback(|State(s): State<Arc<Shared>>, req: Request| dispatch(s, Target::NoRoute, req))
-        .with_state(shared)
-}
-
-/// Checks the token, serves, counts.
-async fn dispatch(s: Arc<Shared>, target: Target, req: Request) -> Response {
-    let (label, response) = match authorize(&s.token, req.headers()) {
-        Err(denied) => (label_of(target), unauthorized(denied)),
-        Ok(()) => {
-            let (method, path) = (req.method().clone(), req.uri().path().to_string());
-            let response = match target {
-                Target::Op(op) => handle(&s, op, req)
-                    .await
-                    .unwrap_or_else(IntoResponse::into_response),
-                Target::WrongMethod => ApiError::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    format!("{method} is not served on {path}"),
-                    None,
-                )
-                .into_response(),
-                Target::NoRoute => ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    format!("no route {path}; see docs/hook-api.openapi.yaml"),
-                    None,
-                )
-                .into_response(),
-            };
-            (label_of(target), response)
-        }
-    };
-    s.metrics
+/// Counts every answer by route and status code.
+async fn count(State(metrics): State<EdgeMetrics>, req: Request, next: Next) -> Response {
+    let route = route_label(
+        req.method(),
+        req.extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
+    );
+    let response = next.run(req).await;
+    metrics
         .hook_requests
-        .with_label_values(&[label, response.status().as_str()])
+        .with_label_values(&[route, response.status().as_str()])
         .inc();
     response
 }
 
-fn label_of(target: Target) -> &'static str {
-    match target {
-        Target::Op(op) => op.label(),
-        Target::WrongMethod | Target::NoRoute => "none",
+/// Gives the error answers the layers and axum make themselves (408 from
+/// the timeout, 413 from the body limit, 400 for a path that is not UTF-8)
+/// the API's `{"error"}` body; the routes' own answers pass unchanged.
+async fn json_errors(State(limits): State<Limits>, req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
     }
-}
-
-/// Why a request was not let in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Denied {
-    /// No `Authorization` header.
-    Missing,
-    /// Another scheme than `Bearer`.
-    NotBearer,
-    /// Another token.
-    Invalid,
-}
-
-/// `Authorization: Bearer <token>`, compared in constant time.
-fn authorize(token: &[u8], headers: &HeaderMap) -> Result<(), Denied> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or(Denied::Missing)?
-        .as_bytes();
-    let given = match value.split_at_checked(7) {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case(b"bearer ") => rest.trim_ascii(),
-        _ => return Err(Denied::NotBearer),
-    };
-    if constant_time_eq(token, given) {
-        Ok(())
-    } else {
-        Err(Denied::Invalid)
-    }
-}
-
-/// Compares without stopping at the first difference, so the time taken
-/// does not tell how much of a guess was right (only its length).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
-
-/// 401 with a `WWW-Authenticate: Bearer` challenge (RFC 6750).
-fn unauthorized(denied: Denied) -> Response {
-    let (message, challenge) = match denied {
-        Denied::Missing => (
-            "a bearer token is required (Authorization: Bearer <token>)",
-            r#"Bearer realm="portico-edge""#,
+    let error = match status {
+        StatusCode::REQUEST_TIMEOUT => format!(
+            "the call was not done within {}s",
+            limits.request_timeout.as_secs_f64()
         ),
-        Denied::NotBearer => (
-            "the Authorization header must use the Bearer scheme",
-            r#"Bearer realm="portico-edge""#,
-        ),
-        Denied::Invalid => (
-            "the bearer token is not valid",
-            r#"Bearer realm="portico-edge", error="invalid_token""#,
-        ),
+        StatusCode::PAYLOAD_TOO_LARGE => too_large(limits.max_body),
+        _ => {
+            // axum's own rejections: a line of text.
+            let text = to_bytes(response.into_body(), 4096).await.ok();
+            text.map(|t| String::from_utf8_lossy(&t).trim().to_string())
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string())
+        }
     };
-    let mut response =
-        ApiError::new(StatusCode::UNAUTHORIZED, message.to_string(), None).into_response();
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static(challenge),
-    );
-    response
+    ApiError::new(status, error, None).into_response()
 }
 
-/// The body of EnsureLoadBalancer and UpdateLoadBalancer.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServiceAndNodes {
-    service: core::Service,
-    nodes: Vec<core::Node>,
-}
-
-/// GetLoadBalancer's answer.
-#[derive(Serialize)]
-struct LoadBalancer {
-    name: String,
-    status: core::LoadBalancerStatus,
-}
-
-/// One entry of the listing.
-#[derive(Serialize)]
-struct ListItem {
-    namespace: String,
-    service: String,
-    name: String,
-    status: core::LoadBalancerStatus,
-}
-
-#[derive(Serialize)]
-struct List {
-    cluster: Option<String>,
-    items: Vec<ListItem>,
-}
-
-async fn handle(s: &Shared, op: Operation, req: Request) -> Result<Response, ApiError> {
-    let (mut parts, body) = req.into_parts();
-    let too_large = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .is_some_and(|n| n > MAX_BODY);
-    if too_large {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the request body is larger than {MAX_BODY} bytes"),
-            None,
-        ));
-    }
-    let UrlPath(params) = parts
-        .extract::<UrlPath<BTreeMap<String, String>>>()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text(), None))?;
-    let cluster = params.get("cluster").cloned().unwrap_or_default();
-    let key = match (params.get("namespace"), params.get("name")) {
-        (Some(ns), Some(name)) => ServiceKey::new(ns.clone(), name.clone()),
-        _ => ServiceKey::new("", ""),
-    };
-    match op {
-        Operation::Ensure => {
-            let body: ServiceAndNodes = read_json(body).await?;
-            let mut state = s.state.lock().await;
-            let pools = s.pools.borrow().clone();
-            let out = state.ensure(&cluster, &key, body.service, body.nodes, &pools)?;
-            let addresses = out
-                .state
-                .balancers()
-                .get(&key)
-                .map(|b| b.addresses.clone())
-                .unwrap_or_default();
-            let warnings = out.warnings.clone();
-            let before = state.balancers().get(&key).map(|b| b.addresses.clone());
-            let changed = out.changed;
-            s.commit(&mut state, out).await?;
-            for w in &warnings {
-                tracing::warn!(service = %key, "hook EnsureLoadBalancer: {w}");
-            }
-            if changed {
-                match before {
-                    None => {
-                        tracing::info!(service = %key, ?addresses, "hook load balancer created")
-                    }
-                    Some(old) if old != addresses => {
-                        tracing::info!(service = %key, ?old, ?addresses, "hook load balancer moved")
-                    }
-                    Some(_) => {
-                        tracing::info!(service = %key, ?addresses, "hook load balancer updated")
-                    }
-                }
-            }
-            Ok(with_warnings(
-                Json(load_balancer_status(&addresses)).into_response(),
-                &warnings,
-            ))
-        }
-        Operation::Update => {
-            let body: ServiceAndNodes = read_json(body).await?;
-            let mut state = s.state.lock().await;
-            let out = state.update(&cluster, &key, &body.service, body.nodes)?;
-            let warnings = out.warnings.clone();
-            let changed = out.changed;
-            s.commit(&mut state, out).await?;
-            for w in &warnings {
-                tracing::warn!(service = %key, "hook UpdateLoadBalancer: {w}");
-            }
-            if changed {
-                tracing::info!(service = %key, nodes = state.nodes().len(), "hook node list updated");
-            }
-            Ok(with_warnings(
-                StatusCode::NO_CONTENT.into_response(),
-                &warnings,
-            ))
-        }
-        Operation::Get => {
-            let state = s.state.lock().await;
-            match state.get(&cluster, &key)? {
-                Some(b) => Ok(Json(LoadBalancer {
-                    name: b.name(),
-                    status: b.status(),
-                })
-                .into_response()),
-                None => Err(RequestError::NotFound { key }.into()),
-            }
-        }
-        Operation::Delete => {
-            let mut state = s.state.lock().await;
-            let out = state.delete(&cluster, &key)?;
-            let changed = out.changed;
-            s.commit(&mut state, out).await?;
-            if changed {
-                tracing::info!(service = %key, "hook load balancer deleted");
-            }
-            Ok(StatusCode::NO_CONTENT.into_response())
-        }
-        Operation::List => {
-            let state = s.state.lock().await;
-            state.check_cluster(&cluster)?;
-            let items = state
-                .balancers()
-                .iter()
-                .map(|(k, b)| ListItem {
-                    namespace: k.namespace.clone(),
-                    service: k.name.clone(),
-                    name: b.name(),
-                    status: b.status(),
-                })
-                .collect();
-            Ok(Json(List {
-                cluster: state.cluster().map(str::to_string),
-                items,
-            })
-            .into_response())
-        }
-    }
-}
-
-/// Reads a JSON body; a malformed one is refused naming the JSON path.
-async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
-    let bytes = to_bytes(body, MAX_BODY).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("cannot read the request body (at most {MAX_BODY} bytes): {e}"),
-            None,
-        )
-    })?;
-    let de = &mut serde_json::Deserializer::from_slice(&bytes);
-    let value: T = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
-        let path = e.path().to_string();
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("malformed request body: {}", e.inner()),
-            (path != ".").then_some(path),
-        )
-    })?;
-    de.end().map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("malformed request body: {e}"),
-            None,
-        )
-    })?;
-    Ok(value)
-}
-
-/// Adds one `Warning: 299 - "..."` header per warning, as the Kubernetes
-/// API server does (client-go shows them).
-fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
-    for w in warnings {
-        let text: String = w
-            .chars()
-            .map(|c| match c {
-                '"' | '\\' => '\'',
-                ' '..='~' => c,
-                _ => '?',
-            })
-            .collect();
-        match HeaderValue::from_str(&format!("299 - \"{text}\"")) {
-            Ok(v) => {
-                response.headers_mut().append(header::WARNING, v);
-            }
-            Err(e) => tracing::debug!(error = %e, "warning not sent as a header"),
-        }
-    }
-    response
-}
-
-/// An error answer: `{"error": "...", "field": "..."}`.
-#[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    error: String,
-    field: Option<String>,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, error: String, field: Option<String>) -> Self {
-        ApiError {
-            status,
-            error,
-            field,
-        }
-    }
-}
-
-impl From<RequestError> for ApiError {
-    fn from(e: RequestError) -> Self {
-        let status = match &e {
-            RequestError::ClusterMismatch { .. } => StatusCode::CONFLICT,
-            RequestError::KeyMismatch { .. } => StatusCode::BAD_REQUEST,
-            // What the API server would refuse with 422.
-            RequestError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            RequestError::NotFound { .. } => StatusCode::NOT_FOUND,
-            RequestError::Address { problem, .. } => match **problem {
-                // The pool is full or the address is someone else's: may
-                // succeed later, when something is deleted.
-                IpamError::Exhausted { .. } | IpamError::InUse { .. } => StatusCode::CONFLICT,
-                // Asks for what this edge does not have: never succeeds.
-                IpamError::UnknownPool { .. } | IpamError::NotInPool { .. } => {
-                    StatusCode::UNPROCESSABLE_ENTITY
+/// Serves `app` on `listener` until `stop`: at most
+/// [`Limits::max_connections`] connections at once, each an HTTP/1
+/// connection with hyper's header read timeout; then stops accepting and
+/// lets the connections end (idle ones at once, calls in flight when done).
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    loop {
+        // A slot first: with every slot taken, connections wait in the
+        // listen backlog (in order) instead of being accepted and starved.
+        let slot = tokio::select! {
+            _ = &mut stop => break,
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break, // never closed
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, pause = ?ACCEPT_PAUSE, "hook API cannot accept connections");
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                    continue;
                 }
             },
-            RequestError::NoAddress { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         };
-        ApiError::new(status, e.to_string(), e.field())
+        let service = TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                // A header timeout, a client gone, a malformed request.
+                tracing::debug!(%peer, error = %e, "hook API connection ended");
+            }
+            drop(slot);
+        });
     }
+    // Lets go of the address at once (a new process may be waiting for it).
+    drop(listener);
+    graceful.shutdown().await;
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: &self.error,
-            field: self.field.as_deref(),
-        };
-        (self.status, Json(body)).into_response()
-    }
+/// An accept error about the one connection, not the listener.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
     use std::net::IpAddr;
 
     use portico_config::AddressRange;
@@ -773,13 +423,53 @@ mod tests {
     use tokio::net::TcpStream;
 
     use super::*;
+    use crate::hook::ROUTES;
 
     const TOKEN: &str = "s3cret-token";
+
+    /// Every wait on the server in these tests ends by then, or fails.
+    const BOUND: Duration = Duration::from_secs(10);
 
     struct Reply {
         code: u16,
         head: String,
         body: Value,
+    }
+
+    impl Reply {
+        fn parse(raw: &str) -> Reply {
+            let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
+            Reply {
+                code: head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+                head: head.to_string(),
+                body: serde_json::from_str(body).unwrap_or(Value::Null),
+            }
+        }
+    }
+
+    fn request(method: &str, path: &str, token: Option<&str>, body: &str) -> String {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+        if let Some(t) = token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+        req
+    }
+
+    /// Sends `raw` on a new connection and reads until the server closes
+    /// it.
+    async fn exchange(addr: SocketAddr, raw: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(raw).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(BOUND, s.read_to_end(&mut answer))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        String::from_utf8(answer).unwrap()
     }
 
     async fn call(
@@ -789,37 +479,36 @@ mod tests {
         token: Option<&str>,
         body: Option<&str>,
     ) -> Reply {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
-        if let Some(t) = token {
-            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-        }
-        let body = body.unwrap_or("");
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ));
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut raw = String::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut raw))
-            .await
-            .expect("an answer in time")
-            .unwrap();
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-        Reply {
-            code: head.split_whitespace().nth(1).unwrap().parse().unwrap(),
-            head: head.to_string(),
-            body: serde_json::from_str(body).unwrap_or(Value::Null),
-        }
+        let req = request(method, path, token, body.unwrap_or(""));
+        Reply::parse(&exchange(addr, req.as_bytes()).await)
     }
 
     struct Fixture {
         _dir: tempfile::TempDir,
         state_dir: PathBuf,
+        metrics: EdgeMetrics,
         source: HookSource,
     }
 
+    impl Fixture {
+        fn state_file(&self) -> PathBuf {
+            self.state_dir.join("hook.json")
+        }
+
+        /// `portico_edge_hook_requests_total{route, code}`.
+        fn counted(&self, route: &str, code: &str) -> u64 {
+            self.metrics
+                .hook_requests
+                .with_label_values(&[route, code])
+                .get()
+        }
+    }
+
     async fn start() -> Fixture {
+        start_with(Limits::DEFAULT).await
+    }
+
+    async fn start_with(limits: Limits) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, format!("  {TOKEN}\n")).unwrap();
@@ -836,12 +525,15 @@ mod tests {
                 last: "192.0.2.10".parse().unwrap(),
             }],
         }];
-        let source = HookSource::start(&settings, pools, EdgeMetrics::new(), Duration::ZERO)
-            .await
-            .unwrap();
+        let metrics = EdgeMetrics::new();
+        let source =
+            HookSource::start_with(&settings, pools, metrics.clone(), Duration::ZERO, limits)
+                .await
+                .unwrap();
         Fixture {
             _dir: dir,
             state_dir,
+            metrics,
             source,
         }
     }
@@ -891,13 +583,36 @@ mod tests {
                     .map(|e| e.starts_with("no route")),
                 Some(true)
             );
-            let patch = call(addr, "PATCH", &path, Some(TOKEN), None).await;
-            assert_eq!(patch.code, 405, "{path}");
+            // And only the methods of ROUTES are served on the path.
+            for method in ["GET", "PUT", "DELETE", "POST", "PATCH"] {
+                if ROUTES
+                    .iter()
+                    .any(|o| o.path == r.path && o.method == method)
+                {
+                    continue;
+                }
+                let other = call(addr, method, &path, Some(TOKEN), None).await;
+                assert_eq!(other.code, 405, "{method} {path}");
+                assert_eq!(
+                    other.body["error"],
+                    format!("{method} is not served on {path}")
+                );
+            }
         }
         let unknown = call(addr, "GET", "/v2/anything", None, None).await;
         assert_eq!(unknown.code, 401, "unknown paths need the token too");
         let unknown = call(addr, "GET", "/v2/anything", Some(TOKEN), None).await;
         assert_eq!(unknown.code, 404);
+        assert_eq!(
+            unknown.body["error"],
+            "no route /v2/anything; see docs/hook-api.openapi.yaml"
+        );
+        // Counted by route; no such route or method is `none`.
+        assert_eq!(f.counted("ensure", "401"), 2);
+        assert_eq!(f.counted("list", "200"), 1);
+        assert_eq!(f.counted("none", "401"), 1);
+        assert_eq!(f.counted("none", "404"), 1);
+        assert!(f.counted("none", "405") >= 5);
         f.source.stop().await;
     }
 
@@ -1054,38 +769,352 @@ mod tests {
         f.source.stop().await;
     }
 
+    /// Without the token nothing is read or done: 401 even for a body
+    /// announced over the limit (the token is checked first), counted
+    /// under the route, and nothing written.
     #[tokio::test]
-    async fn an_empty_or_missing_token_file_stops_the_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let token_file = dir.path().join("token");
-        std::fs::write(&token_file, " \n").unwrap();
-        let err = read_token(&token_file).unwrap_err();
-        assert_eq!(err.exit_code(), 64);
-        assert!(
-            err.to_string().contains(&token_file.display().to_string()),
-            "{err}"
+    async fn an_unauthenticated_call_is_refused_before_its_body_is_read() {
+        let f = start_with(Limits {
+            max_body: 1024,
+            ..Limits::DEFAULT
+        })
+        .await;
+        let addr = f.source.local_addr();
+        let path = "/v1/clusters/prod/loadbalancers/shop/web";
+        let body = ensure_body("web", json!({}));
+        let r = call(addr, "PUT", path, None, Some(&body)).await;
+        assert_eq!(r.code, 401);
+        assert_eq!(
+            r.body,
+            json!({"error": "a bearer token is required (Authorization: Bearer <token>)"})
         );
-        let err = read_token(&dir.path().join("absent")).unwrap_err();
-        assert_eq!(err.exit_code(), 64);
-        assert!(err.to_string().contains("absent"), "{err}");
+        let head = format!(
+            "PUT {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nAuthorization: Bearer guess\r\nContent-Length: 100000000\r\n\r\n"
+        );
+        let r = Reply::parse(&exchange(addr, head.as_bytes()).await);
+        assert_eq!(r.code, 401, "{}", r.head);
+        assert!(r.head.contains("invalid_token"), "{}", r.head);
+        assert_eq!(f.counted("ensure", "401"), 2);
+        assert_eq!(f.counted("ensure", "413"), 0);
+        assert!(!f.state_file().exists());
+        assert!(f.source.model().borrow().services.is_empty());
+        // The same call with the token goes through.
+        let r = call(addr, "PUT", path, Some(TOKEN), Some(&body)).await;
+        assert_eq!(r.code, 200, "{}", r.body);
+        f.source.stop().await;
     }
 
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-        let with = |v: &str| {
-            let mut h = HeaderMap::new();
-            h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
-            authorize(TOKEN.as_bytes(), &h)
+    /// A body over the limit is refused with 413, announced by its
+    /// `Content-Length` (refused before it is sent) or chunked (refused as
+    /// it grows over); nothing is written, and the load balancer already
+    /// there is served as before.
+    #[tokio::test]
+    async fn an_oversized_body_is_refused_and_changes_nothing() {
+        let limit = 16 << 10;
+        let f = start_with(Limits {
+            max_body: limit,
+            ..Limits::DEFAULT
+        })
+        .await;
+        let addr = f.source.local_addr();
+        let model = f.source.model();
+        let path = "/v1/clusters/prod/loadbalancers/shop/web";
+        let r = call(
+            addr,
+            "PUT",
+            path,
+            Some(TOKEN),
+            Some(&ensure_body("web", json!({}))),
+        )
+        .await;
+        assert_eq!(r.code, 200, "{}", r.body);
+        let saved = std::fs::read(f.state_file()).unwrap();
+        let served = model.borrow().clone();
+
+        let mut big: Value = serde_json::from_str(&ensure_body("web", json!({}))).unwrap();
+        big["nodes"] = (0..100).map(full_node).collect();
+        let big = big.to_string();
+        assert!(big.len() > limit, "{}", big.len());
+        let head = |path: &str, framing: &str| {
+            format!("PUT {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n{framing}\r\n\r\n")
         };
-        assert_eq!(with(&format!("bearer  {TOKEN} ")), Ok(()));
-        assert_eq!(with(&format!("Bearer {TOKEN}x")), Err(Denied::Invalid));
-        assert_eq!(with("Basic dXNlcjpwdw=="), Err(Denied::NotBearer));
-        assert_eq!(
-            authorize(TOKEN.as_bytes(), &HeaderMap::new()),
-            Err(Denied::Missing)
+        // Only the head is sent: the answer comes without the body.
+        let announced = head(path, &format!("Content-Length: {}", big.len()));
+        let r = Reply::parse(&exchange(addr, announced.as_bytes()).await);
+        assert_eq!(r.code, 413, "{}", r.head);
+        let too_large = json!({"error": format!("the request body is larger than {limit} bytes")});
+        assert_eq!(r.body, too_large);
+        // One chunk of the whole size, of which one byte over the limit is
+        // sent: the server has read all that was sent when it answers.
+        let mut chunked = head(&format!("{path}/nodes"), "Transfer-Encoding: chunked");
+        chunked.push_str(&format!("{:x}\r\n{}", big.len(), &big[..limit + 1]));
+        let r = Reply::parse(&exchange(addr, chunked.as_bytes()).await);
+        assert_eq!(r.code, 413, "{}", r.head);
+        assert_eq!(r.body, too_large);
+
+        assert_eq!(f.counted("ensure", "413"), 1);
+        assert_eq!(f.counted("update", "413"), 1);
+        assert_eq!(std::fs::read(f.state_file()).unwrap(), saved);
+        assert_eq!(*model.borrow(), served);
+        let r = call(addr, "GET", path, Some(TOKEN), None).await;
+        assert_eq!(r.code, 200);
+        assert_eq!(r.body["status"]["ingress"][0]["ip"], "192.0.2.10");
+        f.source.stop().await;
+    }
+
+    /// A `v1.Node` of realistic size, as the kubelet reports it (its 50
+    /// largest images, the default of `nodeStatusMaxImages`) and
+    /// `kubectl get nodes -o json` prints it; only its numbers differ with
+    /// `i`.
+    fn full_node(i: usize) -> Value {
+        let name = format!("pool-a-node-{i:05}");
+        let images: Vec<Value> = (0..50)
+            .map(|j| {
+                let repo = [
+                    "registry.k8s.io/kube-proxy",
+                    "docker.io/library/nginx",
+                    "quay.io/prometheus/node-exporter",
+                    "ghcr.io/example-org/payments-service",
+                    "europe-docker.pkg.dev/acme-prod/apps/checkout-frontend",
+                ][j % 5];
+                json!({
+                    "names": [format!("{repo}@sha256:{:064x}", j * 7919), format!("{repo}:v1.{j:02}.0")],
+                    "sizeBytes": 12_345_678 + j,
+                })
+            })
+            .collect();
+        let conditions: Vec<Value> = [
+            ("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+            ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+            ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+            ("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+        ]
+        .iter()
+        .map(|(t, s, r, m)| json!({"type": t, "status": s, "reason": r, "message": m,
+            "lastHeartbeatTime": "2025-06-01T12:00:00Z", "lastTransitionTime": "2025-01-01T00:00:00Z"}))
+        .collect();
+        let (a, b) = (i / 256 % 256, i % 256);
+        json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "uid": format!("5d1c7a3e-2b4f-4c6d-9e8f-{i:012}"),
+                "resourceVersion": "123456789",
+                "creationTimestamp": "2025-01-01T00:00:00Z",
+                "labels": {
+                    "beta.kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                    "node.kubernetes.io/instance-type": "n2-standard-8",
+                    "topology.kubernetes.io/region": "europe-west1", "topology.kubernetes.io/zone": "europe-west1-b",
+                    "node-role.kubernetes.io/worker": "",
+                },
+                "annotations": {
+                    "node.alpha.kubernetes.io/ttl": "0",
+                    "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+                    "csi.volume.kubernetes.io/nodeid": format!("{{\"pd.csi.storage.gke.io\":\"projects/acme-prod/zones/europe-west1-b/instances/{name}\"}}"),
+                    "kubeadm.alpha.kubernetes.io/cri-socket": "unix:///var/run/containerd/containerd.sock",
+                },
+            },
+            "spec": {
+                "podCIDR": format!("10.{a:03}.{b:03}.0/24"),
+                "podCIDRs": [format!("10.{a:03}.{b:03}.0/24")],
+                "providerID": format!("gce://acme-prod/europe-west1-b/{name}"),
+            },
+            "status": {
+                "addresses": [
+                    {"type": "InternalIP", "address": format!("10.128.{a}.{b}")},
+                    {"type": "Hostname", "address": name},
+                ],
+                "allocatable": {"cpu": "7910m", "ephemeral-storage": "47060071478", "hugepages-1Gi": "0", "hugepages-2Mi": "0", "memory": "29140296Ki", "pods": "110"},
+                "capacity": {"cpu": "8", "ephemeral-storage": "98831908Ki", "hugepages-1Gi": "0", "hugepages-2Mi": "0", "memory": "32882504Ki", "pods": "110"},
+                "conditions": conditions,
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+                "images": images,
+                "nodeInfo": {
+                    "architecture": "amd64", "bootID": "0b6e3c1d-1111-2222-3333-444455556666",
+                    "containerRuntimeVersion": "containerd://1.7.24", "kernelVersion": "6.1.0-28-cloud-amd64",
+                    "kubeProxyVersion": "", "kubeletVersion": "v1.33.0", "machineID": "4f1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e",
+                    "operatingSystem": "linux", "osImage": "Debian GNU/Linux 12 (bookworm)",
+                    "systemUUID": "4f1c2d3e-4f5a-6b7c-8d9e-0f1a2b3c4d5e",
+                },
+            },
+        })
+    }
+
+    /// The body limit fits a 5,000-Node cluster with room to spare (the
+    /// sizes in [`Limits::DEFAULT`]'s doc), and a body far over axum's own
+    /// 2 MB default goes through the whole server.
+    #[tokio::test]
+    async fn a_node_list_of_5000_nodes_fits_the_body_limit() {
+        const NODES: usize = 5000;
+        let service = json!({"metadata": {"namespace": "shop", "name": "web", "uid": "0b6e-11"},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "nodePort": 30080}]}});
+        // The nodes differ only in their numbers, the last one's the
+        // longest: the body's length (within a few KiB) without building it.
+        let frame = json!({"service": service, "nodes": []}).to_string().len();
+        let node = full_node(NODES - 1).to_string().len();
+        let compact = frame + NODES * node + (NODES - 1);
+        // `jq` indents by two spaces, as serde_json's pretty printer.
+        let indented = serde_json::to_string_pretty(
+            &json!({"service": service, "nodes": [full_node(NODES - 1)]}),
+        )
+        .unwrap()
+        .len()
+            * NODES;
+        let mib = |n: usize| n as f64 / f64::from(1 << 20);
+        eprintln!(
+            "{NODES} nodes: {:.1} MiB compact, {:.1} MiB indented; limit {:.0} MiB",
+            mib(compact),
+            mib(indented),
+            mib(Limits::DEFAULT.max_body)
         );
+        assert!(compact * 2 <= Limits::DEFAULT.max_body, "compact {compact}");
+        assert!(indented <= Limits::DEFAULT.max_body, "indented {indented}");
+
+        let f = start().await;
+        let body =
+            json!({"service": service, "nodes": (0..400).map(full_node).collect::<Vec<_>>()})
+                .to_string();
+        assert!(body.len() > 4 << 20, "{}", body.len());
+        let path = "/v1/clusters/prod/loadbalancers/shop/web";
+        let r = call(f.source.local_addr(), "PUT", path, Some(TOKEN), Some(&body)).await;
+        assert_eq!(r.code, 200, "{}", r.body);
+        assert_eq!(f.source.model().borrow().nodes.len(), 400);
+        f.source.stop().await;
+    }
+
+    /// Reads from `s` until the server closes it; what came before.
+    async fn until_closed(s: &mut TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let read = async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        };
+        tokio::time::timeout(BOUND, read)
+            .await
+            .expect("the server closes the connection in time");
+        got
+    }
+
+    /// A client that sends half a request header and stalls is cut off
+    /// after the header timeout, without an answer, while others are
+    /// served; a kept-alive connection that sends no next request is
+    /// closed the same way.
+    #[tokio::test]
+    async fn a_stalled_header_or_an_idle_connection_is_closed_after_the_header_timeout() {
+        let header_timeout = Duration::from_millis(300);
+        let f = start_with(Limits {
+            header_timeout,
+            ..Limits::DEFAULT
+        })
+        .await;
+        let addr = f.source.local_addr();
+        let list = "/v1/clusters/prod/loadbalancers";
+
+        let mut stalled = TcpStream::connect(addr).await.unwrap();
+        let since = Instant::now();
+        stalled
+            .write_all(format!("GET {list} HTTP/1.1\r\nHost: te").as_bytes())
+            .await
+            .unwrap();
+        let r = call(addr, "GET", list, Some(TOKEN), None).await;
+        assert_eq!(r.code, 200, "others are served meanwhile");
+        let answer = until_closed(&mut stalled).await;
+        let waited = since.elapsed();
+        assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+        assert!(waited >= header_timeout / 2, "closed after {waited:?}");
+
+        let mut kept = TcpStream::connect(addr).await.unwrap();
+        let keep_alive =
+            format!("GET {list} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
+        kept.write_all(keep_alive.as_bytes()).await.unwrap();
+        let since = Instant::now();
+        let answer = String::from_utf8(until_closed(&mut kept).await).unwrap();
+        let waited = since.elapsed();
+        assert_eq!(Reply::parse(&answer).code, 200, "{answer}");
+        assert!(waited >= header_timeout / 2, "closed after {waited:?}");
+        assert_eq!(f.counted("list", "200"), 2);
+        f.source.stop().await;
+    }
+
+    /// Whether the server has closed `s` (without blocking).
+    fn is_closed(mut s: &std::net::TcpStream) -> bool {
+        let mut byte = [0u8; 1];
+        match s.read(&mut byte) {
+            Ok(n) => n == 0,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    }
+
+    /// More connections than the cap: the ones over it wait (they are not
+    /// accepted) until others end, so stalled clients hold at most `CAP`
+    /// connections, and a well-behaved client behind them is served.
+    #[tokio::test]
+    async fn connections_over_the_cap_wait_and_a_well_behaved_client_is_served() {
+        const CAP: usize = 4;
+        const STALLED: usize = 3 * CAP;
+        let f = start_with(Limits {
+            max_connections: CAP,
+            header_timeout: Duration::from_millis(300),
+            ..Limits::DEFAULT
+        })
+        .await;
+        let addr = f.source.local_addr();
+        let mut stalled = Vec::new();
+        for _ in 0..STALLED {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+            stalled.push(s.into_std().unwrap());
+        }
+        let r = call(
+            addr,
+            "GET",
+            "/v1/clusters/prod/loadbalancers",
+            Some(TOKEN),
+            None,
+        )
+        .await;
+        assert_eq!(r.code, 200);
+        // Accepted in order, so it was served only once all the stalled
+        // ones had been, and all but CAP - 1 of them had been cut off.
+        let closed = stalled.iter().filter(|s| is_closed(s)).count();
+        assert!(
+            closed > STALLED - CAP,
+            "{closed} of {STALLED} stalled connections closed: more than {CAP} were served at once"
+        );
+        f.source.stop().await;
+    }
+
+    /// A body that does not arrive within the request timeout: 408 with
+    /// the error body, counted, nothing done.
+    #[tokio::test]
+    async fn a_body_that_does_not_arrive_in_time_is_a_408_and_changes_nothing() {
+        let request_timeout = Duration::from_millis(300);
+        let f = start_with(Limits {
+            request_timeout,
+            ..Limits::DEFAULT
+        })
+        .await;
+        let addr = f.source.local_addr();
+        let path = "/v1/clusters/prod/loadbalancers/shop/web";
+        let req = request("PUT", path, Some(TOKEN), &ensure_body("web", json!({})));
+        let answer = exchange(addr, &req.as_bytes()[..req.len() - 10]).await;
+        let r = Reply::parse(&answer);
+        assert_eq!(r.code, 408, "{answer}");
+        assert_eq!(
+            r.body,
+            json!({"error": "the call was not done within 0.3s"})
+        );
+        assert_eq!(f.counted("ensure", "408"), 1);
+        assert!(!f.state_file().exists());
+        let r = call(addr, "GET", path, Some(TOKEN), None).await;
+        assert_eq!(r.code, 404);
+        f.source.stop().await;
     }
 }
