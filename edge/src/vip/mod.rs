@@ -20,11 +20,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 mod announce;
 mod ipcmd;
+mod netlink;
 #[cfg(test)]
 mod netns_tests;
 
 pub use announce::{ANNOUNCE_COUNT, ANNOUNCE_INTERVAL};
 pub use ipcmd::IpCommand;
+pub use netlink::NetlinkOps;
 
 /// The longest interface name is one byte shorter (the kernel's NUL).
 const IFNAMSIZ: usize = 16;
@@ -74,6 +76,26 @@ pub enum VipError {
         /// What it printed on stderr.
         stderr: String,
     },
+    /// The kernel refused to add or remove the VIP (or the netlink exchange
+    /// about it failed).
+    #[error(
+        "cannot {op} VIP {ip} on {ifname}: {source}{}",
+        explained(kernel_message)
+    )]
+    Netlink {
+        /// What was being done ("add", "remove", "look up the interface
+        /// to add", ...).
+        op: &'static str,
+        /// The interface.
+        ifname: String,
+        /// The VIP concerned.
+        ip: IpAddr,
+        /// The errno the kernel answered (`raw_os_error`), or what failed
+        /// in the exchange.
+        source: io::Error,
+        /// The kernel's own explanation (its extended ack), when it gave one.
+        kernel_message: Option<String>,
+    },
     /// The interface is Ethernet but has no usable hardware address to
     /// announce the VIP from.
     #[error("interface {ifname} has no Ethernet address to announce VIP {ip} from")]
@@ -95,6 +117,14 @@ pub enum VipError {
         /// Why.
         source: io::Error,
     },
+}
+
+/// ` (kernel: why)` when the kernel said why.
+fn explained(kernel_message: &Option<String>) -> String {
+    kernel_message
+        .as_ref()
+        .map(|m| format!(" (kernel: {m})"))
+        .unwrap_or_default()
 }
 
 /// The system work behind [`VipManager`]. Implementations act in the

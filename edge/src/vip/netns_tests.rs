@@ -20,7 +20,7 @@ use super::announce::{
     ethernet_link, ARP_REQUEST, BROADCAST, ETH_P_ARP, ICMPV6_NEIGHBOR_ADVERTISEMENT, NA_OVERRIDE,
     ND_OPT_TARGET_LINK_ADDR,
 };
-use super::{AddressOps, IpCommand, VipError, VipManager, ANNOUNCE_COUNT};
+use super::{AddressOps, IpCommand, NetlinkOps, VipError, VipManager, ANNOUNCE_COUNT};
 use crate::sys;
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -314,7 +314,7 @@ fn vips_go_up_are_announced_serve_and_go_away() {
             .expect("bind before the VIP exists");
         let l6 = crate::sockets::bind_listener(SocketAddr::new(vip6, 0), 16)
             .expect("bind before the VIP exists");
-        let ops = IpCommand::new().with_announcements(ANNOUNCE_COUNT, Duration::from_millis(50));
+        let ops = NetlinkOps::new().with_announcements(ANNOUNCE_COUNT, Duration::from_millis(50));
         let mut manager = VipManager::new(ops);
         let errors = manager.reconcile(Some("va"), &BTreeSet::from([vip4, vip6, other]));
         let (_, mac, _) = ethernet_link("va", vip4)
@@ -373,62 +373,158 @@ fn vips_go_up_are_announced_serve_and_go_away() {
     assert!(errors.is_empty(), "{errors:?}");
     assert!(addresses_in(&a, "va").contains(&other));
 
-    // A missing interface is an error carrying ip's own message.
+    // A missing interface is an error naming it and the address.
     let errors = in_netns(&a, move || {
-        VipManager::new(IpCommand::new()).reconcile(Some("nope0"), &BTreeSet::from([vip4]))
+        VipManager::new(NetlinkOps::new()).reconcile(Some("nope0"), &BTreeSet::from([vip4]))
     });
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
-        matches!(&errors[0], VipError::Command { stderr, ifname, .. } if stderr.contains("nope0") && ifname == "nope0"),
+        matches!(&errors[0], VipError::InterfaceNotFound { ifname, ip, .. } if ifname == "nope0" && *ip == vip4),
         "{:?}",
         errors[0]
     );
     eprintln!("{test} took {:?}", started.elapsed());
 }
 
-#[test]
-fn batches_add_and_remove_many_and_name_each_failure() {
-    let test = "batches_add_and_remove_many_and_name_each_failure";
-    let Some(ns) = namespaces(test, 1) else {
-        return;
-    };
+/// One namespace with a veth end `va` (its peer `vb` beside it), up.
+fn one_link(test: &str) -> Option<(Namespaces, String)> {
+    let ns = namespaces(test, 1)?;
     let a = ns.0[0].clone();
     ip_cmd(&[
         "-n", &a, "link", "add", "va", "type", "veth", "peer", "name", "vb",
     ]);
     ip_cmd(&["-n", &a, "link", "set", "va", "up"]);
-    // Someone else's address.
+    Some((ns, a))
+}
+
+/// The `ip -o addr show` lines of `ifname` in `ns` that carry `addr`
+/// (with its prefix length, `192.0.2.10/24`).
+fn address_lines(ns: &str, ifname: &str, addr: &str) -> usize {
+    ip_cmd(&["-n", ns, "-o", "addr", "show", "dev", ifname])
+        .lines()
+        .filter(|line| line.split_whitespace().any(|word| word == addr))
+        .count()
+}
+
+fn quiet_ops() -> Arc<NetlinkOps> {
+    Arc::new(NetlinkOps::new().with_announcements(0, Duration::ZERO))
+}
+
+fn add_in(
+    ns: &str,
+    ops: &Arc<NetlinkOps>,
+    ifname: &str,
+    ips: &[IpAddr],
+) -> Vec<Result<bool, VipError>> {
+    let (ops, ifname, ips) = (Arc::clone(ops), ifname.to_owned(), ips.to_vec());
+    in_netns(ns, move || ops.add_all(&ifname, &ips))
+}
+
+fn remove_in(
+    ns: &str,
+    ops: &Arc<NetlinkOps>,
+    ifname: &str,
+    ips: &[IpAddr],
+) -> Vec<Result<(), VipError>> {
+    let (ops, ifname, ips) = (Arc::clone(ops), ifname.to_owned(), ips.to_vec());
+    in_netns(ns, move || ops.remove_all(&ifname, &ips))
+}
+
+#[test]
+fn adds_and_removes_in_one_go_and_leaves_others_alone() {
+    let test = "adds_and_removes_in_one_go_and_leaves_others_alone";
+    let Some((_ns, a)) = one_link(test) else {
+        return;
+    };
+    // Someone else's: a host address, and the same addresses as VIPs with
+    // another prefix length (the kernel would take a /32 beside a /24).
     ip_cmd(&["-n", &a, "addr", "add", "192.0.2.50/32", "dev", "va"]);
-    let ops = Arc::new(IpCommand::new().with_announcements(0, Duration::ZERO));
+    ip_cmd(&["-n", &a, "addr", "add", "198.51.100.7/24", "dev", "va"]);
+    ip_cmd(&[
+        "-n",
+        &a,
+        "addr",
+        "add",
+        "2001:db8:1::7/64",
+        "dev",
+        "va",
+        "nodad",
+    ]);
+    let ops = quiet_ops();
 
     let wanted = [
         ip("192.0.2.10"),
         ip("192.0.2.50"),
         ip("2001:db8::10"),
         ip("192.0.2.11"),
+        ip("198.51.100.7"),
+        ip("2001:db8:1::7"),
     ];
-    let results = {
-        let ops = Arc::clone(&ops);
-        in_netns(&a, move || ops.add_all("va", &wanted))
-    };
-    let added: Vec<bool> = results.into_iter().map(|r| r.expect("added")).collect();
-    assert_eq!(added, [true, false, true, true]);
+    let added: Vec<bool> = add_in(&a, &ops, "va", &wanted)
+        .into_iter()
+        .map(|r| r.expect("added"))
+        .collect();
+    assert_eq!(added, [true, false, true, true, false, false]);
     assert!(addresses_in(&a, "va").is_superset(&BTreeSet::from(wanted)));
+    assert_eq!(
+        address_lines(&a, "va", "198.51.100.7/32"),
+        0,
+        "no /32 beside the /24"
+    );
+    assert_eq!(
+        address_lines(&a, "va", "2001:db8:1::7/128"),
+        0,
+        "no /128 beside the /64"
+    );
+    assert_eq!(
+        address_lines(&a, "va", "2001:db8::10/128"),
+        1,
+        "a host address"
+    );
 
-    // One removed behind its back is not an error; the other address stays.
+    // Again: everything is there now, nothing is added.
+    let again: Vec<bool> = add_in(&a, &ops, "va", &wanted)
+        .into_iter()
+        .map(|r| r.expect("present"))
+        .collect();
+    assert_eq!(again, [false; 6]);
+
+    // One removed behind its back is not an error; the others' addresses
+    // stay even when asked: only the host address is ever matched.
     ip_cmd(&["-n", &a, "addr", "del", "192.0.2.11/32", "dev", "va"]);
-    let gone = [ip("192.0.2.10"), ip("192.0.2.11"), ip("2001:db8::10")];
-    let results = {
-        let ops = Arc::clone(&ops);
-        in_netns(&a, move || ops.remove_all("va", &gone))
-    };
+    let gone = [
+        ip("192.0.2.10"),
+        ip("192.0.2.11"),
+        ip("2001:db8::10"),
+        ip("198.51.100.7"),
+        ip("2001:db8:1::7"),
+    ];
+    let results = remove_in(&a, &ops, "va", &gone);
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     let left = addresses_in(&a, "va");
-    assert!(left.contains(&ip("192.0.2.50")), "{left:?}");
-    assert!(gone.iter().all(|g| !left.contains(g)), "{left:?}");
+    for (addr, stays) in [
+        ("192.0.2.10", false),
+        ("192.0.2.11", false),
+        ("2001:db8::10", false),
+        ("192.0.2.50", true),
+        ("198.51.100.7", true),
+        ("2001:db8:1::7", true),
+    ] {
+        assert_eq!(left.contains(&ip(addr)), stays, "{addr}: {left:?}");
+    }
+    // And again: all already gone.
+    let results = remove_in(&a, &ops, "va", &gone[..3]);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+}
 
-    // With IPv6 off on the link, every IPv6 line fails and only
-    // those: 2,000 failing lines print more than a pipe holds.
+#[test]
+fn a_failing_address_fails_alone_with_the_kernels_reason() {
+    let test = "a_failing_address_fails_alone_with_the_kernels_reason";
+    let Some((_ns, a)) = one_link(test) else {
+        return;
+    };
+    // With IPv6 off on the link, the kernel refuses every IPv6 address
+    // (EACCES, "IPv6 is disabled on this device") and only those.
     let out = Command::new(ip_program())
         .args([
             "netns",
@@ -453,28 +549,137 @@ fn batches_add_and_remove_many_and_name_each_failure() {
         })
         .collect();
     mixed.insert(1000, ip("198.18.0.1"));
-    let results = {
-        let ops = Arc::clone(&ops);
-        let mixed = mixed.clone();
-        in_netns(&a, move || ops.add_all("va", &mixed))
-    };
+    mixed.insert(0, ip("198.18.0.2"));
+    let ops = quiet_ops();
+    let results = add_in(&a, &ops, "va", &mixed);
     assert_eq!(results.len(), mixed.len());
     for (ip, result) in mixed.iter().zip(&results) {
         match (ip, result) {
             (IpAddr::V4(_), Ok(true)) => {}
             (
                 IpAddr::V6(_),
-                Err(VipError::Command {
-                    ip: failed, stderr, ..
-                }),
+                Err(
+                    e @ VipError::Netlink {
+                        op: "add",
+                        ip: failed,
+                        ifname,
+                        source,
+                        kernel_message,
+                    },
+                ),
             ) => {
                 assert_eq!(failed, ip);
-                assert!(!stderr.is_empty());
+                assert_eq!(ifname, "va");
+                assert_eq!(source.raw_os_error(), Some(libc::EACCES), "{e}");
+                assert!(
+                    kernel_message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("IPv6 is disabled")),
+                    "{e}"
+                );
+                assert!(e.to_string().contains(&ip.to_string()), "{e}");
             }
             other => panic!("{other:?}"),
         }
     }
-    assert!(addresses_in(&a, "va").contains(&ip("198.18.0.1")));
+    eprintln!("{}", results[1].as_ref().unwrap_err());
+    let on_a = addresses_in(&a, "va");
+    assert!(
+        on_a.contains(&ip("198.18.0.1")) && on_a.contains(&ip("198.18.0.2")),
+        "{on_a:?}"
+    );
+    // Taking them all off: the IPv6 ones were never there.
+    let results = remove_in(&a, &ops, "va", &mixed);
+    assert!(
+        results.iter().all(Result::is_ok),
+        "{:?}",
+        results.iter().find(|r| r.is_err())
+    );
+    assert!(
+        addresses_in(&a, "va").is_disjoint(&BTreeSet::from([ip("198.18.0.1"), ip("198.18.0.2")]))
+    );
+}
+
+#[test]
+fn a_down_link_takes_addresses_and_a_gone_one_fails_them_by_name() {
+    let test = "a_down_link_takes_addresses_and_a_gone_one_fails_them_by_name";
+    let Some((_ns, a)) = one_link(test) else {
+        return;
+    };
+    ip_cmd(&["-n", &a, "link", "set", "va", "down"]);
+    let vips = [ip("192.0.2.10"), ip("2001:db8::10")];
+    let ops = quiet_ops();
+    let added = add_in(&a, &ops, "va", &vips);
+    assert!(
+        matches!(added.as_slice(), [Ok(true), Ok(true)]),
+        "{added:?}"
+    );
+    assert!(addresses_in(&a, "va").is_superset(&BTreeSet::from(vips)));
+
+    // The interface goes, and its addresses with it: removing them is done.
+    ip_cmd(&["-n", &a, "link", "del", "va"]);
+    let removed = remove_in(&a, &ops, "va", &vips);
+    assert!(removed.iter().all(Result::is_ok), "{removed:?}");
+    // Adding to it fails for each address, naming it and the interface.
+    let added = add_in(&a, &ops, "va", &vips);
+    assert_eq!(added.len(), 2);
+    for (vip, result) in vips.iter().zip(&added) {
+        assert!(
+            matches!(result, Err(VipError::InterfaceNotFound { ifname, ip, .. }) if ifname == "va" && ip == vip),
+            "{result:?}"
+        );
+    }
+}
+
+/// 2,000 addresses (half IPv4, half IPv6) added and removed in one go,
+/// by `ip -force -batch` and by netlink, each in a fresh namespace: the
+/// figures for the change from one to the other.
+#[test]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+fn two_thousand_addresses_ip_batch_against_netlink() {
+    let test = "two_thousand_addresses_ip_batch_against_netlink";
+    let ips: Vec<IpAddr> = (0..1000u32)
+        .map(|i| IpAddr::V4(Ipv4Addr::from(0xc612_0000u32 + i)))
+        .chain((0..1000u32).map(|i| {
+            IpAddr::V6(Ipv6Addr::from(
+                0x2001_0db8_0000_0000_0000_0000_0002_0000u128 + u128::from(i),
+            ))
+        }))
+        .collect();
+    let mut figures = Vec::new();
+    for round in 0..3 {
+        for name in ["ip -batch", "netlink"] {
+            let Some((_ns, a)) = one_link(test) else {
+                return;
+            };
+            let all = ips.clone();
+            let (add, remove) = in_netns(&a, move || {
+                let ips = all;
+                let ops: Box<dyn AddressOps> = if name == "netlink" {
+                    Box::new(NetlinkOps::new().with_announcements(0, Duration::ZERO))
+                } else {
+                    Box::new(IpCommand::new().with_announcements(0, Duration::ZERO))
+                };
+                let started = Instant::now();
+                let added = ops.add_all("va", &ips);
+                let add = started.elapsed();
+                assert!(added.iter().all(|r| matches!(r, Ok(true))), "{name}");
+                let started = Instant::now();
+                let removed = ops.remove_all("va", &ips);
+                let remove = started.elapsed();
+                assert!(removed.iter().all(Result::is_ok), "{name}");
+                (add, remove)
+            });
+            assert!(addresses_in(&a, "va").is_disjoint(&ips.iter().copied().collect()));
+            figures.push(format!(
+                "round {round} {name:>9}: add {add:>10.1?}  remove {remove:>10.1?}"
+            ));
+        }
+    }
+    eprintln!(
+        "2,000 addresses (1,000 IPv4 + 1,000 IPv6) on one veth:\n{}",
+        figures.join("\n")
+    );
 }
 
 #[test]
@@ -486,7 +691,7 @@ fn announcing_on_loopback_is_a_no_op_and_missing_interfaces_are_errors() {
     let a = ns.0[0].clone();
     ip_cmd(&["-n", &a, "link", "set", "lo", "up"]);
     let (lo, missing) = in_netns(&a, || {
-        let ops = IpCommand::new();
+        let ops = NetlinkOps::new();
         (
             ops.announce("lo", ip("192.0.2.10")),
             ops.announce("nope0", ip("2001:db8::10")),
