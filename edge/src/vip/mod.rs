@@ -9,23 +9,22 @@
 //! was already there (put by an operator, keepalived, another tool) is left
 //! alone whatever happens. It is pure bookkeeping; the system work sits
 //! behind [`AddressOps`] so that the bookkeeping is tested without privileges
-//! ([`FakeAddressOps`]), while [`IpCommand`] does it for real. The
-//! announcements are built and scheduled in `announce`.
+//! ([`FakeAddressOps`]), while [`NetlinkOps`] does it for real: the addresses
+//! through rtnetlink (`netlink`), the announcements built and scheduled in
+//! `announce` (their packet-socket addresses come from [`crate::sys`]). The
+//! tests against the kernel, in network namespaces, are in `netns_tests`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 mod announce;
-mod ipcmd;
 mod netlink;
 #[cfg(test)]
 mod netns_tests;
 
 pub use announce::{ANNOUNCE_COUNT, ANNOUNCE_INTERVAL};
-pub use ipcmd::IpCommand;
 pub use netlink::NetlinkOps;
 
 /// The longest interface name is one byte shorter (the kernel's NUL).
@@ -49,32 +48,6 @@ pub enum VipError {
         ip: IpAddr,
         /// Why the lookup failed.
         source: io::Error,
-    },
-    /// `ip` could not be run at all.
-    #[error("cannot run {program} for VIP {ip} on {ifname}: {source}")]
-    Spawn {
-        /// The program that was run.
-        program: PathBuf,
-        /// The interface.
-        ifname: String,
-        /// The VIP concerned.
-        ip: IpAddr,
-        /// Why it could not start.
-        source: io::Error,
-    },
-    /// `ip` ran and failed; its stderr says why.
-    #[error("`{command}` for VIP {ip} on {ifname} failed ({status}): {stderr}")]
-    Command {
-        /// The command line.
-        command: String,
-        /// The interface.
-        ifname: String,
-        /// The VIP concerned.
-        ip: IpAddr,
-        /// How it exited.
-        status: String,
-        /// What it printed on stderr.
-        stderr: String,
     },
     /// The kernel refused to add or remove the VIP (or the netlink exchange
     /// about it failed).
@@ -165,7 +138,8 @@ impl<T: AddressOps + ?Sized> AddressOps for Arc<T> {
 /// address in place: call [`VipManager::release_all`] at shutdown, or
 /// [`VipManager::forget_all`] when a new process takes the addresses over.
 ///
-/// Blocking (it runs `ip`); call it off the async runtime's worker threads.
+/// Blocking (its [`AddressOps`] wait for the kernel); call it off the async
+/// runtime's worker threads.
 pub struct VipManager<A: AddressOps = Arc<dyn AddressOps>> {
     ops: A,
     owned: BTreeSet<(String, IpAddr)>,
@@ -298,14 +272,13 @@ fn by_interface(entries: &[(String, IpAddr)]) -> BTreeMap<&str, Vec<IpAddr>> {
     grouped
 }
 
-/// Interface names end up in argv and in socket options; reject anything
-/// the kernel would not accept as a name.
+/// Interface names end up in netlink messages and socket options; reject
+/// anything the kernel would not accept as a name.
 fn check_ifname(ifname: &str) -> Result<(), VipError> {
     let valid = !ifname.is_empty()
         && ifname.len() < IFNAMSIZ
         && ifname != "."
         && ifname != ".."
-        && !ifname.starts_with('-')
         && ifname
             .bytes()
             .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
@@ -392,13 +365,13 @@ impl FakeAddressOps {
         std::mem::take(&mut self.state().calls)
     }
 
-    fn fail(op: &str, ifname: &str, ip: IpAddr) -> VipError {
-        VipError::Command {
-            command: format!("fake {op}"),
+    fn fail(op: &'static str, ifname: &str, ip: IpAddr) -> VipError {
+        VipError::Netlink {
+            op,
             ifname: ifname.to_owned(),
             ip,
-            status: "exit status: 2".to_owned(),
-            stderr: "injected failure".to_owned(),
+            source: io::Error::other("injected failure"),
+            kernel_message: None,
         }
     }
 }
@@ -587,7 +560,7 @@ mod tests {
         let errors = m.reconcile(Some("eth0"), &set(&["192.0.2.10", "192.0.2.11"]));
         assert_eq!(errors.len(), 1);
         assert!(
-            matches!(&errors[0], VipError::Command { ip: a, ifname, .. } if *a == ip("192.0.2.10") && ifname == "eth0")
+            matches!(&errors[0], VipError::Netlink { ip: a, ifname, .. } if *a == ip("192.0.2.10") && ifname == "eth0")
         );
         assert!(m.ops().is_present("eth0", ip("192.0.2.11")));
         m.ops().set_failing(ip("192.0.2.10"), false);
@@ -663,7 +636,7 @@ mod tests {
 
     #[test]
     fn interface_names_are_checked() {
-        for good in ["eth0", "veth-a.10", "bond0", "enp0s31f6"] {
+        for good in ["eth0", "veth-a.10", "bond0", "enp0s31f6", "-dash"] {
             assert!(check_ifname(good).is_ok(), "{good}");
         }
         for bad in [
@@ -673,7 +646,6 @@ mod tests {
             "a/b",
             "eth0:1",
             "with space",
-            "-bad",
             "sixteen_chars_xx",
         ] {
             assert!(

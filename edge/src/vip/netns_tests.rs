@@ -20,7 +20,7 @@ use super::announce::{
     ethernet_link, ARP_REQUEST, BROADCAST, ETH_P_ARP, ICMPV6_NEIGHBOR_ADVERTISEMENT, NA_OVERRIDE,
     ND_OPT_TARGET_LINK_ADDR,
 };
-use super::{AddressOps, IpCommand, NetlinkOps, VipError, VipManager, ANNOUNCE_COUNT};
+use super::{AddressOps, NetlinkOps, VipError, VipManager, ANNOUNCE_COUNT};
 use crate::sys;
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -631,13 +631,17 @@ fn a_down_link_takes_addresses_and_a_gone_one_fails_them_by_name() {
     }
 }
 
-/// 2,000 addresses (half IPv4, half IPv6) added and removed in one go,
-/// by `ip -force -batch` and by netlink, each in a fresh namespace: the
-/// figures for the change from one to the other.
+/// 2,000 addresses (half IPv4, half IPv6) added and removed in one go, as
+/// a large Service set-up does; the times are printed (`--nocapture`), not
+/// held to a figure. (Against `ip -force -batch`, which this replaced, in
+/// the same run: add 0.25-0.34 s against 0.29-0.51 s, remove 0.10-0.15 s
+/// against 0.13-0.17 s, release build.)
 #[test]
-#[ignore = "a measurement: run with --ignored --nocapture"]
-fn two_thousand_addresses_ip_batch_against_netlink() {
-    let test = "two_thousand_addresses_ip_batch_against_netlink";
+fn two_thousand_addresses_in_one_go() {
+    let test = "two_thousand_addresses_in_one_go";
+    let Some((_ns, a)) = one_link(test) else {
+        return;
+    };
     let ips: Vec<IpAddr> = (0..1000u32)
         .map(|i| IpAddr::V4(Ipv4Addr::from(0xc612_0000u32 + i)))
         .chain((0..1000u32).map(|i| {
@@ -646,40 +650,29 @@ fn two_thousand_addresses_ip_batch_against_netlink() {
             ))
         }))
         .collect();
-    let mut figures = Vec::new();
-    for round in 0..3 {
-        for name in ["ip -batch", "netlink"] {
-            let Some((_ns, a)) = one_link(test) else {
-                return;
-            };
-            let all = ips.clone();
-            let (add, remove) = in_netns(&a, move || {
-                let ips = all;
-                let ops: Box<dyn AddressOps> = if name == "netlink" {
-                    Box::new(NetlinkOps::new().with_announcements(0, Duration::ZERO))
-                } else {
-                    Box::new(IpCommand::new().with_announcements(0, Duration::ZERO))
-                };
-                let started = Instant::now();
-                let added = ops.add_all("va", &ips);
-                let add = started.elapsed();
-                assert!(added.iter().all(|r| matches!(r, Ok(true))), "{name}");
-                let started = Instant::now();
-                let removed = ops.remove_all("va", &ips);
-                let remove = started.elapsed();
-                assert!(removed.iter().all(Result::is_ok), "{name}");
-                (add, remove)
-            });
-            assert!(addresses_in(&a, "va").is_disjoint(&ips.iter().copied().collect()));
-            figures.push(format!(
-                "round {round} {name:>9}: add {add:>10.1?}  remove {remove:>10.1?}"
-            ));
-        }
-    }
-    eprintln!(
-        "2,000 addresses (1,000 IPv4 + 1,000 IPv6) on one veth:\n{}",
-        figures.join("\n")
+    let all: BTreeSet<IpAddr> = ips.iter().copied().collect();
+    let ops = quiet_ops();
+
+    let started = Instant::now();
+    let added = add_in(&a, &ops, "va", &ips);
+    let add = started.elapsed();
+    assert!(
+        added.iter().all(|r| matches!(r, Ok(true))),
+        "{:?}",
+        added.iter().find(|r| !matches!(r, Ok(true)))
     );
+    assert!(addresses_in(&a, "va").is_superset(&all));
+
+    let started = Instant::now();
+    let removed = remove_in(&a, &ops, "va", &ips);
+    let remove = started.elapsed();
+    assert!(
+        removed.iter().all(Result::is_ok),
+        "{:?}",
+        removed.iter().find(|r| r.is_err())
+    );
+    assert!(addresses_in(&a, "va").is_disjoint(&all));
+    eprintln!("{test}: add {add:.1?}, remove {remove:.1?}");
 }
 
 #[test]
