@@ -7,6 +7,13 @@
 //! and any other failure comes back as that address's errno, with the
 //! kernel's own explanation (its extended ack) when it gives one.
 //!
+//! The messages are rtnetlink's (built with its `AddressMessageBuilder` and
+//! `netlink-packet-route`'s types) and go through rtnetlink's own connection
+//! layer (`rtnetlink::proto`), not its request types: those send one message
+//! per datagram and wait for its answer, where a Service set-up adds
+//! hundreds of addresses. Here they go [`BATCH`] to a datagram, and the
+//! kernel answers each in turn.
+//!
 //! [`AddressOps`] is synchronous and acts in the network namespace of the
 //! calling thread; rtnetlink is async. So each call opens its own netlink
 //! socket on a short-lived thread of its own, running a current-thread
