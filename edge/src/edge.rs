@@ -570,9 +570,9 @@ impl Control {
     }
 }
 
-/// Runs a blocking call (an `ip` command, a handover over a unix socket) from
-/// the control task without stalling the other tasks of a multi-threaded
-/// runtime's worker.
+/// Runs a blocking call (the VIPs' netlink requests, a handover over a unix
+/// socket) from the control task without stalling the other tasks of a
+/// multi-threaded runtime's worker.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),

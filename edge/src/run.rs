@@ -30,7 +30,7 @@ use crate::metrics::EdgeMetrics;
 pub use crate::sources::ConfigSource;
 use crate::sources::{record_reload, ConfigFile, LoadError, Reloaded, SourceError, Sources};
 use crate::upgrade;
-use crate::vip::IpCommand;
+use crate::vip::NetlinkOps;
 
 /// Options of `portico-edge run`.
 #[derive(Debug, Clone)]
@@ -135,7 +135,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let mut signals = Signals::install()?;
     let metrics = EdgeMetrics::new();
     let mut edge_opts = EdgeOptions {
-        address_ops: Some(Arc::new(IpCommand::new())),
+        address_ops: Some(Arc::new(NetlinkOps::new())),
         metrics: Some(metrics.clone()),
         ..Default::default()
     };
