@@ -209,6 +209,7 @@ impl PassiveReporter {
     }
 
     /// A reporter whose reports go nowhere, for tests of the data path.
+    #[cfg(test)]
     pub fn detached() -> Self {
         let (tx, _rx) = mpsc::unbounded_channel();
         PassiveReporter { tx }

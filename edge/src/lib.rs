@@ -27,7 +27,7 @@ pub mod sources;
 pub mod standin;
 pub mod status_view;
 pub mod sys;
-#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod udp;
 pub mod upgrade;

@@ -8,8 +8,9 @@
 //! wants, but only ever removes addresses it added itself: an address that
 //! was already there (put by an operator, keepalived, another tool) is left
 //! alone whatever happens. The system work sits behind [`AddressOps`] so that
-//! the bookkeeping is tested without privileges ([`FakeAddressOps`]), while
-//! [`IpCommand`] does it for real.
+//! the bookkeeping is tested without privileges (`FakeAddressOps`, in unit
+//! tests and with the `testing` feature only), while [`IpCommand`] does it
+//! for real.
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::io::{self, Write};
@@ -17,7 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -890,6 +891,7 @@ fn repeat_announcements(rx: mpsc::Receiver<Repeat>) {
 }
 
 /// One call made to a [`FakeAddressOps`].
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FakeCall {
     /// `add(ifname, ip)`.
@@ -900,6 +902,7 @@ pub enum FakeCall {
     Announce(String, IpAddr),
 }
 
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Default)]
 struct FakeState {
     present: BTreeSet<(String, IpAddr)>,
@@ -910,18 +913,20 @@ struct FakeState {
 
 /// An [`AddressOps`] that only keeps books: which addresses are "on" which
 /// interface, and every call made, for tests of code using [`VipManager`].
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Default)]
 pub struct FakeAddressOps {
-    state: Mutex<FakeState>,
+    state: std::sync::Mutex<FakeState>,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl FakeAddressOps {
     /// No addresses anywhere, nothing failing.
     pub fn new() -> Self {
         Self::default()
     }
 
-    fn state(&self) -> MutexGuard<'_, FakeState> {
+    fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
         // A test that panicked while holding the lock has already failed;
         // the books are still readable.
         self.state
@@ -970,6 +975,7 @@ impl FakeAddressOps {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl AddressOps for FakeAddressOps {
     fn add_all(&self, ifname: &str, ips: &[IpAddr]) -> Vec<Result<bool, VipError>> {
         let mut state = self.state();

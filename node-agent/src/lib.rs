@@ -44,7 +44,7 @@ pub mod render;
 pub mod ruleset;
 pub mod sync;
 
-pub use nft::{FakeNft, NftBackend, NftCommand, NftError};
+pub use nft::{NftBackend, NftCommand, NftError};
 pub use plan::{plan, Plan, PlanChange, PlanOptions, Planner, Skipped};
 pub use render::{render_diff, render_full};
 pub use ruleset::{BaseChain, Chain, Family, Ruleset, Set, TABLE_NAME};
