@@ -557,7 +557,7 @@ mod tests {
 
     #[tokio::test]
     async fn kube_proxy_check_reads_status_and_endpoint_weight() {
-        use crate::standin::{StandInNode, StandInSpec};
+        use portico_lab::standin::{StandInNode, StandInSpec};
         let node = StandInNode::start(StandInSpec {
             name: "n".into(),
             node_health: Some("127.0.0.1:0".parse().unwrap()),

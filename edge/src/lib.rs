@@ -24,7 +24,6 @@ pub mod run;
 pub mod snapshot;
 pub mod source_ranges;
 pub mod sources;
-pub mod standin;
 pub mod status_view;
 pub mod sys;
 #[cfg(any(test, feature = "testing"))]

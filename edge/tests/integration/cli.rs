@@ -147,7 +147,7 @@ fn run_with_a_broken_file_exits_64_without_listening() {
 struct Running {
     net: Subnet,
     vip: SocketAddr,
-    nodes: Vec<portico_edge::standin::StandInNode>,
+    nodes: Vec<portico_lab::standin::StandInNode>,
     edge: Proc,
     dir: tempfile::TempDir,
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 use portico_config::{Algorithm, EdgeConfig};
 use portico_edge::edge::{Edge, EdgeOptions};
-use portico_edge::standin::{StandInNode, StandInSpec};
+use portico_lab::standin::{StandInNode, StandInSpec};
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::support::*;
 use portico_config::{AllDownPolicy, ClusterHealthCheck, EdgeConfig, TrafficPolicy};
 use portico_edge::edge::{Edge, EdgeOptions};
-use portico_edge::standin::{StandInNode, StandInSpec};
+use portico_lab::standin::{StandInNode, StandInSpec};
 
 const UP: &str = "portico_edge_backend_up";
 const TRANSITIONS: &str = "portico_edge_backend_transitions_total";

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::support::*;
 use portico_config::ProxyProtocol;
 use portico_edge::edge::{Edge, EdgeOptions};
-use portico_edge::standin::{StandInNode, StandInSpec};
+use portico_lab::standin::{StandInNode, StandInSpec};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 

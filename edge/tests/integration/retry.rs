@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::support::*;
 use portico_edge::edge::{Edge, EdgeOptions};
-use portico_edge::standin::{StandInNode, StandInSpec};
+use portico_lab::standin::{StandInNode, StandInSpec};
 
 const RETRIES: &str = "portico_edge_connect_retries_total";
 const FAILED: &str = "portico_edge_connections_failed_total";

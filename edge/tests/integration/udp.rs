@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::support::*;
 use portico_config::{Protocol, SourceRanges};
 use portico_edge::edge::{Edge, EdgeOptions};
-use portico_edge::standin::UdpStandIn;
+use portico_lab::standin::UdpStandIn;
 use tokio::net::UdpSocket;
 
 async fn udp_nodes(net: Subnet, n: u8) -> Vec<UdpStandIn> {

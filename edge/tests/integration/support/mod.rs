@@ -10,7 +10,7 @@ use portico_config::{
     Algorithm, EdgeConfig, EdgeSettings, Node, Protocol, ProxyProtocol, Service, ServiceKey,
     ServicePort, SessionAffinity, SourceRanges, TrafficPolicy,
 };
-use portico_edge::standin::{StandInNode, StandInSpec};
+use portico_lab::standin::{StandInNode, StandInSpec};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 

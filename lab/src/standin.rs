@@ -1,13 +1,17 @@
-//! A stand-in for a Kubernetes node, for demos and tests: it answers on
+//! A stand-in for a Kubernetes node on the host itself, for the quick-start
+//! demo (`portico-lab stand-in-node`, three of them on loopback) and the
+//! edge's tests (in-process, with knobs and counters): it answers on
 //! NodePorts and serves kube-proxy's health endpoints, so the edge can be
-//! seen balancing without a cluster.
+//! seen balancing without a cluster or namespaces.
 //!
 //! On a NodePort it answers each connection with one line,
 //! `<node> <client address>\n` (or, when the first bytes are an HTTP request,
 //! a small HTTP response with that line as body), then echoes what it
 //! receives. A PROXY protocol header, when `expect_proxy` is set, is read
-//! first and its source address is reported as the client. On the health
-//! port it answers like kube-proxy: `/healthz` 200 with
+//! first (with the pods' reader, [`crate::pod`], not the edge's own code)
+//! and its source address is reported as the client; a connection that
+//! does not start with one is closed. On the health port it answers like
+//! kube-proxy: `/healthz` 200 with
 //! `{"lastUpdated":..,"currentTime":..,"nodeEligible":true}` or 503; on a
 //! Local Service's health port, any path, 200/503 with the local endpoint
 //! count and `X-Load-Balancing-Endpoint-Weight`.
@@ -20,7 +24,30 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::proxy_protocol;
+use crate::pod::split_proxy_header;
+
+/// A stand-in node failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StandInError {
+    /// A port could not be bound.
+    #[error("stand-in node {node}: cannot listen on {addr}: {source}")]
+    Bind {
+        /// The node.
+        node: String,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The signal handlers could not be installed.
+    #[error("stand-in node {node}: cannot install signal handlers: {source}")]
+    Signals {
+        /// The node.
+        node: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
 
 /// Live knobs and counters of a stand-in node.
 #[derive(Debug, Default)]
@@ -65,7 +92,11 @@ pub struct StandInSpec {
 
 impl StandInNode {
     /// Binds every port and starts serving. Healthy, 1 local endpoint.
-    pub async fn start(spec: StandInSpec) -> std::io::Result<StandInNode> {
+    pub async fn start(spec: StandInSpec) -> Result<StandInNode, StandInError> {
+        let bind_err = |addr: &SocketAddr| {
+            let (node, addr) = (spec.name.clone(), *addr);
+            move |source| StandInError::Bind { node, addr, source }
+        };
         let state = Arc::new(NodeState::default());
         state.healthy.store(true, Ordering::Relaxed);
         state.local_endpoints.store(1, Ordering::Relaxed);
@@ -74,8 +105,8 @@ impl StandInNode {
         let mut bound = Vec::new();
         let name: Arc<str> = Arc::from(spec.name.as_str());
         for addr in &spec.node_ports {
-            let l = TcpListener::bind(addr).await?;
-            bound.push(l.local_addr()?);
+            let l = TcpListener::bind(addr).await.map_err(bind_err(addr))?;
+            bound.push(l.local_addr().map_err(bind_err(addr))?);
             let (name, state, sources) = (name.clone(), state.clone(), proxy_sources.clone());
             let expect_proxy = spec.expect_proxy;
             tasks.push(tokio::spawn(async move {
@@ -92,8 +123,8 @@ impl StandInNode {
             .map(|a| (a, false))
             .chain(spec.service_health.iter().map(|a| (a, true)))
         {
-            let l = TcpListener::bind(addr).await?;
-            bound.push(l.local_addr()?);
+            let l = TcpListener::bind(addr).await.map_err(bind_err(addr))?;
+            bound.push(l.local_addr().map_err(bind_err(addr))?);
             let state = state.clone();
             tasks.push(tokio::spawn(async move {
                 while let Ok((s, _)) = l.accept().await {
@@ -109,6 +140,26 @@ impl StandInNode {
             tasks,
             bound,
         })
+    }
+
+    /// Starts `spec` and serves until SIGTERM or SIGINT (`portico-lab
+    /// stand-in-node`).
+    pub async fn serve(spec: StandInSpec) -> Result<(), StandInError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let signals_err = |source| StandInError::Signals {
+            node: spec.name.clone(),
+            source,
+        };
+        let mut term = signal(SignalKind::terminate()).map_err(signals_err)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(signals_err)?;
+        let node = StandInNode::start(spec).await?;
+        tracing::info!(node = %node.name, bound = ?node.bound, "stand-in node serving");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!(node = %node.name, "stopped");
+        Ok(())
     }
 
     /// Stops listening on every port (connections are then refused).
@@ -137,24 +188,29 @@ async fn serve_node_port(
     let mut client = peer;
     if expect_proxy {
         loop {
-            match proxy_protocol::decode(&buf[..filled]) {
-                Ok(Some((header, len))) => {
-                    if let Some(a) = header.addresses {
-                        client = a.source;
-                        sources
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(a.source);
-                    }
-                    buf.copy_within(len..filled, 0);
-                    filled -= len;
-                    break;
+            if let (source, Some(rest)) = split_proxy_header(&buf[..filled]) {
+                let len = filled - rest.len();
+                if len == 0 {
+                    // Not a PROXY header, and one was expected.
+                    return;
                 }
-                Ok(None) => match s.read(&mut buf[filled..]).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => filled += n,
-                },
-                Err(_) => return,
+                if let Some(source) = source {
+                    client = source;
+                    sources
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(source);
+                }
+                buf.copy_within(len..filled, 0);
+                filled -= len;
+                break;
+            }
+            if filled == buf.len() {
+                return;
+            }
+            match s.read(&mut buf[filled..]).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => filled += n,
             }
         }
     }
@@ -272,9 +328,14 @@ pub struct UdpStandIn {
 
 impl UdpStandIn {
     /// Binds `addr` and starts answering.
-    pub async fn start(name: &str, addr: SocketAddr) -> std::io::Result<UdpStandIn> {
-        let socket = tokio::net::UdpSocket::bind(addr).await?;
-        let addr = socket.local_addr()?;
+    pub async fn start(name: &str, addr: SocketAddr) -> Result<UdpStandIn, StandInError> {
+        let bind_err = |source| StandInError::Bind {
+            node: name.to_string(),
+            addr,
+            source,
+        };
+        let socket = tokio::net::UdpSocket::bind(addr).await.map_err(bind_err)?;
+        let addr = socket.local_addr().map_err(bind_err)?;
         let datagrams = Arc::new(AtomicU64::new(0));
         let count = datagrams.clone();
         let name = name.to_string();
