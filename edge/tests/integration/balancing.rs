@@ -10,12 +10,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::support::*;
 use portico_config::{Algorithm, SessionAffinity};
 use portico_edge::edge::{Edge, EdgeOptions};
 use portico_edge::snapshot::Route;
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
+
+use crate::support::*;
 
 const AFFINITY: SessionAffinity = SessionAffinity::ClientIp {
     timeout: Duration::from_secs(600),

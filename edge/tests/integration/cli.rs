@@ -5,10 +5,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::support::process::*;
-use crate::support::*;
 use nix::sys::signal::Signal;
 use portico_edge::edge::Status;
+
+use crate::support::process::*;
+use crate::support::*;
 
 /// The repository's example configs.
 fn example(name: &str) -> PathBuf {

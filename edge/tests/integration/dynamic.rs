@@ -11,12 +11,13 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::support::*;
 use portico_config::{Algorithm, EdgeConfig};
 use portico_edge::edge::{Edge, EdgeOptions};
 use portico_lab::standin::{StandInNode, StandInSpec};
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
+
+use crate::support::*;
 
 const DEADLINE: Duration = Duration::from_secs(5);
 

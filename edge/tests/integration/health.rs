@@ -12,10 +12,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::support::*;
 use portico_config::{AllDownPolicy, ClusterHealthCheck, EdgeConfig, TrafficPolicy};
 use portico_edge::edge::{Edge, EdgeOptions};
 use portico_lab::standin::{StandInNode, StandInSpec};
+
+use crate::support::*;
 
 const UP: &str = "portico_edge_backend_up";
 const TRANSITIONS: &str = "portico_edge_backend_transitions_total";

@@ -10,13 +10,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::support::process::*;
-use crate::support::*;
 use nix::sys::signal::Signal;
 use portico_edge::hook::ROUTES;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::support::process::*;
+use crate::support::*;
 
 const TOKEN: &str = "7c1f0e9a-hook-token";
 

@@ -9,12 +9,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::process::*;
-use crate::support::*;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::events::v1 as events;
 use portico_kube_fake::{FakeApiServer, Options};
 use serde_json::json;
+
+use crate::support::process::*;
+use crate::support::*;
 
 /// How quickly a change in the cluster must reach the data path.
 const FOLLOW: Duration = Duration::from_secs(1);

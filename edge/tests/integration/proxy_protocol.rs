@@ -8,12 +8,13 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use crate::support::*;
 use portico_config::ProxyProtocol;
 use portico_edge::edge::{Edge, EdgeOptions};
 use portico_lab::standin::{StandInNode, StandInSpec};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
 
 const DEADLINE: Duration = Duration::from_secs(5);
 

@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
+
 use crate::support::process::*;
 use crate::support::*;
-use nix::sys::signal::Signal;
 
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")

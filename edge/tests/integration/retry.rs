@@ -10,9 +10,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::support::*;
 use portico_edge::edge::{Edge, EdgeOptions};
 use portico_lab::standin::{StandInNode, StandInSpec};
+
+use crate::support::*;
 
 const RETRIES: &str = "portico_edge_connect_retries_total";
 const FAILED: &str = "portico_edge_connections_failed_total";

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::support::*;
 use portico_edge::edge::{Edge, EdgeOptions};
+
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_through_the_vip_reaches_every_node() {

@@ -8,9 +8,10 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use crate::support::*;
 use portico_config::SourceRanges;
 use portico_edge::edge::{Edge, EdgeOptions};
+
+use crate::support::*;
 
 const REJECTED: &str = "portico_edge_connections_rejected_total";
 

@@ -6,11 +6,12 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::support::*;
 use portico_config::{Protocol, SourceRanges};
 use portico_edge::edge::{Edge, EdgeOptions};
 use portico_lab::standin::UdpStandIn;
 use tokio::net::UdpSocket;
+
+use crate::support::*;
 
 async fn udp_nodes(net: Subnet, n: u8) -> Vec<UdpStandIn> {
     let mut out = Vec::new();

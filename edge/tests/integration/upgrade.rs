@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+
 use crate::support::process::*;
 use crate::support::*;
-use nix::sys::signal::Signal;
 
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")

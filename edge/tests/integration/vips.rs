@@ -7,9 +7,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::support::*;
 use portico_edge::edge::{Edge, EdgeOptions};
 use portico_edge::vip::{FakeAddressOps, FakeCall};
+
+use crate::support::*;
 
 const IFACE: &str = "vip0";
 

@@ -7,10 +7,11 @@
 use std::io::Write as _;
 use std::time::Duration;
 
-use crate::support;
 use portico_lab::bench::{
     self, failover, Bench, BenchOptions, Contender, FailoverSpec, Summary, Workload,
 };
+
+use crate::support;
 
 fn ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")

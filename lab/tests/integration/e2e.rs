@@ -13,11 +13,12 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::support::{lab, metric, privileged, shared};
 use k8s_openapi::api::core::v1::Service;
 use portico_lab::pod::{Answer, ClientError};
 use portico_lab::topology::{self, Client};
 use portico_lab::Lab;
+
+use crate::support::{lab, metric, privileged, shared};
 
 /// The addresses a node may masquerade to: its cluster address and its
 /// pod bridge address.

@@ -13,12 +13,13 @@
 
 use std::time::Duration;
 
-use crate::support::{alone, lab, lab_with, metric, privileged};
 use nix::sys::signal::Signal;
 use portico_lab::lab::{NodeSample, NodeWatch};
 use portico_lab::load::{Load, LoadSpec, Record, Timeline};
 use portico_lab::topology::{self, Client, NodeSpec};
 use portico_lab::Lab;
+
+use crate::support::{alone, lab, lab_with, metric, privileged};
 
 /// The edge's probe interval in the lab's config (`settings.health.interval`).
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);

@@ -8,8 +8,9 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support;
 use portico_lab::scale::{self, Figures, ScaleOptions};
+
+use crate::support;
 
 #[test]
 fn scale_config_passes_the_edge_validator() {

@@ -12,8 +12,6 @@ use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};
 
-use crate::support::netns::*;
-use crate::support::*;
 use portico_config::cluster::{
     AddressType, ClusterService, Endpoint, EndpointSlice, ServiceType, TargetPort,
 };
@@ -21,6 +19,9 @@ use portico_config::{Protocol, SourceRanges, TrafficPolicy};
 use portico_node_agent::{
     plan, render_diff, render_full, NftCommand, Plan, PlanOptions, Ruleset, SyncOutcome, Syncer,
 };
+
+use crate::support::netns::*;
+use crate::support::*;
 
 /// The lab of every test here: dual-stack, names tagged `pt`.
 fn dual_stack_lab(test: &str, pods: &[&str]) -> (Lab, Vec<Pod>) {

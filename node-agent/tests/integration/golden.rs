@@ -6,9 +6,10 @@
 
 use std::path::PathBuf;
 
+use portico_node_agent::{plan, render_full, NftCommand, PlanOptions};
+
 use crate::support::fixtures::{self, Fixture};
 use crate::support::*;
-use portico_node_agent::{plan, render_full, NftCommand, PlanOptions};
 
 fn golden_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

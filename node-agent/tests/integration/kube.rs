@@ -15,12 +15,13 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::support::netns::*;
-use crate::support::privileged;
-use crate::support::process::{metric, Agent, AgentConfig, AgentSource, HEALTH_PORT, RECHECK};
 use k8s_openapi::api::core::v1::Service;
 use portico_kube_fake::FakeApiServer;
 use serde_json::{json, Value};
+
+use crate::support::netns::*;
+use crate::support::privileged;
+use crate::support::process::{metric, Agent, AgentConfig, AgentSource, HEALTH_PORT, RECHECK};
 
 const NODE_PORT: u16 = 30080;
 /// The NodePort of the Service that is not labelled for this proxy.
