@@ -1,6 +1,7 @@
-//! Checks shared by the deploy tests of the edge (`edge/tests/deploy.rs`)
-//! and the node agent (`node-agent/tests/deploy.rs`), which include this
-//! file with `#[path]`: typed reading that refuses misspelt fields, and the
+//! Checks shared by the deploy tests of the edge
+//! (`edge/tests/integration/deploy.rs`) and the node agent
+//! (`node-agent/tests/integration/deploy.rs`), which include this file with
+//! `#[path]`: typed reading that refuses misspelt fields, and the
 //! exact grants of a ClusterRole.
 
 use std::collections::BTreeSet;

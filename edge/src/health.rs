@@ -209,6 +209,7 @@ impl PassiveReporter {
     }
 
     /// A reporter whose reports go nowhere, for tests of the data path.
+    #[cfg(test)]
     pub fn detached() -> Self {
         let (tx, _rx) = mpsc::unbounded_channel();
         PassiveReporter { tx }
@@ -556,7 +557,7 @@ mod tests {
 
     #[tokio::test]
     async fn kube_proxy_check_reads_status_and_endpoint_weight() {
-        use crate::standin::{StandInNode, StandInSpec};
+        use portico_lab::standin::{StandInNode, StandInSpec};
         let node = StandInNode::start(StandInSpec {
             name: "n".into(),
             node_health: Some("127.0.0.1:0".parse().unwrap()),

@@ -27,10 +27,9 @@ pub mod snapshot;
 pub mod sockets;
 pub mod source_ranges;
 pub mod sources;
-pub mod standin;
 pub mod status;
 pub mod sys;
-#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod udp;
 pub mod upgrade;

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use portico_edge::run::{self, ConfigSource, RunOptions};
-use portico_edge::standin::{StandInNode, StandInSpec};
 use portico_edge::status;
 
 #[derive(Parser)]
@@ -49,21 +48,6 @@ enum Command {
     CheckConfig {
         /// The file.
         file: PathBuf,
-    },
-    /// Run a stand-in node (NodePorts + kube-proxy health endpoints) for demos.
-    StandInNode {
-        /// Node name, sent in every answer.
-        #[arg(long)]
-        name: String,
-        /// A NodePort address to serve, e.g. 127.0.0.11:30080 (repeatable).
-        #[arg(long = "node-port")]
-        node_ports: Vec<SocketAddr>,
-        /// kube-proxy's node health server address, e.g. 127.0.0.11:10256.
-        #[arg(long)]
-        node_health: Option<SocketAddr>,
-        /// A Local Service's health check node port address (repeatable).
-        #[arg(long = "service-health")]
-        service_health: Vec<SocketAddr>,
     },
     /// Print Services x nodes x health of a running edge.
     Status {
@@ -135,38 +119,6 @@ fn main() -> ExitCode {
                 ExitCode::from(e.exit_code() as u8)
             }
         },
-        Command::StandInNode {
-            name,
-            node_ports,
-            node_health,
-            service_health,
-        } => {
-            let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
-                return ExitCode::FAILURE;
-            };
-            let spec = StandInSpec {
-                name,
-                node_ports,
-                node_health,
-                service_health,
-                expect_proxy: false,
-            };
-            runtime.block_on(async move {
-                match StandInNode::start(spec).await {
-                    Ok(node) => {
-                        tracing::info!(node = %node.name, bound = ?node.bound, "stand-in node serving");
-                        if let Err(e) = tokio::signal::ctrl_c().await {
-                            eprintln!("portico-edge: {e}");
-                        }
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("portico-edge: stand-in node: {e}");
-                        ExitCode::FAILURE
-                    }
-                }
-            })
-        }
         Command::Status { admin } => {
             let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
                 return ExitCode::FAILURE;

@@ -8,9 +8,10 @@
 //! connected to (destination).
 //!
 //! The encoders only ever emit `TCP4`/`TCP6` (v1) or `PROXY` + TCP over
-//! IPv4/IPv6 (v2). [`decode`] understands everything a receiver must accept
-//! (including v1 `UNKNOWN`, v2 `LOCAL` and v2 TLVs, which it skips); it exists
-//! for tests and test backends rather than for the data path.
+//! IPv4/IPv6 (v2). `decode` understands everything a receiver must accept
+//! (including v1 `UNKNOWN`, v2 `LOCAL` and v2 TLVs, which it skips); the edge
+//! never reads a header, so it exists only in unit tests, which hold the
+//! encoders to it.
 //!
 //! # Address families
 //!
@@ -30,7 +31,9 @@
 //! "IPv4-compatible" addresses stay IPv6.
 
 use std::io::Write as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+#[cfg(test)]
+use std::net::{IpAddr, Ipv4Addr};
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 /// The 12-byte signature that starts every version 2 header.
 pub const V2_SIGNATURE: [u8; 12] = [
@@ -44,6 +47,7 @@ pub const V1_MAX_LEN: usize = 107;
 /// command, family and transport, address length).
 const V2_FIXED_LEN: usize = 16;
 
+#[cfg(test)]
 const V1_PREFIX: &[u8] = b"PROXY ";
 
 /// Version 2 "version and command" byte: version 2, command PROXY.
@@ -54,6 +58,7 @@ const V2_IPV4_ADDRESS_LEN: u16 = 2 * 4 + 2 * 2;
 const V2_IPV6_ADDRESS_LEN: u16 = 2 * 16 + 2 * 2;
 
 /// Which version of the protocol a decoded header used.
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
     /// The human-readable `PROXY TCP4 ...\r\n` line.
@@ -63,6 +68,7 @@ pub enum Version {
 }
 
 /// The original endpoints of a proxied connection.
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Addresses {
     /// The client's address (the connection's original source).
@@ -72,6 +78,7 @@ pub struct Addresses {
 }
 
 /// A decoded PROXY protocol header.
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     /// The protocol version the header was written in.
@@ -86,6 +93,7 @@ pub struct Header {
 /// Why a byte sequence is not a valid PROXY protocol header.
 ///
 /// The spec requires the receiver to drop the connection on any of these.
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyProtocolError {
     /// The input starts with neither `PROXY ` nor the v2 signature.
@@ -240,6 +248,7 @@ pub fn encode_v2(src: SocketAddr, dst: SocketAddr, out: &mut Vec<u8>) {
 ///
 /// Addresses are returned exactly as sent: an IPv4-mapped IPv6 address in a
 /// `TCP6` header stays IPv6.
+#[cfg(test)]
 pub fn decode(buf: &[u8]) -> Result<Option<(Header, usize)>, ProxyProtocolError> {
     match buf.first() {
         None => Ok(None),
@@ -249,6 +258,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Header, usize)>, ProxyProtocolError>
     }
 }
 
+#[cfg(test)]
 fn decode_v1(buf: &[u8]) -> Result<Option<(Header, usize)>, ProxyProtocolError> {
     let prefix_len = buf.len().min(V1_PREFIX.len());
     if buf[..prefix_len] != V1_PREFIX[..prefix_len] {
@@ -320,6 +330,7 @@ fn decode_v1(buf: &[u8]) -> Result<Option<(Header, usize)>, ProxyProtocolError> 
     Ok(Some((header, len)))
 }
 
+#[cfg(test)]
 fn parse_v1_ip(s: &str, want_v4: bool) -> Result<IpAddr, ProxyProtocolError> {
     // std's IPv4 parser already rejects the leading zeroes the spec forbids.
     if want_v4 {
@@ -333,6 +344,7 @@ fn parse_v1_ip(s: &str, want_v4: bool) -> Result<IpAddr, ProxyProtocolError> {
     }
 }
 
+#[cfg(test)]
 fn parse_v1_port(s: &str) -> Result<u16, ProxyProtocolError> {
     // `u16::from_str` would accept `+443` and `0443`; the spec allows neither.
     let well_formed =
@@ -344,6 +356,7 @@ fn parse_v1_port(s: &str) -> Result<u16, ProxyProtocolError> {
         .map_err(|_| ProxyProtocolError::V1Malformed("port out of range"))
 }
 
+#[cfg(test)]
 fn decode_v2(buf: &[u8]) -> Result<Option<(Header, usize)>, ProxyProtocolError> {
     let sig_len = buf.len().min(V2_SIGNATURE.len());
     if buf[..sig_len] != V2_SIGNATURE[..sig_len] {

@@ -1,6 +1,7 @@
 //! Deterministic data for tests and benchmarks (shared so unit tests and the
 //! benches in `benches/` generate the same inputs). Not part of the edge's
-//! behaviour.
+//! behaviour, and not in its build: only unit tests and the `testing`
+//! feature (which the edge's own tests and benches turn on) compile it.
 
 /// SplitMix64: a tiny, fast, deterministic PRNG, so tests and benchmarks need
 /// no `rand` and measure the same data on every run.

@@ -18,6 +18,11 @@
 //! [`lab::DEFAULT_PREFIX`], tests their own, so both can run at once.
 //!
 //! [`Lab::up`] builds and starts it, [`down`] removes it by prefix.
+//!
+//! Without namespaces, [`standin`] is a stand-in Kubernetes node on the host
+//! itself (NodePorts and kube-proxy's health endpoints): the quick-start
+//! demo runs three (`portico-lab stand-in-node`), the edge's tests start
+//! them in-process.
 
 pub mod api;
 pub mod bench;
@@ -30,6 +35,7 @@ pub mod pod;
 pub mod procfs;
 pub mod procs;
 pub mod scale;
+pub mod standin;
 pub mod stats;
 mod sync;
 pub mod topology;

@@ -1,5 +1,6 @@
 //! `portico-lab`: parse the command line, then build, inspect or remove the
-//! lab, or run one of its parts (the API server, a pod's server).
+//! lab, or run one of its parts (the API server, a pod's server), or a
+//! stand-in node for the quick-start demo.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use portico_lab::lab::{DEFAULT_PREFIX, DEFAULT_STATE_DIR};
+use portico_lab::standin::{StandInNode, StandInSpec};
 use portico_lab::topology::Names;
 use portico_lab::{netns, pod, Binaries, Client, Lab, LabOptions};
 
@@ -61,6 +63,24 @@ enum Command {
     /// edge and against HAProxy (set-up time, memory per Service, change ->
     /// traffic), in namespaces of its own.
     Scale(portico_lab::scale::ScaleArgs),
+    /// A stand-in Kubernetes node on this host, no namespaces needed (the
+    /// quick-start demo runs three): answers on its NodePorts with its name
+    /// and the client's address, and serves kube-proxy's health endpoints,
+    /// until SIGTERM or SIGINT.
+    StandInNode {
+        /// Node name, sent in every answer.
+        #[arg(long)]
+        name: String,
+        /// A NodePort address to serve, e.g. 127.0.0.11:30080 (repeatable).
+        #[arg(long = "node-port")]
+        node_ports: Vec<SocketAddr>,
+        /// kube-proxy's node health server address, e.g. 127.0.0.11:10256.
+        #[arg(long)]
+        node_health: Option<SocketAddr>,
+        /// A Local Service's health check node port address (repeatable).
+        #[arg(long = "service-health")]
+        service_health: Vec<SocketAddr>,
+    },
     /// The lab's Kubernetes API server (portico-kube-fake).
     #[command(hide = true)]
     ApiServer {
@@ -140,6 +160,21 @@ fn main() -> ExitCode {
         }
         Command::PodServer { name, node, listen } => {
             runtime(|| async move { pod::serve(&name, &node, listen).await })
+        }
+        Command::StandInNode {
+            name,
+            node_ports,
+            node_health,
+            service_health,
+        } => {
+            let spec = StandInSpec {
+                name,
+                node_ports,
+                node_health,
+                service_health,
+                expect_proxy: false,
+            };
+            runtime(|| StandInNode::serve(spec))
         }
     }
 }

@@ -167,6 +167,7 @@ async fn answer(
         return Err(e);
     }
     let (proxied_client, rest) = split_proxy_header(&buf);
+    let proxied_client = proxied_client.map(|c| c.ip());
     let echo = rest.is_some_and(|r| r.starts_with(b"ECHO\r\n"));
     let body = Answer {
         pod: pod.to_string(),
@@ -195,16 +196,27 @@ fn request_complete(bytes: &[u8]) -> bool {
     bytes.windows(4).any(|w| w == b"\r\n\r\n") || bytes.windows(2).any(|w| w == b"\n\n")
 }
 
-/// Splits a leading PROXY header (v1 or v2) off: the client address it
-/// names, and the bytes after it (`None` while the header is incomplete).
-fn split_proxy_header(bytes: &[u8]) -> (Option<IpAddr>, Option<&[u8]>) {
-    if bytes.starts_with(b"PROXY ") {
+/// Splits a leading PROXY header (v1 or v2) off: the client address and
+/// port it names, and the bytes after it (`None` while the header is
+/// incomplete; all of `bytes` when they do not start with one). Also the
+/// stand-in node's reader ([`crate::standin`]).
+pub(crate) fn split_proxy_header(bytes: &[u8]) -> (Option<SocketAddr>, Option<&[u8]>) {
+    const V1: &[u8] = b"PROXY ";
+    if bytes.is_empty() || (bytes.len() < V1.len() && V1.starts_with(bytes)) {
+        return (None, None);
+    }
+    if bytes.starts_with(V1) {
         let Some(end) = bytes.windows(2).position(|w| w == b"\r\n") else {
             return (None, None);
         };
         let line = String::from_utf8_lossy(&bytes[..end]);
         // PROXY TCP4 <src> <dst> <sport> <dport>
-        let client = line.split(' ').nth(2).and_then(|s| s.parse().ok());
+        let fields: Vec<&str> = line.split(' ').collect();
+        let client = fields
+            .get(2)
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+            .zip(fields.get(4).and_then(|port| port.parse::<u16>().ok()))
+            .map(|(ip, port)| SocketAddr::new(ip, port));
         return (client, Some(&bytes[end + 2..]));
     }
     if bytes.len() < PROXY_V2_SIG.len() || !bytes.starts_with(PROXY_V2_SIG) {
@@ -222,16 +234,21 @@ fn split_proxy_header(bytes: &[u8]) -> (Option<IpAddr>, Option<&[u8]>) {
     let Some(addresses) = bytes.get(16..16 + len) else {
         return (None, None);
     };
+    // Source address, destination address, source port, destination port.
+    let port = |at: usize| u16::from_be_bytes([addresses[at], addresses[at + 1]]);
     let client = match bytes[13] >> 4 {
-        1 if len >= 12 => Some(IpAddr::V4(Ipv4Addr::new(
-            addresses[0],
-            addresses[1],
-            addresses[2],
-            addresses[3],
-        ))),
+        1 if len >= 12 => Some(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(
+                addresses[0],
+                addresses[1],
+                addresses[2],
+                addresses[3],
+            )),
+            port(8),
+        )),
         2 if len >= 36 => <[u8; 16]>::try_from(&addresses[..16])
             .ok()
-            .map(|a| IpAddr::V6(Ipv6Addr::from(a))),
+            .map(|a| SocketAddr::new(IpAddr::V6(Ipv6Addr::from(a)), port(32))),
         _ => None,
     };
     (client, Some(&bytes[16 + len..]))
@@ -369,7 +386,7 @@ mod tests {
     fn proxy_headers_are_read() {
         let v1 = b"PROXY TCP4 198.51.100.10 10.88.0.11 40000 30081\r\nGET / HTTP/1.1\r\n\r\n";
         let (client, rest) = split_proxy_header(v1);
-        assert_eq!(client, Some("198.51.100.10".parse().unwrap()));
+        assert_eq!(client, Some("198.51.100.10:40000".parse().unwrap()));
         assert!(request_complete(rest.unwrap()));
         assert_eq!(split_proxy_header(b"PROXY TCP4 1.2").1, None);
 
@@ -379,12 +396,23 @@ mod tests {
         ]);
         v2.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
         let (client, rest) = split_proxy_header(&v2);
-        assert_eq!(client, Some("198.51.100.10".parse().unwrap()));
+        assert_eq!(client, Some("198.51.100.10:40000".parse().unwrap()));
         assert_eq!(rest.unwrap(), b"GET / HTTP/1.1\r\n\r\n");
         assert_eq!(split_proxy_header(&v2[..14]).1, None);
 
         let plain = b"GET / HTTP/1.1\r\n\r\n";
         assert_eq!(split_proxy_header(plain), (None, Some(&plain[..])));
+        // Too short to tell.
+        assert_eq!(split_proxy_header(b""), (None, None));
+        assert_eq!(split_proxy_header(b"PROX"), (None, None));
+        let v6 = b"PROXY TCP6 2001:db8::1 ::1 40000 80\r\nhi";
+        assert_eq!(
+            split_proxy_header(v6),
+            (
+                Some("[2001:db8::1]:40000".parse().unwrap()),
+                Some(&b"hi"[..])
+            )
+        );
         assert!(!request_complete(b"GET / HTTP/1.1\r\n"));
     }
 }

@@ -23,14 +23,15 @@
 //!   the same snapshot) on `portico-kube-watch`, with debouncing;
 //! - [`agent`]: the loop tying them together, and [`metrics`].
 //!
-//! Tests: unit tests inline; `tests/golden.rs` compares each fixture's full
-//! script with `tests/golden/*.nft` (`UPDATE_GOLDEN=1` rewrites them) and
-//! has `nft -c` check them; `tests/datapath.rs` loads rulesets into network
-//! namespaces it creates and sends real TCP/UDP traffic through them. The
-//! privileged tests need root, `nft` and `ip`; `tests/agent.rs` runs the
-//! binary on manifests and `tests/kube.rs` on a fake API server
-//! (`portico-kube-fake`), both in namespaces; they skip loudly without them
-//! and fail instead when `CI=true`.
+//! Tests: unit tests inline; the integration tests are one binary
+//! (`tests/integration/`): `golden` compares each fixture's full script
+//! with `tests/golden/*.nft` (`UPDATE_GOLDEN=1` rewrites them) and has
+//! `nft -c` check them; `datapath` loads rulesets into network namespaces
+//! it creates and sends real TCP/UDP traffic through them. The privileged
+//! tests need root, `nft` and `ip`; `agent` runs the binary on manifests
+//! and `kube` on a fake API server (`portico-kube-fake`), both in
+//! namespaces; they skip loudly without them and fail instead when
+//! `CI=true`.
 
 pub mod agent;
 pub mod health;
@@ -43,7 +44,7 @@ pub mod render;
 pub mod ruleset;
 pub mod sync;
 
-pub use nft::{FakeNft, NftBackend, NftCommand, NftError};
+pub use nft::{NftBackend, NftCommand, NftError};
 pub use plan::{plan, Plan, PlanChange, PlanOptions, Planner, Skipped};
 pub use render::{render_diff, render_full};
 pub use ruleset::{BaseChain, Chain, Family, Ruleset, Set, TABLE_NAME};

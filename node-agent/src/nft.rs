@@ -4,13 +4,12 @@
 //! nft sends a whole file as one netlink batch, so a script is applied
 //! completely or not at all. It runs in the network namespace of the calling
 //! thread; tests enter a namespace on a dedicated thread before calling it.
-//! [`FakeNft`] records scripts in memory for tests of the code that decides
-//! what to apply.
+//! `FakeNft` (unit tests only) records scripts in memory for tests of the
+//! code that decides what to apply.
 
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 
 use crate::ruleset::TABLE_NAME;
 
@@ -39,6 +38,7 @@ pub enum NftError {
         stderr: String,
     },
     /// The fake was told to fail this call.
+    #[cfg(test)]
     #[error("injected failure: {0}")]
     Injected(String),
 }
@@ -146,17 +146,20 @@ impl NftBackend for NftCommand {
 }
 
 /// An in-memory backend: records every applied script; can be told to fail.
+#[cfg(test)]
 #[derive(Debug, Default)]
 pub struct FakeNft {
-    state: Mutex<FakeState>,
+    state: std::sync::Mutex<FakeState>,
 }
 
+#[cfg(test)]
 #[derive(Debug, Default)]
 struct FakeState {
     applied: Vec<String>,
     fail_next: Option<String>,
 }
 
+#[cfg(test)]
 impl FakeNft {
     /// An empty fake.
     pub fn new() -> Self {
@@ -179,6 +182,7 @@ impl FakeNft {
     }
 }
 
+#[cfg(test)]
 impl NftBackend for FakeNft {
     fn apply(&self, script: &str) -> Result<(), NftError> {
         let mut state = self.lock();

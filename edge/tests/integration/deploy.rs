@@ -1,0 +1,468 @@
+//! The edge's deployment files in `deploy/`: `edge-rbac.yaml`,
+//! `edge-configmap.yaml` and the appliance's `portico-edge.service`.
+//!
+//! Every Kubernetes document is read as the typed object its `kind` names and
+//! must serialise back to exactly what was written (`k8s_openapi` ignores
+//! unknown fields, so a misspelt key would otherwise vanish). The RBAC must be
+//! exactly what the edge uses, the example config must pass the real
+//! validator, and the systemd unit must start `portico-edge run` with flags
+//! the binary accepts, the capabilities the edge needs and nothing more, and
+//! writable paths where the config and the flags put files.
+//! `deploy/node-agent.yaml` is checked in
+//! `node-agent/tests/integration/deploy.rs`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use portico_config::{
+    parse_duration, parse_edge_config, EdgeConfig, KubernetesSettings, ProxySettings,
+    DEFAULT_LOAD_BALANCER_CLASS,
+};
+use serde::Deserialize;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portico-edge");
+const NAMESPACE: &str = "portico-system";
+const ACCOUNT: &str = "portico-edge";
+
+fn deploy_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(name)
+}
+
+// ---------------------------------------------------------------------------
+// Kubernetes documents
+// ---------------------------------------------------------------------------
+
+/// The kinds the edge's manifests may hold.
+enum Object {
+    Namespace(Namespace),
+    ServiceAccount(ServiceAccount),
+    ClusterRole(ClusterRole),
+    ClusterRoleBinding(ClusterRoleBinding),
+    ConfigMap(ConfigMap),
+}
+
+/// Every YAML document of `file` as its typed object; panics on an unknown
+/// kind, a wrong type, or a field the typed object does not keep.
+fn objects(file: &Path) -> Vec<Object> {
+    let text =
+        std::fs::read_to_string(file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+    let mut objects = Vec::new();
+    for (i, document) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+        let value = serde_yaml_ng::Value::deserialize(document)
+            .unwrap_or_else(|e| panic!("{} document {i}: {e}", file.display()));
+        if value.is_null() {
+            continue;
+        }
+        let name = file.file_name().unwrap_or_default().to_string_lossy();
+        let at = format!("deploy/{name} document {i}");
+        let kind = value["kind"].as_str().unwrap_or_default();
+        objects.push(match kind {
+            "Namespace" => Object::Namespace(typed(&value, &at)),
+            "ServiceAccount" => Object::ServiceAccount(typed(&value, &at)),
+            "ClusterRole" => Object::ClusterRole(typed(&value, &at)),
+            "ClusterRoleBinding" => Object::ClusterRoleBinding(typed(&value, &at)),
+            "ConfigMap" => Object::ConfigMap(typed(&value, &at)),
+            other => panic!("{at}: unexpected kind {other:?}"),
+        });
+    }
+    objects
+}
+
+#[path = "../../../deploy/manifest_checks.rs"]
+mod manifest_checks;
+use manifest_checks::{grants, triples, typed};
+
+#[test]
+fn rbac_is_exactly_what_the_edge_uses() {
+    let (mut namespaces, mut accounts, mut roles, mut bindings) = (vec![], vec![], vec![], vec![]);
+    for object in objects(&deploy_file("edge-rbac.yaml")) {
+        match object {
+            Object::Namespace(o) => namespaces.push(o),
+            Object::ServiceAccount(o) => accounts.push(o),
+            Object::ClusterRole(o) => roles.push(o),
+            Object::ClusterRoleBinding(o) => bindings.push(o),
+            Object::ConfigMap(_) => panic!("edge-rbac.yaml: no ConfigMap expected"),
+        }
+    }
+    assert_eq!(namespaces.len(), 1);
+    assert_eq!(namespaces[0].metadata.name.as_deref(), Some(NAMESPACE));
+    assert_eq!(accounts.len(), 1);
+    assert_eq!(accounts[0].metadata.name.as_deref(), Some(ACCOUNT));
+    assert_eq!(accounts[0].metadata.namespace.as_deref(), Some(NAMESPACE));
+
+    assert_eq!(roles.len(), 1);
+    let read: &[&str] = &["get", "list", "watch"];
+    let record: &[&str] = &["create", "patch"];
+    assert_eq!(
+        grants(&roles[0]),
+        triples(&[
+            ("", "services", read),
+            ("", "nodes", read),
+            ("", "services/status", &["patch", "update"]),
+            ("", "events", record),
+            ("events.k8s.io", "events", record),
+        ])
+    );
+
+    assert_eq!(bindings.len(), 1);
+    let binding = &bindings[0];
+    assert_eq!(binding.role_ref.api_group, "rbac.authorization.k8s.io");
+    assert_eq!(binding.role_ref.kind, "ClusterRole");
+    assert_eq!(
+        Some(&binding.role_ref.name),
+        roles[0].metadata.name.as_ref()
+    );
+    let subjects = binding.subjects.as_deref().unwrap_or_default();
+    assert_eq!(subjects.len(), 1, "bound to the edge's account only");
+    assert_eq!(subjects[0].kind, "ServiceAccount");
+    assert_eq!(subjects[0].name, ACCOUNT);
+    assert_eq!(subjects[0].namespace.as_deref(), Some(NAMESPACE));
+}
+
+/// The `edge.yaml` of `deploy/edge-configmap.yaml`.
+fn configmap_edge_yaml() -> String {
+    let mut maps: Vec<ConfigMap> = objects(&deploy_file("edge-configmap.yaml"))
+        .into_iter()
+        .map(|o| match o {
+            Object::ConfigMap(m) => m,
+            _ => panic!("edge-configmap.yaml holds a ConfigMap only"),
+        })
+        .collect();
+    assert_eq!(maps.len(), 1);
+    let map = maps.remove(0);
+    assert_eq!(map.metadata.name.as_deref(), Some(ACCOUNT));
+    assert_eq!(map.metadata.namespace.as_deref(), Some(NAMESPACE));
+    let mut data = map.data.expect("data");
+    assert_eq!(
+        data.keys().collect::<Vec<_>>(),
+        ["edge.yaml"],
+        "one key, the file name the unit reads"
+    );
+    data.remove("edge.yaml").unwrap()
+}
+
+fn configmap_edge_config() -> EdgeConfig {
+    parse_edge_config(&configmap_edge_yaml())
+        .unwrap_or_else(|e| panic!("edge-configmap.yaml edge.yaml:\n{e}"))
+}
+
+/// The text of `deploy/edge-hook-api.yaml`.
+fn hook_api_edge_yaml() -> String {
+    std::fs::read_to_string(deploy_file("edge-hook-api.yaml")).expect("deploy/edge-hook-api.yaml")
+}
+
+/// `deploy/edge-hook-api.yaml`, the appliance's config when a
+/// controller-manager drives it.
+fn hook_api_edge_config() -> EdgeConfig {
+    parse_edge_config(&hook_api_edge_yaml()).unwrap_or_else(|e| panic!("edge-hook-api.yaml:\n{e}"))
+}
+
+#[test]
+fn configmap_config_watches_the_cluster_with_pools() {
+    let settings = configmap_edge_config().settings;
+    assert_eq!(
+        settings.kubernetes,
+        Some(KubernetesSettings {
+            load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.to_string(),
+            default_class: false,
+            kubeconfig: None,
+        }),
+        "kubeconfig left to KUBECONFIG, which the unit sets"
+    );
+
+    assert_eq!(settings.address_pools.len(), 1);
+    let pool = &settings.address_pools[0];
+    assert_eq!(pool.name, "public");
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    for inside in [
+        "203.0.113.0",
+        "203.0.113.15",
+        "198.51.100.10",
+        "198.51.100.20",
+        "2001:db8:100::ff",
+    ] {
+        assert!(pool.contains(ip(inside)), "{inside} is in the pool");
+    }
+    for outside in ["203.0.113.16", "198.51.100.21", "2001:db8:100::100"] {
+        assert!(!pool.contains(ip(outside)), "{outside} is not in the pool");
+    }
+
+    assert_eq!(
+        settings.hook_api, None,
+        "one edge: the watch or the hook API"
+    );
+}
+
+#[test]
+fn hook_api_config_serves_the_hook_api_from_a_pool() {
+    let settings = hook_api_edge_config().settings;
+    assert_eq!(settings.kubernetes, None);
+    assert_eq!(settings.address_pools.len(), 1);
+    let hook = settings.hook_api.expect("hookApi");
+    assert_eq!(hook.listen, "0.0.0.0:9722".parse::<SocketAddr>().unwrap());
+    assert_eq!(hook.token_file, Path::new("/etc/portico/hook-token"));
+    assert_eq!(
+        hook.state_file,
+        Path::new("/var/lib/portico/hook-state.json")
+    );
+}
+
+#[test]
+fn both_edge_configs_pass_check_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, text) in [
+        ("edge-configmap.yaml", configmap_edge_yaml()),
+        ("edge-hook-api.yaml", hook_api_edge_yaml()),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).expect("write the config");
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .arg(&file)
+            .output()
+            .expect("run portico-edge");
+        assert!(
+            out.status.success(),
+            "portico-edge check-config {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn readme_names_the_default_load_balancer_class() {
+    let readme = std::fs::read_to_string(deploy_file("README.md")).expect("deploy/README.md");
+    let class = format!("loadBalancerClass: {DEFAULT_LOAD_BALANCER_CLASS}");
+    assert!(readme.contains(&class), "deploy/README.md shows {class}");
+}
+
+// ---------------------------------------------------------------------------
+// The systemd unit
+// ---------------------------------------------------------------------------
+
+/// A unit file: section -> key -> every value given (keys may repeat).
+type Unit = BTreeMap<String, BTreeMap<String, Vec<String>>>;
+
+/// Reads a unit file as systemd does, for what this file uses: sections,
+/// `Key=value` (repeatable), `#`/`;` comments, `\` line continuation.
+fn parse_unit(text: &str) -> Unit {
+    let mut unit = Unit::new();
+    let mut section: Option<String> = None;
+    let mut pending = String::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if pending.is_empty() && (line.is_empty() || line.starts_with(['#', ';'])) {
+            continue;
+        }
+        if let Some(continued) = line.strip_suffix('\\') {
+            pending.push_str(continued);
+            pending.push(' ');
+            continue;
+        }
+        let line = std::mem::take(&mut pending) + line;
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            unit.entry(name.to_string()).or_default();
+            section = Some(name.to_string());
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("line {}: not Key=value: {line}", n + 1));
+        let section = section
+            .as_ref()
+            .unwrap_or_else(|| panic!("line {}: outside a section", n + 1));
+        unit.get_mut(section)
+            .unwrap()
+            .entry(key.trim().to_string())
+            .or_default()
+            .push(value.trim().to_string());
+    }
+    assert!(pending.is_empty(), "the file ends in a continuation");
+    unit
+}
+
+fn unit() -> Unit {
+    let file = deploy_file("portico-edge.service");
+    parse_unit(&std::fs::read_to_string(&file).expect("deploy/portico-edge.service"))
+}
+
+/// The one value of `key` in `[Service]`.
+fn service<'a>(unit: &'a Unit, key: &str) -> &'a str {
+    let values = unit["Service"]
+        .get(key)
+        .unwrap_or_else(|| panic!("[Service] has no {key}"));
+    assert_eq!(values.len(), 1, "{key} is set once");
+    &values[0]
+}
+
+/// The value of `flag` in `command` (`--flag=v` or `--flag v`).
+fn flag_value<'a>(command: &[&'a str], flag: &str) -> Option<&'a str> {
+    command.iter().enumerate().find_map(|(i, arg)| {
+        if *arg == flag {
+            command.get(i + 1).copied()
+        } else {
+            arg.strip_prefix(flag)?.strip_prefix('=')
+        }
+    })
+}
+
+/// The `--flag` names in `text`, without values.
+fn long_flags(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|word| word.starts_with("--") && word.len() > 2)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn unit_has_its_sections() {
+    let unit = unit();
+    assert_eq!(
+        unit.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["Install", "Service", "Unit"]
+    );
+    assert_eq!(unit["Install"]["WantedBy"], ["multi-user.target"]);
+    assert_eq!(unit["Unit"]["After"], ["network-online.target"]);
+}
+
+#[test]
+fn unit_runs_the_edge_with_flags_it_accepts() {
+    let unit = unit();
+    let exec = service(&unit, "ExecStart");
+    let words: Vec<&str> = exec.split_whitespace().collect();
+    assert_eq!(words[..2], ["/usr/local/bin/portico-edge", "run"]);
+    let args = &words[2..];
+
+    let help = Command::new(BIN)
+        .args(["run", "--help"])
+        .output()
+        .expect("run portico-edge");
+    assert!(help.status.success());
+    let known = long_flags(&String::from_utf8_lossy(&help.stdout));
+    for arg in args.iter().filter(|a| a.starts_with("--")) {
+        let flag = arg.split('=').next().unwrap();
+        assert!(
+            known.contains(flag),
+            "`portico-edge run --help` does not list {flag} (it lists {known:?})"
+        );
+    }
+    // The real parser takes every flag and value (clap stops at `--help`
+    // once everything before it has parsed).
+    let out = Command::new(BIN)
+        .arg("run")
+        .args(args)
+        .arg("--help")
+        .output()
+        .expect("run portico-edge");
+    assert!(
+        out.status.success(),
+        "portico-edge run {args:?} is refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    assert_eq!(flag_value(args, "--config"), Some("/etc/portico/edge.yaml"));
+    assert!(
+        !args.contains(&"--takeover"),
+        "a takeover is not how the unit starts"
+    );
+    // ProtectSystem=strict: the upgrade socket's directory must be writable,
+    // and the default (/run/portico-edge) is not.
+    let socket = flag_value(args, "--upgrade-socket").expect("--upgrade-socket");
+    let runtime = format!("/run/{}/", service(&unit, "RuntimeDirectory"));
+    assert!(socket.starts_with(&runtime), "{socket} is under {runtime}");
+
+    assert_eq!(service(&unit, "ExecReload"), "/bin/kill -HUP $MAINPID");
+    assert_eq!(service(&unit, "Restart"), "on-failure");
+    assert_eq!(
+        unit["Service"]["Environment"],
+        ["KUBECONFIG=/etc/portico/kubeconfig"]
+    );
+}
+
+#[test]
+fn unit_stops_after_the_drain() {
+    let unit = unit();
+    assert_eq!(service(&unit, "KillSignal"), "SIGTERM");
+    let stop = parse_duration(service(&unit, "TimeoutStopSec")).expect("TimeoutStopSec");
+    let drains = [
+        ProxySettings::default().drain_timeout,
+        configmap_edge_config().settings.proxy.drain_timeout,
+    ];
+    for drain in drains {
+        assert!(
+            stop > drain,
+            "TimeoutStopSec {stop:?} must exceed drainTimeout {drain:?}"
+        );
+    }
+}
+
+#[test]
+fn unit_has_three_capabilities_and_is_hardened() {
+    let unit = unit();
+    let expected = BTreeSet::from(["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW"]);
+    for key in ["AmbientCapabilities", "CapabilityBoundingSet"] {
+        let caps: BTreeSet<&str> = unit["Service"][key]
+            .iter()
+            .flat_map(|v| v.split_whitespace())
+            .collect();
+        assert_eq!(caps, expected, "{key}");
+    }
+    for (key, value) in [
+        ("User", "portico"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("LimitNOFILE", "1048576"),
+        ("StateDirectory", "portico"),
+        ("RuntimeDirectory", "portico"),
+    ] {
+        assert_eq!(service(&unit, key), value, "{key}");
+    }
+    let writable: BTreeSet<&str> = service(&unit, "ReadWritePaths")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        writable,
+        BTreeSet::from(["/run/portico", "/var/lib/portico"])
+    );
+}
+
+#[test]
+fn hook_api_state_is_where_the_unit_may_write() {
+    let unit = unit();
+    let state = format!("/var/lib/{}/", service(&unit, "StateDirectory"));
+    let hook = hook_api_edge_config().settings.hook_api.expect("hookApi");
+    assert!(
+        hook.state_file.starts_with(&state),
+        "{} is under {state}",
+        hook.state_file.display()
+    );
+}
+
+#[test]
+fn unit_parser_reads_continuations_and_repeats() {
+    let unit = parse_unit("# c\n[Service]\nA=1 \\\n  2\n; c\nA=3\n[Install]\n");
+    assert_eq!(unit["Service"]["A"], ["1  2", "3"]);
+    assert!(unit["Install"].is_empty());
+}
+
+#[test]
+fn misspelt_fields_are_caught() {
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndatas:\n  a: b\n",
+    )
+    .unwrap();
+    let caught = std::panic::catch_unwind(|| typed::<ConfigMap>(&value, "test"));
+    let message = *caught
+        .expect_err("datas is not a field")
+        .downcast::<String>()
+        .unwrap();
+    assert!(message.contains(".datas"), "{message}");
+}

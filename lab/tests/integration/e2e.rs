@@ -1,0 +1,334 @@
+//! End-to-end scenarios: each test builds a lab of its own (its own prefix,
+//! so several run at once, and beside a developer's `portico-lab up`), with
+//! the real `portico-edge`, three real `portico-node-agent`s and the pods'
+//! servers, then checks what a user would check from the client hosts and
+//! the API server. The lab is torn down when the test ends, also on panic
+//! (the processes' logs are printed then).
+//!
+//! Needs root, `ip`, `nft` and `setsid`: skips loudly without them, fails
+//! under `CI=true`. How the binaries under test are found: `support/mod.rs`.
+//! They run beside each other ([`shared`]), never beside a failure scenario
+//! or a benchmark.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+
+use k8s_openapi::api::core::v1::Service;
+use portico_lab::pod::{Answer, ClientError};
+use portico_lab::topology::{self, Client};
+use portico_lab::Lab;
+
+use crate::support::{lab, metric, privileged, shared};
+
+/// The addresses a node may masquerade to: its cluster address and its
+/// pod bridge address.
+fn node_addresses() -> BTreeSet<IpAddr> {
+    topology::nodes()
+        .iter()
+        .flat_map(|n| [IpAddr::V4(n.ip()), IpAddr::V4(n.bridge_ip())])
+        .collect()
+}
+
+/// `count` connections from `client`, every one answered.
+fn answers(lab: &Lab, client: Client, addr: SocketAddr, count: usize) -> Vec<Answer> {
+    lab.get_many(client, addr, count)
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| a.unwrap_or_else(|e| panic!("connection {i} of {count} to {addr}: {e}")))
+        .collect()
+}
+
+/// New connections seen per node on `node_port`, in node order.
+fn syns(lab: &Lab, node_port: u16) -> Vec<u64> {
+    topology::nodes()
+        .iter()
+        .map(|n| {
+            lab.syns_seen(&n.name, node_port)
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect()
+}
+
+fn service(name: &str) -> topology::ServiceSpec {
+    topology::services()
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no Service {name} in the topology"))
+}
+
+/// New connections from the inside client to a `Cluster` Service reach pods
+/// on all three nodes, through all three nodes, and the pods see a node's
+/// address (masquerade), never the client's or the edge's.
+#[test]
+fn cluster_service_balances_over_every_node_and_masquerades() {
+    if !privileged("cluster_service_balances_over_every_node_and_masquerades") {
+        return;
+    }
+    let _shared = shared();
+    let lab = lab();
+    let web = lab.vip("web").expect("web has a VIP");
+    let port = service("web").node_port;
+    let before = syns(&lab, port);
+    let got = answers(&lab, Client::Inside, web, 60);
+
+    let pods: BTreeSet<&str> = got.iter().map(|a| a.pod.as_str()).collect();
+    assert_eq!(
+        pods,
+        BTreeSet::from(["web-1", "web-2", "web-3"]),
+        "60 connections should reach every web pod: {got:#?}"
+    );
+    let nodes: BTreeSet<&str> = got.iter().map(|a| a.node.as_str()).collect();
+    assert_eq!(nodes, BTreeSet::from(["node-1", "node-2", "node-3"]));
+    let after = syns(&lab, port);
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        assert!(
+            a > b,
+            "the edge sent no connection to node-{} ({before:?} -> {after:?})",
+            i + 1
+        );
+    }
+    let masquerade = node_addresses();
+    for a in &got {
+        assert!(
+            masquerade.contains(&a.peer),
+            "{} saw {}, not a node address: Cluster must masquerade",
+            a.pod,
+            a.peer
+        );
+        assert_ne!(a.peer, Client::Inside.ip());
+        assert_eq!(a.proxied_client, None, "web has no PROXY header");
+    }
+}
+
+/// `Local`: connections land only on nodes with a pod of the Service (the
+/// edge's health check takes node-3 out), the node does not masquerade (the
+/// pod sees the edge's own address as the TCP peer), and the client's
+/// address reaches the pod in the PROXY header the edge sends.
+#[test]
+fn local_service_keeps_the_client_address_and_skips_nodes_without_pods() {
+    if !privileged("local_service_keeps_the_client_address_and_skips_nodes_without_pods") {
+        return;
+    }
+    let _shared = shared();
+    let lab = lab();
+    let local = lab.vip("local").expect("local has a VIP");
+    let port = service("local").node_port;
+    let before = syns(&lab, port);
+    let count = 40;
+    let got = answers(&lab, Client::Inside, local, count);
+    let after = syns(&lab, port);
+
+    let pods: BTreeSet<&str> = got.iter().map(|a| a.pod.as_str()).collect();
+    assert_eq!(
+        pods,
+        BTreeSet::from(["local-1", "local-2"]),
+        "both local pods answer, nothing else: {got:#?}"
+    );
+    assert_eq!(
+        after[2], before[2],
+        "no connection may land on node-3, which has no local pod"
+    );
+    let landed: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+    assert!(
+        landed >= count as u64,
+        "{count} connections, {landed} seen by the nodes"
+    );
+    for a in &got {
+        assert_eq!(
+            a.peer,
+            IpAddr::V4(topology::EDGE_CLUSTER_IP),
+            "{}: Local must not masquerade; the pod sees the edge's connection as it left the edge",
+            a.pod
+        );
+        assert_eq!(
+            a.proxied_client,
+            Some(Client::Inside.ip()),
+            "{}: the client's address, through the PROXY header",
+            a.pod
+        );
+    }
+    let metrics = lab.edge_metrics().expect("edge metrics");
+    assert_eq!(
+        metric(
+            &metrics,
+            "portico_edge_connect_retries_total",
+            &["service=\"default/local\""]
+        ),
+        Some(0.0),
+        "no connect had to be retried"
+    );
+}
+
+/// `loadBalancerSourceRanges`: the outside client's connections are closed
+/// by the edge before any node is contacted; the inside client gets through;
+/// the outside client does reach a Service without ranges.
+#[test]
+fn source_ranges_admit_the_inside_client_only() {
+    if !privileged("source_ranges_admit_the_inside_client_only") {
+        return;
+    }
+    let _shared = shared();
+    let lab = lab();
+    let restricted = lab.vip("restricted").expect("restricted has a VIP");
+    let port = service("restricted").node_port;
+
+    let inside = answers(&lab, Client::Inside, restricted, 5);
+    assert!(
+        inside.iter().all(|a| a.pod.starts_with("web-")),
+        "{inside:#?}"
+    );
+
+    let before = syns(&lab, port);
+    let outside = lab.get_many(Client::Outside, restricted, 5);
+    for result in &outside {
+        assert!(
+            matches!(
+                result,
+                Err(ClientError::Closed { .. } | ClientError::Refused { .. })
+            ),
+            "the outside client must get nothing: {result:?}"
+        );
+    }
+    assert_eq!(
+        syns(&lab, port),
+        before,
+        "no node may be contacted for a client outside the range"
+    );
+    let metrics = lab.edge_metrics().expect("edge metrics");
+    let rejected = metric(
+        &metrics,
+        "portico_edge_connections_rejected_total",
+        &["service=\"default/restricted\"", "reason=\"source_range\""],
+    );
+    assert!(
+        rejected.is_some_and(|n| n >= 5.0),
+        "rejections counted: {rejected:?}"
+    );
+
+    let web = lab.vip("web").expect("web has a VIP");
+    let open = answers(&lab, Client::Outside, web, 3);
+    assert!(open.iter().all(|a| a.pod.starts_with("web-")), "{open:#?}");
+}
+
+/// The edge wrote `status.loadBalancer.ingress` with `ipMode: Proxy` for
+/// every Service (read back through the API server): one distinct address
+/// from the pool each, on the edge's public interface.
+#[test]
+fn the_edge_writes_every_services_address_with_ip_mode_proxy() {
+    if !privileged("the_edge_writes_every_services_address_with_ip_mode_proxy") {
+        return;
+    }
+    let _shared = shared();
+    let lab = lab();
+    let listed = lab.api().services().expect("list Services");
+    let services: Vec<Service> = listed
+        .into_iter()
+        .map(|s| serde_json::from_value(s).expect("a Service"))
+        .collect();
+    let names: BTreeSet<String> = services
+        .iter()
+        .filter_map(|s| s.metadata.name.clone())
+        .collect();
+    let wanted: BTreeSet<String> = topology::services()
+        .iter()
+        .map(|s| s.name.to_string())
+        .collect();
+    assert_eq!(names, wanted);
+
+    let pool = 100..=109u8;
+    let edge_addrs = portico_lab::netns::ip(&[
+        "-n",
+        &lab.names().edge(),
+        "-o",
+        "addr",
+        "show",
+        "dev",
+        "eth0",
+    ])
+    .expect("the edge's addresses");
+    let mut seen = BTreeSet::new();
+    for svc in &services {
+        let name = svc.metadata.name.as_deref().unwrap_or_default();
+        let ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.clone())
+            .unwrap_or_default();
+        assert_eq!(ingress.len(), 1, "{name}: {ingress:?}");
+        let ip: IpAddr = ingress[0]
+            .ip
+            .as_deref()
+            .and_then(|ip| ip.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: no IP in {ingress:?}"));
+        assert_eq!(
+            ingress[0].ip_mode.as_deref(),
+            Some("Proxy"),
+            "{name}: ipMode Proxy keeps kube-proxy from short-cutting the address"
+        );
+        let IpAddr::V4(v4) = ip else {
+            panic!("{name}: {ip} is not IPv4");
+        };
+        assert_eq!(v4.octets()[..3], [198, 51, 100], "{name}: {ip}");
+        assert!(
+            pool.contains(&v4.octets()[3]),
+            "{name}: {ip} outside the pool"
+        );
+        assert!(seen.insert(ip), "{name}: {ip} given twice");
+        assert_eq!(lab.vip(name).map(|a| a.ip()), Some(ip));
+        assert!(
+            edge_addrs.contains(&format!(" {ip}/32 ")),
+            "{name}: {ip} is not on the edge's eth0:\n{edge_addrs}"
+        );
+    }
+}
+
+/// `down` removes every namespace, process and state file of the lab, and
+/// running it again (or with nothing up) is harmless.
+#[test]
+fn down_removes_every_trace_and_is_idempotent() {
+    if !privileged("down_removes_every_trace_and_is_idempotent") {
+        return;
+    }
+    let _shared = shared();
+    let mut lab = lab();
+    let prefix = lab.names().prefix().to_string();
+    let state = lab.state_dir().to_path_buf();
+    let namespaces: Vec<String> = portico_lab::netns::list()
+        .expect("ip netns list")
+        .into_iter()
+        .filter(|ns| lab.names().owns(ns))
+        .collect();
+    assert_eq!(namespaces.len(), 12, "{namespaces:?}");
+    let mut pids = Vec::new();
+    for ns in &namespaces {
+        pids.extend(portico_lab::netns::pids(ns).expect("ip netns pids"));
+    }
+    assert_eq!(
+        pids.len(),
+        10,
+        "API server, edge, 3 agents, 5 pods: {pids:?}"
+    );
+
+    let report = lab.teardown().expect("down");
+    assert_eq!(report.namespaces, 12);
+    assert_eq!(report.processes, 10);
+    assert!(report.state_removed);
+    let left: Vec<String> = portico_lab::netns::list()
+        .expect("ip netns list")
+        .into_iter()
+        .filter(|ns| lab.names().owns(ns))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(!state.exists(), "{} still there", state.display());
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").map(|(_, s)| &s[..1]);
+        assert!(
+            matches!(state, None | Some("Z")),
+            "process {pid} still running: {stat}"
+        );
+    }
+    let again = portico_lab::down(&prefix, &state).expect("down again");
+    assert_eq!(again, portico_lab::DownReport::default());
+}

@@ -1,0 +1,14 @@
+//! The lab's integration tests, in one test binary (one link of the whole
+//! dependency tree instead of one per file): a module per area, and
+//! [`support`] shared by them.
+//!
+//! `e2e` checks what a user would check on a whole lab; `failures` runs the
+//! failure scenarios under load; `bench` and `scale` are the benchmarks'
+//! smoke tests. Each builds namespaces of its own; the ones that measure
+//! time hold [`support::alone`], so no other lab runs beside them.
+
+mod bench;
+mod e2e;
+mod failures;
+mod scale;
+mod support;

@@ -1,0 +1,103 @@
+//! What every lab test needs: the privilege check, the binaries under test,
+//! a lab of its own under a unique prefix, and the lock that keeps the tests
+//! that measure time away from every other lab ([`alone`], [`shared`]).
+//!
+//! The binaries: `portico-lab` is this package's (`CARGO_BIN_EXE_portico-lab`);
+//! `portico-edge` and `portico-node-agent` are taken from the same target
+//! directory and profile (`target/<profile>/`), where a workspace `cargo
+//! test` builds them. When they are missing (say under `cargo test -p
+//! portico-lab`), the missing ones are built once with `cargo build -p
+//! portico-edge -p portico-node-agent --bins` into that target directory. An existing binary
+//! is used as it is: after changing the edge or the agent, build them (or run
+//! the workspace's tests) before these.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use portico_lab::{Binaries, Lab, LabOptions};
+
+pub use portico_lab::netns::privileged;
+
+/// The lab tests of this process: the ones that measure time hold it alone,
+/// the others share it. Labs are separate namespaces, so sharing is safe;
+/// holding it alone keeps other labs' load out of a measurement.
+static LABS: RwLock<()> = RwLock::new(());
+
+/// For a test whose lab may run beside other tests' labs (not beside one
+/// that measures time). Take it before the lab, so the lab is gone first.
+pub fn shared() -> RwLockReadGuard<'static, ()> {
+    LABS.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// For a test that measures time (failure scenarios, benchmarks): no other
+/// lab test runs until it is dropped. Take it before the lab.
+pub fn alone() -> RwLockWriteGuard<'static, ()> {
+    LABS.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The binaries under test (built once if missing, see the module docs).
+pub fn binaries() -> Binaries {
+    static BINARIES: OnceLock<Binaries> = OnceLock::new();
+    BINARIES
+        .get_or_init(|| {
+            let lab = PathBuf::from(env!("CARGO_BIN_EXE_portico-lab"));
+            let profile_dir = lab.parent().expect("the lab binary has a directory");
+            let edge = profile_dir.join("portico-edge");
+            let agent = profile_dir.join("portico-node-agent");
+            let missing: Vec<&str> = [(&edge, "portico-edge"), (&agent, "portico-node-agent")]
+                .into_iter()
+                .filter(|(path, _)| !path.is_file())
+                .map(|(_, package)| package)
+                .collect();
+            if !missing.is_empty() {
+                portico_lab::command::cargo_build(profile_dir, &missing)
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            Binaries { lab, edge, agent }
+        })
+        .clone()
+}
+
+/// A lab of the test's own (prefix `plt<pid>-<n>`, state under the temp
+/// directory), up and serving; torn down when dropped, also on panic.
+pub fn lab() -> Lab {
+    lab_with(portico_lab::lab::DEFAULT_DRAIN_TIMEOUT)
+}
+
+/// [`lab`] with the edge's `drainTimeout` set to `drain_timeout`.
+pub fn lab_with(drain_timeout: Duration) -> Lab {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let prefix = format!(
+        "plt{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let opts = LabOptions {
+        state_dir: std::env::temp_dir().join(format!("portico-lab-{prefix}")),
+        prefix,
+        binaries: binaries(),
+        ready_timeout: Duration::from_secs(60),
+        drain_timeout,
+    };
+    let started = Instant::now();
+    let lab = Lab::up(&opts).unwrap_or_else(|e| panic!("lab up: {e}"));
+    eprintln!(
+        "lab {} up in {:?}: {:?}",
+        opts.prefix,
+        started.elapsed(),
+        lab.timings()
+    );
+    lab
+}
+
+/// A metric's value: the first sample of `name` whose labels include every
+/// `key="value"` in `labels`.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|kv| l.contains(kv)))
+        .find_map(|l| l.rsplit_once(' ')?.1.parse().ok())
+}
