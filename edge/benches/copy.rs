@@ -13,7 +13,9 @@
 //! `cargo bench -p portico-edge --bench copy`; environment:
 //! `PORTICO_BENCH_COPY_MIB` (per stream and run, default 1024),
 //! `PORTICO_BENCH_COPY_ROUNDS` (default 5), `PORTICO_BENCH_COPY_STREAMS`
-//! (comma-separated stream counts, default `1,8`).
+//! (comma-separated stream counts, default `1,8`). Without `--bench` (as
+//! `cargo test --all-targets` runs it) it is a smoke test: 8 MiB, one
+//! round, 1 and 2 streams.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener as StdListener, TcpStream as StdStream};
@@ -203,10 +205,17 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let mib: u64 = env_or("PORTICO_BENCH_COPY_MIB", 1024);
-    let rounds: usize = env_or("PORTICO_BENCH_COPY_ROUNDS", 5);
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this
+    // binary without it, as a smoke test of every contender (a few MiB, one
+    // round, figures meaningless in a debug build).
+    let measuring = std::env::args().any(|a| a == "--bench");
+    if !measuring {
+        println!("copy: smoke run (no --bench): every contender once, 8 MiB per stream");
+    }
+    let mib: u64 = env_or("PORTICO_BENCH_COPY_MIB", if measuring { 1024 } else { 8 });
+    let rounds: usize = env_or("PORTICO_BENCH_COPY_ROUNDS", if measuring { 5 } else { 1 });
     let stream_counts: Vec<usize> = std::env::var("PORTICO_BENCH_COPY_STREAMS")
-        .unwrap_or_else(|_| "1,8".into())
+        .unwrap_or_else(|_| if measuring { "1,8" } else { "1,2" }.into())
         .split(',')
         .filter_map(|n| n.trim().parse().ok())
         .collect();

@@ -13,9 +13,9 @@
 //! stopped, so the agents' watches fail (watch errors).
 //!
 //! Needs root, `ip`, `nft` and `setsid`: skips loudly without them, fails
-//! under `CI=true`. The binaries are built (`cargo build`, a no-op when up to
-//! date) into this test's own target directory, so the scrape is of the
-//! current source.
+//! under `CI=true`. The binaries are the ones a workspace `cargo test` builds
+//! into this test's target directory (the missing ones are built first); run
+//! the workspace's tests, or build the programs, after changing them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -377,7 +377,8 @@ services:
 }
 
 /// The lab, edge and agent binaries of this test's target directory and
-/// profile, built first (`cargo build`: a no-op when they are up to date).
+/// profile, where a workspace `cargo test` builds them (the missing ones are
+/// built first: [`Binaries::in_target`]).
 fn binaries() -> Binaries {
     static BINARIES: std::sync::OnceLock<Binaries> = std::sync::OnceLock::new();
     BINARIES
@@ -388,16 +389,7 @@ fn binaries() -> Binaries {
                 .parent()
                 .and_then(Path::parent)
                 .expect("<target>/<profile>/deps");
-            portico_lab::command::cargo_build(
-                profile_dir,
-                &["portico-lab", "portico-edge", "portico-node-agent"],
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-            Binaries {
-                lab: profile_dir.join("portico-lab"),
-                edge: profile_dir.join("portico-edge"),
-                agent: profile_dir.join("portico-node-agent"),
-            }
+            Binaries::in_target(profile_dir).unwrap_or_else(|e| panic!("{e}"))
         })
         .clone()
 }

@@ -162,6 +162,34 @@ impl Binaries {
             lab,
         })
     }
+
+    /// The three binaries of one cargo target directory and profile
+    /// (`target/<profile>/`), where a workspace `cargo test` puts them. The
+    /// missing ones are built once with `cargo build -p <package> --bins`
+    /// into that directory; an existing one is used as it is (after
+    /// changing a program, build it or run the workspace's tests first).
+    /// Tests find their binaries this way, so a workspace test run builds
+    /// each program once, with the features that run unifies.
+    pub fn in_target(profile_dir: &Path) -> Result<Binaries, command::CommandFailed> {
+        let binaries = Binaries {
+            lab: profile_dir.join("portico-lab"),
+            edge: profile_dir.join("portico-edge"),
+            agent: profile_dir.join("portico-node-agent"),
+        };
+        let missing: Vec<&str> = [
+            (&binaries.lab, "portico-lab"),
+            (&binaries.edge, "portico-edge"),
+            (&binaries.agent, "portico-node-agent"),
+        ]
+        .into_iter()
+        .filter(|(path, _)| !path.is_file())
+        .map(|(_, package)| package)
+        .collect();
+        if !missing.is_empty() {
+            command::cargo_build(profile_dir, &missing)?;
+        }
+        Ok(binaries)
+    }
 }
 
 /// How to build a lab.

@@ -5,11 +5,10 @@
 //! The binaries: `portico-lab` is this package's (`CARGO_BIN_EXE_portico-lab`);
 //! `portico-edge` and `portico-node-agent` are taken from the same target
 //! directory and profile (`target/<profile>/`), where a workspace `cargo
-//! test` builds them. When they are missing (say under `cargo test -p
-//! portico-lab`), the missing ones are built once with `cargo build -p
-//! portico-edge -p portico-node-agent --bins` into that target directory. An existing binary
-//! is used as it is: after changing the edge or the agent, build them (or run
-//! the workspace's tests) before these.
+//! test` builds them ([`Binaries::in_target`]: the missing ones, say under
+//! `cargo test -p portico-lab`, are built once into that target directory; an
+//! existing binary is used as it is, so after changing the edge or the agent,
+//! build them or run the workspace's tests before these).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,18 +43,7 @@ pub fn binaries() -> Binaries {
         .get_or_init(|| {
             let lab = PathBuf::from(env!("CARGO_BIN_EXE_portico-lab"));
             let profile_dir = lab.parent().expect("the lab binary has a directory");
-            let edge = profile_dir.join("portico-edge");
-            let agent = profile_dir.join("portico-node-agent");
-            let missing: Vec<&str> = [(&edge, "portico-edge"), (&agent, "portico-node-agent")]
-                .into_iter()
-                .filter(|(path, _)| !path.is_file())
-                .map(|(_, package)| package)
-                .collect();
-            if !missing.is_empty() {
-                portico_lab::command::cargo_build(profile_dir, &missing)
-                    .unwrap_or_else(|e| panic!("{e}"));
-            }
-            Binaries { lab, edge, agent }
+            Binaries::in_target(profile_dir).unwrap_or_else(|e| panic!("{e}"))
         })
         .clone()
 }
