@@ -12,9 +12,15 @@ pub const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(60);
 /// than a quiet watch lasts, so only a server that stopped answering trips it.
 const READ_TIMEOUT_MARGIN: Duration = Duration::from_secs(10);
 
-/// How a program connects to the API server and how long its watches last.
+/// How a program connects to the API server, under which name, and how
+/// long its watches last.
 #[derive(Debug, Clone)]
 pub struct KubeOptions {
+    /// The program's name (`portico-edge`, `portico-node-agent`): its
+    /// User-Agent (`NAME/VERSION`) on every request and the field manager
+    /// of every write it makes, so the API server's `managedFields` and
+    /// audit log say which component did what.
+    pub component: &'static str,
     /// A kubeconfig file; `None` infers the configuration (`KUBECONFIG`,
     /// `~/.kube/config`, then the in-cluster service account).
     pub kubeconfig: Option<PathBuf>,
@@ -24,16 +30,24 @@ pub struct KubeOptions {
     pub watch_timeout: Duration,
 }
 
-impl Default for KubeOptions {
-    fn default() -> Self {
+impl KubeOptions {
+    /// The default options of program `component`: the configuration as
+    /// `kubectl` finds it, watches of [`DEFAULT_WATCH_TIMEOUT`].
+    pub fn new(component: &'static str) -> Self {
         KubeOptions {
+            component,
             kubeconfig: None,
             watch_timeout: DEFAULT_WATCH_TIMEOUT,
         }
     }
-}
 
-impl KubeOptions {
+    /// The User-Agent of every request: `component/version`. The API
+    /// server takes the part before the `/` as the field manager of a
+    /// write that names none.
+    pub fn user_agent(&self) -> String {
+        format!("{}/{}", self.component, env!("CARGO_PKG_VERSION"))
+    }
+
     /// The client's read timeout: the watch timeout plus a margin.
     pub fn read_timeout(&self) -> Duration {
         self.watch_timeout + READ_TIMEOUT_MARGIN
@@ -61,6 +75,12 @@ pub enum ClientError {
     /// No configuration could be inferred from the environment.
     #[error("no Kubernetes configuration found (KUBECONFIG, ~/.kube/config, in-cluster service account): {0}")]
     Infer(#[source] kube::config::InferConfigError),
+    /// The component name cannot be a User-Agent header.
+    #[error("{component:?} cannot be a User-Agent")]
+    UserAgent {
+        /// The name.
+        component: String,
+    },
     /// The client could not be built from the configuration (TLS, auth).
     #[error("cannot build a Kubernetes client for {url}: {source}")]
     Client {
@@ -83,6 +103,8 @@ impl ClientError {
 /// Builds the API client: from `opts.kubeconfig` when given, else as
 /// `kubectl` finds one (`KUBECONFIG`, `~/.kube/config`, in-cluster).
 ///
+/// Every request carries [`KubeOptions::user_agent`].
+///
 /// Sets a read timeout a little longer than a watch lasts
 /// ([`KubeOptions::read_timeout`]): without one, a request to an API server
 /// that accepts connections but never answers would wait forever, and a
@@ -104,6 +126,11 @@ pub async fn client(opts: &KubeOptions) -> Result<kube::Client, ClientError> {
         }
         None => kube::Config::infer().await.map_err(ClientError::Infer)?,
     };
+    let agent = opts.user_agent();
+    let agent = http::HeaderValue::from_str(&agent).map_err(|_| ClientError::UserAgent {
+        component: opts.component.to_string(),
+    })?;
+    config.headers.push((http::header::USER_AGENT, agent));
     config.read_timeout = Some(opts.read_timeout());
     // Count the read timeout from each request, not from when its pooled
     // connection went idle.
@@ -122,7 +149,7 @@ mod tests {
         let path = dir.path().join("no-such-config");
         let Err(err) = client(&KubeOptions {
             kubeconfig: Some(path.clone()),
-            ..KubeOptions::default()
+            ..KubeOptions::new("portico-test")
         })
         .await
         else {
@@ -138,12 +165,12 @@ mod tests {
 
     #[test]
     fn the_read_timeout_outlasts_a_watch() {
-        let opts = KubeOptions::default();
+        let opts = KubeOptions::new("portico-test");
         assert_eq!(opts.read_timeout(), Duration::from_secs(70));
         assert_eq!(opts.watch_timeout_secs(), 60);
         let zero = KubeOptions {
             watch_timeout: Duration::ZERO,
-            ..KubeOptions::default()
+            ..KubeOptions::new("portico-test")
         };
         assert_eq!(zero.watch_timeout_secs(), 1, "never 0 (no idle timeout)");
     }

@@ -4,13 +4,14 @@
 //! while the API server is away.
 //!
 //! - [`client`]: the API client from a kubeconfig file or as `kubectl`
-//!   finds one, with a read timeout a little longer than a watch lasts.
+//!   finds one, with a read timeout a little longer than a watch lasts,
+//!   naming the program ([`KubeOptions::component`]) in its User-Agent.
 //! - [`Watches`]: one program's watches of one cluster. Each
 //!   [`Watches::watch_into_store`] runs `watcher` (kube's default backoff)
-//!   -> `managedFields` stripped -> reflector store, and notifies one shared
-//!   `Notify` when a store changed; one continuous probe (a one-object
-//!   metadata list every [`PROBE_EVERY`]) tells whether the API server
-//!   answers, and its last answer defines [`Watches::stale`]: a silent
+//!   -> `managedFields` stripped (but the program's own) -> reflector
+//!   store, and notifies one shared `Notify` when a store changed; one
+//!   continuous probe (a one-object metadata list every [`PROBE_EVERY`])
+//!   tells whether the API server answers, and its last answer defines [`Watches::stale`]: a silent
 //!   server shows within a few seconds, not after the read timeout.
 //! - [`Health`] (pure): per-watch outages and the probe's, what to log about
 //!   them (once, then a reminder every [`REMIND_EVERY`], then the recovery),

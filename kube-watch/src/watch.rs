@@ -51,6 +51,7 @@ pub struct WatchMetrics {
 pub struct Watches {
     shared: Arc<Shared>,
     watch_timeout_secs: u32,
+    component: &'static str,
     errors: Option<IntCounterVec>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -92,6 +93,7 @@ impl Watches {
         Watches {
             shared,
             watch_timeout_secs: opts.watch_timeout_secs(),
+            component: opts.component,
             errors: metrics.errors,
             tasks,
         }
@@ -99,8 +101,9 @@ impl Watches {
 
     /// Watches `api` with `config` into a new store, on a task of its own
     /// until `self` is dropped: the watcher (retrying with kube's default
-    /// backoff) strips `managedFields` (most of an object's size, never
-    /// read) and feeds the reflector. Each change of the store (`Apply`,
+    /// backoff) strips `managedFields` (most of an object's size) but the
+    /// program's own entries ([`KubeOptions::component`]: what it wrote,
+    /// and so what it may take back) and feeds the reflector. Each change of the store (`Apply`,
     /// `Delete`, a completed relist) notifies [`Watches::changes`]; errors
     /// and recoveries go to the source's health, logged under `resource`
     /// (give each watch its own name).
@@ -131,6 +134,7 @@ impl Watches {
             resource,
             api,
             config.timeout(self.watch_timeout_secs),
+            self.component,
             writer,
             self.shared.clone(),
             errors,
@@ -264,6 +268,7 @@ async fn run_watch<K>(
     resource: &'static str,
     api: Api<K>,
     config: watcher::Config,
+    component: &'static str,
     writer: Writer<K>,
     shared: Arc<Shared>,
     errors: Option<IntCounter>,
@@ -272,7 +277,10 @@ async fn run_watch<K>(
 {
     let stream = watcher(api, config)
         .default_backoff()
-        .modify(|o: &mut K| o.managed_fields_mut().clear())
+        .modify(move |o: &mut K| {
+            o.managed_fields_mut()
+                .retain(|e| e.manager.as_deref() == Some(component))
+        })
         .reflect(writer);
     let mut stream = std::pin::pin!(stream);
     while let Some(item) = stream.next().await {

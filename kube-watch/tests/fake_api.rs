@@ -32,19 +32,30 @@ fn node(name: &str) -> serde_json::Value {
     })
 }
 
+/// The program name the watches run under.
+const COMPONENT: &str = "portico-test";
+
 fn service(name: &str, port: u16) -> serde_json::Value {
     json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {
             "name": name,
             "namespace": "default",
-            // A client's field ownership, as a real server records it.
+            // A client's field ownership, as a real server records it,
+            // and the watching program's own.
             "managedFields": [{
                 "manager": "kubectl",
                 "operation": "Apply",
                 "apiVersion": "v1",
                 "fieldsType": "FieldsV1",
                 "fieldsV1": {"f:spec": {"f:ports": {}}},
+            }, {
+                "manager": COMPONENT,
+                "operation": "Update",
+                "apiVersion": "v1",
+                "subresource": "status",
+                "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:status": {"f:loadBalancer": {"f:ingress": {}}}},
             }],
         },
         "spec": {"type": "ClusterIP", "ports": [{"name": "http", "port": port}]},
@@ -100,6 +111,7 @@ async fn start(fake: &FakeApiServer, dir: &tempfile::TempDir, watch_timeout: Dur
     let opts = KubeOptions {
         kubeconfig: Some(path),
         watch_timeout,
+        ..KubeOptions::new(COMPONENT)
     };
     let client = client(&opts).await.expect("client");
     let stale_gauge = Gauge::new("stale_seconds", "test").expect("gauge");
@@ -152,7 +164,19 @@ async fn a_silent_api_server_shows_as_stale_within_seconds_and_recovery_clears_i
         .services
         .get(&ObjectRef::new("web").within("default"))
         .expect("web");
-    assert!(web.managed_fields().is_empty(), "managedFields stripped");
+    let managers: Vec<_> = web
+        .managed_fields()
+        .iter()
+        .filter_map(|e| e.manager.as_deref())
+        .collect();
+    assert_eq!(managers, [COMPONENT], "managedFields stripped but our own");
+    // Every request names the program.
+    let agent = format!("{COMPONENT}/{}", env!("CARGO_PKG_VERSION"));
+    let requests = fake.requests();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        assert_eq!(r.user_agent.as_deref(), Some(agent.as_str()), "{r:?}");
+    }
 
     // A change reaches the store and notifies.
     fake.apply(service("web", 81)).expect("service changed");

@@ -33,6 +33,9 @@
 //! namespaces; they skip loudly without them and fail instead when
 //! `CI=true`.
 
+/// The agent's name towards the API server: its User-Agent.
+pub const COMPONENT: &str = "portico-node-agent";
+
 pub mod agent;
 pub mod health;
 pub mod kube_source;

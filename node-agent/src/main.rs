@@ -122,6 +122,7 @@ fn main() -> ExitCode {
                 _ => Source::Kubernetes(KubeOptions {
                     kubeconfig,
                     watch_timeout: Duration::from_secs(watch_timeout_secs.max(1)),
+                    ..KubeOptions::new(portico_node_agent::COMPONENT)
                 }),
             };
             let opts = AgentOptions {

@@ -10,7 +10,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as core;
-use portico_config::cluster::{ClusterService, ServiceType};
 use portico_config::kube::read_service;
 use portico_config::{AddressPool, KubernetesSettings, Node, Service, ServiceKey};
 
@@ -53,6 +52,11 @@ pub struct StatusUpdate {
     pub key: ServiceKey,
     /// Its `status.loadBalancer.ingress[].ip`, each with `ipMode: Proxy`.
     pub ingress: Vec<IpAddr>,
+    /// The `resourceVersion` of the object this was decided from: the
+    /// write is made on that version only, so a status another controller
+    /// wrote meanwhile is never overwritten (the write conflicts, and the
+    /// next pass decides again on the newer object).
+    pub resource_version: Option<String>,
 }
 
 /// What the edge should do about the cluster.
@@ -80,9 +84,10 @@ pub struct Context {
     pub kubernetes: KubernetesSettings,
     /// Where addresses come from.
     pub pools: Vec<AddressPool>,
-    /// Services whose status this edge wrote since it started: cleared when
-    /// they stop being ours.
-    pub written: BTreeSet<ServiceKey>,
+    /// The edge's field manager: a Service that is not ours has its
+    /// `status.loadBalancer.ingress` cleared only when this manager owns
+    /// it (see [`wrote_ingress`]).
+    pub field_manager: String,
     /// Services whose every node fails its health check (from the edge's
     /// snapshot).
     pub unhealthy: BTreeSet<ServiceKey>,
@@ -120,19 +125,21 @@ pub fn reconcile(
             ours.push((
                 translate::translate(read, svc.metadata.annotations.as_ref()),
                 current,
+                svc.metadata.resource_version.clone(),
             ));
-        } else if !current.is_empty() && releases(&read.value, &current, ctx) {
+        } else if !current.is_empty() && wrote_ingress(svc, &ctx.field_manager) {
             out.statuses.push(StatusUpdate {
                 key: read.value.key,
                 ingress: Vec::new(),
+                resource_version: svc.metadata.resource_version.clone(),
             });
         }
     }
 
-    let requests: Vec<_> = ours.iter().map(|(t, _)| t.request.clone()).collect();
+    let requests: Vec<_> = ours.iter().map(|(t, _, _)| t.request.clone()).collect();
     let mut assignments = ipam::assign(&ctx.pools, &requests);
 
-    for (t, current) in ours {
+    for (t, current, resource_version) in ours {
         let key = t.service.key.clone();
         let assignment = assignments.remove(&key.to_string()).unwrap_or_default();
         let mut conditions = BTreeSet::new();
@@ -194,6 +201,7 @@ pub fn reconcile(
             out.statuses.push(StatusUpdate {
                 key: key.clone(),
                 ingress: assignment.addresses.clone(),
+                resource_version,
             });
         }
         if !assignment.addresses.is_empty() {
@@ -207,17 +215,27 @@ pub fn reconcile(
     out
 }
 
-/// Whether the addresses a Service that is no longer ours shows are ours
-/// to take back: we wrote them since we started, or the Service is not a
-/// LoadBalancer any more and every address is from our pools.
-fn releases(svc: &ClusterService, current: &[IpAddr], ctx: &Context) -> bool {
-    if ctx.written.contains(&svc.key) {
-        return true;
-    }
-    svc.service_type != ServiceType::LoadBalancer
-        && current
-            .iter()
-            .all(|a| ctx.pools.iter().any(|p| p.contains(*a)))
+/// Whether `manager` wrote the `status.loadBalancer.ingress` a Service
+/// shows now: its `managedFields` entry on the status subresource owns
+/// the field.
+///
+/// This is how a Service that is no longer ours (another class, not a
+/// LoadBalancer any more, deleted and re-created under another class) is
+/// told apart from one whose status another controller wrote: only the
+/// first has its status cleared. Like kube's service controller, which
+/// cleans up only the Services carrying its finalizer, the edge takes
+/// back only what it marked as its own; the API server keeps the mark
+/// (across edge restarts too), moves it to whichever manager changes the
+/// field next, and a re-created Service starts without it.
+pub fn wrote_ingress(svc: &core::Service, manager: &str) -> bool {
+    svc.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|e| e.manager.as_deref() == Some(manager))
+        .filter(|e| e.subresource.as_deref() == Some("status"))
+        .filter_map(|e| e.fields_v1.as_ref())
+        .any(|f| f.0["f:status"]["f:loadBalancer"].get("f:ingress").is_some())
 }
 
 #[cfg(test)]
@@ -270,9 +288,25 @@ mod tests {
                     last: last.parse().unwrap(),
                 }],
             }],
-            written: BTreeSet::new(),
+            field_manager: "portico-edge".into(),
             unhealthy: BTreeSet::new(),
         }
+    }
+
+    /// `svc` with its ingress written by `manager` (a status write's
+    /// `managedFields` entry, as the API server records it).
+    fn written_by(svc: Arc<core::Service>, manager: &str) -> Arc<core::Service> {
+        let mut svc = (*svc).clone();
+        svc.metadata.managed_fields = Some(vec![serde_json::from_value(serde_json::json!({
+            "manager": manager,
+            "operation": "Update",
+            "apiVersion": "v1",
+            "subresource": "status",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:status": {"f:loadBalancer": {"f:ingress": {}}}},
+        }))
+        .unwrap()]);
+        Arc::new(svc)
     }
 
     fn reasons(d: &Desired, name: &str) -> Vec<&'static str> {
@@ -314,7 +348,8 @@ mod tests {
             d.statuses,
             [StatusUpdate {
                 key: ServiceKey::new("ns", "a"),
-                ingress: vec!["203.0.113.2".parse().unwrap()]
+                ingress: vec!["203.0.113.2".parse().unwrap()],
+                resource_version: None,
             }]
         );
         assert_eq!(reasons(&d, "a"), [reason::ADDRESS_ASSIGNED]);
@@ -388,28 +423,41 @@ mod tests {
     }
 
     #[test]
-    fn a_service_that_stops_being_ours_has_its_status_cleared() {
-        let mut c = ctx("203.0.113.9");
-        c.written.insert(ServiceKey::new("ns", "moved"));
+    fn only_a_status_this_edge_wrote_is_cleared() {
+        let c = ctx("203.0.113.9");
+        let other = serde_json::json!({"loadBalancerClass": "x.io/y"});
         let d = reconcile(
             &[
                 // Class changed away after we wrote its status.
-                service(
-                    "moved",
-                    serde_json::json!({"loadBalancerClass": "x.io/y"}),
-                    &["203.0.113.1"],
+                written_by(
+                    service("moved", other.clone(), &["203.0.113.1"]),
+                    "portico-edge",
                 ),
-                // Type changed to ClusterIP, still showing a pool address.
+                // Type changed to ClusterIP on a server that kept the
+                // status: still the address we wrote.
+                written_by(
+                    service(
+                        "demoted",
+                        serde_json::json!({"type": "ClusterIP"}),
+                        &["203.0.113.2"],
+                    ),
+                    "portico-edge",
+                ),
+                // Deleted and re-created under another class whose
+                // controller wrote an address from our very pool: its
+                // status, not ours.
+                written_by(
+                    service("recreated", other.clone(), &["203.0.113.3"]),
+                    "metallb-controller",
+                ),
+                // Someone else's LoadBalancer nobody marked: never touched.
+                service("foreign", other.clone(), &["203.0.113.4"]),
+                // A ClusterIP Service showing a pool address we did not
+                // write: not ours to clear either.
                 service(
-                    "demoted",
+                    "unmarked",
                     serde_json::json!({"type": "ClusterIP"}),
-                    &["203.0.113.2"],
-                ),
-                // Someone else's LoadBalancer: never touched.
-                service(
-                    "foreign",
-                    serde_json::json!({"loadBalancerClass": "x.io/y"}),
-                    &["203.0.113.3"],
+                    &["203.0.113.5"],
                 ),
             ],
             &[],
@@ -418,6 +466,25 @@ mod tests {
         let cleared: Vec<String> = d.statuses.iter().map(|s| s.key.to_string()).collect();
         assert_eq!(cleared, ["ns/moved", "ns/demoted"]);
         assert!(d.statuses.iter().all(|s| s.ingress.is_empty()));
+    }
+
+    #[test]
+    fn ownership_is_the_field_managers_entry_on_the_status() {
+        let svc = service("a", serde_json::json!({}), &["203.0.113.1"]);
+        assert!(!wrote_ingress(&svc, "portico-edge"), "no managedFields");
+        assert!(wrote_ingress(
+            &written_by(svc.clone(), "portico-edge"),
+            "portico-edge"
+        ));
+        assert!(!wrote_ingress(
+            &written_by(svc.clone(), "other"),
+            "portico-edge"
+        ));
+        // Our entry on the main resource (a spec write) is no claim on the
+        // status.
+        let mut spec_write = (*written_by(svc, "portico-edge")).clone();
+        spec_write.metadata.managed_fields.as_mut().unwrap()[0].subresource = None;
+        assert!(!wrote_ingress(&spec_write, "portico-edge"));
     }
 
     /// The cluster source reads each Service variant of the shared table as

@@ -43,7 +43,9 @@ const RESYNC: Duration = Duration::from_secs(10);
 /// waited for the next pass; a bound keeps a relist from flooding the API
 /// server.
 const API_WRITES_IN_FLIGHT: usize = 16;
-/// The field manager / reporting controller name.
+/// The edge's name towards the API server: the field manager of every
+/// write, the User-Agent of every request, the reporting controller of
+/// its Events.
 pub const CONTROLLER: &str = "portico-edge";
 
 /// What the cluster contributes to the edge's configuration.
@@ -77,7 +79,7 @@ impl ClusterSource {
         // The client was built by [`client`] with the default options,
         // so its read timeout outlasts watches of the default length.
         let mut watches = Watches::start(
-            &KubeOptions::default(),
+            &KubeOptions::new(CONTROLLER),
             Api::<core::Node>::all(client.clone()),
             ListParams::default(),
             WatchMetrics {
@@ -115,7 +117,6 @@ impl ClusterSource {
                 unhealthy: unhealthy_rx,
                 model: model_tx,
                 metrics,
-                written: BTreeSet::new(),
                 posted: BTreeMap::new(),
             }
             .run(),
@@ -170,8 +171,6 @@ struct Loop {
     unhealthy: watch::Receiver<BTreeSet<ServiceKey>>,
     model: watch::Sender<Option<Arc<ClusterModel>>>,
     metrics: EdgeMetrics,
-    /// Services whose status we wrote (cleared again when they leave us).
-    written: BTreeSet<ServiceKey>,
     /// Conditions already told as Events, per Service.
     posted: BTreeMap<ServiceKey, BTreeSet<Condition>>,
 }
@@ -199,7 +198,7 @@ impl Loop {
                 &Context {
                     kubernetes: self.settings.clone(),
                     pools: self.pools.borrow().clone(),
-                    written: self.written.clone(),
+                    field_manager: CONTROLLER.to_string(),
                     unhealthy: self.unhealthy.borrow().clone(),
                 },
             );
@@ -259,11 +258,6 @@ impl Loop {
                         .with_label_values(&["ok"])
                         .inc();
                     tracing::info!(service = %update.key, ingress = ?update.ingress, "status written");
-                    if update.ingress.is_empty() {
-                        self.written.remove(&update.key);
-                    } else {
-                        self.written.insert(update.key.clone());
-                    }
                 }
                 Err(e) => {
                     self.metrics
@@ -333,12 +327,21 @@ async fn write_status(
         .iter()
         .map(|ip| serde_json::json!({"ip": ip.to_string(), "ipMode": "Proxy"}))
         .collect();
-    let patch = if ingress.is_empty() {
-        serde_json::json!({"status": {"loadBalancer": {"ingress": null}}})
+    let ingress = if ingress.is_empty() {
+        serde_json::Value::Null
     } else {
-        serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}})
+        serde_json::Value::Array(ingress)
     };
-    let params = PatchParams::default();
+    // A merge patch carrying a resourceVersion is a precondition: the API
+    // server answers 409 if the object changed since it was read.
+    let mut patch = serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}});
+    if let Some(version) = &update.resource_version {
+        patch["metadata"] = serde_json::json!({"resourceVersion": version});
+    }
+    let params = PatchParams {
+        field_manager: Some(CONTROLLER.into()),
+        ..PatchParams::default()
+    };
     let result =
         with_timeout(api.patch_status(&update.key.name, &params, &Patch::Merge(&patch))).await;
     (update, result)
@@ -390,7 +393,157 @@ fn hostname() -> Option<String> {
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ClientError> {
     let opts = KubeOptions {
         kubeconfig: kubeconfig.map(Path::to_path_buf),
-        ..KubeOptions::default()
+        ..KubeOptions::new(CONTROLLER)
     };
     portico_kube_watch::client(&opts).await
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::api::{DeleteParams, PostParams};
+    use portico_config::AddressRange;
+    use portico_kube_fake::FakeApiServer;
+    use serde_json::json;
+
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(10);
+    const OTHER: &str = "example.com/other-lb";
+
+    fn lb(name: &str, class: &str) -> core::Service {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": name},
+            "spec": {
+                "type": "LoadBalancer",
+                "loadBalancerClass": class,
+                "ports": [{"name": "http", "protocol": "TCP", "port": 80, "nodePort": 30080}],
+            },
+        }))
+        .expect("a Service")
+    }
+
+    fn pool() -> Vec<AddressPool> {
+        vec![AddressPool {
+            name: "public".into(),
+            ranges: vec![AddressRange {
+                first: "203.0.113.1".parse().unwrap(),
+                last: "203.0.113.9".parse().unwrap(),
+            }],
+        }]
+    }
+
+    fn ingress_of(fake: &FakeApiServer, name: &str) -> Vec<String> {
+        fake.get::<core::Service>(Some("shop"), name)
+            .and_then(|s| s.status?.load_balancer?.ingress)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|i| i.ip)
+            .collect()
+    }
+
+    async fn wait_ingress(fake: &FakeApiServer, name: &str, want: &[&str]) {
+        let ok = fake
+            .wait_for(
+                |s| {
+                    let got: Vec<String> = s
+                        .get_as::<core::Service>(Some("shop"), name)
+                        .and_then(|s| s.status?.load_balancer?.ingress)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|i| i.ip)
+                        .collect();
+                    got == want
+                },
+                WAIT,
+            )
+            .await;
+        assert!(ok, "{name}: {:?}, not {want:?}", ingress_of(fake, name));
+    }
+
+    /// Another load-balancer controller writing its status.
+    async fn other_controller_writes(api: &Api<core::Service>, name: &str, ip: &str) {
+        let params = PatchParams {
+            field_manager: Some("other-lb-controller".into()),
+            ..PatchParams::default()
+        };
+        let patch = json!({"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}});
+        api.patch_status(name, &params, &Patch::Merge(&patch))
+            .await
+            .expect("the other controller's status write");
+    }
+
+    /// The edge only takes back the status it wrote: a Service moved to
+    /// another class, or deleted and re-created under one, keeps the
+    /// other controller's ingress, even an address from the edge's pool.
+    #[tokio::test]
+    async fn a_status_another_controller_wrote_is_left_alone() {
+        let fake = FakeApiServer::start().await;
+        let client = fake.client();
+        let api: Api<core::Service> = Api::namespaced(client.clone(), "shop");
+        let create = PostParams::default();
+        for name in ["moved", "recreated"] {
+            api.create(&create, &lb(name, "portico.io/edge"))
+                .await
+                .expect("created");
+        }
+        let source = ClusterSource::start(
+            client,
+            KubernetesSettings::default(),
+            pool(),
+            EdgeMetrics::new(),
+        );
+        wait_ingress(&fake, "moved", &["203.0.113.1"]).await;
+        wait_ingress(&fake, "recreated", &["203.0.113.2"]).await;
+        // Written under the edge's own name.
+        let moved: core::Service = fake.get(Some("shop"), "moved").unwrap();
+        assert!(super::super::reconcile::wrote_ingress(&moved, CONTROLLER));
+
+        // Re-created under another class, whose controller hands out an
+        // address the edge's pool also holds.
+        api.delete("recreated", &DeleteParams::default())
+            .await
+            .expect("deleted");
+        api.create(&create, &lb("recreated", OTHER))
+            .await
+            .expect("re-created");
+        other_controller_writes(&api, "recreated", "203.0.113.2").await;
+
+        // Moved to another class the only way the API allows (through a
+        // type that has none), then served by the other controller.
+        let clear_class = json!({"spec": {"type": "ClusterIP", "loadBalancerClass": null}});
+        api.patch(
+            "moved",
+            &PatchParams::default(),
+            &Patch::Merge(&clear_class),
+        )
+        .await
+        .expect("demoted");
+        wait_ingress(&fake, "moved", &[]).await;
+        let other_class = json!({"spec": {"type": "LoadBalancer", "loadBalancerClass": OTHER}});
+        api.patch(
+            "moved",
+            &PatchParams::default(),
+            &Patch::Merge(&other_class),
+        )
+        .await
+        .expect("promoted under another class");
+        other_controller_writes(&api, "moved", "198.51.100.7").await;
+
+        // A later Service of ours gets its address: the edge has seen
+        // everything above, and wrote nothing over the other controller.
+        api.create(&create, &lb("later", "portico.io/edge"))
+            .await
+            .expect("created");
+        wait_ingress(&fake, "later", &["203.0.113.1"]).await;
+        assert_eq!(ingress_of(&fake, "recreated"), ["203.0.113.2"]);
+        assert_eq!(ingress_of(&fake, "moved"), ["198.51.100.7"]);
+        let cleared = fake
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "PATCH" && r.path.ends_with("/status"))
+            .filter(|r| r.path.contains("/recreated/"))
+            .count();
+        assert_eq!(cleared, 2, "one write by the edge, one by the other");
+        source.stop();
+    }
 }

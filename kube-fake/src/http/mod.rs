@@ -40,6 +40,8 @@ pub struct RequestRecord {
     pub path: String,
     /// Raw query string (may be empty).
     pub query: String,
+    /// The `User-Agent` header, if any.
+    pub user_agent: Option<String>,
 }
 
 impl RequestRecord {
@@ -196,6 +198,11 @@ pub(crate) async fn handle(
         method: req.method().to_string(),
         path: req.uri().path().to_string(),
         query: req.uri().query().unwrap_or_default().to_string(),
+        user_agent: req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
     };
     tracing::debug!(method = %record.method, path = %record.path, query = %record.query, "request");
     {
