@@ -73,6 +73,10 @@ pub struct Options {
     pub store: Option<Store>,
     /// How many changes the watch history keeps (default [`store::DEFAULT_HISTORY`]).
     pub history_limit: usize,
+    /// Behave like an API server older than 1.29, which does not know
+    /// `status.loadBalancer.ingress[].ipMode` and drops it from every
+    /// Service written, without an error.
+    pub drop_ip_mode: bool,
 }
 
 impl Default for Options {
@@ -83,6 +87,7 @@ impl Default for Options {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             store: None,
             history_limit: store::DEFAULT_HISTORY,
+            drop_ip_mode: false,
         }
     }
 }
@@ -115,6 +120,7 @@ impl FakeApiServer {
         let mut store = opts.store.unwrap_or_default();
         store.compact();
         store.set_history_limit(opts.history_limit);
+        store.set_drop_ip_mode(opts.drop_ip_mode);
         let revision = store.revision();
         let shared = Arc::new(Shared {
             store: Mutex::new(store),

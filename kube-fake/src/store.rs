@@ -77,6 +77,7 @@ pub struct Store {
     objects: BTreeMap<(&'static str, &'static str), BTreeMap<String, Value>>,
     history: VecDeque<Change>,
     alloc: Allocator,
+    drop_ip_mode: bool,
 }
 
 impl Default for Store {
@@ -108,6 +109,7 @@ impl Store {
             objects: BTreeMap::new(),
             history: VecDeque::new(),
             alloc: Allocator::default(),
+            drop_ip_mode: false,
         }
     }
 
@@ -115,6 +117,24 @@ impl Store {
     pub fn set_history_limit(&mut self, limit: usize) {
         self.max_history = limit.max(1);
         self.trim();
+    }
+
+    /// Whether the store drops `status.loadBalancer.ingress[].ipMode` from
+    /// every Service written, as an API server older than 1.29 (which does
+    /// not know the field) does, silently.
+    pub fn set_drop_ip_mode(&mut self, drop: bool) {
+        self.drop_ip_mode = drop;
+    }
+
+    /// Removes what this server does not know from an object being written.
+    fn drop_unknown_fields(&self, res: &ResourceDef, obj: &mut Value) {
+        if self.drop_ip_mode && res.group.is_empty() && res.kind == "Service" {
+            if let Some(ingress) = obj["status"]["loadBalancer"]["ingress"].as_array_mut() {
+                for entry in ingress.iter_mut().filter_map(Value::as_object_mut) {
+                    entry.remove("ipMode");
+                }
+            }
+        }
     }
 
     /// The current revision (what a list returns as `metadata.resourceVersion`).
@@ -288,6 +308,7 @@ impl Store {
         }
         (res.default)(&mut obj, None, &mut self.alloc);
         fill_zero(&mut obj, &(res.zero)());
+        self.drop_unknown_fields(res, &mut obj);
         check(res, &name, &obj)?;
         let now = now_rfc3339();
         let meta = obj["metadata"]
@@ -496,6 +517,7 @@ impl Store {
         }
         (res.default)(&mut new, Some(old), &mut self.alloc);
         fill_zero(&mut new, &(res.zero)());
+        self.drop_unknown_fields(res, &mut new);
         let name = old["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
@@ -861,6 +883,32 @@ mod tests {
             .unwrap();
         assert_eq!(main["status"], out["status"]);
         assert_eq!(main["metadata"]["labels"]["b"], "1");
+    }
+
+    #[test]
+    fn an_older_server_drops_ip_mode_silently() {
+        let body = json!({"status": {"loadBalancer": {"ingress": [
+            {"ip": "203.0.113.1", "ipMode": "Proxy"}]}}});
+        for drop in [false, true] {
+            let mut s = Store::new();
+            s.set_drop_ip_mode(drop);
+            let res = svc_def();
+            s.create(res, svc("a"), None).unwrap();
+            let out = s
+                .patch(
+                    res,
+                    Some("default"),
+                    "a",
+                    PatchKind::Merge,
+                    &body,
+                    Subresource::Status,
+                    Some(&mgr("edge")),
+                )
+                .unwrap();
+            let entry = &out["status"]["loadBalancer"]["ingress"][0];
+            assert_eq!(entry["ip"], "203.0.113.1");
+            assert_eq!(entry.get("ipMode").is_none(), drop, "{entry}");
+        }
     }
 
     #[test]

@@ -59,6 +59,12 @@ struct RunArgs {
     /// Handle Services labelled `service.kubernetes.io/service-proxy-name=<this>`.
     #[arg(long, default_value = portico_config::cluster::DEFAULT_PROXY_NAME)]
     proxy_name: String,
+    /// The `spec.loadBalancerClass` the Portico edge serves (its
+    /// `kubernetes.loadBalancerClass`): such Services' load-balancer
+    /// addresses are never captured on the node, as with `ipMode: Proxy`,
+    /// even where the API server is too old to keep that field.
+    #[arg(long, default_value = portico_config::DEFAULT_LOAD_BALANCER_CLASS)]
+    load_balancer_class: String,
     /// kube-proxy-compatible node health server (`/healthz`, `/livez`).
     /// Where kube-proxy still runs for other Services it owns 10256:
     /// pick another port and point the edge's `kubeProxyPort` at it.
@@ -99,6 +105,7 @@ fn main() -> ExitCode {
                 watch_timeout_secs,
                 node_name,
                 proxy_name,
+                load_balancer_class,
                 health_addr,
                 health_bind_ip,
                 metrics_addr,
@@ -130,6 +137,7 @@ fn main() -> ExitCode {
                 node_name,
                 plan: PlanOptions {
                     proxy_name,
+                    load_balancer_class,
                     ..PlanOptions::default()
                 },
                 health_addr,

@@ -112,7 +112,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use portico_config::cluster::{ClusterService, EndpointSlice, DEFAULT_PROXY_NAME};
-use portico_config::Node;
+use portico_config::{Node, DEFAULT_LOAD_BALANCER_CLASS};
 
 pub use planner::{PlanChange, Planner};
 
@@ -134,6 +134,12 @@ pub struct PlanOptions {
     pub proxy_name: String,
     /// The mark bit that asks `nat-postrouting` to masquerade a connection.
     pub masquerade_mark: u32,
+    /// The `spec.loadBalancerClass` of the Services the Portico edge
+    /// serves. The edge proxies to NodePorts, so their load-balancer
+    /// addresses are never captured on the node, whether or not the API
+    /// server kept the `ipMode: Proxy` the edge wrote (servers older than
+    /// 1.29 drop the field).
+    pub load_balancer_class: String,
 }
 
 impl Default for PlanOptions {
@@ -141,6 +147,7 @@ impl Default for PlanOptions {
         PlanOptions {
             proxy_name: DEFAULT_PROXY_NAME.to_string(),
             masquerade_mark: DEFAULT_MASQUERADE_MARK,
+            load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.to_string(),
         }
     }
 }

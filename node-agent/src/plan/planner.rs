@@ -211,7 +211,7 @@ impl Planner {
             });
             let units = match cached {
                 Some(c) if same_service => c.units.clone(),
-                _ => Arc::new(units(svc)),
+                _ => Arc::new(units(svc, &self.opts.load_balancer_class)),
             };
             let lost = resolve_claims(svc, &units, &mut claims);
             if !force && same_service && same_slices && cached.is_some_and(|c| c.lost == lost) {

@@ -35,8 +35,9 @@ pub(super) struct Units {
 }
 
 /// Splits a Service into its units (port x family), reporting what its own
-/// spec makes unusable. Needs nothing but the Service.
-pub(super) fn units(svc: &ClusterService) -> Units {
+/// spec makes unusable. Needs nothing but the Service and the class of the
+/// Services the edge serves (see [`captured_addresses`]).
+pub(super) fn units(svc: &ClusterService, edge_class: &str) -> Units {
     let mut report = Report {
         object: service_object(&svc.key),
         skipped: Vec::new(),
@@ -57,7 +58,7 @@ pub(super) fn units(svc: &ClusterService) -> Units {
         }
         Vec::new()
     } else {
-        port_units(svc, &mut report)
+        port_units(svc, edge_class, &mut report)
     };
     Units {
         units,
@@ -83,9 +84,9 @@ impl Report {
 
 /// The units of a Service that has a ClusterIP: each usable port in each
 /// family it has a ClusterIP of.
-fn port_units(svc: &ClusterService, report: &mut Report) -> Vec<Unit> {
+fn port_units(svc: &ClusterService, edge_class: &str, report: &mut Report) -> Vec<Unit> {
     let cluster_ip = cluster_ip_per_family(svc, report);
-    let external_ips = captured_addresses(svc, &cluster_ip, report);
+    let external_ips = captured_addresses(svc, edge_class, &cluster_ip, report);
     if let SourceRanges::Invalid { errors } = &svc.source_ranges {
         if !external_ips.is_empty() {
             report.skip(
@@ -141,18 +142,27 @@ fn cluster_ip_per_family(svc: &ClusterService, report: &mut Report) -> BTreeMap<
 
 /// The addresses captured on the node, per family, as kube-proxy captures
 /// them: the load-balancer ingress addresses (except those of a proxying
-/// load balancer, `ipMode: Proxy`, whose traffic arrives on NodePorts) and
+/// load balancer, whose traffic arrives on NodePorts) and
 /// `spec.externalIPs`; only in families the Service has a ClusterIP of.
+///
+/// A proxying load balancer says so with `ipMode: Proxy`; the Services of
+/// `edge_class` (the Portico edge's LoadBalancers) are treated as such
+/// whatever their `ipMode`, since an API server older than 1.29 drops the
+/// field the edge writes, and capturing the edge's address on the node
+/// would keep the node's own clients from reaching the edge.
 fn captured_addresses(
     svc: &ClusterService,
+    edge_class: &str,
     cluster_ip: &BTreeMap<Family, IpAddr>,
     report: &mut Report,
 ) -> BTreeMap<Family, Vec<IpAddr>> {
+    let proxied_by_the_edge = svc.service_type == ServiceType::LoadBalancer
+        && svc.load_balancer_class.as_deref() == Some(edge_class);
     let captured = svc
         .ingress
         .iter()
         .enumerate()
-        .filter(|(_, ingress)| ingress.ip_mode != Some(IpMode::Proxy))
+        .filter(|(_, ingress)| ingress.ip_mode != Some(IpMode::Proxy) && !proxied_by_the_edge)
         .map(|(i, ingress)| (format!("status.loadBalancer.ingress[{i}].ip"), ingress.ip))
         .chain(
             svc.external_ips
@@ -241,5 +251,56 @@ fn first_claim<K: Ord>(seen: &mut BTreeMap<K, usize>, key: K, index: usize) -> O
             None
         }
         Entry::Occupied(owner) => Some(*owner.get()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use portico_config::cluster::LoadBalancerIngress;
+    use portico_config::DEFAULT_LOAD_BALANCER_CLASS;
+
+    use super::super::test_support::web;
+    use super::*;
+
+    /// A LoadBalancer `web` of `class` showing 203.0.113.7 with `ip_mode`.
+    fn lb(class: Option<&str>, ip_mode: Option<IpMode>) -> ClusterService {
+        let mut svc = web(Some("portico"));
+        svc.service_type = ServiceType::LoadBalancer;
+        svc.load_balancer_class = class.map(str::to_string);
+        svc.ingress = vec![LoadBalancerIngress {
+            ip: "203.0.113.7".parse().unwrap(),
+            ip_mode,
+        }];
+        svc
+    }
+
+    fn captured(svc: &ClusterService, edge_class: &str) -> Vec<IpAddr> {
+        units(svc, edge_class)
+            .units
+            .iter()
+            .flat_map(|u| u.external_ips.clone())
+            .collect()
+    }
+
+    #[test]
+    fn the_edges_addresses_are_never_captured_whatever_the_ip_mode() {
+        let edge = DEFAULT_LOAD_BALANCER_CLASS;
+        let address: IpAddr = "203.0.113.7".parse().unwrap();
+        // The edge's Service on a server that dropped ipMode, or kept it.
+        for mode in [None, Some(IpMode::Proxy), Some(IpMode::Vip)] {
+            assert!(captured(&lb(Some(edge), mode), edge).is_empty(), "{mode:?}");
+        }
+        // Another load balancer's: as kube-proxy, by ipMode alone.
+        let other = Some("example.com/other-lb");
+        assert_eq!(captured(&lb(other, None), edge), [address]);
+        assert_eq!(captured(&lb(other, Some(IpMode::Vip)), edge), [address]);
+        assert!(captured(&lb(other, Some(IpMode::Proxy)), edge).is_empty());
+        assert_eq!(captured(&lb(None, None), edge), [address]);
+        // The class is a setting: an edge run under another class.
+        assert_eq!(
+            captured(&lb(Some(edge), None), "example.com/edge-b"),
+            [address]
+        );
+        assert!(captured(&lb(other, None), "example.com/other-lb").is_empty());
     }
 }

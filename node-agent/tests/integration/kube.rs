@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
-use portico_kube_fake::FakeApiServer;
+use portico_kube_fake::{FakeApiServer, Options};
 use serde_json::{json, Value};
 
 use crate::support::netns::*;
@@ -130,6 +130,11 @@ struct Scenario {
 
 impl Scenario {
     fn new(test: &str) -> Scenario {
+        Scenario::with_api(test, Options::default())
+    }
+
+    /// The scenario with an API server started with `opts`.
+    fn with_api(test: &str, opts: Options) -> Scenario {
         let (lab, pods) = Lab::new("pk", test, &["pod-a", "pod-b"]);
         let servers = lab.serve(&pods);
         let node_name = lab.ns("node");
@@ -138,7 +143,10 @@ impl Scenario {
             .enable_all()
             .build()
             .expect("runtime");
-        let fake = in_netns(&node_name, || rt.block_on(FakeApiServer::start()));
+        let fake = in_netns(&node_name, || {
+            rt.block_on(FakeApiServer::start_with(opts))
+                .expect("fake API server started")
+        });
         let kubeconfig = tempfile::tempdir().expect("kubeconfig dir");
         fake.write_kubeconfig(&kubeconfig.path().join("config"))
             .expect("write kubeconfig");
@@ -568,4 +576,62 @@ fn api_outage_keeps_the_rules_and_a_relist_converges() {
     );
     s.agent().assert_running();
     log(&format!("outage: done in {:?}", started.elapsed()));
+}
+
+/// An API server older than 1.29 drops the `ipMode: Proxy` the edge
+/// writes. The agent still leaves the edge's address alone (its Service is
+/// of the edge's class: the edge proxies to NodePorts, and capturing its
+/// address would keep the node from reaching the edge), while another load
+/// balancer's address without `ipMode` is captured, as kube-proxy does.
+#[test]
+fn the_edges_address_is_not_captured_when_the_server_drops_ip_mode() {
+    if !privileged("the_edges_address_is_not_captured_when_the_server_drops_ip_mode") {
+        return;
+    }
+    let mut s = Scenario::with_api(
+        "ipmode",
+        Options {
+            drop_ip_mode: true,
+            ..Options::default()
+        },
+    );
+    let status = |ip: &str| json!({"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "Proxy"}]}});
+    let mut web = service_json("web", CLUSTER_IP, NODE_PORT, true);
+    web["spec"]["loadBalancerClass"] = json!("portico.io/edge");
+    web["status"] = status("203.0.113.7");
+    s.put(web);
+    let mut vip = service_json("vip", "10.96.0.12", 30082, true);
+    vip["spec"]["loadBalancerClass"] = json!("example.com/other-lb");
+    vip["status"] = status("203.0.113.8");
+    s.put(vip);
+    s.put(slice_json("vip", &[&s.pods[0]], &s.node_name));
+    let kept: Vec<Service> = s.fake.list();
+    for svc in &kept {
+        for entry in svc
+            .status
+            .as_ref()
+            .and_then(|st| st.load_balancer.as_ref()?.ingress.clone())
+            .unwrap_or_default()
+        {
+            assert_eq!(entry.ip_mode, None, "the server dropped ipMode");
+        }
+    }
+
+    s.start_agent(Duration::from_secs(60), Duration::from_secs(60));
+    let table = s.wait_table(
+        "both NodePorts and the other load balancer's address",
+        Duration::from_secs(20),
+        |t| {
+            has_node_port(t, NODE_PORT)
+                && has_node_port(t, 30082)
+                && t.contains("203.0.113.8 . tcp . 80")
+        },
+    );
+    log(&format!("programmed after {table:?}"));
+    let table = s.table().expect("the table");
+    assert!(
+        !table.contains("203.0.113.7"),
+        "the edge's address captured on the node:\n{table}"
+    );
+    s.reach_all(&["pod-a", "pod-b"]);
 }
