@@ -11,6 +11,12 @@
 //! honoured when they lie in a pool and are free; then the rest get the next
 //! free address of their family.
 //!
+//! First come, first served: requests are served oldest first (the
+//! Service's `metadata.creationTimestamp`, then its name), so when a pool
+//! runs out the newest Services go without, and an older Service never
+//! loses an address (nor two that claim one after a restart) to a newer
+//! one.
+//!
 //! Two Services may hold one address only when both carry the same sharing
 //! key (annotation `portico.io/allow-shared-ip`) and no port (protocol and
 //! number) is used by both.
@@ -23,8 +29,12 @@ use portico_config::{AddressPool, AddressRange, IpFamily, Protocol};
 /// What one Service asks of the IPAM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddressRequest {
-    /// Who asks (`namespace/name`); also the tie-breaker between requests.
+    /// Who asks (`namespace/name`); also the tie-breaker between requests
+    /// created in the same second.
     pub owner: String,
+    /// When the Service was created (seconds since the epoch): older
+    /// requests are served first. `None` (unknown) counts as oldest.
+    pub created: Option<i64>,
     /// One address per family, in this order (`spec.ipFamilies`).
     pub families: Vec<IpFamily>,
     /// Addresses the Service must get, or none at all (when not empty).
@@ -98,7 +108,7 @@ pub struct Assignment {
 /// owner.
 pub fn assign(pools: &[AddressPool], requests: &[AddressRequest]) -> BTreeMap<String, Assignment> {
     let mut order: Vec<&AddressRequest> = requests.iter().collect();
-    order.sort_by(|a, b| a.owner.cmp(&b.owner));
+    order.sort_by(|a, b| (a.created, &a.owner).cmp(&(b.created, &b.owner)));
     let mut book = Book::default();
     let mut chosen: BTreeMap<&str, BTreeMap<IpFamily, IpAddr>> = BTreeMap::new();
     let mut out: BTreeMap<String, Assignment> = BTreeMap::new();
@@ -346,6 +356,7 @@ mod tests {
     fn req(owner: &str) -> AddressRequest {
         AddressRequest {
             owner: owner.into(),
+            created: None,
             families: vec![IpFamily::V4],
             wanted: vec![],
             current: vec![],
@@ -366,6 +377,40 @@ mod tests {
         assert_eq!(addrs(&out, "ns/b"), ["203.0.113.2"]);
         assert_eq!(addrs(&out, "ns/c"), ["203.0.113.3"]);
         assert!(out.values().all(|a| a.problems.is_empty()));
+    }
+
+    #[test]
+    fn the_oldest_service_is_served_first_whatever_its_name() {
+        // A pool of one: the older Service gets it though its name sorts
+        // last; the newer is told the pool is exhausted.
+        let one = vec![AddressPool {
+            name: "one".into(),
+            ranges: vec![AddressRange {
+                first: ip("203.0.113.1"),
+                last: ip("203.0.113.1"),
+            }],
+        }];
+        let mut old = req("ns/z-old");
+        old.created = Some(1_000);
+        let mut new = req("ns/a-new");
+        new.created = Some(2_000);
+        let out = assign(&one, &[new.clone(), old.clone()]);
+        assert_eq!(addrs(&out, "ns/z-old"), ["203.0.113.1"]);
+        assert!(matches!(
+            out["ns/a-new"].problems[..],
+            [IpamError::Exhausted { .. }]
+        ));
+        // Created in the same second: the name decides.
+        new.created = old.created;
+        let out = assign(&one, &[old.clone(), new.clone()]);
+        assert_eq!(addrs(&out, "ns/a-new"), ["203.0.113.1"]);
+        // Both claiming the address (two edges, a restart): the older keeps it.
+        new.created = Some(2_000);
+        old.current = vec![ip("203.0.113.1")];
+        new.current = vec![ip("203.0.113.1")];
+        let out = assign(&one, &[new, old]);
+        assert_eq!(addrs(&out, "ns/z-old"), ["203.0.113.1"]);
+        assert!(out["ns/a-new"].addresses.is_empty());
     }
 
     #[test]

@@ -195,7 +195,7 @@ pub static RESOURCES: &[ResourceDef] = &[
             })
         },
         default: no_defaults,
-        validate: validate::nothing,
+        validate: validate::event,
     },
 ];
 

@@ -1,8 +1,9 @@
 //! Validation hooks: the checks of the real API server that client code meets.
 //!
-//! Only Service source ranges are checked (spec field and legacy annotation),
-//! with the real server's field paths and messages; other resources accept
-//! anything. A hook returns every problem it finds, each becoming one `cause`
+//! Service source ranges are checked (spec field and legacy annotation), and
+//! `events.k8s.io/v1` Events as strictly as the real server checks them on
+//! create, with the real server's field paths and messages; other resources
+//! accept anything. A hook returns every problem it finds, each becoming one `cause`
 //! of a 422 `Invalid` Status.
 
 use serde_json::Value;
@@ -40,6 +41,66 @@ impl FieldError {
             message: format!("Forbidden: {detail}"),
         }
     }
+}
+
+/// The longest `note` of an `events.k8s.io/v1` Event, in bytes.
+pub const NOTE_LENGTH_LIMIT: usize = 1024;
+/// The longest `reason`, `action` and `reportingInstance`, in bytes.
+pub const EVENT_FIELD_LENGTH_LIMIT: usize = 128;
+
+impl FieldError {
+    fn required(field: impl Into<String>) -> Self {
+        FieldError {
+            reason: "FieldValueRequired",
+            field: field.into(),
+            message: "Required value".into(),
+        }
+    }
+}
+
+/// `events.k8s.io/v1` Event checks on create (the real server's
+/// `ValidateEventCreate`): `eventTime`, `reportingController`,
+/// `reportingInstance`, `action` and `reason` are required, `type` is
+/// `Normal` or `Warning`, and lengths are bounded (the note to
+/// [`NOTE_LENGTH_LIMIT`] bytes, reported under the internal name
+/// `message` as the real server does).
+pub fn event(obj: &Value) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let text = |field: &str| obj[field].as_str().unwrap_or_default();
+    if obj["eventTime"].is_null() {
+        errors.push(FieldError::required("eventTime"));
+    }
+    let kind = text("type");
+    if kind != "Normal" && kind != "Warning" {
+        errors.push(FieldError::invalid(
+            "type",
+            "",
+            &format!("has invalid value: {kind}"),
+        ));
+    }
+    if text("reportingController").is_empty() {
+        errors.push(FieldError::required("reportingController"));
+    }
+    for field in ["reportingInstance", "action", "reason"] {
+        if text(field).is_empty() {
+            errors.push(FieldError::required(field));
+        }
+        if text(field).len() > EVENT_FIELD_LENGTH_LIMIT {
+            errors.push(FieldError::invalid(
+                field,
+                "",
+                &format!("can have at most {EVENT_FIELD_LENGTH_LIMIT} characters"),
+            ));
+        }
+    }
+    if text("note").len() > NOTE_LENGTH_LIMIT {
+        errors.push(FieldError::invalid(
+            "message",
+            "",
+            &format!("can have at most {NOTE_LENGTH_LIMIT} characters"),
+        ));
+    }
+    errors
 }
 
 /// Accepts everything.
@@ -162,6 +223,39 @@ mod tests {
         let svc = json!({"metadata": {"annotations": {SOURCE_RANGES_ANNOTATION: "nonsense"}},
             "spec": {"type": "LoadBalancer", "loadBalancerSourceRanges": ["10.0.0.0/8"]}});
         assert!(service(&svc).is_empty());
+    }
+
+    #[test]
+    fn events_like_the_real_server() {
+        let good = json!({"eventTime": "2026-12-01T10:00:00.000000Z", "type": "Normal",
+            "reportingController": "portico-edge", "reportingInstance": "lb-1",
+            "action": "EnsureLoadBalancer", "reason": "AddressAssigned", "note": "x"});
+        assert!(event(&good).is_empty());
+        let mut long = good.clone();
+        long["note"] = json!("x".repeat(NOTE_LENGTH_LIMIT + 1));
+        assert_eq!(
+            event(&long),
+            [FieldError {
+                reason: "FieldValueInvalid",
+                field: "message".into(),
+                message: "Invalid value: \"\": can have at most 1024 characters".into(),
+            }]
+        );
+        let fields: Vec<String> = event(&json!({"note": "x"}))
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "eventTime",
+                "type",
+                "reportingController",
+                "reportingInstance",
+                "action",
+                "reason"
+            ]
+        );
     }
 
     #[test]

@@ -6,8 +6,12 @@
 //!   `portico.io/...` annotations;
 //! - [`reconcile`]: the whole cluster -> what to serve, what to write back
 //!   (pure; addresses come from [`crate::ipam`]);
+//! - [`events`]: the Events told to the Services' owners (pure: their
+//!   shape, their length, which refusals are final, which are already
+//!   there);
 //! - [`watch`]: the watches, the reconcile loop and the writes (IO).
 
+pub mod events;
 pub mod reconcile;
 pub mod translate;
 pub mod watch;

@@ -122,11 +122,13 @@ pub fn reconcile(
         };
         let current: Vec<IpAddr> = read.value.ingress.iter().map(|i| i.ip).collect();
         if translate::is_ours(&read.value, &ctx.kubernetes) {
-            ours.push((
-                translate::translate(read, svc.metadata.annotations.as_ref()),
-                current,
-                svc.metadata.resource_version.clone(),
-            ));
+            let mut t = translate::translate(read, svc.metadata.annotations.as_ref());
+            t.request.created = svc
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second());
+            ours.push((t, current, svc.metadata.resource_version.clone()));
         } else if !current.is_empty() && wrote_ingress(svc, &ctx.field_manager) {
             out.statuses.push(StatusUpdate {
                 key: read.value.key,
@@ -142,29 +144,7 @@ pub fn reconcile(
     for (t, current, resource_version) in ours {
         let key = t.service.key.clone();
         let assignment = assignments.remove(&key.to_string()).unwrap_or_default();
-        let mut conditions = BTreeSet::new();
-        for p in &t.problems {
-            let reason = if p.field.contains("SourceRanges") || p.field.contains("source-ranges") {
-                reason::INVALID_SOURCE_RANGE
-            } else {
-                reason::INVALID_SETTING
-            };
-            conditions.insert(Condition {
-                warning: true,
-                reason,
-                message: format!("{}: {}", p.field, p.message),
-            });
-        }
-        for e in &assignment.problems {
-            conditions.insert(Condition {
-                warning: true,
-                reason: match e {
-                    IpamError::Exhausted { .. } => reason::POOL_EXHAUSTED,
-                    _ => reason::ADDRESS_NOT_ASSIGNED,
-                },
-                message: e.to_string(),
-            });
-        }
+        let mut conditions = problem_conditions(&t.problems, &assignment.problems);
         let no_node_port: Vec<String> = t
             .service
             .ports
@@ -182,7 +162,9 @@ pub fn reconcile(
                 ),
             });
         }
-        if !assignment.addresses.is_empty() {
+        // Announced once the API server shows the addresses: a status
+        // write that fails (or is still to come) announces nothing.
+        if !assignment.addresses.is_empty() && current == assignment.addresses {
             let shown: Vec<String> = assignment.addresses.iter().map(|a| a.to_string()).collect();
             conditions.insert(Condition {
                 warning: false,
@@ -213,6 +195,34 @@ pub fn reconcile(
     }
     out.services.sort_by(|a, b| a.key.cmp(&b.key));
     out
+}
+
+/// The warnings about what could not be read or assigned as asked.
+fn problem_conditions(read: &[FieldProblem], assigned: &[IpamError]) -> BTreeSet<Condition> {
+    let mut conditions = BTreeSet::new();
+    for p in read {
+        let reason = if p.field.contains("SourceRanges") || p.field.contains("source-ranges") {
+            reason::INVALID_SOURCE_RANGE
+        } else {
+            reason::INVALID_SETTING
+        };
+        conditions.insert(Condition {
+            warning: true,
+            reason,
+            message: format!("{}: {}", p.field, p.message),
+        });
+    }
+    for e in assigned {
+        conditions.insert(Condition {
+            warning: true,
+            reason: match e {
+                IpamError::Exhausted { .. } => reason::POOL_EXHAUSTED,
+                _ => reason::ADDRESS_NOT_ASSIGNED,
+            },
+            message: e.to_string(),
+        });
+    }
+    conditions
 }
 
 /// Whether `manager` wrote the `status.loadBalancer.ingress` a Service
@@ -317,7 +327,7 @@ mod tests {
     }
 
     #[test]
-    fn ours_get_addresses_statuses_and_an_assigned_condition() {
+    fn ours_get_addresses_and_statuses_then_an_assigned_condition() {
         let d = reconcile(
             &[
                 service("a", serde_json::json!({}), &[]),
@@ -352,10 +362,34 @@ mod tests {
                 resource_version: None,
             }]
         );
-        assert_eq!(reasons(&d, "a"), [reason::ADDRESS_ASSIGNED]);
+        // Announced once the status shows it: b's is, a's is still to be
+        // written.
+        assert_eq!(reasons(&d, "b"), [reason::ADDRESS_ASSIGNED]);
+        assert!(reasons(&d, "a").is_empty());
         assert!(!d.conditions.contains_key(&ServiceKey::new("ns", "other")));
         let names: Vec<&str> = d.nodes.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["n1", "n2"]);
+    }
+
+    #[test]
+    fn the_pool_goes_to_the_oldest_service_first() {
+        let created = |name: &str, at: &str| {
+            let mut svc = (*service(name, serde_json::json!({}), &[])).clone();
+            svc.metadata.creation_timestamp =
+                Some(serde_json::from_value(serde_json::json!(at)).unwrap());
+            Arc::new(svc)
+        };
+        let d = reconcile(
+            &[
+                created("a-new", "2026-12-01T10:00:01Z"),
+                created("z-old", "2026-12-01T10:00:00Z"),
+            ],
+            &[],
+            &ctx("203.0.113.1"),
+        );
+        let served: Vec<String> = d.services.iter().map(|s| s.key.to_string()).collect();
+        assert_eq!(served, ["ns/z-old"]);
+        assert_eq!(reasons(&d, "a-new"), [reason::POOL_EXHAUSTED]);
     }
 
     #[test]
@@ -363,10 +397,7 @@ mod tests {
         let mut c = ctx("203.0.113.9");
         c.unhealthy.insert(ServiceKey::new("ns", "a"));
         let d = reconcile(&[service("a", serde_json::json!({}), &[])], &[], &c);
-        assert_eq!(
-            reasons(&d, "a"),
-            [reason::ADDRESS_ASSIGNED, reason::NO_HEALTHY_NODES]
-        );
+        assert_eq!(reasons(&d, "a"), [reason::NO_HEALTHY_NODES]);
     }
 
     #[test]
@@ -414,11 +445,7 @@ mod tests {
         ));
         assert_eq!(
             reasons(&d, "a"),
-            [
-                reason::ADDRESS_ASSIGNED,
-                reason::INVALID_SOURCE_RANGE,
-                reason::NO_NODE_PORTS
-            ]
+            [reason::INVALID_SOURCE_RANGE, reason::NO_NODE_PORTS]
         );
     }
 

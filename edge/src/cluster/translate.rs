@@ -235,6 +235,8 @@ impl Annotations<'_> {
         };
         AddressRequest {
             owner: svc.key.to_string(),
+            // The reading carries no metadata; the reconcile fills it in.
+            created: None,
             families,
             wanted,
             current: svc.ingress.iter().map(|i| i.ip).collect(),

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1 as core;
-use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use k8s_openapi::api::events::v1 as events;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource};
@@ -30,6 +30,7 @@ use portico_kube_watch::{ClientError, KubeOptions, WatchMetrics, Watches};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+use super::events::{self as told, Told};
 use super::reconcile::{reconcile, Condition, Context, Desired, StatusUpdate};
 use crate::metrics::EdgeMetrics;
 
@@ -118,6 +119,7 @@ impl ClusterSource {
                 model: model_tx,
                 metrics,
                 posted: BTreeMap::new(),
+                told: BTreeSet::new(),
             }
             .run(),
         );
@@ -171,8 +173,12 @@ struct Loop {
     unhealthy: watch::Receiver<BTreeSet<ServiceKey>>,
     model: watch::Sender<Option<Arc<ClusterModel>>>,
     metrics: EdgeMetrics,
-    /// Conditions already told as Events, per Service.
+    /// Conditions already told as Events (or refused for good), per
+    /// Service.
     posted: BTreeMap<ServiceKey, BTreeSet<Condition>>,
+    /// The Events an earlier run of the edge recorded, found at the start:
+    /// a condition that still holds is not told again after a restart.
+    told: BTreeSet<Told>,
 }
 
 impl Loop {
@@ -184,13 +190,8 @@ impl Loop {
             return;
         }
         tracing::info!("Kubernetes source ready");
-        let recorder = Recorder::new(
-            self.client.clone(),
-            Reporter {
-                controller: CONTROLLER.into(),
-                instance: hostname(),
-            },
-        );
+        self.told = already_told(&self.client).await;
+        let instance = hostname().unwrap_or_else(|| CONTROLLER.to_string());
         loop {
             let desired = reconcile(
                 &self.services.state(),
@@ -204,7 +205,7 @@ impl Loop {
             );
             self.publish(&desired);
             self.write_statuses(&desired.statuses).await;
-            self.post_events(&desired, &recorder).await;
+            self.post_events(&desired, &instance).await;
 
             tokio::select! {
                 _ = self.changed.notified() => {
@@ -270,7 +271,7 @@ impl Loop {
         }
     }
 
-    async fn post_events(&mut self, desired: &Desired, recorder: &Recorder) {
+    async fn post_events(&mut self, desired: &Desired, instance: &str) {
         self.posted
             .retain(|key, _| desired.conditions.contains_key(key));
         let mut to_post = Vec::new();
@@ -289,11 +290,20 @@ impl Loop {
                 continue;
             };
             let reference = svc.object_ref(&());
-            to_post.extend(new.into_iter().map(|c| (key, c, reference.clone())));
+            let uid = reference.uid.clone().unwrap_or_default();
+            for c in new {
+                // Recorded by an earlier run and still true: not again.
+                if self.told.remove(&told::told_key(&uid, &c)) {
+                    posted.insert(c);
+                    continue;
+                }
+                to_post.push((key, c, reference.clone()));
+            }
         }
+        let client = &self.client;
         let posts: Vec<_> = to_post
             .into_iter()
-            .map(|(key, c, reference)| post_event(recorder, key, c, reference))
+            .map(|(key, c, reference)| post_event(client, instance, key, c, reference))
             .collect();
         let mut results = futures::stream::iter(posts).buffer_unordered(API_WRITES_IN_FLIGHT);
         while let Some((key, c, result)) = results.next().await {
@@ -308,10 +318,40 @@ impl Loop {
                     }
                     self.posted.entry(key.clone()).or_default().insert(c);
                 }
-                Err(e) => {
+                Err(EventError::Final(e)) => {
+                    // Asking again every pass cannot help (the namespace is
+                    // going away, the Event is refused as it is): the
+                    // condition counts as told, and is logged instead.
+                    tracing::warn!(service = %key, reason = c.reason, message = %c.message, error = %e, "event refused for good; not retried");
+                    self.posted.entry(key.clone()).or_default().insert(c);
+                }
+                Err(EventError::Retry(e)) => {
                     tracing::warn!(service = %key, reason = c.reason, error = %e, "event not recorded; retrying at the next pass");
                 }
             }
+        }
+    }
+}
+
+/// Why an Event was not recorded.
+#[derive(Debug)]
+enum EventError {
+    /// The API server refused it for good ([`told::refusal_is_final`]).
+    Final(String),
+    /// Worth another try (no answer, overload, a server error).
+    Retry(String),
+}
+
+/// The Events an earlier run recorded that are still there (a failure to
+/// list them only means they may be told again).
+async fn already_told(client: &Client) -> BTreeSet<Told> {
+    let api: Api<events::Event> = Api::all(client.clone());
+    let params = ListParams::default().fields(&format!("reportingController={CONTROLLER}"));
+    match with_timeout(api.list(&params)).await {
+        Ok(list) => told::told_by(&list.items, CONTROLLER),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the Events already recorded; conditions that still hold will be told again");
+            BTreeSet::new()
         }
     }
 }
@@ -349,23 +389,35 @@ async fn write_status(
 
 /// Records condition `c` of Service `key` as an Event on `reference`.
 async fn post_event<'a>(
-    recorder: &Recorder,
+    client: &Client,
+    instance: &str,
     key: &'a ServiceKey,
     c: Condition,
-    reference: k8s_openapi::api::core::v1::ObjectReference,
-) -> (&'a ServiceKey, Condition, Result<(), String>) {
-    let event = Event {
-        type_: if c.warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: c.reason.into(),
-        note: Some(c.message.clone()),
-        action: "EnsureLoadBalancer".into(),
-        secondary: None,
+    reference: core::ObjectReference,
+) -> (&'a ServiceKey, Condition, Result<(), EventError>) {
+    let namespace = reference.namespace.clone().unwrap_or_default();
+    let event = told::event(
+        &c,
+        reference,
+        CONTROLLER,
+        instance,
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    let api: Api<events::Event> = Api::namespaced(client.clone(), &namespace);
+    let params = PostParams {
+        field_manager: Some(CONTROLLER.into()),
+        ..PostParams::default()
     };
-    let result = with_timeout(recorder.publish(&event, &reference)).await;
+    let result = match tokio::time::timeout(CALL_TIMEOUT, api.create(&params, &event)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(kube::Error::Api(status))) if told::refusal_is_final(status.code) => {
+            Err(EventError::Final(status.to_string()))
+        }
+        Ok(Err(e)) => Err(EventError::Retry(e.to_string())),
+        Err(_) => Err(EventError::Retry(format!(
+            "no answer within {CALL_TIMEOUT:?}"
+        ))),
+    };
     (key, c, result)
 }
 
@@ -544,6 +596,94 @@ mod tests {
             .filter(|r| r.path.contains("/recreated/"))
             .count();
         assert_eq!(cleared, 2, "one write by the edge, one by the other");
+        source.stop();
+    }
+
+    /// The Events `reason` recorded on Service `name`.
+    fn events_of(fake: &FakeApiServer, name: &str, reason: &str) -> Vec<events::Event> {
+        fake.read(|s| events_in(s, name, reason))
+    }
+
+    fn events_in(store: &portico_kube_fake::Store, name: &str, reason: &str) -> Vec<events::Event> {
+        store
+            .list_as::<events::Event>()
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .collect()
+    }
+
+    async fn wait_event(fake: &FakeApiServer, name: &str, reason: &str) -> events::Event {
+        let ok = fake
+            .wait_for(|s| !events_in(s, name, reason).is_empty(), WAIT)
+            .await;
+        assert!(ok, "no {reason} Event on {name}");
+        events_of(fake, name, reason).remove(0)
+    }
+
+    fn revision(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> u64 {
+        meta.resource_version.as_deref().unwrap().parse().unwrap()
+    }
+
+    /// Events fit the API's limits (the server refuses a longer note), an
+    /// address is announced only after the status showing it is written,
+    /// and a restarted edge does not tell again what is still true.
+    #[tokio::test]
+    async fn events_fit_follow_the_status_and_are_not_repeated_after_a_restart() {
+        let fake = FakeApiServer::start().await;
+        let client = fake.client();
+        let api: Api<core::Service> = Api::namespaced(client.clone(), "shop");
+        let create = PostParams::default();
+        api.create(&create, &lb("web", "portico.io/edge"))
+            .await
+            .expect("created");
+        let mut bad = lb("bad", "portico.io/edge");
+        bad.metadata.annotations = Some(
+            [(
+                super::super::translate::LOAD_BALANCER_IPS.to_string(),
+                "x".repeat(3000),
+            )]
+            .into(),
+        );
+        api.create(&create, &bad).await.expect("created");
+        let start = || {
+            ClusterSource::start(
+                client.clone(),
+                KubernetesSettings::default(),
+                pool(),
+                EdgeMetrics::new(),
+            )
+        };
+        let source = start();
+        let assigned = wait_event(&fake, "web", "AddressAssigned").await;
+        let web: core::Service = fake.get(Some("shop"), "web").unwrap();
+        assert_eq!(ingress_of(&fake, "web"), ["203.0.113.1"]);
+        assert!(
+            revision(&assigned.metadata) > revision(&web.metadata),
+            "announced after the status write"
+        );
+        assert_eq!(assigned.reporting_controller.as_deref(), Some(CONTROLLER));
+        let invalid = wait_event(&fake, "bad", "InvalidSetting").await;
+        let note = invalid.note.unwrap_or_default();
+        assert!(note.len() <= told::NOTE_LIMIT, "{}", note.len());
+        assert!(note.ends_with(told::TRUNCATED), "{note}");
+        // Every Event went in with the edge's field manager.
+        let event_posts = fake
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path.contains("/events"))
+            .count();
+        assert_eq!(event_posts, 2);
+        source.stop();
+
+        // A new edge: what still holds was told already.
+        let source = start();
+        api.create(&create, &lb("later", "portico.io/edge"))
+            .await
+            .expect("created");
+        wait_event(&fake, "later", "AddressAssigned").await;
+        assert_eq!(events_of(&fake, "web", "AddressAssigned").len(), 1);
+        assert_eq!(events_of(&fake, "bad", "InvalidSetting").len(), 1);
         source.stop();
     }
 }

@@ -98,14 +98,13 @@ fn rbac_is_exactly_what_the_edge_uses() {
 
     assert_eq!(roles.len(), 1);
     let read: &[&str] = &["get", "list", "watch"];
-    let record: &[&str] = &["create", "patch"];
+    let record: &[&str] = &["create", "list"];
     assert_eq!(
         grants(&roles[0]),
         triples(&[
             ("", "services", read),
             ("", "nodes", read),
             ("", "services/status", &["patch", "update"]),
-            ("", "events", record),
             ("events.k8s.io", "events", record),
         ])
     );
