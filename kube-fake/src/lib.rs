@@ -7,9 +7,20 @@
 //! and both kinds of Events (see [`resource::RESOURCES`]), and is faithful
 //! where client code depends on it: one global resourceVersion, list paging
 //! and selectors, watch framing, bookmarks, `410 Expired` after compaction,
-//! the four PATCH flavours, conflicts, validation of Service source ranges,
-//! and the real `Status` error bodies (checked against recorded exchanges in
-//! `tests/fixtures/`).
+//! the four PATCH flavours, conflicts, validation of Service source ranges
+//! and of `events.k8s.io/v1` Events, a Service's NodePorts unique and its
+//! `loadBalancerClass` fixed while it stays a LoadBalancer, the fields (and
+//! the `status.loadBalancer`) of a type a Service leaves cleared, creates
+//! refused in a namespace that does not exist (404) or is being deleted
+//! (403), and the real `Status` error bodies (checked against exchanges in
+//! `tests/fixtures/`). [`Options::drop_ip_mode`] makes it an API server
+//! older than 1.29, which drops `status.loadBalancer.ingress[].ipMode`.
+//!
+//! Namespaces: `default`, `kube-system`, `kube-public` and
+//! `kube-node-lease` always exist, and so does any namespace that holds an
+//! object or has a Namespace object; a Namespace whose `status.phase` is
+//! `Terminating` (set through the control API: a DELETE removes it at
+//! once) refuses new objects.
 //!
 //! Tests also get control knobs a real cluster lacks: seeding and reading
 //! objects directly, [`FakeApiServer::compact`], dropping every connection
@@ -22,7 +33,10 @@
 //! plain merge patch (lists are replaced, not merged by key); server-side
 //! apply merges the applied fields and does not remove fields a manager
 //! stopped applying; `managedFields` are approximate (lists are atomic);
-//! DELETE ignores preconditions, grace periods and finalizers; only JSON
+//! DELETE ignores preconditions, grace periods and finalizers (a deleted
+//! Namespace goes at once, its objects stay); the NodePort and class rules
+//! and the namespace checks apply to client writes only (the control API
+//! seeds whatever a test needs); only JSON
 //! bodies are accepted (no protobuf, no YAML except for apply); no
 //! discovery endpoints beyond `/version`.
 
@@ -46,6 +60,7 @@ mod managed;
 pub mod patch;
 pub mod resource;
 pub mod selector;
+pub mod service;
 pub mod status;
 pub mod store;
 pub mod validate;

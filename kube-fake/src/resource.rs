@@ -79,8 +79,25 @@ impl ResourceDef {
     }
 }
 
+/// Namespaces that exist in every cluster.
+pub const BUILT_IN_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
+
 /// Every resource the fake serves.
 pub static RESOURCES: &[ResourceDef] = &[
+    ResourceDef {
+        group: "",
+        version: "v1",
+        kind: "Namespace",
+        plural: "namespaces",
+        namespaced: false,
+        has_status: true,
+        generation: false,
+        fields: &[("status.phase", "status.phase")],
+        zero: || json!({"metadata": {"creationTimestamp": null}, "spec": {}, "status": {}}),
+        default: default_namespace,
+        validate: validate::nothing,
+    },
     ResourceDef {
         group: "",
         version: "v1",
@@ -223,6 +240,9 @@ pub fn of<K: k8s_openapi::Resource>() -> Option<&'static ResourceDef> {
 pub struct Allocator {
     next_ip: u32,
     next_port: u16,
+    /// NodePorts other Services hold (set by the store before each
+    /// Service write): never handed out.
+    pub(crate) taken: std::collections::BTreeSet<u64>,
 }
 
 impl Default for Allocator {
@@ -230,6 +250,7 @@ impl Default for Allocator {
         Allocator {
             next_ip: 10,
             next_port: 30000,
+            taken: std::collections::BTreeSet::new(),
         }
     }
 }
@@ -242,9 +263,16 @@ impl Allocator {
     }
 
     fn node_port(&mut self) -> u16 {
-        let p = self.next_port;
-        self.next_port = if p >= 32767 { 30000 } else { p + 1 };
-        p
+        // The range has 2,768 ports; past that many taken, give up skipping.
+        for _ in 0..=2768 {
+            let p = self.next_port;
+            self.next_port = if p >= 32767 { 30000 } else { p + 1 };
+            if !self.taken.contains(&u64::from(p)) {
+                self.taken.insert(u64::from(p));
+                return p;
+            }
+        }
+        self.next_port
     }
 }
 
@@ -273,6 +301,15 @@ fn set_default(map: &mut Map<String, Value>, key: &str, value: Value) {
 
 /// Service defaulting and IP/port allocation, as the real registry does it.
 /// On update, allocated values the client left out are carried over from `old`.
+fn default_namespace(obj: &mut Value, _: Option<&Value>, _: &mut Allocator) {
+    if obj["spec"]["finalizers"].is_null() {
+        obj["spec"]["finalizers"] = json!(["kubernetes"]);
+    }
+    if obj["status"]["phase"].is_null() {
+        obj["status"]["phase"] = json!("Active");
+    }
+}
+
 fn default_service(obj: &mut Value, old: Option<&Value>, alloc: &mut Allocator) {
     let old_spec = old
         .and_then(|o| o.get("spec"))
@@ -298,15 +335,19 @@ fn default_service(obj: &mut Value, old: Option<&Value>, alloc: &mut Allocator) 
     if ty == "ExternalName" {
         return;
     }
-    for key in [
-        "clusterIP",
-        "clusterIPs",
-        "ipFamilies",
-        "ipFamilyPolicy",
-        "healthCheckNodePort",
-    ] {
+    for key in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
         if let Some(v) = old_spec.get(key) {
             set_default(spec, key, v.clone());
+        }
+    }
+    // Kept only while the Service still needs one.
+    if ty == "LoadBalancer"
+        && spec
+            .get("externalTrafficPolicy")
+            .is_none_or(|p| p == "Local")
+    {
+        if let Some(v) = old_spec.get("healthCheckNodePort") {
+            set_default(spec, "healthCheckNodePort", v.clone());
         }
     }
     if spec.get("clusterIP").is_none_or(|v| v.is_null() || v == "") {

@@ -65,8 +65,21 @@ pub enum ApiError {
         /// `(conflict with "manager" [using apiVersion], .field.path)` pairs.
         conflicts: Vec<(String, String)>,
     },
+    /// 403: a create in a namespace that is being deleted (the real
+    /// server's NamespaceLifecycle admission).
+    #[error("{} \"{name}\" is forbidden: unable to create new content in namespace {namespace} because it is being terminated", qualified(.plural, .group))]
+    NamespaceTerminating {
+        /// API group (empty for core).
+        group: String,
+        /// Plural.
+        plural: String,
+        /// Object name.
+        name: String,
+        /// The namespace being deleted.
+        namespace: String,
+    },
     /// 422: validation failed.
-    #[error("{kind} \"{name}\" is invalid: {}", invalid_summary(.causes))]
+    #[error("{} \"{name}\" is invalid: {}", qualified_kind(.kind, .group), invalid_summary(.causes))]
     Invalid {
         /// Kind, e.g. `Service` (the real server reports the kind here, not the plural).
         kind: String,
@@ -112,6 +125,22 @@ fn apply_conflict_message(conflicts: &[(String, String)]) -> String {
     )
 }
 
+/// `plural.group` (`plural` alone for the core group), as the real
+/// server names a resource in messages.
+fn qualified(plural: &str, group: &str) -> String {
+    qualified_kind(plural, group)
+}
+
+/// `Kind.group`, as Go's `GroupKind.String()` prints it (`Kind` alone for
+/// the core group).
+fn qualified_kind(kind: &str, group: &str) -> String {
+    if group.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}.{group}")
+    }
+}
+
 fn invalid_summary(causes: &[FieldError]) -> String {
     let each: Vec<String> = causes
         .iter()
@@ -155,6 +184,27 @@ impl ApiError {
         }
     }
 
+    /// 403 for a create of `name` of `res` in `namespace`, which is being
+    /// deleted.
+    pub fn namespace_terminating(res: &ResourceDef, name: &str, namespace: &str) -> Self {
+        ApiError::NamespaceTerminating {
+            group: res.group.into(),
+            plural: res.plural.into(),
+            name: name.into(),
+            namespace: namespace.into(),
+        }
+    }
+
+    /// 404 for a create in `namespace`, which does not exist.
+    pub fn namespace_not_found(namespace: &str) -> Self {
+        ApiError::NotFound {
+            resource: "namespaces".into(),
+            group: String::new(),
+            plural: "namespaces".into(),
+            name: namespace.into(),
+        }
+    }
+
     /// HTTP status code.
     pub fn code(&self) -> u16 {
         match self {
@@ -163,6 +213,7 @@ impl ApiError {
             | ApiError::Conflict { .. }
             | ApiError::ApplyConflict { .. } => 409,
             ApiError::Invalid { .. } | ApiError::Unprocessable(_) => 422,
+            ApiError::NamespaceTerminating { .. } => 403,
             ApiError::BadRequest(_) => 400,
             ApiError::Unauthorized => 401,
             ApiError::MethodNotAllowed => 405,
@@ -178,6 +229,7 @@ impl ApiError {
             ApiError::AlreadyExists { .. } => "AlreadyExists",
             ApiError::Conflict { .. } | ApiError::ApplyConflict { .. } => "Conflict",
             ApiError::Invalid { .. } | ApiError::Unprocessable(_) => "Invalid",
+            ApiError::NamespaceTerminating { .. } => "Forbidden",
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::Unauthorized => "Unauthorized",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
@@ -235,6 +287,23 @@ impl ApiError {
                     .map(|(who, field)| json!({"reason": "FieldManagerConflict", "message": who, "field": field}))
                     .collect();
                 d.insert("causes".into(), Value::Array(causes));
+                Some(d)
+            }
+            ApiError::NamespaceTerminating {
+                group,
+                plural,
+                name,
+                namespace,
+            } => {
+                let mut d = details(name, group, plural);
+                d.insert(
+                    "causes".into(),
+                    json!([{
+                        "reason": "NamespaceTerminating",
+                        "message": format!("namespace {namespace} is being terminated"),
+                        "field": "metadata.namespace",
+                    }]),
+                );
                 Some(d)
             }
             ApiError::NoRoute => Some(Map::new()),

@@ -21,6 +21,8 @@ use crate::patch::{self, PatchKind};
 use crate::resource::{self, fill_zero, Allocator, ResourceDef};
 use crate::status::ApiError;
 
+mod admission;
+
 /// How many changes the history keeps before the horizon moves on by itself.
 pub const DEFAULT_HISTORY: usize = 10_000;
 
@@ -124,17 +126,6 @@ impl Store {
     /// not know the field) does, silently.
     pub fn set_drop_ip_mode(&mut self, drop: bool) {
         self.drop_ip_mode = drop;
-    }
-
-    /// Removes what this server does not know from an object being written.
-    fn drop_unknown_fields(&self, res: &ResourceDef, obj: &mut Value) {
-        if self.drop_ip_mode && res.group.is_empty() && res.kind == "Service" {
-            if let Some(ingress) = obj["status"]["loadBalancer"]["ingress"].as_array_mut() {
-                for entry in ingress.iter_mut().filter_map(Value::as_object_mut) {
-                    entry.remove("ipMode");
-                }
-            }
-        }
     }
 
     /// The current revision (what a list returns as `metadata.resourceVersion`).
@@ -298,6 +289,9 @@ impl Store {
             },
         };
         obj["metadata"]["name"] = json!(name);
+        if let (Some(ns), Some(_)) = (&namespace, manager) {
+            self.check_namespace(res, &name, ns)?;
+        }
         if self.get(res, namespace.as_deref(), &name).is_some() {
             return Err(ApiError::already_exists(res, &name));
         }
@@ -306,10 +300,14 @@ impl Store {
                 o.remove("status");
             }
         }
+        self.alloc.taken = self.node_ports_taken(res, None);
         (res.default)(&mut obj, None, &mut self.alloc);
         fill_zero(&mut obj, &(res.zero)());
         self.drop_unknown_fields(res, &mut obj);
         check(res, &name, &obj)?;
+        if manager.is_some() {
+            self.check_client_write(res, &name, &obj, None)?;
+        }
         let now = now_rfc3339();
         let meta = obj["metadata"]
             .as_object_mut()
@@ -515,6 +513,11 @@ impl Store {
                 }
             }
         }
+        let client_main_write = write.is_some() && sub == Subresource::Main && is_service(res);
+        if client_main_write {
+            crate::service::drop_type_dependent_fields(&mut new, old);
+        }
+        self.alloc.taken = self.node_ports_taken(res, Some(&key_of(res, old)));
         (res.default)(&mut new, Some(old), &mut self.alloc);
         fill_zero(&mut new, &(res.zero)());
         self.drop_unknown_fields(res, &mut new);
@@ -523,6 +526,9 @@ impl Store {
             .unwrap_or_default()
             .to_string();
         check(res, &name, &new)?;
+        if client_main_write {
+            self.check_client_write(res, &name, &new, Some(old))?;
+        }
         if new == *old {
             return Ok(old.clone());
         }
@@ -605,6 +611,10 @@ fn ns_for<'a>(res: &ResourceDef, namespace: Option<&'a str>) -> Option<&'a str> 
 fn key_of(res: &ResourceDef, obj: &Value) -> String {
     let name = obj["metadata"]["name"].as_str().unwrap_or_default();
     object_key(ns_for(res, obj["metadata"]["namespace"].as_str()), name)
+}
+
+fn is_service(res: &ResourceDef) -> bool {
+    res.group.is_empty() && res.kind == "Service"
 }
 
 fn check(res: &ResourceDef, name: &str, obj: &Value) -> Result<(), ApiError> {
@@ -839,7 +849,9 @@ mod tests {
     fn status_patch_touches_only_status_and_noop_does_not_bump() {
         let mut s = Store::new();
         let res = svc_def();
-        s.create(res, svc("a"), None).unwrap();
+        let mut lb = svc("a");
+        lb["spec"]["type"] = json!("LoadBalancer");
+        s.create(res, lb, None).unwrap();
         let body = json!({"spec": {"type": "NodePort"},
             "status": {"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}]}}});
         let out = s
@@ -853,7 +865,7 @@ mod tests {
                 Some(&mgr("x")),
             )
             .unwrap();
-        assert_eq!(out["spec"]["type"], "ClusterIP");
+        assert_eq!(out["spec"]["type"], "LoadBalancer");
         assert_eq!(out["status"]["loadBalancer"]["ingress"][0]["ip"], "1.2.3.4");
         let rev = s.revision();
         let again = s
@@ -909,6 +921,23 @@ mod tests {
             assert_eq!(entry["ip"], "203.0.113.1");
             assert_eq!(entry.get("ipMode").is_none(), drop, "{entry}");
         }
+    }
+
+    #[test]
+    fn the_allocator_skips_node_ports_a_client_chose() {
+        let mut s = Store::new();
+        let mut chosen = svc("a");
+        chosen["spec"]["type"] = json!("NodePort");
+        chosen["spec"]["ports"][0]["nodePort"] = json!(30000);
+        s.create(svc_def(), chosen.clone(), Some(&mgr("x")))
+            .unwrap();
+        let mut auto = svc("b");
+        auto["spec"]["type"] = json!("NodePort");
+        let b = s.create(svc_def(), auto, Some(&mgr("x"))).unwrap();
+        assert_eq!(b["spec"]["ports"][0]["nodePort"], 30001);
+        chosen["metadata"]["name"] = json!("c");
+        let err = s.create(svc_def(), chosen, Some(&mgr("x"))).unwrap_err();
+        assert_eq!(err.code(), 422);
     }
 
     #[test]

@@ -468,10 +468,19 @@ mod tests {
             "spec": {
                 "type": "LoadBalancer",
                 "loadBalancerClass": class,
-                "ports": [{"name": "http", "protocol": "TCP", "port": 80, "nodePort": 30080}],
+                // The API server allocates each its own NodePort.
+                "ports": [{"name": "http", "protocol": "TCP", "port": 80}],
             },
         }))
         .expect("a Service")
+    }
+
+    /// A test API server with the namespace `shop`.
+    async fn fake_with_shop() -> FakeApiServer {
+        let fake = FakeApiServer::start().await;
+        fake.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}))
+            .expect("namespace");
+        fake
     }
 
     fn pool() -> Vec<AddressPool> {
@@ -529,7 +538,7 @@ mod tests {
     /// other controller's ingress, even an address from the edge's pool.
     #[tokio::test]
     async fn a_status_another_controller_wrote_is_left_alone() {
-        let fake = FakeApiServer::start().await;
+        let fake = fake_with_shop().await;
         let client = fake.client();
         let api: Api<core::Service> = Api::namespaced(client.clone(), "shop");
         let create = PostParams::default();
@@ -630,7 +639,7 @@ mod tests {
     /// and a restarted edge does not tell again what is still true.
     #[tokio::test]
     async fn events_fit_follow_the_status_and_are_not_repeated_after_a_restart() {
-        let fake = FakeApiServer::start().await;
+        let fake = fake_with_shop().await;
         let client = fake.client();
         let api: Api<core::Service> = Api::namespaced(client.clone(), "shop");
         let create = PostParams::default();
@@ -684,6 +693,53 @@ mod tests {
         wait_event(&fake, "later", "AddressAssigned").await;
         assert_eq!(events_of(&fake, "web", "AddressAssigned").len(), 1);
         assert_eq!(events_of(&fake, "bad", "InvalidSetting").len(), 1);
+        source.stop();
+    }
+
+    /// An Event the API server refuses for good (its namespace is being
+    /// deleted) is not posted again at every pass.
+    #[tokio::test]
+    async fn an_event_refused_for_good_is_not_retried() {
+        let fake = fake_with_shop().await;
+        let client = fake.client();
+        let create = PostParams::default();
+        let mut leaving = lb("web", "portico.io/edge");
+        leaving.metadata.namespace = Some("leaving".into());
+        fake.create(
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "leaving"}}),
+        )
+        .expect("namespace");
+        Api::<core::Service>::namespaced(client.clone(), "leaving")
+            .create(&create, &leaving)
+            .await
+            .expect("created");
+        fake.apply(json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "leaving"}, "status": {"phase": "Terminating"}}))
+            .expect("namespace being deleted");
+        let source = ClusterSource::start(
+            client.clone(),
+            KubernetesSettings::default(),
+            pool(),
+            EdgeMetrics::new(),
+        );
+        let is_post = |r: &portico_kube_fake::RequestRecord| {
+            r.method == "POST" && r.path.contains("/namespaces/leaving/events")
+        };
+        let tried = fake
+            .wait_for_requests(|reqs| reqs.iter().any(is_post), WAIT)
+            .await;
+        assert!(tried, "the AddressAssigned Event was tried");
+        // Passes after the refusal: each new Service makes one.
+        let api: Api<core::Service> = Api::namespaced(client, "shop");
+        for name in ["a", "b", "c"] {
+            api.create(&create, &lb(name, "portico.io/edge"))
+                .await
+                .expect("created");
+            wait_event(&fake, name, "AddressAssigned").await;
+        }
+        let posts = fake.requests().iter().filter(|r| is_post(r)).count();
+        assert_eq!(posts, 1, "refused once, never asked again");
+        assert!(events_of(&fake, "web", "AddressAssigned").is_empty());
         source.stop();
     }
 }

@@ -627,3 +627,36 @@ async fn wire_framing_matches_06_http1_chunked() {
     assert_eq!(event["type"], "BOOKMARK");
     assert_eq!(event["object"]["metadata"]["resourceVersion"], "1");
 }
+
+/// Exchanges written from the real server's sources (see the fixtures'
+/// README): NodePort uniqueness, the immutable class, the Event note limit,
+/// a namespace being deleted, a namespace that does not exist.
+#[tokio::test]
+async fn refusals_match_17_to_21() {
+    let server = seeded(Options::default()).await;
+    server
+        .create(json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "leaving"}, "status": {"phase": "Terminating"}}))
+        .unwrap();
+    for name in [
+        "17-create-nodeport-allocated",
+        "18-patch-load-balancer-class",
+        "19-create-event-note-too-long",
+        "20-create-event-namespace-terminating",
+        "21-create-in-missing-namespace",
+    ] {
+        let (head, body) = replay(&server, name).await;
+        assert_real_headers(&head, recorded_code(name));
+        assert_same(&body, &fixture_json(&format!("{name}.body")), EXACT);
+    }
+    // Nothing was written.
+    assert_eq!(
+        server.list::<k8s_openapi::api::core::v1::Service>().len(),
+        2
+    );
+    assert!(server
+        .list::<k8s_openapi::api::events::v1::Event>()
+        .is_empty());
+    let web: k8s_openapi::api::core::v1::Service = server.get(Some("default"), "web").unwrap();
+    assert_eq!(web.spec.unwrap().load_balancer_class, None);
+}

@@ -613,3 +613,54 @@ async fn bookmarks_arrive_at_the_configured_interval() {
         }
     }
 }
+
+/// A Service that stops being a LoadBalancer loses what only a
+/// LoadBalancer has, its status included, as the real server's
+/// `dropTypeDependentFields` does; a status write alone changes nothing of
+/// the kind, and an older server drops `ipMode`.
+#[tokio::test]
+async fn leaving_load_balancer_clears_its_fields_and_status() {
+    let server = FakeApiServer::start_with(Options {
+        drop_ip_mode: true,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let api: Api<Service> = Api::namespaced(server.client(), "default");
+    let lb: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"type": "LoadBalancer", "loadBalancerClass": "portico.io/edge",
+            "externalTrafficPolicy": "Local", "ports": [{"port": 80}]},
+    }))
+    .unwrap();
+    let created = api.create(&PostParams::default(), &lb).await.unwrap();
+    let spec = created.spec.unwrap();
+    assert!(spec.health_check_node_port.is_some());
+    assert!(spec.ports.unwrap()[0].node_port.is_some());
+    let status = json!({"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.1", "ipMode": "Proxy"}]}}});
+    let written = api
+        .patch_status("web", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    let ingress = written
+        .status
+        .unwrap()
+        .load_balancer
+        .unwrap()
+        .ingress
+        .unwrap();
+    assert_eq!(ingress[0].ip.as_deref(), Some("203.0.113.1"));
+    assert_eq!(ingress[0].ip_mode, None, "an older server drops ipMode");
+
+    let demote = json!({"spec": {"type": "ClusterIP"}});
+    let demoted = api
+        .patch("web", &PatchParams::default(), &Patch::Merge(&demote))
+        .await
+        .unwrap();
+    let spec = demoted.spec.unwrap();
+    assert_eq!(spec.load_balancer_class, None);
+    assert_eq!(spec.health_check_node_port, None);
+    assert_eq!(spec.allocate_load_balancer_node_ports, None);
+    assert_eq!(spec.ports.unwrap()[0].node_port, None);
+    assert_eq!(demoted.status.unwrap().load_balancer.unwrap().ingress, None);
+}
