@@ -237,6 +237,60 @@ mod tests {
         assert_eq!(service_chains(&p).len(), 1);
     }
 
+    /// Whether the plan sends anything to `addr`.
+    fn reaches(p: &Plan, addr: &str) -> bool {
+        format!("{:?}", p.ruleset).contains(addr)
+    }
+
+    #[test]
+    fn a_slice_port_without_a_number_is_ignored_as_kube_proxy_does() {
+        let svc = web(Some("portico"));
+        let opts = PlanOptions::default();
+        assert!(reaches(
+            &plan(std::slice::from_ref(&svc), &[web_slice()], &node(), &opts),
+            "10.244.0.10"
+        ));
+        // Absent or 0: not replaced by the Service's targetPort (8080).
+        for port in [None, Some(0)] {
+            let mut slice = web_slice();
+            slice.ports[0].port = port;
+            let p = plan(std::slice::from_ref(&svc), &[slice], &node(), &opts);
+            assert!(!reaches(&p, "10.244.0.10"), "{port:?}");
+            assert!(
+                p.skipped.iter().any(|s| s.field == "ports[0].port"),
+                "{port:?}: {:?}",
+                p.skipped
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_endpoint_address_costs_that_endpoint_only() {
+        let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": "default", "name": "web-1",
+                    "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
+                "endpoints": [
+                    {"addresses": ["10.244.0.10"], "nodeName": "node-a"},
+                    {"addresses": ["10.244.0.x"], "nodeName": "node-a"},
+                    {"addresses": ["10.244.0.12"], "nodeName": "node-a"},
+                ],
+            }))
+            .unwrap();
+        let read = portico_config::kube::read_endpoint_slice(&slice).expect("the slice is read");
+        assert_eq!(read.problems.len(), 1, "{:?}", read.problems);
+        assert_eq!(read.problems[0].field, "endpoints[1].addresses[0]");
+        let p = plan(
+            &[web(Some("portico"))],
+            &[read.value],
+            &node(),
+            &PlanOptions::default(),
+        );
+        assert!(reaches(&p, "10.244.0.10") && reaches(&p, "10.244.0.12"));
+    }
+
     #[test]
     fn planning_does_not_depend_on_input_order() {
         let mut other = web(Some("portico"));

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use portico_config::cluster::{AddressType, ClusterServicePort, EndpointSlice, TargetPort};
+use portico_config::cluster::{AddressType, ClusterServicePort, EndpointSlice};
 
 use super::FragmentBuilder;
 use crate::plan::names::slice_object;
@@ -50,28 +50,28 @@ impl FragmentBuilder<'_> {
             else {
                 continue;
             };
-            let target = match (sp.port, &port.target_port) {
-                (Some(p), _) => p,
-                (None, TargetPort::Number(n)) => *n,
-                (None, TargetPort::Name(name)) => {
+            // As kube-proxy: a slice port without a number, or with 0, is
+            // ignored (the Service's targetPort is not a stand-in: the
+            // slice's controller left it out for a reason).
+            let target = match sp.port {
+                Some(p) if p != 0 => p,
+                Some(_) => {
                     self.skip(
                         slice_object(&slice.key),
                         format!("ports[{pi}].port"),
-                        format!(
-                            "missing; named targetPort {name:?} cannot be resolved; slice skipped for this port"
-                        ),
+                        "0 is outside 1-65535; slice skipped for this port".to_string(),
+                    );
+                    continue;
+                }
+                None => {
+                    self.skip(
+                        slice_object(&slice.key),
+                        format!("ports[{pi}].port"),
+                        "missing; slice skipped for this port".to_string(),
                     );
                     continue;
                 }
             };
-            if target == 0 {
-                self.skip(
-                    slice_object(&slice.key),
-                    format!("ports[{pi}].port"),
-                    "0 is outside 1-65535; slice skipped for this port".to_string(),
-                );
-                continue;
-            }
             for (ei, ep) in slice.endpoints.iter().enumerate() {
                 let Some(addr) = ep.addresses.first() else {
                     self.skip(
