@@ -151,7 +151,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         fields: &[("addressType", "addressType")],
         zero: || json!({"metadata": {"creationTimestamp": null}, "addressType": "", "endpoints": null}),
         default: default_endpoint_slice,
-        validate: validate::nothing,
+        validate: validate::endpoint_slice,
     },
     ResourceDef {
         group: "",

@@ -1,8 +1,8 @@
 //! Validation hooks: the checks of the real API server that client code meets.
 //!
-//! Service source ranges are checked (spec field and legacy annotation), and
-//! `events.k8s.io/v1` Events as strictly as the real server checks them on
-//! create, with the real server's field paths and messages; other resources
+//! Service source ranges are checked (spec field and legacy annotation),
+//! EndpointSlice addresses and ports, and `events.k8s.io/v1` Events as
+//! strictly as the real server checks them on create, with the real server's field paths and messages; other resources
 //! accept anything. A hook returns every problem it finds, each becoming one `cause`
 //! of a 422 `Invalid` Status.
 
@@ -99,6 +99,53 @@ pub fn event(obj: &Value) -> Vec<FieldError> {
             "",
             &format!("can have at most {NOTE_LENGTH_LIMIT} characters"),
         ));
+    }
+    errors
+}
+
+/// EndpointSlice checks (the real server's `ValidateEndpointSlice`, the
+/// parts clients meet): each address must be one of the slice's
+/// `addressType` (parsed as the server parses them, leading zeros allowed),
+/// and a port number, when given, must be 1-65535.
+pub fn endpoint_slice(obj: &Value) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let want_v4 = match obj["addressType"].as_str() {
+        Some("IPv4") => Some(true),
+        Some("IPv6") => Some(false),
+        _ => None,
+    };
+    if let Some(v4) = want_v4 {
+        for (i, ep) in obj["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            for (j, addr) in ep["addresses"].as_array().into_iter().flatten().enumerate() {
+                let text = addr.as_str().unwrap_or_default();
+                let ok = portico_config::kube::parse_ip_sloppy(text)
+                    .is_some_and(|ip| ip.is_ipv4() == v4);
+                if !ok {
+                    let family = if v4 { "IPv4" } else { "IPv6" };
+                    errors.push(FieldError::invalid(
+                        format!("endpoints[{i}].addresses[{j}]"),
+                        text,
+                        &format!("must be a valid {family} address"),
+                    ));
+                }
+            }
+        }
+    }
+    for (i, port) in obj["ports"].as_array().into_iter().flatten().enumerate() {
+        if let Some(n) = port.get("port").and_then(Value::as_i64) {
+            if !(1..=65535).contains(&n) {
+                errors.push(FieldError {
+                    reason: "FieldValueInvalid",
+                    field: format!("ports[{i}].port"),
+                    message: format!("Invalid value: {n}: must be between 1 and 65535, inclusive"),
+                });
+            }
+        }
     }
     errors
 }
@@ -256,6 +303,36 @@ mod tests {
                 "reason"
             ]
         );
+    }
+
+    #[test]
+    fn endpoint_slices_like_the_real_server() {
+        let slice = json!({"addressType": "IPv4",
+            "endpoints": [{"addresses": ["010.0.0.1"]}, {"addresses": ["10.0.0.x"]}, {"addresses": ["fd00::1"]}],
+            "ports": [{"port": 80}, {"name": "none"}, {"port": 0}]});
+        let errs: Vec<(String, String)> = endpoint_slice(&slice)
+            .into_iter()
+            .map(|e| (e.field, e.message))
+            .collect();
+        assert_eq!(
+            errs,
+            [
+                (
+                    "endpoints[1].addresses[0]".to_string(),
+                    "Invalid value: \"10.0.0.x\": must be a valid IPv4 address".to_string()
+                ),
+                (
+                    "endpoints[2].addresses[0]".to_string(),
+                    "Invalid value: \"fd00::1\": must be a valid IPv4 address".to_string()
+                ),
+                (
+                    "ports[2].port".to_string(),
+                    "Invalid value: 0: must be between 1 and 65535, inclusive".to_string()
+                ),
+            ]
+        );
+        let fqdn = json!({"addressType": "FQDN", "endpoints": [{"addresses": ["db.example.com"]}]});
+        assert!(endpoint_slice(&fqdn).is_empty());
     }
 
     #[test]

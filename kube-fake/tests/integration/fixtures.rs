@@ -630,9 +630,10 @@ async fn wire_framing_matches_06_http1_chunked() {
 
 /// Exchanges written from the real server's sources (see the fixtures'
 /// README): NodePort uniqueness, the immutable class, the Event note limit,
-/// a namespace being deleted, a namespace that does not exist.
+/// a namespace being deleted, a namespace that does not exist, a malformed
+/// EndpointSlice address.
 #[tokio::test]
-async fn refusals_match_17_to_21() {
+async fn refusals_match_17_to_22() {
     let server = seeded(Options::default()).await;
     server
         .create(json!({"apiVersion": "v1", "kind": "Namespace",
@@ -644,6 +645,7 @@ async fn refusals_match_17_to_21() {
         "19-create-event-note-too-long",
         "20-create-event-namespace-terminating",
         "21-create-in-missing-namespace",
+        "22-create-endpointslice-invalid-address",
     ] {
         let (head, body) = replay(&server, name).await;
         assert_real_headers(&head, recorded_code(name));
