@@ -159,6 +159,10 @@ pub struct RawProxySettings {
     pub maglev_table_size: Option<i64>,
     /// `splice`: `auto`, `always` / `true` or `off` / `false`.
     pub splice: Option<RawNameOrBool>,
+    /// `maxConnections`.
+    pub max_connections: Option<i64>,
+    /// `maxUdpFlows`.
+    pub max_udp_flows: Option<i64>,
 }
 
 /// `settings.vip`.

@@ -5,7 +5,9 @@
 use std::net::SocketAddr;
 
 use super::checks::{dns_label, duration, port, positive, spelled, u32_in};
-use super::{Validator, MAX_CONNECT_RETRIES, MAX_MAGLEV_TABLE_SIZE, MIN_MAGLEV_TABLE_SIZE};
+use super::{
+    Validator, MAX_CONNECTIONS, MAX_CONNECT_RETRIES, MAX_MAGLEV_TABLE_SIZE, MIN_MAGLEV_TABLE_SIZE,
+};
 use crate::duration::format_duration;
 use crate::file::{
     RawHealthSettings, RawHookApiSettings, RawKubernetesSettings, RawNameOrBool, RawProxySettings,
@@ -245,6 +247,12 @@ impl Validator {
             |v| maglev_table_size(*v),
         );
         let splice = self.field(&p("splice"), raw.splice.as_ref(), d.splice, splice_mode);
+        let max_connections = raw
+            .max_connections
+            .and_then(|v| self.check(&p("maxConnections"), u32_in(v, 1, MAX_CONNECTIONS)));
+        let max_udp_flows = raw
+            .max_udp_flows
+            .and_then(|v| self.check(&p("maxUdpFlows"), u32_in(v, 1, MAX_CONNECTIONS)));
         if let Some(size) = maglev_table_size {
             if usize::try_from(size).is_ok_and(|size| size <= node_count) {
                 self.error(
@@ -265,6 +273,8 @@ impl Validator {
             drain_timeout: drain_timeout.unwrap_or(d.drain_timeout),
             maglev_table_size: maglev_table_size.unwrap_or(d.maglev_table_size),
             splice: splice.unwrap_or(d.splice),
+            max_connections,
+            max_udp_flows,
         }
     }
 }
@@ -479,6 +489,8 @@ settings:
     drainTimeout: 0
     maglevTableSize: 251
     splice: true
+    maxConnections: 5000
+    maxUdpFlows: 700
   vip:
     interface: eth0
   metricsListen: '[::1]:9100'
@@ -508,6 +520,8 @@ settings:
                 drain_timeout: Duration::ZERO,
                 maglev_table_size: 251,
                 splice: SpliceMode::Always,
+                max_connections: Some(5000),
+                max_udp_flows: Some(700),
             }
         );
         assert_eq!(s.vip.interface.as_deref(), Some("eth0"));
@@ -618,6 +632,19 @@ settings:
             "settings: {proxy: {drainTimeout: -1}}",
             &[("settings.proxy.drainTimeout", "must not be negative")],
         );
+    }
+
+    #[test]
+    fn connection_and_flow_caps_are_positive_and_bounded() {
+        assert_problems(
+            "settings: {proxy: {maxConnections: 0, maxUdpFlows: 10000001}}",
+            &[
+                ("settings.proxy.maxConnections", "0 is outside 1-10000000"),
+                ("settings.proxy.maxUdpFlows", "10000001 is outside 1-10000000"),
+            ],
+        );
+        let unset = valid("settings: {proxy: {}}").settings.proxy;
+        assert_eq!((unset.max_connections, unset.max_udp_flows), (None, None));
     }
 
     #[test]

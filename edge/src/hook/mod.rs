@@ -55,12 +55,14 @@
 //! `auth` the token check, and [`server`] the listener, the layers around
 //! the routes and the [`HookSource`] the edge reads.
 
+mod admission;
 mod auth;
 mod routes;
 pub mod server;
 pub mod state;
 pub mod store;
 
+pub use admission::{Admission, AdmitAll, NotAdmitted};
 pub use auth::read_token;
 pub use routes::{Operation, Route, ROUTES};
 pub use server::{HookError, HookSource, Limits};

@@ -29,6 +29,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Mutex};
 
+use super::admission::Admission;
 use super::state::{load_balancer_status, HookModel, HookState, Outcome, RequestError};
 use super::store;
 use crate::ipam::IpamError;
@@ -142,6 +143,8 @@ pub(super) struct Shared {
     pub pools: watch::Receiver<Vec<AddressPool>>,
     /// The model the edge reads, updated after every change.
     pub model: watch::Sender<Arc<HookModel>>,
+    /// Whether the edge would serve a load balancer (budget, clashes).
+    pub admission: Arc<dyn Admission>,
     /// The body limit (enforced by a layer; here for the 413 message).
     pub max_body: usize,
 }
@@ -182,6 +185,27 @@ impl Shared {
             }
         });
         Ok(())
+    }
+}
+
+impl Shared {
+    /// Refuses, with 409, a load balancer the edge would not serve in
+    /// `state` (a clash with the config file, the descriptor budget). The
+    /// others were admitted before, so it is weighed last.
+    fn admit(&self, key: &ServiceKey, state: &HookState) -> Result<(), ApiError> {
+        let model = state.model();
+        let (mut services, new): (Vec<_>, Vec<_>) =
+            model.services.into_iter().partition(|s| s.key != *key);
+        services.extend(new);
+        let refused = self.admission.left_out(&services, &model.nodes);
+        match refused.into_iter().find(|r| r.service == *key) {
+            None => Ok(()),
+            Some(r) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("{}; the load balancer is left as it was", r.reason),
+                Some(r.field.to_string()),
+            )),
+        }
     }
 }
 
@@ -274,6 +298,7 @@ async fn ensure(
         let mut state = s.state.lock().await;
         let pools = s.pools.borrow().clone();
         let out = state.ensure(&path.cluster, &key, body.service, body.nodes, &pools)?;
+        s.admit(&key, &out.state)?;
         let addresses = out
             .state
             .balancers()

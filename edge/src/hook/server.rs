@@ -20,7 +20,7 @@
 //! further ones wait in the listen backlog until one ends.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,9 +43,10 @@ use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
+use super::admission::Admission;
 use super::auth::{self, read_token, Token};
 use super::routes::{self, route_label, too_large, ApiError, Shared};
-use super::state::HookModel;
+use super::state::{HookModel, HookState};
 use super::store::{self, StoreError};
 use crate::metrics::EdgeMetrics;
 
@@ -167,18 +168,32 @@ impl HookSource {
     pub async fn start(
         settings: &HookApiSettings,
         pools: Vec<AddressPool>,
+        admission: Arc<dyn Admission>,
         metrics: EdgeMetrics,
         bind_wait: Duration,
     ) -> Result<HookSource, HookError> {
-        HookSource::start_with(settings, pools, metrics, bind_wait, Limits::DEFAULT).await
+        HookSource::start_with(
+            settings,
+            pools,
+            admission,
+            metrics,
+            bind_wait,
+            Limits::DEFAULT,
+        )
+        .await
     }
 
     /// Reads the token, binds the listen address (retrying for up to
     /// `bind_wait` while another process still holds it), loads the state
     /// and serves within `limits`. The model is ready when this returns.
+    /// Load balancers of the state file that `admission` leaves out (the
+    /// budget shrank, the config file took their name or listener) are
+    /// dropped, each logged: the cloud-controller-manager ensures them
+    /// again and gets the reason.
     pub async fn start_with(
         settings: &HookApiSettings,
         pools: Vec<AddressPool>,
+        admission: Arc<dyn Admission>,
         metrics: EdgeMetrics,
         bind_wait: Duration,
         limits: Limits,
@@ -200,18 +215,20 @@ impl HookSource {
                 "the hook state file is corrupt: moved aside, starting with no hook load balancers (the cloud-controller-manager ensures them again at its next sync)"
             );
         }
+        let state = admit_loaded(loaded.state, admission.as_ref(), &settings.state_file);
         tracing::info!(
             %addr,
-            load_balancers = loaded.state.balancers().len(),
+            load_balancers = state.balancers().len(),
             state = %settings.state_file.display(),
             "hook API listening"
         );
-        let (model_tx, model) = watch::channel(Arc::new(loaded.state.model()));
+        let (model_tx, model) = watch::channel(Arc::new(state.model()));
         let (pools_tx, pools_rx) = watch::channel(pools);
         let shared = Arc::new(Shared {
-            state: Mutex::new(loaded.state),
+            state: Mutex::new(state),
             state_file: settings.state_file.clone(),
             pools: pools_rx,
+            admission,
             model: model_tx,
             max_body: limits.max_body,
         });
@@ -349,6 +366,24 @@ async fn json_errors(State(limits): State<Limits>, req: Request, next: Next) -> 
     ApiError::new(status, error, None).into_response()
 }
 
+/// `state` without the load balancers `admission` leaves out, each logged.
+fn admit_loaded(state: HookState, admission: &dyn Admission, file: &Path) -> HookState {
+    let model = state.model();
+    let refused = admission.left_out(&model.services, &model.nodes);
+    if refused.is_empty() {
+        return state;
+    }
+    for r in &refused {
+        tracing::error!(
+            service = %r.service,
+            state = %file.display(),
+            "hook load balancer of the state file not loaded: {}",
+            r.reason
+        );
+    }
+    state.without(refused.iter().map(|r| &r.service))
+}
+
 /// Serves `app` on `listener` until `stop`: at most
 /// [`Limits::max_connections`] connections at once, each an HTTP/1
 /// connection with hyper's header read timeout; then stops accepting and
@@ -423,7 +458,7 @@ mod tests {
     use tokio::net::TcpStream;
 
     use super::*;
-    use crate::hook::ROUTES;
+    use crate::hook::{AdmitAll, ROUTES};
 
     const TOKEN: &str = "s3cret-token";
 
@@ -526,10 +561,16 @@ mod tests {
             }],
         }];
         let metrics = EdgeMetrics::new();
-        let source =
-            HookSource::start_with(&settings, pools, metrics.clone(), Duration::ZERO, limits)
-                .await
-                .unwrap();
+        let source = HookSource::start_with(
+            &settings,
+            pools,
+            Arc::new(AdmitAll),
+            metrics.clone(),
+            Duration::ZERO,
+            limits,
+        )
+        .await
+        .unwrap();
         Fixture {
             _dir: dir,
             state_dir,

@@ -313,6 +313,19 @@ impl HookState {
         Ok(self.outcome(state, Vec::new()))
     }
 
+    /// The state without the load balancers of `keys` (those the edge
+    /// would not serve); with none left, the empty state.
+    pub fn without<'a>(&self, keys: impl IntoIterator<Item = &'a ServiceKey>) -> HookState {
+        let mut state = self.clone();
+        for key in keys {
+            state.balancers.remove(key);
+        }
+        if state.balancers.is_empty() {
+            state = HookState::default();
+        }
+        state
+    }
+
     fn outcome(&self, state: HookState, warnings: Vec<String>) -> Outcome {
         Outcome {
             changed: state != *self,
