@@ -640,7 +640,10 @@ settings:
             "settings: {proxy: {maxConnections: 0, maxUdpFlows: 10000001}}",
             &[
                 ("settings.proxy.maxConnections", "0 is outside 1-10000000"),
-                ("settings.proxy.maxUdpFlows", "10000001 is outside 1-10000000"),
+                (
+                    "settings.proxy.maxUdpFlows",
+                    "10000001 is outside 1-10000000",
+                ),
             ],
         );
         let unset = valid("settings: {proxy: {}}").settings.proxy;

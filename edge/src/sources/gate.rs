@@ -48,7 +48,8 @@ impl Admission for FileGate {
                 nodes,
             }],
         )
-        .fit(budget);
+        // The hook's own order: earlier load balancers first.
+        .fit(budget, &Default::default());
         merged
             .left_out
             .into_iter()

@@ -105,14 +105,25 @@ pub struct Merged {
 impl Merged {
     /// Leaves out the Services, after the config file's, that `budget`
     /// descriptors of listeners and probes cannot afford ([`budget::fit`]).
-    pub fn fit(mut self, budget: u64) -> Merged {
-        let sources: BTreeMap<ServiceKey, String> = self
+    /// The ones in `served` (admitted by an earlier merge) are weighed
+    /// first, so a new Service never pushes out one already served.
+    pub fn fit(mut self, budget: u64, served: &BTreeSet<ServiceKey>) -> Merged {
+        let mut rest: Vec<(Service, String)> = self
             .config
             .services
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.key.clone(), self.source_of(i)))
+            .split_off(self.from_file)
+            .into_iter()
+            .zip(std::mem::take(&mut self.sources))
             .collect();
+        rest.sort_by_key(|(s, _)| !served.contains(&s.key));
+        let sources: BTreeMap<ServiceKey, String> = rest
+            .iter()
+            .map(|(s, source)| (s.key.clone(), source.clone()))
+            .collect();
+        for (service, source) in rest {
+            self.config.services.push(service);
+            self.sources.push(source);
+        }
         for refused in budget::fit(&mut self.config, self.from_file, budget) {
             self.left_out.push(LeftOut {
                 source: sources.get(&refused.service).cloned().unwrap_or_default(),
@@ -120,6 +131,10 @@ impl Merged {
                 reason: Reason::OverBudget(refused),
             });
         }
+        self.sources = self.config.services[self.from_file..]
+            .iter()
+            .map(|s| sources.get(&s.key).cloned().unwrap_or_default())
+            .collect();
         self
     }
 
@@ -140,17 +155,6 @@ impl Merged {
             .map(ToString::to_string)
             .chain(self.node_warnings.iter().cloned())
             .collect()
-    }
-
-    fn source_of(&self, index: usize) -> String {
-        if index < self.from_file {
-            FILE.to_string()
-        } else {
-            self.sources
-                .get(index - self.from_file)
-                .cloned()
-                .unwrap_or_default()
-        }
     }
 }
 
@@ -326,5 +330,47 @@ mod tests {
                 "Node n1 from kubernetes is left out: the config file defines it too",
             ]
         );
+    }
+
+    #[test]
+    fn the_budget_weighs_the_file_then_the_served_then_the_new() {
+        let file = EdgeConfig {
+            services: vec![svc("file", "192.0.2.1", 80)],
+            nodes: vec![node("n1")],
+            ..Default::default()
+        };
+        // No NodePort-less ports: each Service costs its listener plus the
+        // shared probe of n1.
+        let kube = [svc("a-new", "192.0.2.2", 80), svc("z-old", "192.0.2.3", 80)];
+        let contribution = [Contribution {
+            source: "kubernetes",
+            services: &kube,
+            nodes: &[],
+        }];
+        let served: BTreeSet<ServiceKey> = [ServiceKey::new("ns", "z-old")].into();
+        // file: 1 listener + 1 probe; one more listener fits in 3.
+        let merged = merge(&file, &contribution).fit(3, &served);
+        let names: Vec<&str> = merged
+            .config
+            .services
+            .iter()
+            .map(|s| s.key.name.as_str())
+            .collect();
+        assert_eq!(names, ["file", "z-old"]);
+        assert_eq!(merged.left_out.len(), 1);
+        assert_eq!(merged.left_out[0].service.name, "a-new");
+        assert_eq!(merged.left_out[0].source, "kubernetes");
+        assert_eq!(
+            merged.left_out[0].to_string(),
+            "Service ns/a-new from kubernetes is left out: its 1 listeners and 0 health probes \
+             would pass this edge's descriptor budget (0 of 3 left for listeners and probes)"
+        );
+        // With nothing served before, the merge's order decides.
+        let fresh = merge(&file, &contribution).fit(3, &BTreeSet::new());
+        assert_eq!(fresh.left_out[0].service.name, "z-old");
+        // The file's Services are kept even over the budget.
+        let tight = merge(&file, &contribution).fit(0, &served);
+        assert_eq!(tight.config.services.len(), 1);
+        assert_eq!(tight.left_out.len(), 2);
     }
 }

@@ -78,6 +78,9 @@ pub struct Sources {
     budget: Budget,
     /// What the hook API asks before it admits a load balancer.
     gate: Arc<FileGate>,
+    /// The Services of the last configuration applied: the budget weighs
+    /// them before newer ones.
+    served: std::sync::Mutex<BTreeSet<ServiceKey>>,
     cluster: Option<(ClusterSource, watch::Receiver<Option<Arc<ClusterModel>>>)>,
     hook: Option<(HookSource, watch::Receiver<Arc<HookModel>>)>,
 }
@@ -137,6 +140,7 @@ impl Sources {
             descriptors,
             budget,
             gate,
+            served: Default::default(),
             cluster,
             hook,
         })
@@ -168,7 +172,12 @@ impl Sources {
                 nodes: &m.nodes,
             }))
             .collect();
-        merge(&self.file, &contributions).fit(self.budget.config)
+        let served = self
+            .served
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        merge(&self.file, &contributions).fit(self.budget.config, &served)
     }
 
     /// Resolves when the cluster's or the hook API's model changed; never
@@ -257,7 +266,17 @@ impl Sources {
 
     /// Logs what the merge left out, and tells the cluster source which of
     /// its Services the budget left out (they get an Event).
+    /// Also remembers what is served, for the next merge.
     pub fn report(&self, merged: &Merged) {
+        *self
+            .served
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = merged
+            .config
+            .services
+            .iter()
+            .map(|s| s.key.clone())
+            .collect();
         for w in merged.warnings() {
             tracing::warn!("{w}");
         }
