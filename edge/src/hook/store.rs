@@ -148,7 +148,10 @@ fn read_bounded(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
 
 /// What the temporary file names of saves to `path` start with.
 fn tmp_prefix(path: &Path) -> String {
-    format!(".{}.tmp-", path.file_name().unwrap_or_default().to_string_lossy())
+    format!(
+        ".{}.tmp-",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    )
 }
 
 /// The temporary file name a save by process `pid` uses for `path`.
@@ -168,15 +171,22 @@ fn remove_leftovers(path: &Path) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let Some(pid) = name.strip_prefix(prefix.as_str()).and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(pid) = name
+            .strip_prefix(prefix.as_str())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
             continue;
         };
         if Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
         match std::fs::remove_file(entry.path()) {
-            Ok(()) => tracing::info!(path = %entry.path().display(), "removed a temporary hook state file a crash left behind"),
-            Err(e) => tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a temporary hook state file a crash left behind"),
+            Ok(()) => {
+                tracing::info!(path = %entry.path().display(), "removed a temporary hook state file a crash left behind")
+            }
+            Err(e) => {
+                tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a temporary hook state file a crash left behind")
+            }
         }
     }
 }
