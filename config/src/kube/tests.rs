@@ -1050,3 +1050,19 @@ fn no_problem_echoes_more_than_a_bounded_piece_of_a_value() {
         "control characters are escaped: {refused}"
     );
 }
+
+#[test]
+fn a_node_name_the_api_server_would_refuse_refuses_the_node() {
+    for name in ["Node-1", "node_1", "-node", &"n".repeat(254)] {
+        let node: core::Node =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        let refused = read_node(&node).unwrap_err();
+        assert_eq!(refused.field, "metadata.name", "{name}");
+        assert!(refused.to_string().len() < 400);
+    }
+    let node: core::Node = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "ip-10-0-0-1.eu-west-1.compute.internal"}}),
+    )
+    .unwrap();
+    assert!(read_node(&node).is_ok());
+}
