@@ -19,6 +19,11 @@ pub mod model;
 pub mod names;
 pub mod validate;
 
+#[cfg(any(test, feature = "testing"))]
+pub mod hostile;
+#[cfg(test)]
+mod properties;
+
 pub use duration::{format_duration, parse_duration};
 pub use error::{ConfigErrors, FieldError};
 pub use model::*;
