@@ -367,11 +367,14 @@ fn spawn_server(
     };
     let fd = l.as_fd().try_clone_to_owned().map_err(err)?;
     let listener = tokio::net::TcpListener::from_std(l).map_err(err)?;
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!(server = what, error = %e, "server failed");
-        }
-    });
+    // Stopped by aborting the task (at shutdown or after a handover).
+    let task = tokio::spawn(crate::http::serve(
+        listener,
+        router,
+        crate::http::ServerLimits::ADMIN,
+        what,
+        std::future::pending(),
+    ));
     Ok((format!("{what}/{configured}"), fd, task))
 }
 

@@ -30,13 +30,9 @@ use axum::http::{header, StatusCode};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use portico_config::{AddressPool, HookApiSettings};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch, Mutex, Semaphore};
+use tokio::sync::{oneshot, watch, Mutex};
 use tokio::task::JoinHandle;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::ServiceBuilder;
@@ -48,6 +44,7 @@ use super::auth::{self, read_token, Token};
 use super::routes::{self, route_label, too_large, ApiError, Shared};
 use super::state::{HookModel, HookState};
 use super::store::{self, StoreError};
+use crate::http;
 use crate::metrics::EdgeMetrics;
 
 /// How long in-flight calls may finish when the source stops.
@@ -56,10 +53,6 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How often a busy listen address is tried again (binary upgrade: the old
 /// process lets go of it right after the handover).
 const BIND_RETRY: Duration = Duration::from_millis(50);
-
-/// How long the accept loop pauses after an error that is not the
-/// connection's own (out of file descriptors, say), as hyper and axum do.
-const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
 
 /// What the hook API lets a client do; [`Limits::DEFAULT`] in production.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,7 +233,20 @@ impl HookSource {
         });
         let app = app(shared, Token::new(&token), metrics, limits);
         let (stop, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, app, limits, stop_rx));
+        let task = tokio::spawn(http::serve(
+            listener,
+            app,
+            http::ServerLimits {
+                max_connections: limits.max_connections,
+                max_connections_per_client: limits.max_connections_per_client,
+                header_timeout: limits.header_timeout,
+            },
+            "hook API",
+            async move {
+                // A dropped sender stops the server too.
+                let _ = stop_rx.await;
+            },
+        ));
         Ok(HookSource {
             addr,
             model,
@@ -388,122 +394,6 @@ fn admit_loaded(state: HookState, admission: &dyn Admission, file: &Path) -> Hoo
         );
     }
     state.without(refused.iter().map(|r| &r.service))
-}
-
-/// Serves `app` on `listener` until `stop`: at most
-/// [`Limits::max_connections`] connections at once, each an HTTP/1
-/// connection with hyper's header read timeout; then stops accepting and
-/// lets the connections end (idle ones at once, calls in flight when done).
-async fn serve(
-    listener: TcpListener,
-    app: Router,
-    limits: Limits,
-    mut stop: oneshot::Receiver<()>,
-) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let clients = Arc::new(Clients::default());
-    let graceful = GracefulShutdown::new();
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .keep_alive(true);
-    loop {
-        // A slot first: with every slot taken, connections wait in the
-        // listen backlog (in order) instead of being accepted and starved.
-        let slot = tokio::select! {
-            _ = &mut stop => break,
-            slot = Arc::clone(&slots).acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break, // never closed
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) if is_connection_error(&e) => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, pause = ?ACCEPT_PAUSE, "hook API cannot accept connections");
-                    tokio::time::sleep(ACCEPT_PAUSE).await;
-                    continue;
-                }
-            },
-        };
-        let Some(client) = clients.enter(peer.ip(), limits.max_connections_per_client) else {
-            tracing::debug!(%peer, max = limits.max_connections_per_client, "hook API connection closed: this client holds its share already");
-            continue;
-        };
-        let service = TowerToHyperService::new(app.clone());
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                // A header timeout, a client gone, a malformed request.
-                tracing::debug!(%peer, error = %e, "hook API connection ended");
-            }
-            drop(client);
-            drop(slot);
-        });
-    }
-    // Lets go of the address at once (a new process may be waiting for it).
-    drop(listener);
-    graceful.shutdown().await;
-}
-
-/// The connections each client address holds.
-#[derive(Default)]
-struct Clients {
-    held: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
-}
-
-/// One connection of a client, counted until dropped.
-struct ClientConnection {
-    clients: Arc<Clients>,
-    ip: std::net::IpAddr,
-}
-
-impl Clients {
-    /// Counts a connection of `ip`, unless it holds `max` already.
-    fn enter(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<ClientConnection> {
-        let mut held = self
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = held.entry(ip).or_default();
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(ClientConnection {
-            clients: Arc::clone(self),
-            ip,
-        })
-    }
-}
-
-impl Drop for ClientConnection {
-    fn drop(&mut self) {
-        let mut held = self
-            .clients
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = held.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.ip);
-            }
-        }
-    }
-}
-
-/// An accept error about the one connection, not the listener.
-fn is_connection_error(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::ConnectionRefused
-            | std::io::ErrorKind::ConnectionAborted
-            | std::io::ErrorKind::ConnectionReset
-    )
 }
 
 #[cfg(test)]

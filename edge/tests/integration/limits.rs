@@ -311,3 +311,94 @@ async fn a_cluster_service_over_the_budget_is_left_out_with_an_event() {
     assert_eq!(metric(&text, "portico_edge_listeners", &[]), 1.0);
     held.close().await;
 }
+
+/// `GET path` at `addr` from the source address `from`; the status code.
+async fn get_from(addr: SocketAddr, from: std::net::IpAddr, path: &str) -> std::io::Result<u16> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    let mut s = tokio::time::timeout(Duration::from_secs(5), socket.connect(addr))
+        .await
+        .map_err(|_| std::io::Error::other("connect timed out"))??;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: t\r\n\r\n").as_bytes())
+        .await?;
+    let mut head = String::new();
+    let mut reader = BufReader::new(s);
+    tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut head))
+        .await
+        .map_err(|_| std::io::Error::other("no answer"))??;
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))
+}
+
+/// Hundreds of half-open connections (a request header that never ends)
+/// to `/metrics` and `/status` hold at most their servers' few slots: the
+/// edge's descriptors stay bounded, another client still scrapes and asks
+/// for the status, and the Service serves a client loop without a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_connections_cannot_take_the_admin_servers_or_the_services() {
+    let net = subnet();
+    let _nodes = start_nodes(net, 2, false).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("edge.yaml");
+    let a = SocketAddr::new(net.ip(100), 8080);
+    write_atomically(
+        &cfg,
+        &yaml_config(net, 2, "1s", &[YamlService::new("a", a)]),
+    );
+    let edge = Proc::spawn(
+        dir.path(),
+        "edge",
+        &[
+            "run",
+            "--config",
+            path_str(&cfg),
+            "--upgrade-socket",
+            path_str(&dir.path().join("up.sock")),
+        ],
+    );
+    wait_serving(a, Duration::from_secs(20)).await;
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", edge.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let before = fds();
+    let crowd = net.ip(60);
+    let mut stalled = Vec::new();
+    for addr in [metrics_addr(net), admin_addr(net)] {
+        for _ in 0..200 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::new(crowd, 0)).unwrap();
+            if let Ok(Ok(mut s)) =
+                tokio::time::timeout(Duration::from_secs(2), socket.connect(addr)).await
+            {
+                let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHo").await;
+                stalled.push(s);
+            }
+        }
+    }
+    // Served connections of one client: 8 per server.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let during = fds();
+    assert!(
+        during <= before + 2 * 8 + 4,
+        "descriptors {before} -> {during} under 400 half-open connections"
+    );
+    let other = net.ip(61);
+    assert_eq!(
+        get_from(metrics_addr(net), other, "/metrics")
+            .await
+            .unwrap(),
+        200
+    );
+    assert_eq!(
+        get_from(admin_addr(net), other, "/status").await.unwrap(),
+        200
+    );
+    for _ in 0..50 {
+        hello(a, None).await.expect("the Service serves throughout");
+    }
+    drop(stalled);
+}
