@@ -17,6 +17,7 @@ pub mod file;
 pub mod kube;
 pub mod model;
 pub mod names;
+pub mod text;
 pub mod validate;
 
 #[cfg(any(test, feature = "testing"))]

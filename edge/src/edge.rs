@@ -368,10 +368,10 @@ fn spawn_server(
     let fd = l.as_fd().try_clone_to_owned().map_err(err)?;
     let listener = tokio::net::TcpListener::from_std(l).map_err(err)?;
     // Stopped by aborting the task (at shutdown or after a handover).
-    let task = tokio::spawn(crate::http::serve(
+    let task = tokio::spawn(portico_serve::serve(
         listener,
         router,
-        crate::http::ServerLimits::ADMIN,
+        portico_serve::ServerLimits::ADMIN,
         what,
         std::future::pending(),
     ));

@@ -16,7 +16,6 @@ pub mod copy;
 pub mod edge;
 pub mod health;
 pub mod hook;
-pub mod http;
 pub mod ipam;
 pub mod listeners;
 pub mod maglev;

@@ -37,6 +37,7 @@ pub mod service;
 #[cfg(any(test, feature = "testing"))]
 pub mod cases;
 
+pub use crate::text::quoted;
 pub use cidr::{is_valid_cidr, parse_cidr, parse_ip_sloppy, source_ranges};
 pub use endpoint_slice::read_endpoint_slice;
 pub use node::read_node;
@@ -250,19 +251,6 @@ impl NameRule {
             NameRule::Subdomain if name.len() <= 253 && name.split('.').all(label) => Ok(()),
             NameRule::Subdomain => Err("is not a DNS subdomain (at most 253 characters: DNS labels joined by '.')"),
         }
-    }
-}
-
-/// A value for a message: quoted as Rust's `Debug` quotes strings (control
-/// characters escaped), cut to 64 characters with its whole length noted,
-/// so no message or log line echoes unbounded input.
-pub fn quoted(value: &str) -> String {
-    const MAX_CHARS: usize = 64;
-    if value.chars().count() <= MAX_CHARS {
-        format!("{value:?}")
-    } else {
-        let head: String = value.chars().take(MAX_CHARS).collect();
-        format!("{head:?}... ({} bytes)", value.len())
     }
 }
 

@@ -164,23 +164,7 @@ pub fn reconcile(
                 message: e.to_string(),
             });
         }
-        let no_node_port: Vec<String> = t
-            .service
-            .ports
-            .iter()
-            .filter(|p| p.node_port.is_none())
-            .map(|p| format!("{}/{}", p.protocol.to_string().to_lowercase(), p.port))
-            .collect();
-        if !no_node_port.is_empty() {
-            conditions.insert(Condition {
-                warning: true,
-                reason: reason::NO_NODE_PORTS,
-                message: format!(
-                    "{} has no NodePort (allocateLoadBalancerNodePorts: false); the edge reaches Services through NodePorts only",
-                    no_node_port.join(", ")
-                ),
-            });
-        }
+        conditions.extend(no_node_ports(&t.service));
         if !assignment.addresses.is_empty() {
             let shown: Vec<String> = assignment.addresses.iter().map(|a| a.to_string()).collect();
             conditions.insert(Condition {
@@ -218,6 +202,24 @@ pub fn reconcile(
     }
     out.services.sort_by(|a, b| a.key.cmp(&b.key));
     out
+}
+
+/// The warning for ports without a NodePort, if any.
+fn no_node_ports(service: &Service) -> Option<Condition> {
+    let ports: Vec<String> = service
+        .ports
+        .iter()
+        .filter(|p| p.node_port.is_none())
+        .map(|p| format!("{}/{}", p.protocol.to_string().to_lowercase(), p.port))
+        .collect();
+    (!ports.is_empty()).then(|| Condition {
+        warning: true,
+        reason: reason::NO_NODE_PORTS,
+        message: format!(
+            "{} has no NodePort (allocateLoadBalancerNodePorts: false); the edge reaches Services through NodePorts only",
+            ports.join(", ")
+        ),
+    })
 }
 
 /// Whether the addresses a Service that is no longer ours shows are ours

@@ -44,7 +44,6 @@ use super::auth::{self, read_token, Token};
 use super::routes::{self, route_label, too_large, ApiError, Shared};
 use super::state::{HookModel, HookState};
 use super::store::{self, StoreError};
-use crate::http;
 use crate::metrics::EdgeMetrics;
 
 /// How long in-flight calls may finish when the source stops.
@@ -233,10 +232,10 @@ impl HookSource {
         });
         let app = app(shared, Token::new(&token), metrics, limits);
         let (stop, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(http::serve(
+        let task = tokio::spawn(portico_serve::serve(
             listener,
             app,
-            http::ServerLimits {
+            portico_serve::ServerLimits {
                 max_connections: limits.max_connections,
                 max_connections_per_client: limits.max_connections_per_client,
                 header_timeout: limits.header_timeout,

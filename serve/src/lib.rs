@@ -1,5 +1,7 @@
-//! The edge's own HTTP servers (the hook API, `/metrics`, `/status`):
-//! hyper's HTTP/1 server under limits no client can talk it out of.
+//! The HTTP servers Portico's programs expose (the edge's hook API,
+//! `/metrics` and `/status`; the node agent's `/metrics` and kube-proxy's
+//! health servers): hyper's HTTP/1 server under limits no client can talk
+//! it out of.
 //!
 //! - a request header must arrive within `header_timeout`, and a kept-alive
 //!   connection may idle that long (hyper's `header_read_timeout`);
@@ -8,8 +10,10 @@
 //! - at most `max_connections_per_client` of them from one client address;
 //!   more are closed at once, so no one client holds every slot.
 //!
-//! Their descriptors come out of the edge's own share of the descriptor
-//! budget ([`crate::budget::CONTROL_RESERVE`]).
+//! So a crowd of half-open connections holds a few descriptors of the
+//! program and no memory to speak of, and every other client is still
+//! served. (The edge counts its servers' descriptors in its own share of
+//! its descriptor budget.)
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -41,7 +45,8 @@ pub struct ServerLimits {
 }
 
 impl ServerLimits {
-    /// `/metrics` and `/status`: a few scrapers and operators.
+    /// `/metrics`, `/status`, health checks: a few scrapers, operators and
+    /// load balancers.
     pub const ADMIN: ServerLimits = ServerLimits {
         max_connections: 32,
         max_connections_per_client: 8,
