@@ -128,6 +128,13 @@ fn usable_ip(text: &str) -> Result<IpAddr, String> {
     let ip: IpAddr = text
         .parse()
         .map_err(|_| format!("{text:?} is not a valid IP address"))?;
+    if let IpAddr::V6(v6) = ip {
+        if let Some(v4) = v6.to_ipv4_mapped() {
+            return Err(format!(
+                "{ip} is an IPv4-mapped IPv6 address (an IPv4 address in IPv6 form, which IPv4 clients never use); write it as the IPv4 address {v4}"
+            ));
+        }
+    }
     let unusable = match ip {
         IpAddr::V4(v4) => v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast(),
         IpAddr::V6(v6) => v6.is_unspecified() || v6.is_multicast(),
