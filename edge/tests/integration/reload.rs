@@ -1,8 +1,9 @@
 //! Reloading the config file of a running `portico-edge`: by polling the
 //! file, by SIGHUP, and refusing an invalid file while serving on; files
 //! that are not a whole config (empty, cut short, not UTF-8, oversized), a
-//! slow writer, a ConfigMap swap and a large file, each with a client that
-//! never stops asking an admitted Service.
+//! slow writer, a ConfigMap swap, a large file, and health settings that
+//! apply at once, each with a client that never stops asking an admitted
+//! Service.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -518,6 +519,61 @@ async fn a_large_file_is_read_off_the_runtime_and_an_oversized_one_refused() {
     edge.signal(Signal::SIGTERM);
     assert_eq!(
         edge.wait_exit(Duration::from_secs(30)).await.code(),
+        Some(0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shorter_health_interval_applies_at_once() {
+    let net = subnet();
+    let nodes = start_nodes(net, 3, false).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("edge.yaml");
+    let a = SocketAddr::new(net.ip(100), 8080);
+    let metrics = metrics_addr(net);
+    let with_interval = |interval: &str| {
+        yaml_config(net, 3, "30s", &[YamlService::new("a", a)]).replacen(
+            "    interval: 200ms\n",
+            &format!("    interval: {interval}\n"),
+            1,
+        )
+    };
+    write_atomically(&cfg, &with_interval("1h"));
+    let mut edge = spawn_edge(dir.path(), &cfg, 100, &[]);
+    wait_serving(a, Duration::from_secs(20)).await;
+    let client = ClientLoop::start(a);
+    let up = |text: &str| {
+        metric(
+            text,
+            "portico_edge_backend_up",
+            &["node=\"node-0\"", "check=\"node-proxy\""],
+        )
+    };
+    // Every node probed once; the next probes are an hour away.
+    let text = wait_for("every node probed", Duration::from_secs(20), || async {
+        get_ok(metrics, "/metrics")
+            .await
+            .filter(|t| metric(t, "portico_edge_probe_duration_seconds_count", &[]) >= 3.0)
+    })
+    .await;
+    assert_eq!(up(&text), 1.0);
+
+    write_atomically(&cfg, &with_interval("200ms"));
+    wait_figures("the reload", metrics, |f| f.ok >= 1.0).await;
+    let reloaded = Instant::now();
+    // node-0's kube-proxy now says it is unhealthy: seen after fall (2)
+    // probes of the new interval, not an hour later.
+    nodes[0].state.healthy.store(false, Ordering::Relaxed);
+    wait_for("node-0 down", Duration::from_secs(10), || async {
+        get_ok(metrics, "/metrics").await.filter(|t| up(t) == 0.0)
+    })
+    .await;
+    eprintln!("node-0 taken out {:?} after the reload", reloaded.elapsed());
+    assert_all_answered("health interval", &client.stop().await);
+
+    edge.signal(Signal::SIGTERM);
+    assert_eq!(
+        edge.wait_exit(Duration::from_secs(10)).await.code(),
         Some(0)
     );
 }
