@@ -413,6 +413,10 @@ pub struct RawDocument {
     /// any other at the same path ([`drop_echoes`]) only follows from
     /// leaving them out.
     pub overlong: Vec<String>,
+    /// Whether the document states its Services as a list (`services: []`
+    /// included), rather than leaving `services` out or empty: a reload
+    /// may remove every Service only when the file says so.
+    pub lists_services: bool,
 }
 
 /// Keeps only the first error at each path of `overlong` (the one about the
@@ -443,6 +447,7 @@ impl Default for RawDocument {
             nodes: Vec::new(),
             services: Vec::new(),
             overlong: Vec::new(),
+            lists_services: false,
         }
     }
 }
@@ -471,6 +476,7 @@ impl From<RawService> for ServiceEntry {
 impl From<RawEdgeConfig> for RawDocument {
     fn from(raw: RawEdgeConfig) -> Self {
         RawDocument {
+            lists_services: raw.services.is_some(),
             settings: Some(raw.settings.unwrap_or_default()),
             nodes: raw
                 .nodes
@@ -565,6 +571,7 @@ pub fn parse_document(yaml: &str) -> (RawDocument, Vec<FieldError>) {
                     .collect()
             }
             "services" => {
+                doc.lists_services = matches!(value, Value::Sequence(_));
                 doc.services = each_item(value, "services", "Services", &mut errors)
                     .into_iter()
                     .map(|(path, service)| service_entry(service, &path, &mut errors))
@@ -811,10 +818,18 @@ mod tests {
 
     #[test]
     fn empty_mapping_is_an_empty_config() {
-        for text in ["{}", "settings:\nnodes:\nservices:\n", "services: []\n"] {
+        for (text, lists_services) in [
+            ("{}", false),
+            ("settings:\nnodes:\nservices:\n", false),
+            ("services: []\n", true),
+        ] {
             let (doc, errors) = parse_document(text);
             assert!(errors.is_empty(), "{text:?}: {errors:?}");
-            assert_eq!(doc, RawDocument::default(), "{text:?}");
+            let empty = RawDocument {
+                lists_services,
+                ..RawDocument::default()
+            };
+            assert_eq!(doc, empty, "{text:?}");
         }
     }
 

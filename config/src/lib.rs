@@ -26,7 +26,7 @@ pub mod validate;
 pub use duration::{format_duration, parse_duration};
 pub use error::{ConfigErrors, FieldError};
 pub use model::*;
-pub use text::{parse_edge_config_file, MAX_FILE_BYTES};
+pub use text::{parse_edge_config_file, read_edge_config_file, ConfigFileContents, MAX_FILE_BYTES};
 
 /// Parses and validates an edge config file (YAML).
 ///
@@ -36,9 +36,15 @@ pub use text::{parse_edge_config_file, MAX_FILE_BYTES};
 /// must not remove every Service); `{}` or `services: []` is a valid config
 /// with no Nodes and no Services.
 pub fn parse_edge_config(yaml: &str) -> Result<EdgeConfig, ConfigErrors> {
+    parse_listing(yaml).map(|(config, _)| config)
+}
+
+/// [`parse_edge_config`], and whether the document lists its Services
+/// ([`file::RawDocument::lists_services`]).
+fn parse_listing(yaml: &str) -> Result<(EdgeConfig, bool), ConfigErrors> {
     let (doc, mut errors) = file::parse_document(yaml);
     match validate::validate(&doc) {
-        Ok(config) if errors.is_empty() => return Ok(config),
+        Ok(config) if errors.is_empty() => return Ok((config, doc.lists_services)),
         Ok(_) => {}
         Err(more) => errors.extend(more),
     }

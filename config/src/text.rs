@@ -74,8 +74,45 @@ pub fn file_text(bytes: &[u8]) -> Result<&str, FieldError> {
 /// Parses and validates a config file's bytes: [`file_text`], then
 /// [`crate::parse_edge_config`].
 pub fn parse_edge_config_file(bytes: &[u8]) -> Result<EdgeConfig, ConfigErrors> {
+    read_edge_config_file(bytes).map(|c| c.config)
+}
+
+/// A config file read whole ([`read_edge_config_file`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigFileContents {
+    /// The configuration.
+    pub config: EdgeConfig,
+    /// Whether the file lists its Services (`services: []` included)
+    /// rather than leaving `services` out or empty. A reload that would
+    /// remove every Service of the running configuration needs the list:
+    /// a file cut short just before its `services` is otherwise valid.
+    pub lists_services: bool,
+}
+
+impl ConfigFileContents {
+    /// The error for a reload of this file over a running configuration
+    /// with `running` Services from the file: removing them all needs a
+    /// file that lists none.
+    pub fn removes_unlisted(&self, running: usize) -> Option<FieldError> {
+        (running > 0 && self.config.services.is_empty() && !self.lists_services).then(|| {
+            FieldError::new(
+                "services",
+                format!(
+                    "missing, which would remove every Service the running configuration has from this file ({running}); a file cut short can look like this, so to remove them all, write `services: []`"
+                ),
+            )
+        })
+    }
+}
+
+/// [`parse_edge_config_file`], with whether the file lists its Services.
+pub fn read_edge_config_file(bytes: &[u8]) -> Result<ConfigFileContents, ConfigErrors> {
     let text = file_text(bytes).map_err(|e| ConfigErrors::new(vec![e]))?;
-    crate::parse_edge_config(text)
+    let (config, lists_services) = crate::parse_listing(text)?;
+    Ok(ConfigFileContents {
+        config,
+        lists_services,
+    })
 }
 
 #[cfg(test)]
@@ -130,6 +167,32 @@ mod tests {
         );
         // UTF-16, as some editors save: the BOM is not UTF-8.
         assert!(only_error(b"\xff\xfes\x00\n\x00").contains("line 1, column 1"));
+    }
+
+    #[test]
+    fn removing_every_service_needs_a_list() {
+        let read = |text: &str| read_edge_config_file(text.as_bytes()).expect("valid");
+        let services =
+            "services:\n  - {name: a, vips: [10.0.0.1], ports: [{port: 80, nodePort: 30080}]}\n";
+        let nodes = "nodes: [{name: n, addresses: [10.0.0.9]}]\n";
+        // Cut before its Services, or right after `services:`.
+        for unlisted in [nodes.to_string(), format!("{nodes}services:\n")] {
+            let cut = read(&unlisted);
+            assert!(!cut.lists_services, "{unlisted:?}");
+            assert_eq!(cut.removes_unlisted(0), None, "nothing to remove");
+            assert_eq!(
+                cut.removes_unlisted(2).map(|e| e.to_string()).as_deref(),
+                Some("services: missing, which would remove every Service the running configuration has from this file (2); a file cut short can look like this, so to remove them all, write `services: []`")
+            );
+        }
+        for listed in [
+            format!("{nodes}services: []\n"),
+            format!("{nodes}{services}"),
+        ] {
+            let whole = read(&listed);
+            assert!(whole.lists_services, "{listed:?}");
+            assert_eq!(whole.removes_unlisted(2), None, "{listed:?}");
+        }
     }
 
     #[test]

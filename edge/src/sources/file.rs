@@ -14,7 +14,9 @@
 //!   one ending in the middle of a line (cut short) or over
 //!   [`MAX_FILE_BYTES`] (refused from its size, before reading) is a failed
 //!   reload like an invalid one: logged, counted, and the running
-//!   configuration stays ([`portico_config::text`]).
+//!   configuration stays ([`portico_config::text`]). So is a file that
+//!   would remove every Service without listing `services` (`services: []`):
+//!   one cut short just before them looks like that.
 //! - **Off the runtime**: reading and parsing run on a blocking thread (a
 //!   large file takes a while to parse), never on the runtime's workers, and
 //!   the process loop is not held up either: it starts a read with
@@ -27,7 +29,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use portico_config::text::too_large;
-use portico_config::{parse_edge_config_file, ConfigErrors, EdgeConfig, MAX_FILE_BYTES};
+use portico_config::{
+    parse_edge_config_file, read_edge_config_file, ConfigErrors, EdgeConfig, MAX_FILE_BYTES,
+};
 use tokio::task::JoinHandle;
 
 /// The example configuration, embedded so `portico-edge run` works with no file.
@@ -116,6 +120,8 @@ struct WatchState {
     seen: Option<(Stamp, Option<u64>)>,
     /// A stamp not read yet, and when it was first seen.
     pending: Option<(Stamp, Instant)>,
+    /// How many Services the running configuration has from the file.
+    services: usize,
 }
 
 /// The config file, the state of its watch, and the read in flight.
@@ -140,24 +146,20 @@ impl ConfigFile {
         settle: Duration,
     ) -> Result<(ConfigFile, EdgeConfig), LoadError> {
         let mut state = WatchState::default();
-        let config =
-            match &source {
-                ConfigSource::Embedded => parse_edge_config_file(EMBEDDED_CONFIG.as_bytes())
-                    .map_err(|errors| LoadError::Invalid {
-                        path: "<embedded example>".to_string(),
-                        errors,
-                    })?,
-                ConfigSource::File(path) => {
-                    let (stamp, bytes) = read_file(path)?;
-                    let config =
-                        parse_edge_config_file(&bytes).map_err(|errors| LoadError::Invalid {
-                            path: path.display().to_string(),
-                            errors,
-                        })?;
-                    state.seen = Some((stamp, Some(hash(&bytes))));
-                    config
-                }
-            };
+        let (name, bytes) = match &source {
+            ConfigSource::Embedded => (
+                "<embedded example>".to_string(),
+                EMBEDDED_CONFIG.as_bytes().to_vec(),
+            ),
+            ConfigSource::File(path) => {
+                let (stamp, bytes) = read_file(path)?;
+                state.seen = Some((stamp, Some(hash(&bytes))));
+                (path.display().to_string(), bytes)
+            }
+        };
+        let config = parse_edge_config_file(&bytes)
+            .map_err(|errors| LoadError::Invalid { path: name, errors })?;
+        state.services = config.services.len();
         let file = ConfigFile {
             source,
             settle,
@@ -263,16 +265,23 @@ fn step(path: &Path, state: &mut WatchState, force: bool, settle: Duration) -> R
                 // Touched, or written with the same content.
                 return Reloaded::Unchanged;
             }
-            match parse_edge_config_file(&bytes) {
-                Ok(config) => Reloaded::Valid(Box::new(config)),
+            let invalid = |errors| LoadError::Invalid {
+                path: path.display().to_string(),
+                errors,
+            };
+            match read_edge_config_file(&bytes) {
+                Ok(contents) => match contents.removes_unlisted(state.services) {
+                    Some(error) => {
+                        report(path, &invalid(ConfigErrors::new(vec![error])));
+                        Reloaded::Failed
+                    }
+                    None => {
+                        state.services = contents.config.services.len();
+                        Reloaded::Valid(Box::new(contents.config))
+                    }
+                },
                 Err(errors) => {
-                    report(
-                        path,
-                        &LoadError::Invalid {
-                            path: path.display().to_string(),
-                            errors,
-                        },
-                    );
+                    report(path, &invalid(errors));
                     Reloaded::Failed
                 }
             }
@@ -427,6 +436,35 @@ mod tests {
             Reloaded::Unchanged
         ));
         write(&path, GOOD.as_bytes());
+        assert!(matches!(
+            look(&path, &mut state, settle, 50),
+            Reloaded::Valid(_)
+        ));
+    }
+
+    #[test]
+    fn removing_every_service_needs_services_listed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("edge.yaml");
+        let nodes = "nodes: [{name: n, addresses: [10.0.0.9]}]\n";
+        let service =
+            "services: [{name: a, vips: [10.0.0.1], ports: [{port: 80, nodePort: 30080}]}]\n";
+        write(&path, format!("{nodes}{service}").as_bytes());
+        let mut state = loaded(&path);
+        let settle = Duration::from_millis(20);
+        // Cut short before its Services: valid, but refused.
+        write(&path, nodes.as_bytes());
+        assert!(matches!(
+            look(&path, &mut state, settle, 50),
+            Reloaded::Failed
+        ));
+        write(&path, format!("{nodes}services: []\n").as_bytes());
+        let Reloaded::Valid(config) = look(&path, &mut state, settle, 50) else {
+            panic!("listed as none: removed on purpose");
+        };
+        assert!(config.services.is_empty());
+        // With none running, a file without `services` is fine.
+        write(&path, format!("# again\n{nodes}").as_bytes());
         assert!(matches!(
             look(&path, &mut state, settle, 50),
             Reloaded::Valid(_)

@@ -304,7 +304,10 @@ async fn unusable_files_are_refused_while_the_admitted_service_answers() {
     assert!(good.ends_with("nodePort: 30080\n"));
     let cut = &good.as_bytes()[..good.len() - 3];
     let latin1 = [b"# caf\xe9\n".as_slice(), good.as_bytes()].concat();
-    let cases: [(&str, &[u8], &str); 4] = [
+    // Cut at the end of a line, just before `services:`: a valid config
+    // without Services.
+    let before_services = &good[..good.find("services:").expect("services")];
+    let cases: [(&str, &[u8], &str); 5] = [
         ("an empty file", b"", "the file is empty"),
         (
             "a file cut short",
@@ -320,6 +323,11 @@ async fn unusable_files_are_refused_while_the_admitted_service_answers() {
             "a file of comments only",
             b"# moved elsewhere\n",
             "the file is empty",
+        ),
+        (
+            "a file cut before its Services",
+            before_services.as_bytes(),
+            "services: missing, which would remove every Service the running configuration has from this file (1)",
         ),
     ];
     for (n, (what, bytes, message)) in cases.iter().enumerate() {
@@ -340,8 +348,8 @@ async fn unusable_files_are_refused_while_the_admitted_service_answers() {
     // SIGHUP reads the last one again and refuses it again.
     edge.signal(Signal::SIGHUP);
     wait_sighup_handled(&edge, 1, "reload rejected").await;
-    let f = wait_figures("the SIGHUP", metrics, |f| f.failed >= 5.0).await;
-    assert_eq!((f.ok, f.failed), (0.0, 5.0));
+    let f = wait_figures("the SIGHUP", metrics, |f| f.failed >= 6.0).await;
+    assert_eq!((f.ok, f.failed), (0.0, 6.0));
 
     // Back to the good file: nothing to apply, nothing failed.
     write_atomically(&cfg, &good);
@@ -353,7 +361,7 @@ async fn unusable_files_are_refused_while_the_admitted_service_answers() {
     write_atomically(&cfg, &yaml_config(net, 3, "30s", &[]));
     wait_refused(a, Duration::from_secs(20)).await;
     let f = wait_figures("the explicit removal", metrics, |f| f.ok >= 2.0).await;
-    assert_eq!(f.failed, 5.0);
+    assert_eq!(f.failed, 6.0);
 
     edge.signal(Signal::SIGTERM);
     assert_eq!(
