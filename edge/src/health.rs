@@ -13,6 +13,11 @@
 //! rise/fall applied to both active probes and passive connect failures, a
 //! per-probe timeout, weights, and a change signal that makes the edge rebuild
 //! its routing snapshot.
+//!
+//! Probes of a target start one interval apart. New settings apply at once:
+//! a loop waiting for its next probe re-plans the wait with the new interval
+//! (a reload from `1h` to `2s` probes within two seconds, not within the
+//! hour), and the next probe uses the new timeout.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -241,6 +241,9 @@ fn step(path: &Path, state: &mut WatchState, force: bool, settle: Duration) -> R
         }
     }
     state.pending = None;
+    if !force {
+        tracing::info!(path = %path.display(), "the config file changed and has settled; reading it");
+    }
     match read_file(path) {
         Err(e) => {
             if !force && state.seen.as_ref().is_some_and(|(_, h)| h.is_none()) {

@@ -524,11 +524,37 @@ async fn a_large_file_is_read_off_the_runtime_and_an_oversized_one_refused() {
         "no request waited for the read: {slowest:?}"
     );
 
+    // The process loop is not held up by a read either: SIGTERM during
+    // one closes the listeners at once.
+    let with_a = yaml_config(net, 3, "30s", &[YamlService::new("a", a)]);
+    let skip = with_b_len(&big);
+    write_atomically(&cfg, &format!("{with_a}{}", &big[skip..]));
+    edge.wait_log(
+        "changed and has settled; reading it",
+        Duration::from_secs(10),
+    )
+    .await;
+    let term = Instant::now();
     edge.signal(Signal::SIGTERM);
-    assert_eq!(
-        edge.wait_exit(Duration::from_secs(30)).await.code(),
-        Some(0)
+    wait_refused(b, Duration::from_secs(10)).await;
+    let closed = term.elapsed();
+    let status = edge.wait_exit(Duration::from_secs(60)).await;
+    eprintln!(
+        "SIGTERM during a read: listeners closed after {closed:?}, exit after {:?}",
+        term.elapsed()
     );
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        edge.stderr().matches("configuration reloaded").count(),
+        1,
+        "the read in flight is not applied"
+    );
+    assert!(closed < Duration::from_millis(1500), "{closed:?}");
+}
+
+/// The length of a config before its commentary (the first `# ` line).
+fn with_b_len(text: &str) -> usize {
+    text.find("\n# ").map_or(text.len(), |i| i + 1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
