@@ -246,11 +246,6 @@ fn step(path: &Path, state: &mut WatchState, force: bool, settle: Duration) -> R
     }
     match read_file(path) {
         Err(e) => {
-            if !force && state.seen.as_ref().is_some_and(|(_, h)| h.is_none()) {
-                // Still unusable, already reported.
-                state.seen = Some((stamp, None));
-                return Reloaded::Unchanged;
-            }
             state.seen = Some((stamp, None));
             report(path, &e);
             Reloaded::Failed
