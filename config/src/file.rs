@@ -163,6 +163,10 @@ pub struct RawProxySettings {
     pub maglev_table_size: Option<RawInt>,
     /// `splice`: `auto`, `always` / `true` or `off` / `false`.
     pub splice: Option<RawNameOrBool>,
+    /// `maxConnections`.
+    pub max_connections: Option<RawInt>,
+    /// `maxUdpFlows`.
+    pub max_udp_flows: Option<RawInt>,
 }
 
 /// `settings.vip`.

@@ -75,7 +75,6 @@ fn main() -> ExitCode {
             watch_interval_ms,
             threads,
         } => {
-            raise_fd_limit();
             // tokio would start one worker per online CPU even when pinned to
             // fewer; available_parallelism honours the affinity mask.
             let threads = threads
@@ -135,22 +134,6 @@ fn main() -> ExitCode {
                 }
             }
         }
-    }
-}
-
-/// Every listener and every proxied connection (two sockets) needs a file
-/// descriptor, and a takeover receives all listeners at once: raise the soft
-/// limit to the hard one.
-fn raise_fd_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                tracing::warn!(error = %e, soft, hard, "cannot raise the open files limit");
-            }
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
     }
 }
 

@@ -129,8 +129,31 @@ async fn take_over(opts: &RunOptions) -> Result<HashMap<String, OwnedFd>, RunErr
     Ok(fds.into_iter().collect())
 }
 
+/// The process's descriptor limit (`RLIMIT_NOFILE`), the soft limit raised
+/// to the hard one first: every listener, probe and connection needs a
+/// descriptor, and a takeover receives every listener at once. The
+/// descriptor budget ([`crate::budget`]) shares this out.
+pub fn descriptor_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the open files limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open files limit; assuming 1024");
+            1024
+        }
+    }
+}
+
 /// Runs the edge until it is told to stop.
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
+    let descriptors = descriptor_limit();
     let (source, settle) = (opts.source.clone(), opts.watch_interval);
     // Off the runtime's workers, as every read of the file.
     let (mut file, config) =
@@ -141,6 +164,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let mut signals = Signals::install()?;
     let metrics = EdgeMetrics::new();
     let mut edge_opts = EdgeOptions {
+        descriptors: Some(descriptors),
         address_ops: Some(Arc::new(NetlinkOps::new())),
         metrics: Some(metrics.clone()),
         ..Default::default()
@@ -156,12 +180,10 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     } else {
         Duration::ZERO
     };
-    let mut sources = Sources::start(config, &metrics, hook_bind_wait).await?;
-    let (config, warnings) = sources.merged();
-    for w in &warnings {
-        tracing::warn!("{w}");
-    }
-    let edge = Edge::start(config, edge_opts).await?;
+    let mut sources = Sources::start(config, descriptors, &metrics, hook_bind_wait).await?;
+    let merged = sources.merged();
+    sources.report(&merged);
+    let edge = Edge::start(merged.config, edge_opts).await?;
     tracing::info!(admin = %edge.admin_addr(), metrics = %edge.metrics_addr(), "edge running");
 
     let mut poll = tokio::time::interval(opts.watch_interval);
@@ -202,14 +224,21 @@ async fn reloaded(edge: &Edge, outcome: Reloaded, sources: &mut Sources) {
     match outcome {
         Reloaded::Unchanged => {}
         Reloaded::Failed => record_reload(edge.metrics(), false),
-        Reloaded::Valid(config) => {
-            sources.set_file(*config);
-            sources.apply(edge, true).await;
-        }
+        Reloaded::Valid(config) => match sources.set_file(*config) {
+            Ok(()) => sources.apply(edge, true).await,
+            Err(e) => {
+                tracing::error!(error = %e, "config file not reloaded; the running configuration stays");
+                record_reload(edge.metrics(), false);
+            }
+        },
     }
 }
 
-/// `portico-edge check-config`: every error, or nothing.
+/// `portico-edge check-config`: every error, or nothing. The descriptor
+/// budget is this process's (the limit a service manager gives the edge
+/// may differ: run it under the same limit).
 pub fn check_config(path: &Path) -> Result<EdgeConfig, RunError> {
-    Ok(ConfigFile::load(ConfigSource::File(path.to_path_buf()), Duration::ZERO)?.1)
+    let config = ConfigFile::load(ConfigSource::File(path.to_path_buf()), Duration::ZERO)?.1;
+    crate::budget::check_file(&config, descriptor_limit()).map_err(SourceError::from)?;
+    Ok(config)
 }

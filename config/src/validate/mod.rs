@@ -37,6 +37,9 @@ pub const MIN_MAGLEV_TABLE_SIZE: u32 = 7;
 pub const MAX_MAGLEV_TABLE_SIZE: u32 = 1_000_003;
 /// The largest accepted `connectRetries`.
 pub const MAX_CONNECT_RETRIES: u32 = 16;
+/// The largest accepted `maxConnections` and `maxUdpFlows` (the descriptor
+/// limit bounds them further when the edge starts).
+pub const MAX_CONNECTIONS: u32 = 10_000_000;
 
 // The accepted range of every duration, both ends included. Each is wide
 // enough for any real setup and narrow enough that a slip of unit (`1ms`

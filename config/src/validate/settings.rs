@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use super::checks::{dns_label, duration_in, port, spelled, u32_in};
 use super::{
     Validator, CONNECT_ATTEMPT_DELAY_RANGE, CONNECT_TIMEOUT_RANGE, DRAIN_TIMEOUT_RANGE,
-    HEALTH_INTERVAL_RANGE, HEALTH_TIMEOUT_RANGE, IDLE_TIMEOUT_RANGE, MAX_CONNECT_RETRIES,
-    MAX_MAGLEV_TABLE_SIZE, MIN_MAGLEV_TABLE_SIZE, UDP_IDLE_TIMEOUT_RANGE,
+    HEALTH_INTERVAL_RANGE, HEALTH_TIMEOUT_RANGE, IDLE_TIMEOUT_RANGE, MAX_CONNECTIONS,
+    MAX_CONNECT_RETRIES, MAX_MAGLEV_TABLE_SIZE, MIN_MAGLEV_TABLE_SIZE, UDP_IDLE_TIMEOUT_RANGE,
 };
 use crate::duration::format_duration;
 use crate::file::{
@@ -249,6 +249,14 @@ impl Validator {
             maglev_table_size,
         );
         let splice = self.field(&p("splice"), raw.splice.as_ref(), d.splice, splice_mode);
+        let max_connections = raw
+            .max_connections
+            .as_ref()
+            .and_then(|v| self.check(&p("maxConnections"), u32_in(v, 1, MAX_CONNECTIONS)));
+        let max_udp_flows = raw
+            .max_udp_flows
+            .as_ref()
+            .and_then(|v| self.check(&p("maxUdpFlows"), u32_in(v, 1, MAX_CONNECTIONS)));
         if let Some(size) = maglev_table_size {
             if usize::try_from(size).is_ok_and(|size| size <= node_count) {
                 self.error(
@@ -269,6 +277,8 @@ impl Validator {
             drain_timeout: drain_timeout.unwrap_or(d.drain_timeout),
             maglev_table_size: maglev_table_size.unwrap_or(d.maglev_table_size),
             splice: splice.unwrap_or(d.splice),
+            max_connections,
+            max_udp_flows,
         }
     }
 }
@@ -482,6 +492,8 @@ settings:
     drainTimeout: 0
     maglevTableSize: 251
     splice: true
+    maxConnections: 5000
+    maxUdpFlows: 700
   vip:
     interface: eth0
   metricsListen: '[::1]:9100'
@@ -511,6 +523,8 @@ settings:
                 drain_timeout: Duration::ZERO,
                 maglev_table_size: 251,
                 splice: SpliceMode::Always,
+                max_connections: Some(5000),
+                max_udp_flows: Some(700),
             }
         );
         assert_eq!(s.vip.interface.as_deref(), Some("eth0"));
@@ -669,6 +683,22 @@ settings:
             "settings: {proxy: {drainTimeout: -1}}",
             &[("settings.proxy.drainTimeout", "must not be negative")],
         );
+    }
+
+    #[test]
+    fn connection_and_flow_caps_are_positive_and_bounded() {
+        assert_problems(
+            "settings: {proxy: {maxConnections: 0, maxUdpFlows: 10000001}}",
+            &[
+                ("settings.proxy.maxConnections", "0 is outside 1-10000000"),
+                (
+                    "settings.proxy.maxUdpFlows",
+                    "10000001 is outside 1-10000000",
+                ),
+            ],
+        );
+        let unset = valid("settings: {proxy: {}}").settings.proxy;
+        assert_eq!((unset.max_connections, unset.max_udp_flows), (None, None));
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub mod reason {
     pub const INVALID_SETTING: &str = "InvalidSetting";
     /// No node is healthy for the Service.
     pub const NO_HEALTHY_NODES: &str = "NoHealthyNodes";
+    /// The edge leaves the Service out: its descriptor budget cannot
+    /// afford its listeners.
+    pub const NOT_SERVED: &str = "NotServed";
 }
 
 /// A status write: the ingress addresses a Service should show (empty: clear).
@@ -86,6 +89,9 @@ pub struct Context {
     /// Services whose every node fails its health check (from the edge's
     /// snapshot).
     pub unhealthy: BTreeSet<ServiceKey>,
+    /// Services the edge leaves out although they are ours, with why (the
+    /// descriptor budget, from the merge).
+    pub not_served: BTreeMap<ServiceKey, String>,
 }
 
 /// Computes the desired state from the whole cluster view.
@@ -183,6 +189,13 @@ pub fn reconcile(
                 message: format!("Assigned {}", shown.join(", ")),
             });
         }
+        if let Some(why) = ctx.not_served.get(&key) {
+            conditions.insert(Condition {
+                warning: true,
+                reason: reason::NOT_SERVED,
+                message: why.clone(),
+            });
+        }
         if !assignment.addresses.is_empty() && ctx.unhealthy.contains(&key) {
             conditions.insert(Condition {
                 warning: true,
@@ -272,6 +285,7 @@ mod tests {
             }],
             written: BTreeSet::new(),
             unhealthy: BTreeSet::new(),
+            not_served: BTreeMap::new(),
         }
     }
 
@@ -332,6 +346,25 @@ mod tests {
             reasons(&d, "a"),
             [reason::ADDRESS_ASSIGNED, reason::NO_HEALTHY_NODES]
         );
+    }
+
+    #[test]
+    fn a_service_the_budget_leaves_out_is_told_why() {
+        let mut c = ctx("203.0.113.9");
+        let why = "Service ns/a from kubernetes is left out: its 300 listeners and 0 health probes would pass this edge's descriptor budget (10 of 10 left for listeners and probes)";
+        c.not_served
+            .insert(ServiceKey::new("ns", "a"), why.to_string());
+        let d = reconcile(&[service("a", serde_json::json!({}), &[])], &[], &c);
+        assert_eq!(
+            reasons(&d, "a"),
+            [reason::ADDRESS_ASSIGNED, reason::NOT_SERVED]
+        );
+        let told = d.conditions[&ServiceKey::new("ns", "a")]
+            .iter()
+            .find(|c| c.reason == reason::NOT_SERVED)
+            .unwrap();
+        assert!(told.warning);
+        assert_eq!(told.message, why);
     }
 
     #[test]

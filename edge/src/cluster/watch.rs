@@ -60,6 +60,7 @@ pub struct ClusterSource {
     model: watch::Receiver<Option<Arc<ClusterModel>>>,
     pools: watch::Sender<Vec<AddressPool>>,
     unhealthy: watch::Sender<BTreeSet<ServiceKey>>,
+    not_served: watch::Sender<BTreeMap<ServiceKey, String>>,
     /// The watches and the API probe; dropping it stops them.
     watches: Watches,
     main: JoinHandle<()>,
@@ -104,6 +105,7 @@ impl ClusterSource {
         let (model_tx, model) = watch::channel(None);
         let (pools_tx, pools_rx) = watch::channel(pools);
         let (unhealthy_tx, unhealthy_rx) = watch::channel(BTreeSet::new());
+        let (not_served_tx, not_served_rx) = watch::channel(BTreeMap::new());
         let main = tokio::spawn(
             Loop {
                 client,
@@ -113,6 +115,7 @@ impl ClusterSource {
                 changed,
                 pools: pools_rx,
                 unhealthy: unhealthy_rx,
+                not_served: not_served_rx,
                 model: model_tx,
                 metrics,
                 written: BTreeSet::new(),
@@ -124,6 +127,7 @@ impl ClusterSource {
             model,
             pools: pools_tx,
             unhealthy: unhealthy_tx,
+            not_served: not_served_tx,
             watches,
             main,
         }
@@ -153,6 +157,17 @@ impl ClusterSource {
         });
     }
 
+    /// The Services the edge leaves out although they are ours (the
+    /// descriptor budget cannot afford them), with why (they get a
+    /// `NotServed` Event).
+    pub fn set_not_served(&self, services: BTreeMap<ServiceKey, String>) {
+        self.not_served.send_if_modified(|s| {
+            let changed = *s != services;
+            *s = services;
+            changed
+        });
+    }
+
     /// Stops every watch.
     pub fn stop(self) {
         self.main.abort();
@@ -168,6 +183,7 @@ struct Loop {
     changed: Arc<Notify>,
     pools: watch::Receiver<Vec<AddressPool>>,
     unhealthy: watch::Receiver<BTreeSet<ServiceKey>>,
+    not_served: watch::Receiver<BTreeMap<ServiceKey, String>>,
     model: watch::Sender<Option<Arc<ClusterModel>>>,
     metrics: EdgeMetrics,
     /// Services whose status we wrote (cleared again when they leave us).
@@ -201,6 +217,7 @@ impl Loop {
                     pools: self.pools.borrow().clone(),
                     written: self.written.clone(),
                     unhealthy: self.unhealthy.borrow().clone(),
+                    not_served: self.not_served.borrow().clone(),
                 },
             );
             self.publish(&desired);
@@ -218,6 +235,11 @@ impl Loop {
                     }
                 }
                 r = self.unhealthy.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                }
+                r = self.not_served.changed() => {
                     if r.is_err() {
                         return;
                     }

@@ -21,6 +21,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use portico_config::kube::quoted;
 use portico_config::names::DEFAULT_NAMESPACE;
 use portico_config::{AddressPool, IpFamily, Node, Service, ServiceKey};
 use serde::{Deserialize, Serialize};
@@ -41,7 +42,11 @@ pub const IP_MODE: &str = "Proxy";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
     /// The edge already serves load balancers of another cluster.
-    #[error("this edge serves cluster {held:?}; the call names cluster {asked:?} (one edge serves one cluster)")]
+    #[error(
+        "this edge serves cluster {}; the call names cluster {} (one edge serves one cluster)",
+        quoted(held),
+        quoted(asked)
+    )]
     ClusterMismatch {
         /// The cluster the edge holds load balancers for.
         held: String,
@@ -49,7 +54,11 @@ pub enum RequestError {
         asked: String,
     },
     /// The Service in the body is not the one the path names.
-    #[error("Service {key}: the body's {field} is {found:?}, but the path names {expected:?}")]
+    #[error(
+        "Service {key}: the body's {field} is {}, but the path names {}",
+        quoted(found),
+        quoted(expected)
+    )]
     KeyMismatch {
         /// The Service the path names.
         key: ServiceKey,
@@ -311,6 +320,19 @@ impl HookState {
             state = HookState::default();
         }
         Ok(self.outcome(state, Vec::new()))
+    }
+
+    /// The state without the load balancers of `keys` (those the edge
+    /// would not serve); with none left, the empty state.
+    pub fn without<'a>(&self, keys: impl IntoIterator<Item = &'a ServiceKey>) -> HookState {
+        let mut state = self.clone();
+        for key in keys {
+            state.balancers.remove(key);
+        }
+        if state.balancers.is_empty() {
+            state = HookState::default();
+        }
+        state
     }
 
     fn outcome(&self, state: HookState, warnings: Vec<String>) -> Outcome {
