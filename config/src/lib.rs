@@ -20,6 +20,7 @@ pub mod file;
 pub mod kube;
 pub mod model;
 pub mod names;
+pub mod scalars;
 pub mod text;
 pub mod validate;
 
