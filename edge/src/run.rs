@@ -192,12 +192,12 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         tokio::select! {
             _ = signals.hangup.recv() => {
                 tracing::info!("SIGHUP: reloading");
-                file.check(true);
+                file.check(true, sources.file_services());
             }
             _ = poll.tick() => {
                 // Services with no healthy node get an Event.
                 sources.set_unhealthy(edge.snapshot().unhealthy_services());
-                file.check(false);
+                file.check(false, sources.file_services());
             }
             outcome = file.finished() => reloaded(&edge, outcome, &mut sources).await,
             () = sources.changed() => sources.apply(&edge, false).await,

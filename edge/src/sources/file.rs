@@ -120,8 +120,6 @@ struct WatchState {
     seen: Option<(Stamp, Option<u64>)>,
     /// A stamp not read yet, and when it was first seen.
     pending: Option<(Stamp, Instant)>,
-    /// How many Services the running configuration has from the file.
-    services: usize,
 }
 
 /// The config file, the state of its watch, and the read in flight.
@@ -135,6 +133,9 @@ pub struct ConfigFile {
     reading: Option<JoinHandle<(WatchState, Reloaded)>>,
     /// A `SIGHUP` came while a read was in flight: read again after it.
     forced_next: bool,
+    /// How many Services the running configuration has from the file, as
+    /// last told by [`ConfigFile::check`].
+    running_services: usize,
 }
 
 impl ConfigFile {
@@ -159,13 +160,13 @@ impl ConfigFile {
         };
         let config = parse_edge_config_file(&bytes)
             .map_err(|errors| LoadError::Invalid { path: name, errors })?;
-        state.services = config.services.len();
         let file = ConfigFile {
             source,
             settle,
             state: Some(state),
             reading: None,
             forced_next: false,
+            running_services: config.services.len(),
         };
         Ok((file, config))
     }
@@ -174,7 +175,10 @@ impl ConfigFile {
     /// way (then a `force`d one follows it). `force` (`SIGHUP`): read now,
     /// even if unchanged or still changing. The outcome comes from
     /// [`ConfigFile::finished`]. Nothing for the embedded example.
-    pub fn check(&mut self, force: bool) {
+    /// `running_services`: how many Services the running configuration has
+    /// from the file (a file without `services` may not remove them all).
+    pub fn check(&mut self, force: bool, running_services: usize) {
+        self.running_services = running_services;
         let ConfigSource::File(path) = &self.source else {
             return;
         };
@@ -185,7 +189,7 @@ impl ConfigFile {
         let path = path.clone();
         let settle = self.settle;
         self.reading = Some(tokio::task::spawn_blocking(move || {
-            let outcome = step(&path, &mut state, force, settle);
+            let outcome = step(&path, &mut state, force, settle, running_services);
             (state, outcome)
         }));
     }
@@ -212,15 +216,22 @@ impl ConfigFile {
             }
         };
         if std::mem::take(&mut self.forced_next) {
-            self.check(true);
+            self.check(true, self.running_services);
         }
         outcome
     }
 }
 
 /// One look at the file (blocking): read it when `force`d, or when its
-/// stamp changed and has stayed the same for `settle`.
-fn step(path: &Path, state: &mut WatchState, force: bool, settle: Duration) -> Reloaded {
+/// stamp changed and has stayed the same for `settle`. `running`: how many
+/// Services the running configuration has from the file.
+fn step(
+    path: &Path,
+    state: &mut WatchState,
+    force: bool,
+    settle: Duration,
+    running: usize,
+) -> Reloaded {
     let stamp = Stamp::at(path);
     if !force {
         if state.seen.as_ref().is_some_and(|(seen, _)| *seen == stamp) {
@@ -268,15 +279,12 @@ fn step(path: &Path, state: &mut WatchState, force: bool, settle: Duration) -> R
                 errors,
             };
             match read_edge_config_file(&bytes) {
-                Ok(contents) => match contents.removes_unlisted(state.services) {
+                Ok(contents) => match contents.removes_unlisted(running) {
                     Some(error) => {
                         report(path, &invalid(ConfigErrors::new(vec![error])));
                         Reloaded::Failed
                     }
-                    None => {
-                        state.services = contents.config.services.len();
-                        Reloaded::Valid(Box::new(contents.config))
-                    }
+                    None => Reloaded::Valid(Box::new(contents.config)),
                 },
                 Err(errors) => {
                     report(path, &invalid(errors));
@@ -347,8 +355,19 @@ mod tests {
 
     /// Looks until the outcome is not `Unchanged` or `rounds` looks passed.
     fn look(path: &Path, state: &mut WatchState, settle: Duration, rounds: u32) -> Reloaded {
+        look_running(path, state, settle, rounds, 0)
+    }
+
+    /// [`look`], with `running` Services from the file.
+    fn look_running(
+        path: &Path,
+        state: &mut WatchState,
+        settle: Duration,
+        rounds: u32,
+        running: usize,
+    ) -> Reloaded {
         for _ in 0..rounds {
-            match step(path, state, false, settle) {
+            match step(path, state, false, settle, running) {
                 Reloaded::Unchanged => std::thread::sleep(settle / 4),
                 other => return other,
             }
@@ -371,7 +390,7 @@ mod tests {
         let mut state = loaded(&path);
         let settle = Duration::from_millis(200);
         assert!(matches!(
-            step(&path, &mut state, false, settle),
+            step(&path, &mut state, false, settle, 0),
             Reloaded::Unchanged
         ));
 
@@ -379,7 +398,7 @@ mod tests {
         write(&path, b"services: []\nnodes: [{name: a, addr");
         let first_seen = Instant::now();
         assert!(matches!(
-            step(&path, &mut state, false, settle),
+            step(&path, &mut state, false, settle, 0),
             Reloaded::Unchanged
         ));
         // The writer finishes before the settle period ends: only the
@@ -419,7 +438,7 @@ mod tests {
                 Reloaded::Unchanged
             ));
             assert!(matches!(
-                step(&path, &mut state, true, settle),
+                step(&path, &mut state, true, settle, 0),
                 Reloaded::Failed
             ));
         }
@@ -450,21 +469,21 @@ mod tests {
         write(&path, format!("{nodes}{service}").as_bytes());
         let mut state = loaded(&path);
         let settle = Duration::from_millis(20);
-        // Cut short before its Services: valid, but refused.
+        // Cut short before its Services: valid, but refused while one runs.
         write(&path, nodes.as_bytes());
         assert!(matches!(
-            look(&path, &mut state, settle, 50),
+            look_running(&path, &mut state, settle, 50, 1),
             Reloaded::Failed
         ));
         write(&path, format!("{nodes}services: []\n").as_bytes());
-        let Reloaded::Valid(config) = look(&path, &mut state, settle, 50) else {
+        let Reloaded::Valid(config) = look_running(&path, &mut state, settle, 50, 1) else {
             panic!("listed as none: removed on purpose");
         };
         assert!(config.services.is_empty());
         // With none running, a file without `services` is fine.
         write(&path, format!("# again\n{nodes}").as_bytes());
         assert!(matches!(
-            look(&path, &mut state, settle, 50),
+            look_running(&path, &mut state, settle, 50, 0),
             Reloaded::Valid(_)
         ));
     }
