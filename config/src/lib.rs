@@ -266,6 +266,24 @@ services:
     }
 
     #[test]
+    fn long_values_are_cut_in_messages() {
+        let name = "a".repeat(500);
+        let errors = parse_edge_config(&format!(
+            "settings: {{health: {{interval: {name}}}}}\nservices: [{{name: {name}, vips: [10.0.0.1], ports: [{{port: 80}}]}}]\n"
+        ))
+        .expect_err("invalid");
+        let shown = format!("{:?}... (500 bytes)", "a".repeat(64));
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                format!("settings.health.interval: {shown} is not a valid duration: expected a number at {shown} (e.g. 500ms, 2s, 1m or 1h30m)"),
+                format!("services[0].name: {shown} is not a valid RFC 1123 label: it is longer than 63 characters"),
+            ]
+        );
+    }
+
+    #[test]
     fn parse_duration_is_exported() {
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(format_duration(Duration::from_millis(1500)), "1s500ms");

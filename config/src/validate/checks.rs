@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::duration::{format_duration, parse_duration};
 use crate::file::{RawDuration, RawInt};
+use crate::kube::quoted;
 use crate::model::ParseEnumError;
 
 /// `raw` as a `u32`, if a whole number within `lo..=hi`; any other number
@@ -70,19 +71,24 @@ pub(super) fn dns_label(s: &str) -> Result<(), String> {
         return Err("must not be empty".to_string());
     }
     if s.len() > 63 {
-        return Err(format!("{s:?} {WHAT}: it is longer than 63 characters"));
+        return Err(format!(
+            "{} {WHAT}: it is longer than 63 characters",
+            quoted(s)
+        ));
     }
     if !s
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     {
         return Err(format!(
-            "{s:?} {WHAT}: only lowercase letters, digits and '-' are allowed"
+            "{} {WHAT}: only lowercase letters, digits and '-' are allowed",
+            quoted(s)
         ));
     }
     if s.starts_with('-') || s.ends_with('-') {
         return Err(format!(
-            "{s:?} {WHAT}: it must start and end with a letter or digit"
+            "{} {WHAT}: it must start and end with a letter or digit",
+            quoted(s)
         ));
     }
     Ok(())

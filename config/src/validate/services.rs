@@ -11,7 +11,7 @@ use ipnetwork::IpNetwork;
 use super::checks::{dns_label, port, spelled, u32_in};
 use super::{Validator, DEFAULT_NAMESPACE, MAX_AFFINITY_TIMEOUT_SECONDS};
 use crate::file::{RawNameOrBool, RawService, RawServicePort, ServiceEntry};
-use crate::kube::parse_cidr;
+use crate::kube::{parse_cidr, quoted};
 use crate::model::{
     ParseEnumError, Protocol, ProxyProtocol, Service, ServiceKey, ServicePort, SessionAffinity,
     SourceRanges, TrafficPolicy, DEFAULT_AFFINITY_TIMEOUT,
@@ -278,7 +278,8 @@ impl Validator {
                 match first_by_name.entry(name) {
                     Entry::Occupied(earlier) => {
                         let message = format!(
-                            "duplicate port name {name:?} (also ports[{}])",
+                            "duplicate port name {} (also ports[{}])",
+                            quoted(name),
                             earlier.get()
                         );
                         self.error(pp("name"), message);

@@ -15,6 +15,7 @@ use crate::file::{
     RawHealthSettings, RawHookApiSettings, RawInt, RawKubernetesSettings, RawNameOrBool,
     RawProxySettings, RawSettings,
 };
+use crate::kube::quoted;
 use crate::model::{
     EdgeSettings, HealthSettings, HookApiSettings, KubernetesSettings, ProxySettings, SpliceMode,
     VipSettings,
@@ -298,7 +299,8 @@ fn splice_mode(raw: &RawNameOrBool) -> Result<SpliceMode, String> {
 fn qualified_name(s: &str) -> Result<(), String> {
     let Some((prefix, name)) = s.split_once('/') else {
         return Err(format!(
-            "{s:?} must be a label-style name with a domain prefix, e.g. portico.io/edge"
+            "{} must be a label-style name with a domain prefix, e.g. portico.io/edge",
+            quoted(s)
         ));
     };
     let prefix_ok = !prefix.is_empty()
@@ -314,9 +316,7 @@ fn qualified_name(s: &str) -> Result<(), String> {
     if prefix_ok && name_ok {
         Ok(())
     } else {
-        Err(format!(
-            "{s:?} is not a valid qualified name (a DNS subdomain, '/', and a name of at most 63 letters, digits, '-', '_' or '.')"
-        ))
+        Err(format!("{} is not a valid qualified name (a DNS subdomain, '/', and a name of at most 63 letters, digits, '-', '_' or '.')", quoted(s)))
     }
 }
 
@@ -324,7 +324,8 @@ fn qualified_name(s: &str) -> Result<(), String> {
 fn socket_addr(text: &str) -> Result<SocketAddr, String> {
     text.parse().map_err(|_| {
         format!(
-            "{text:?} is not a valid socket address (expected e.g. 127.0.0.1:9720 or [::1]:9720)"
+            "{} is not a valid socket address (expected e.g. 127.0.0.1:9720 or [::1]:9720)",
+            quoted(text)
         )
     })
 }
@@ -337,7 +338,8 @@ fn interface_name(s: &str) -> Result<(), String> {
     }
     if s.len() > 15 {
         return Err(format!(
-            "{s:?} is not a valid interface name: it is longer than 15 characters"
+            "{} is not a valid interface name: it is longer than 15 characters",
+            quoted(s)
         ));
     }
     if s == "."
@@ -345,9 +347,7 @@ fn interface_name(s: &str) -> Result<(), String> {
         || s.chars()
             .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
     {
-        return Err(format!(
-            "{s:?} is not a valid interface name: '/', ':', whitespace, \".\" and \"..\" are not allowed"
-        ));
+        return Err(format!("{} is not a valid interface name: '/', ':', whitespace, \".\" and \"..\" are not allowed", quoted(s)));
     }
     Ok(())
 }
