@@ -24,6 +24,11 @@ pub mod scalars;
 pub mod text;
 pub mod validate;
 
+#[cfg(any(test, feature = "testing"))]
+pub mod hostile;
+#[cfg(test)]
+mod properties;
+
 pub use duration::{format_duration, parse_duration};
 pub use error::{ConfigErrors, FieldError};
 pub use model::*;

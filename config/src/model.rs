@@ -554,9 +554,9 @@ pub struct ParseEnumError {
 impl ParseEnumError {
     fn describe(&self) -> String {
         let mut out = format!(
-            "unknown {} {:?} (expected {})",
+            "unknown {} {} (expected {})",
             self.what,
-            self.value,
+            crate::kube::quoted(&self.value),
             join_alternatives(self.expected)
         );
         if let Some(hint) = self

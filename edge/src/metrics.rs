@@ -176,7 +176,7 @@ impl EdgeMetrics {
         let r = Registry::new();
         let sp = &["service", "port"];
         let (generation, listeners, vip_errors, kube_stale) = scalars(&r);
-        EdgeMetrics {
+        let metrics = EdgeMetrics {
             accepted: counter_vec(&r, "portico_edge_connections_accepted_total", "Client connections accepted by a listener.", sp),
             rejected: counter_vec(
                 &r,
@@ -281,7 +281,13 @@ impl EdgeMetrics {
                 &["route", "code"],
             ),
             registry: r,
+        };
+        // Known label values from the start, so a rate reads 0 rather
+        // than nothing before the first time.
+        for l in [limit::CONNECTIONS, limit::UDP_FLOWS] {
+            metrics.limit_reached.with_label_values(&[l]);
         }
+        metrics
     }
 
     /// Renders every metric in the Prometheus text format.
