@@ -556,7 +556,7 @@ impl ParseEnumError {
         let mut out = format!(
             "unknown {} {} (expected {})",
             self.what,
-            crate::text::quoted(&self.value),
+            crate::quote::quoted(&self.value),
             join_alternatives(self.expected)
         );
         if let Some(hint) = self

@@ -22,6 +22,10 @@ use crate::parse_edge_config;
 /// How long one input may take to be read (a debug build, a busy machine).
 const TIME_LIMIT: Duration = Duration::from_secs(2);
 
+/// The longest message a config file error may carry (a value of up to
+/// 1,024 characters may be quoted in it; a longer one is told by length).
+const CONFIG_MESSAGE_LIMIT: usize = 2048;
+
 /// The longest refusal message a reader may give.
 const MESSAGE_LIMIT: usize = 1024;
 
@@ -127,6 +131,10 @@ proptest! {
             prop_assert!(!errors.errors().is_empty());
             for e in errors.errors() {
                 prop_assert!(!e.message.is_empty(), "{e:?}");
+                prop_assert!(
+                    e.message.len() <= CONFIG_MESSAGE_LIMIT,
+                    "{} bytes at {}: {:.300}", e.message.len(), e.path, e.message
+                );
             }
         }
     }

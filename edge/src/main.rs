@@ -37,7 +37,8 @@ enum Command {
         /// Seconds to wait for the running edge to hand over.
         #[arg(long, default_value_t = 60)]
         takeover_timeout: u64,
-        /// Milliseconds between checks of the config file for changes.
+        /// Milliseconds between checks of the config file for changes; a
+        /// change is read once it has stayed the same this long.
         #[arg(long, default_value_t = 1000)]
         watch_interval_ms: u64,
         /// Worker threads (default: the CPUs this process may run on).

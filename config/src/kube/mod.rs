@@ -37,7 +37,7 @@ pub mod service;
 #[cfg(any(test, feature = "testing"))]
 pub mod cases;
 
-pub use crate::text::quoted;
+pub use crate::quote::quoted;
 pub use cidr::{is_valid_cidr, parse_cidr, parse_ip_sloppy, source_ranges};
 pub use endpoint_slice::read_endpoint_slice;
 pub use node::read_node;

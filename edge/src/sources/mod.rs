@@ -237,6 +237,11 @@ impl Sources {
         Ok(())
     }
 
+    /// How many Services the running configuration has from the config file.
+    pub fn file_services(&self) -> usize {
+        self.file.services.len()
+    }
+
     /// Tells the cluster source which Services have no healthy node (they
     /// get an Event).
     pub fn set_unhealthy(&self, services: BTreeSet<ServiceKey>) {
