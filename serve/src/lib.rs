@@ -172,3 +172,106 @@ fn is_connection_error(e: &std::io::Error) -> bool {
             | std::io::ErrorKind::ConnectionReset
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpSocket, TcpStream};
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    async fn start(limits: ServerLimits) -> (SocketAddr, oneshot::Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().route("/", get(|| async { "ok" }));
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(serve(listener, app, limits, "test", async move {
+            let _ = stopped.await;
+        }));
+        (addr, stop)
+    }
+
+    async fn get_from(addr: SocketAddr, from: &str) -> std::io::Result<String> {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(format!("{from}:0").parse().unwrap())?;
+        let mut s = socket.connect(addr).await?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+            .await
+            .map_err(|_| std::io::Error::other("no answer"))??;
+        Ok(out)
+    }
+
+    /// Whether the server closes `s` within `within`.
+    async fn closed(s: &mut TcpStream, within: Duration) -> bool {
+        let mut rest = Vec::new();
+        matches!(
+            tokio::time::timeout(within, s.read_to_end(&mut rest)).await,
+            Ok(Ok(_)) | Ok(Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn a_client_over_its_share_is_closed_at_once_and_others_are_served() {
+        let (addr, _stop) = start(ServerLimits {
+            max_connections: 16,
+            max_connections_per_client: 2,
+            header_timeout: Duration::from_secs(10),
+        })
+        .await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+            held.push(s);
+        }
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        assert!(closed(&mut third, Duration::from_secs(2)).await);
+        assert!(get_from(addr, "127.0.0.2").await.unwrap().ends_with("ok"));
+        // Its share frees as its connections end.
+        drop(held);
+        let served = async {
+            loop {
+                if let Ok(answer) = get_from(addr, "127.0.0.1").await {
+                    break answer;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(5), served).await;
+        assert!(answer.unwrap().ends_with("ok"));
+    }
+
+    #[tokio::test]
+    async fn a_header_that_does_not_come_in_time_closes_the_connection() {
+        let (addr, _stop) = start(ServerLimits {
+            max_connections: 4,
+            max_connections_per_client: 4,
+            header_timeout: Duration::from_millis(200),
+        })
+        .await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        assert!(closed(&mut s, Duration::from_secs(3)).await);
+    }
+
+    #[tokio::test]
+    async fn stopping_lets_go_of_the_address() {
+        let (addr, stop) = start(ServerLimits::ADMIN).await;
+        assert!(get_from(addr, "127.0.0.1").await.unwrap().ends_with("ok"));
+        stop.send(()).unwrap();
+        let refused = async {
+            while TcpStream::connect(addr).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), refused)
+            .await
+            .expect("the listener closes");
+    }
+}
