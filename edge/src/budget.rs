@@ -15,8 +15,9 @@
 //! - client connections: `settings.proxy.maxConnections` x
 //!   [`DESCRIPTORS_PER_CONNECTION`] (the client, its node, a raced attempt);
 //! - UDP flows: `settings.proxy.maxUdpFlows`, one socket each;
-//! - the rest: listeners and health probes, the share a configuration
-//!   spends ([`Budget::config`]).
+//! - the rest: listeners ([`DESCRIPTORS_PER_LISTENER`] each) and health
+//!   probes (one each), the share a configuration spends
+//!   ([`Budget::config`]).
 //!
 //! A source is refused at the source when it asks for more than is left
 //! (the config file fails validation, the hook API answers 4xx, the cluster
@@ -44,6 +45,10 @@ pub const CONTROL_RESERVE: u64 = 512;
 /// Descriptors one TCP connection may hold at once: the client's, its
 /// node's, and a raced connect attempt's.
 pub const DESCRIPTORS_PER_CONNECTION: u64 = 3;
+
+/// Descriptors one listener may hold: its socket, and (TCP) a connection it
+/// accepted while every connection slot is taken, waiting for one.
+pub const DESCRIPTORS_PER_LISTENER: u64 = 2;
 
 /// `maxConnections` when the config does not say: this many, or a quarter of
 /// the descriptors when that is fewer.
@@ -172,8 +177,8 @@ pub fn check_file(config: &EdgeConfig, descriptors: u64) -> Result<Budget, Budge
     Ok(budget)
 }
 
-/// What a configuration spends: one descriptor per listener and one per
-/// health target (probes run at the same time).
+/// What a configuration spends: [`DESCRIPTORS_PER_LISTENER`] per listener
+/// and one per health target (probes run at the same time).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Cost {
     /// Listeners (VIP:port:protocol).
@@ -183,9 +188,9 @@ pub struct Cost {
 }
 
 impl Cost {
-    /// Listeners and probes together.
+    /// The descriptors the listeners and probes may hold.
     pub fn total(self) -> u64 {
-        self.listeners + self.probes
+        self.listeners * DESCRIPTORS_PER_LISTENER + self.probes
     }
 }
 
@@ -384,8 +389,9 @@ mod tests {
             ("huge", "198.51.100.3", 50),
             ("small", "198.51.100.4", 1),
         ]);
-        // file: 2 listeners + 2 probes; old: 3; huge: 50; small: 1.
-        let refused = fit(&mut c, 1, 10);
+        // Descriptors: file 2 x 2 + 2 probes; old 3 x 2; huge 50 x 2;
+        // small 1 x 2.
+        let refused = fit(&mut c, 1, 14);
         let names: Vec<_> = c.services.iter().map(|s| s.key.name.as_str()).collect();
         assert_eq!(names, ["file", "old", "small"]);
         assert_eq!(refused.len(), 1);
@@ -397,7 +403,7 @@ mod tests {
                 probes: 0
             }
         );
-        assert_eq!(refused[0].left, 3);
+        assert_eq!(refused[0].left, 4);
         let message = refused[0].to_string();
         assert!(message.contains("Service default/huge"), "{message}");
         assert!(message.contains("50 listeners"), "{message}");
@@ -416,7 +422,7 @@ mod tests {
     fn within_the_budget_nothing_changes() {
         let mut c = config(&[("a", "198.51.100.1", 2), ("b", "198.51.100.2", 2)]);
         let before = c.clone();
-        assert!(fit(&mut c, 0, 6).is_empty());
+        assert!(fit(&mut c, 0, 10).is_empty());
         assert_eq!(c, before);
     }
 }

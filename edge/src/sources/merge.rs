@@ -348,8 +348,9 @@ mod tests {
             nodes: &[],
         }];
         let served: BTreeSet<ServiceKey> = [ServiceKey::new("ns", "z-old")].into();
-        // file: 1 listener + 1 probe; one more listener fits in 3.
-        let merged = merge(&file, &contribution).fit(3, &served);
+        // file: a listener (2 descriptors) and a probe; one more listener
+        // fits in 5.
+        let merged = merge(&file, &contribution).fit(5, &served);
         let names: Vec<&str> = merged
             .config
             .services
@@ -363,10 +364,10 @@ mod tests {
         assert_eq!(
             merged.left_out[0].to_string(),
             "Service ns/a-new from kubernetes is left out: its 1 listeners and 0 health probes \
-             would pass this edge's descriptor budget (0 of 3 left for listeners and probes)"
+             would pass this edge's descriptor budget (0 of 5 left for listeners and probes)"
         );
         // With nothing served before, the merge's order decides.
-        let fresh = merge(&file, &contribution).fit(3, &BTreeSet::new());
+        let fresh = merge(&file, &contribution).fit(5, &BTreeSet::new());
         assert_eq!(fresh.left_out[0].service.name, "z-old");
         // The file's Services are kept even over the budget.
         let tight = merge(&file, &contribution).fit(0, &served);

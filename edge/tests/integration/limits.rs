@@ -286,10 +286,10 @@ async fn a_cluster_service_over_the_budget_is_left_out_with_an_event() {
     wait_serving(web, Duration::from_secs(20)).await;
     let mut held = Held::open(web).await;
 
-    // 320 ports and the 2 probes fit the 322 descriptors alone, but not
-    // after web's 1 listener and 2 probes. "big" sorts before "web": the
-    // Service already served must win anyway.
-    let ports = (0..320u16)
+    // 160 listeners (2 descriptors each) and the 2 probes fit the 322
+    // descriptors alone, but not after web's listener and probes. "big"
+    // sorts before "web": the Service already served must win anyway.
+    let ports = (0..160u16)
         .map(|i| json!({"name": format!("p{i}"), "protocol": "TCP", "port": 1000 + i, "nodePort": 30100 + i}))
         .collect();
     fake.create(service("big", ports)).expect("service created");
@@ -298,7 +298,7 @@ async fn a_cluster_service_over_the_budget_is_left_out_with_an_event() {
             e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("big")
                 && e.reason.as_deref() == Some("NotServed")
                 && e.note.as_deref().is_some_and(|n| {
-                    n.contains("its 320 listeners and 0 health probes would pass this edge's descriptor budget (319 of 322 left")
+                    n.contains("its 160 listeners and 0 health probes would pass this edge's descriptor budget (318 of 322 left")
                 })
         })
     })
