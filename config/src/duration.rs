@@ -1,6 +1,7 @@
 //! Durations as the config file writes them: `500ms`, `2s`, `1m`, `1h`,
 //! `1h30m`, or a bare integer meaning seconds.
 
+use crate::kube::quoted;
 use std::time::Duration;
 
 const EXAMPLES: &str = "e.g. 500ms, 2s, 1m or 1h30m";
@@ -17,7 +18,7 @@ const UNITS: [(&str, u64); 4] = [("h", 3_600_000), ("m", 60_000), ("s", 1_000), 
 /// sentence naming the input, e.g. `"1x" is not a valid duration: unknown
 /// unit "x" (use h, m, s or ms)`.
 pub fn parse_duration(input: &str) -> Result<Duration, String> {
-    parse(input.trim()).map_err(|why| format!("{input:?} is not a valid duration: {why}"))
+    parse(input.trim()).map_err(|why| format!("{} is not a valid duration: {why}", quoted(input)))
 }
 
 fn parse(s: &str) -> Result<Duration, String> {
@@ -39,7 +40,10 @@ fn parse(s: &str) -> Result<Duration, String> {
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
-            return Err(format!("expected a number at {rest:?} ({EXAMPLES})"));
+            return Err(format!(
+                "expected a number at {} ({EXAMPLES})",
+                quoted(rest)
+            ));
         }
         let (number, after) = rest.split_at(digits);
         let unit_len = after
@@ -51,11 +55,11 @@ fn parse(s: &str) -> Result<Duration, String> {
             return Err(match after.chars().next() {
                 Some('.') => format!("fractions are not supported ({EXAMPLES})"),
                 Some(c) => format!("unexpected {c:?} ({EXAMPLES})"),
-                None => format!("{number:?} has no unit ({EXAMPLES})"),
+                None => format!("{} has no unit ({EXAMPLES})", quoted(number)),
             });
         }
         let Some(index) = UNITS.iter().position(|(suffix, _)| *suffix == unit) else {
-            return Err(format!("unknown unit {unit:?} (use h, m, s or ms)"));
+            return Err(format!("unknown unit {} (use h, m, s or ms)", quoted(unit)));
         };
         if last_unit.is_some_and(|last| index <= last) {
             return Err("units must go from largest to smallest, each at most once".to_string());

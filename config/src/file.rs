@@ -2,23 +2,26 @@
 //!
 //! Every struct refuses unknown keys. Values that stage 2
 //! ([`crate::validate`]) checks are kept loose here so that a bad value gets a
-//! precise message there instead of a serde error here: integers are `i64`
-//! (so `nodePort: 99999` is reported as out of range, not as an overflow),
-//! addresses, CIDRs and enum-like values are strings, and durations are
-//! [`RawDuration`]s.
+//! precise message there instead of a serde error here: numbers are
+//! [`RawInt`]s (so `nodePort: 99999` or `port: 1e30` is reported against the
+//! field's range, not as an overflow or a type name), addresses, CIDRs and
+//! enum-like values are strings, and durations are [`RawDuration`]s.
+//!
+//! No text value or key may be longer than [`MAX_TEXT_CHARS`]: a longer one
+//! is reported by its length (and then left out) rather than echoed in a
+//! message.
 //!
 //! [`parse_document`] does not deserialize the whole file in one go: it
 //! parses the text to a [`serde_yaml_ng::Value`] first, then deserializes each
 //! settings subsection, each node, each Service and each Service port on its
 //! own, so a mistake in one of them does not hide the mistakes in the others.
 
-use std::fmt;
-
-use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use crate::error::FieldError;
+pub use crate::scalars::{RawDuration, RawInt, RawNameOrBool};
 
 /// A whole config file, as written.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -124,13 +127,13 @@ pub struct RawHealthSettings {
     /// `timeout`.
     pub timeout: Option<RawDuration>,
     /// `rise`.
-    pub rise: Option<i64>,
+    pub rise: Option<RawInt>,
     /// `fall`.
-    pub fall: Option<i64>,
+    pub fall: Option<RawInt>,
     /// `clusterCheck`: `kube-proxy` or `tcp-node-port`.
     pub cluster_check: Option<String>,
     /// `kubeProxyPort`.
-    pub kube_proxy_port: Option<i64>,
+    pub kube_proxy_port: Option<RawInt>,
     /// `allDown`: `fail-open` or `fail-closed`.
     pub all_down: Option<String>,
 }
@@ -146,7 +149,7 @@ pub struct RawProxySettings {
     /// `connectTimeout`.
     pub connect_timeout: Option<RawDuration>,
     /// `connectRetries`.
-    pub connect_retries: Option<i64>,
+    pub connect_retries: Option<RawInt>,
     /// `connectAttemptDelay`.
     pub connect_attempt_delay: Option<RawDuration>,
     /// `idleTimeout`.
@@ -156,9 +159,13 @@ pub struct RawProxySettings {
     /// `drainTimeout`.
     pub drain_timeout: Option<RawDuration>,
     /// `maglevTableSize`.
-    pub maglev_table_size: Option<i64>,
+    pub maglev_table_size: Option<RawInt>,
     /// `splice`: `auto`, `always` / `true` or `off` / `false`.
     pub splice: Option<RawNameOrBool>,
+    /// `maxConnections`.
+    pub max_connections: Option<RawInt>,
+    /// `maxUdpFlows`.
+    pub max_udp_flows: Option<RawInt>,
 }
 
 /// `settings.vip`.
@@ -206,7 +213,7 @@ pub struct RawService {
     /// `externalTrafficPolicy`: `Cluster` or `Local`.
     pub external_traffic_policy: Option<String>,
     /// `healthCheckNodePort`.
-    pub health_check_node_port: Option<i64>,
+    pub health_check_node_port: Option<RawInt>,
     /// `sessionAffinity`: `None` or `ClientIP`.
     pub session_affinity: Option<String>,
     /// `sessionAffinityConfig`.
@@ -247,7 +254,7 @@ pub struct RawSessionAffinityConfig {
 )]
 pub struct RawClientIpConfig {
     /// `timeoutSeconds`.
-    pub timeout_seconds: Option<i64>,
+    pub timeout_seconds: Option<RawInt>,
 }
 
 /// One entry of a Service's `ports`.
@@ -263,73 +270,9 @@ pub struct RawServicePort {
     /// `protocol`: `TCP`, `UDP` or `SCTP` (default `TCP`).
     pub protocol: Option<String>,
     /// `port`.
-    pub port: Option<i64>,
+    pub port: Option<RawInt>,
     /// `nodePort`; absent when the Service has no NodePorts.
-    pub node_port: Option<i64>,
-}
-
-/// A duration as written: a string for [`crate::parse_duration`], or a bare
-/// integer meaning seconds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RawDuration {
-    /// A string such as `500ms` or `1h30m`.
-    Text(String),
-    /// An integer: that many seconds (negative ones are refused in stage 2).
-    Seconds(i64),
-}
-
-impl<'de> Deserialize<'de> for RawDuration {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = RawDuration;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration such as 500ms, 2s, 1m or 1h30m")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawDuration, E> {
-                Ok(RawDuration::Text(v.to_string()))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawDuration, E> {
-                Ok(RawDuration::Seconds(v))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawDuration, E> {
-                i64::try_from(v)
-                    .map(RawDuration::Seconds)
-                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
-            }
-        }
-        deserializer.deserialize_any(V)
-    }
-}
-
-/// A setting written either as a name or as a YAML boolean
-/// (`proxyProtocol: false`, `splice: auto`); stage 2 decides what each
-/// means for its field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RawNameOrBool {
-    /// A name, checked against the field's spellings in stage 2.
-    Name(String),
-    /// `true` or `false`.
-    Bool(bool),
-}
-
-impl<'de> Deserialize<'de> for RawNameOrBool {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = RawNameOrBool;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a name or a boolean")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawNameOrBool, E> {
-                Ok(RawNameOrBool::Name(v.to_string()))
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawNameOrBool, E> {
-                Ok(RawNameOrBool::Bool(v))
-            }
-        }
-        deserializer.deserialize_any(V)
-    }
+    pub node_port: Option<RawInt>,
 }
 
 /// A config file after stage 1, with every list index preserved: an entry
@@ -344,6 +287,36 @@ pub struct RawDocument {
     pub nodes: Vec<Option<RawNode>>,
     /// `services`, by index.
     pub services: Vec<Option<ServiceEntry>>,
+    /// The paths of the texts and keys over [`MAX_TEXT_CHARS`], reported
+    /// and left out: their first error is the one about the length, and
+    /// any other at the same path ([`drop_echoes`]) only follows from
+    /// leaving them out.
+    pub overlong: Vec<String>,
+    /// Whether the document states its Services as a list (`services: []`
+    /// included), rather than leaving `services` out or empty: a reload
+    /// may remove every Service only when the file says so.
+    pub lists_services: bool,
+}
+
+/// Keeps only the first error at each path of `overlong` (the one about the
+/// length; a value left out may also be reported as missing or mistyped).
+pub fn drop_echoes(errors: &mut Vec<FieldError>, overlong: &[String]) {
+    let mut seen: Vec<&str> = Vec::new();
+    errors.retain(|e| {
+        if !overlong.contains(&e.path) {
+            return true;
+        }
+        if seen.contains(&e.path.as_str()) {
+            return false;
+        }
+        seen.push(
+            overlong
+                .iter()
+                .find(|p| **p == e.path)
+                .map_or("", String::as_str),
+        );
+        true
+    });
 }
 
 impl Default for RawDocument {
@@ -352,6 +325,8 @@ impl Default for RawDocument {
             settings: Some(RawSettings::default()),
             nodes: Vec::new(),
             services: Vec::new(),
+            overlong: Vec::new(),
+            lists_services: false,
         }
     }
 }
@@ -380,6 +355,7 @@ impl From<RawService> for ServiceEntry {
 impl From<RawEdgeConfig> for RawDocument {
     fn from(raw: RawEdgeConfig) -> Self {
         RawDocument {
+            lists_services: raw.services.is_some(),
             settings: Some(raw.settings.unwrap_or_default()),
             nodes: raw
                 .nodes
@@ -393,17 +369,27 @@ impl From<RawEdgeConfig> for RawDocument {
                 .into_iter()
                 .map(|s| Some(s.into()))
                 .collect(),
+            overlong: Vec::new(),
         }
     }
 }
+
+/// The longest text value (or key) a config file may hold, in characters.
+/// The longest real ones are file paths; anything longer is a mistake (a
+/// file pasted into a value, say), reported by its length.
+pub const MAX_TEXT_CHARS: usize = 1024;
+
+/// The message for an empty document (also used for an empty file).
+pub const EMPTY_DOCUMENT: &str = "the file is empty: it is refused so that a file not yet written, or cut short, never removes every Service; to run without Services from this file, write `services: []`";
 
 /// Stage 1: parses YAML text into a [`RawDocument`], plus every problem
 /// found on the way.
 ///
 /// A YAML syntax error is a single error (with its line and column) and
 /// yields an empty document. Otherwise each section and each list entry is
-/// deserialized on its own and every failure is reported with its full path;
-/// an empty document (or `{}`) is an empty config.
+/// deserialized on its own and every failure is reported with its full path.
+/// An empty document (nothing but whitespace, comments or `---`) is an
+/// error ([`EMPTY_DOCUMENT`]); `{}` or `services: []` is an empty config.
 pub fn parse_document(yaml: &str) -> (RawDocument, Vec<FieldError>) {
     let mut errors = Vec::new();
     let mut doc = RawDocument::default();
@@ -411,7 +397,10 @@ pub fn parse_document(yaml: &str) -> (RawDocument, Vec<FieldError>) {
     let mut value: Value = match serde_yaml_ng::from_str(yaml) {
         Ok(value) => value,
         Err(e) => {
-            errors.push(FieldError::new("", format!("invalid YAML: {e}")));
+            errors.push(
+                huge_integer(&e)
+                    .unwrap_or_else(|| FieldError::new("", format!("invalid YAML: {e}"))),
+            );
             return (doc, errors);
         }
     };
@@ -420,8 +409,12 @@ pub fn parse_document(yaml: &str) -> (RawDocument, Vec<FieldError>) {
         return (doc, errors);
     }
 
+    limit_texts(&mut value, "", &mut doc.overlong, &mut errors);
     let top = match value {
-        Value::Null => return (doc, errors),
+        Value::Null => {
+            errors.push(FieldError::new("", EMPTY_DOCUMENT));
+            return (doc, errors);
+        }
         Value::Mapping(top) => top,
         other => {
             errors.push(FieldError::new(
@@ -457,6 +450,7 @@ pub fn parse_document(yaml: &str) -> (RawDocument, Vec<FieldError>) {
                     .collect()
             }
             "services" => {
+                doc.lists_services = matches!(value, Value::Sequence(_));
                 doc.services = each_item(value, "services", "Services", &mut errors)
                     .into_iter()
                     .map(|(path, service)| service_entry(service, &path, &mut errors))
@@ -468,7 +462,74 @@ pub fn parse_document(yaml: &str) -> (RawDocument, Vec<FieldError>) {
             )),
         }
     }
+    drop_echoes(&mut errors, &doc.overlong);
     (doc, errors)
+}
+
+/// The YAML reader's error for an integer beyond 64 bits (it stops the
+/// whole document), in words and at its path.
+fn huge_integer(e: &serde_yaml_ng::Error) -> Option<FieldError> {
+    let text = e.to_string();
+    let (path, rest) = text.split_once(": invalid type: integer `")?;
+    let (number, rest) = rest.split_once('`')?;
+    if !(rest.starts_with(" as u128") || rest.starts_with(" as i128")) {
+        return None;
+    }
+    let at = e
+        .location()
+        .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+        .unwrap_or_default();
+    Some(FieldError::new(
+        path.trim_start_matches('.'),
+        format!("{number} is far outside the range of any setting{at}"),
+    ))
+}
+
+/// Reports every text value and key longer than [`MAX_TEXT_CHARS`] by its
+/// length and takes it out (a value becomes null, a key's entry goes), so
+/// no later message repeats it.
+fn limit_texts(
+    value: &mut Value,
+    path: &str,
+    overlong: &mut Vec<String>,
+    errors: &mut Vec<FieldError>,
+) {
+    let too_long = |s: &str| s.chars().count() > MAX_TEXT_CHARS;
+    let message = |what: &str, s: &str| {
+        format!(
+            "{what} of {} characters is too long: no text in this file may be longer than {MAX_TEXT_CHARS} characters",
+            s.chars().count()
+        )
+    };
+    match value {
+        Value::String(s) if too_long(s) => {
+            errors.push(FieldError::new(path, message("a text", s)));
+            overlong.push(path.to_string());
+            *value = Value::Null;
+        }
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                limit_texts(item, &format!("{path}[{i}]"), overlong, errors);
+            }
+        }
+        Value::Mapping(map) => {
+            map.retain(|key, _| match key.as_str() {
+                Some(k) if too_long(k) => {
+                    errors.push(FieldError::new(path, message("a key", k)));
+                    overlong.push(path.to_string());
+                    false
+                }
+                _ => true,
+            });
+            for (key, item) in map.iter_mut() {
+                let mut sub = path.to_string();
+                push_key(&mut sub, key.as_str().unwrap_or("?"));
+                limit_texts(item, &sub, overlong, errors);
+            }
+        }
+        Value::Tagged(tagged) => limit_texts(&mut tagged.value, path, overlong, errors),
+        _ => {}
+    }
 }
 
 /// Deserializes `settings`, taking its subsections (and each address pool)
@@ -625,18 +686,29 @@ mod tests {
     }
 
     #[test]
-    fn empty_document_and_empty_mapping_are_empty_configs() {
-        for text in [
-            "",
-            "   \n",
-            "# only a comment\n",
-            "{}",
-            "---\n",
-            "settings:\nnodes:\nservices:\n",
+    fn empty_document_is_an_error() {
+        for text in ["", "   \n", "# only a comment\n", "---\n"] {
+            let (doc, errors) = parse_document(text);
+            assert_eq!(paths(&errors), [""], "{text:?}");
+            assert_eq!(errors[0].message, EMPTY_DOCUMENT);
+            assert_eq!(doc, RawDocument::default(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn empty_mapping_is_an_empty_config() {
+        for (text, lists_services) in [
+            ("{}", false),
+            ("settings:\nnodes:\nservices:\n", false),
+            ("services: []\n", true),
         ] {
             let (doc, errors) = parse_document(text);
             assert!(errors.is_empty(), "{text:?}: {errors:?}");
-            assert_eq!(doc, RawDocument::default(), "{text:?}");
+            let empty = RawDocument {
+                lists_services,
+                ..RawDocument::default()
+            };
+            assert_eq!(doc, empty, "{text:?}");
         }
     }
 
@@ -770,10 +842,78 @@ services:
         assert_eq!(
             ports,
             Some(vec![Some(RawServicePort {
-                port: Some(99999),
-                node_port: Some(-1),
+                port: Some(RawInt::Int(99999)),
+                node_port: Some(RawInt::Int(-1)),
                 ..RawServicePort::default()
             })])
+        );
+    }
+
+    #[test]
+    fn any_number_reaches_stage_two_as_written() {
+        let port = |text: &str| {
+            let (doc, errors) =
+                parse_document(&format!("services:\n  - ports: [{{port: {text}}}]\n"));
+            assert!(errors.is_empty(), "{text}: {errors:?}");
+            doc.services[0]
+                .as_ref()
+                .and_then(|s| s.ports.clone())
+                .expect("ports")[0]
+                .clone()
+                .and_then(|p| p.port)
+                .expect("port")
+        };
+        assert_eq!(port("1e30"), RawInt::Huge("1e30".into()));
+        assert_eq!(port("-1e30"), RawInt::Huge("-1e30".into()));
+        assert_eq!(port("1.0e20"), RawInt::Huge("1e20".into()));
+        assert_eq!(
+            port("18446744073709551615"),
+            RawInt::Huge("18446744073709551615".into())
+        );
+        assert_eq!(port("8e3"), RawInt::Int(8000));
+        assert_eq!(port("1.5"), RawInt::Fraction("1.5".into()));
+        assert_eq!(port(".nan"), RawInt::Fraction("NaN".into()));
+        // Beyond 64 bits the YAML reader itself gives up on the document.
+        let (_, errors) = parse_document("services:\n  - ports: [{port: 99999999999999999999}]\n");
+        assert_eq!(
+            errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["services[0].ports[0].port: 99999999999999999999 is far outside the range of any setting (line 2, column 20)"]
+        );
+        let (_, errors) = parse_document("services:\n  - ports: [{port: '80'}]\n");
+        assert_eq!(
+            errors[0].message,
+            r#"invalid type: string "80", expected a whole number"#
+        );
+    }
+
+    #[test]
+    fn overlong_texts_and_keys_are_reported_by_their_length() {
+        let long = "x".repeat(10 * 1024);
+        let (doc, errors) = parse_document(&format!(
+            "services:\n  - name: {long}\n    vips: [10.0.0.1, {long}]\n  - ? {long}\n    : 1\n"
+        ));
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let what = "of 10240 characters is too long: no text in this file may be longer than 1024 characters";
+        assert_eq!(
+            shown,
+            [
+                format!("services[0].name: a text {what}"),
+                format!("services[0].vips[1]: a text {what}"),
+                format!("services[1]: a key {what}"),
+            ]
+        );
+        assert_eq!(
+            doc.overlong,
+            ["services[0].name", "services[0].vips[1]", "services[1]"]
+        );
+        assert!(
+            doc.services[1].is_some(),
+            "the entry stays, without the key"
+        );
+        assert!(
+            parse_document(&format!("services: [{{name: {}}}]\n", "x".repeat(1024)))
+                .1
+                .is_empty()
         );
     }
 

@@ -9,6 +9,9 @@
 //! serde structs (reporting syntax errors, unknown keys and wrong types), and
 //! [`validate`] checks them and builds the [`model`]. [`parse_edge_config`]
 //! runs both and reports every problem of both stages at once.
+//! [`text`] comes first for a file: its bytes as text (size, UTF-8, an
+//! empty file, a file cut short while being written);
+//! [`parse_edge_config_file`] runs all three.
 
 pub mod cluster;
 pub mod duration;
@@ -17,24 +20,42 @@ pub mod file;
 pub mod kube;
 pub mod model;
 pub mod names;
+pub mod quote;
+pub mod scalars;
+pub mod text;
 pub mod validate;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod hostile;
+#[cfg(test)]
+mod properties;
 
 pub use duration::{format_duration, parse_duration};
 pub use error::{ConfigErrors, FieldError};
 pub use model::*;
+pub use text::{parse_edge_config_file, read_edge_config_file, ConfigFileContents, MAX_FILE_BYTES};
 
 /// Parses and validates an edge config file (YAML).
 ///
 /// Returns every problem found, in document order, each with the path of the
 /// offending value (`services[2].ports[0].nodePort: 99999 is outside 1-65535`).
-/// An empty document or `{}` is a valid config with no Nodes and no Services.
+/// An empty document is an error (a file not yet written, or cut short,
+/// must not remove every Service); `{}` or `services: []` is a valid config
+/// with no Nodes and no Services.
 pub fn parse_edge_config(yaml: &str) -> Result<EdgeConfig, ConfigErrors> {
+    parse_listing(yaml).map(|(config, _)| config)
+}
+
+/// [`parse_edge_config`], and whether the document lists its Services
+/// ([`file::RawDocument::lists_services`]).
+fn parse_listing(yaml: &str) -> Result<(EdgeConfig, bool), ConfigErrors> {
     let (doc, mut errors) = file::parse_document(yaml);
     match validate::validate(&doc) {
-        Ok(config) if errors.is_empty() => return Ok(config),
+        Ok(config) if errors.is_empty() => return Ok((config, doc.lists_services)),
         Ok(_) => {}
         Err(more) => errors.extend(more),
     }
+    file::drop_echoes(&mut errors, &doc.overlong);
     // Stage 1 and stage 2 each report in document order; interleave them by
     // section and list entry (stable, so each entry's own order is kept).
     errors.sort_by_key(|e| document_position(&e.path));
@@ -76,14 +97,13 @@ mod tests {
     }
 
     #[test]
-    fn empty_documents_are_valid_empty_configs() {
-        for text in [
-            "",
-            "{}",
-            "# nothing yet\n",
-            "---\n",
-            "services: []\nnodes: []\n",
-        ] {
+    fn an_empty_document_is_an_error_and_an_explicit_empty_config_is_not() {
+        for text in ["", "# nothing yet\n", "---\n", "~\n"] {
+            let errors = parse_edge_config(text).expect_err(text);
+            assert_eq!(errors.len(), 1, "{text:?}: {errors}");
+            assert_eq!(errors.errors()[0].message, file::EMPTY_DOCUMENT);
+        }
+        for text in ["{}", "services: []\n", "services: []\nnodes: []\n"] {
             assert_eq!(
                 parse_edge_config(text),
                 Ok(EdgeConfig::default()),
@@ -222,6 +242,49 @@ settings: {proxy: {connectRetries: 99}, bogus: 1}
                 "services[0].bogus",
                 "services[1].ports[0].port",
                 "services[2].ports[0].typo",
+            ]
+        );
+    }
+
+    #[test]
+    fn odd_scalars_are_reported_in_words_with_their_path() {
+        let long = "a".repeat(10_000);
+        let yaml = format!(
+            "settings: {{health: {{rise: -1, interval: 876000h}}, proxy: {{connectRetries: 1.5}}}}
+services:
+  - {{name: {long}, vips: ['::ffff:10.0.0.1'], ports: [{{port: 1e30, nodePort: 1e20}}]}}
+"
+        );
+        let errors = parse_edge_config(&yaml).expect_err("invalid");
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "settings.health.interval: 876000h is outside 100ms-1h",
+                "settings.health.rise: -1 is outside 1-100",
+                "settings.proxy.connectRetries: 1.5 is not a whole number (expected one from 0 to 16)",
+                "services[0].name: a text of 10000 characters is too long: no text in this file may be longer than 1024 characters",
+                "services[0].vips[0]: ::ffff:10.0.0.1 is an IPv4-mapped IPv6 address (an IPv4 address in IPv6 form, which IPv4 clients never use); write it as the IPv4 address 10.0.0.1",
+                "services[0].ports[0].port: 1e30 is outside 1-65535",
+                "services[0].ports[0].nodePort: 1e20 is outside 1-65535",
+            ]
+        );
+    }
+
+    #[test]
+    fn long_values_are_cut_in_messages() {
+        let name = "a".repeat(500);
+        let errors = parse_edge_config(&format!(
+            "settings: {{health: {{interval: {name}}}}}\nservices: [{{name: {name}, vips: [10.0.0.1], ports: [{{port: 80}}]}}]\n"
+        ))
+        .expect_err("invalid");
+        let shown = format!("{:?}... (500 bytes)", "a".repeat(64));
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                format!("settings.health.interval: {shown} is not a valid duration: expected a number at {shown} (e.g. 500ms, 2s, 1m or 1h30m)"),
+                format!("services[0].name: {shown} is not a valid RFC 1123 label: it is longer than 63 characters"),
             ]
         );
     }

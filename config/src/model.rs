@@ -360,6 +360,14 @@ pub struct ProxySettings {
     /// inside the kernel, rather than through a user-space buffer (the edge
     /// falls back to buffers by itself where the kernel refuses).
     pub splice: SpliceMode,
+    /// TCP connections in flight at most (HAProxy's `maxconn`); a listener
+    /// stops accepting while the edge holds this many, and clients wait in
+    /// its backlog. `None`: derived from the descriptor limit.
+    pub max_connections: Option<u32>,
+    /// UDP flows at most, over every UDP port; a datagram that would start
+    /// one more is dropped and counted. `None`: derived from the descriptor
+    /// limit.
+    pub max_udp_flows: Option<u32>,
 }
 
 /// The default Maglev table size, from the Maglev paper.
@@ -376,6 +384,8 @@ impl Default for ProxySettings {
             drain_timeout: Duration::from_secs(30),
             maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
             splice: SpliceMode::Auto,
+            max_connections: None,
+            max_udp_flows: None,
         }
     }
 }
@@ -544,9 +554,9 @@ pub struct ParseEnumError {
 impl ParseEnumError {
     fn describe(&self) -> String {
         let mut out = format!(
-            "unknown {} {:?} (expected {})",
+            "unknown {} {} (expected {})",
             self.what,
-            self.value,
+            crate::quote::quoted(&self.value),
             join_alternatives(self.expected)
         );
         if let Some(hint) = self

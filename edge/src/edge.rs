@@ -20,7 +20,8 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use crate::admin;
-use crate::admission::AcceptContext;
+use crate::admission::{AcceptContext, ClientLimits};
+use crate::budget::Budget;
 use crate::health::HealthChecker;
 use crate::listeners::ListenerManager;
 use crate::metrics::EdgeMetrics;
@@ -65,6 +66,10 @@ pub struct EdgeOptions {
     /// The metrics to export (sources started before the edge count into
     /// them too); `None` creates a fresh set.
     pub metrics: Option<EdgeMetrics>,
+    /// The process's descriptor limit, shared out by [`Budget`] (the caps
+    /// on connections and UDP flows); `None`: no limit beyond the default
+    /// caps.
+    pub descriptors: Option<u64>,
 }
 
 enum Command {
@@ -150,11 +155,14 @@ impl Edge {
 
         let (health, health_changed) = HealthChecker::new(settings.health.clone(), metrics.clone());
         let builder = SnapshotBuilder::new(metrics.clone(), health.reporter());
+        let descriptors = opts.descriptors.unwrap_or(u64::MAX);
+        let limits = ClientLimits::new(0, 0);
         let ctx = AcceptContext {
             snapshot: snapshot.clone(),
             shutdown: shutdown_rx,
             tracker: tracker.clone(),
             metrics: metrics.clone(),
+            limits: limits.clone(),
         };
         let listeners = ListenerManager::new(ctx, std::mem::take(&mut opts.inherited));
         let vips = opts.address_ops.map(|ops| {
@@ -172,6 +180,8 @@ impl Edge {
             vips,
             snapshot: snapshot.clone(),
             metrics: metrics.clone(),
+            descriptors,
+            limits,
         };
         let errors = control.apply(config);
         for (listener, error) in &errors {
@@ -357,11 +367,14 @@ fn spawn_server(
     };
     let fd = l.as_fd().try_clone_to_owned().map_err(err)?;
     let listener = tokio::net::TcpListener::from_std(l).map_err(err)?;
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!(server = what, error = %e, "server failed");
-        }
-    });
+    // Stopped by aborting the task (at shutdown or after a handover).
+    let task = tokio::spawn(portico_serve::serve(
+        listener,
+        router,
+        portico_serve::ServerLimits::ADMIN,
+        what,
+        std::future::pending(),
+    ));
     Ok((format!("{what}/{configured}"), fd, task))
 }
 
@@ -376,6 +389,10 @@ struct Control {
     vips: Option<VipManager>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: EdgeMetrics,
+    /// The process's descriptor limit.
+    descriptors: u64,
+    /// The caps on connections and UDP flows the data path honours.
+    limits: Arc<ClientLimits>,
 }
 
 impl Control {
@@ -390,6 +407,7 @@ impl Control {
             ),
             Some(_) => {}
         }
+        self.set_limits(&config);
         let plan = plan::plan(&config);
         for w in &plan.warnings {
             tracing::warn!(service = %w.service, "{}", w.message);
@@ -405,6 +423,21 @@ impl Control {
             .into_iter()
             .map(|(k, e)| (k.to_string(), e))
             .collect()
+    }
+
+    /// The caps on connections and UDP flows, as the descriptor budget
+    /// shares them out for `config` (the sources have checked that it can).
+    fn set_limits(&mut self, config: &EdgeConfig) {
+        match Budget::derive(self.descriptors, &config.settings.proxy) {
+            Ok(budget) => {
+                self.limits.resize(
+                    budget.max_connections as usize,
+                    budget.max_udp_flows as usize,
+                );
+                self.metrics.set_budget(&budget);
+            }
+            Err(e) => tracing::error!(error = %e, "connection caps left as they were"),
+        }
     }
 
     fn publish(&mut self) {

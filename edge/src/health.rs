@@ -13,6 +13,11 @@
 //! rise/fall applied to both active probes and passive connect failures, a
 //! per-probe timeout, weights, and a change signal that makes the edge rebuild
 //! its routing snapshot.
+//!
+//! Probes of a target start one interval apart. New settings apply at once:
+//! a loop waiting for its next probe re-plans the wait with the new interval
+//! (a reload from `1h` to `2s` probes within two seconds, not within the
+//! hour), and the next probe uses the new timeout.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -185,6 +190,8 @@ impl HealthCheck for KubeProxyCheck {
 /// Owns one probe loop per target and the shared status table.
 pub struct HealthChecker {
     settings: Arc<Mutex<HealthSettings>>,
+    /// Bumped when the settings change, so every loop re-plans its wait.
+    settings_changed: watch::Sender<u64>,
     machines: Arc<Mutex<HashMap<HealthTarget, Machine>>>,
     tasks: HashMap<HealthTarget, JoinHandle<()>>,
     nodes: Arc<Mutex<BTreeMap<HealthTarget, Arc<str>>>>,
@@ -224,6 +231,7 @@ impl HealthChecker {
         let (passive_tx, mut passive_rx) = mpsc::unbounded_channel::<HealthTarget>();
         let checker = HealthChecker {
             settings: Arc::new(Mutex::new(settings)),
+            settings_changed: watch::channel(0).0,
             machines: Arc::new(Mutex::new(HashMap::new())),
             tasks: HashMap::new(),
             nodes: Arc::new(Mutex::new(BTreeMap::new())),
@@ -249,6 +257,7 @@ impl HealthChecker {
     fn context(&self) -> ProbeContext {
         ProbeContext {
             settings: self.settings.clone(),
+            settings_changed: self.settings_changed.subscribe(),
             machines: self.machines.clone(),
             nodes: self.nodes.clone(),
             changed: self.changed.clone(),
@@ -263,9 +272,19 @@ impl HealthChecker {
         }
     }
 
-    /// Replaces the settings; running loops pick them up at their next round.
+    /// Replaces the settings. They apply at once: each loop's next probe is
+    /// due one new interval after its last one (at once if that has passed),
+    /// not when the wait planned with the old interval ends.
     pub fn set_settings(&self, settings: HealthSettings) {
-        *lock(&self.settings) = settings;
+        let changed = {
+            let mut current = lock(&self.settings);
+            let changed = *current != settings;
+            *current = settings;
+            changed
+        };
+        if changed {
+            self.settings_changed.send_modify(|n| *n += 1);
+        }
     }
 
     /// Makes the probed set equal to `targets`: starts a loop (probing at once)
@@ -346,6 +365,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Clone)]
 struct ProbeContext {
     settings: Arc<Mutex<HealthSettings>>,
+    settings_changed: watch::Receiver<u64>,
     machines: Arc<Mutex<HashMap<HealthTarget, Machine>>>,
     nodes: Arc<Mutex<BTreeMap<HealthTarget, Arc<str>>>>,
     changed: watch::Sender<u64>,
@@ -428,7 +448,7 @@ fn make_check(target: HealthTarget, timeout: Duration) -> Box<dyn HealthCheck + 
     }
 }
 
-async fn probe_loop(target: HealthTarget, ctx: ProbeContext) {
+async fn probe_loop(target: HealthTarget, mut ctx: ProbeContext) {
     let weight = WeightCell::default();
     let addr: std::net::SocketAddr = target.addr();
     let mut backend = Backend {
@@ -469,7 +489,31 @@ async fn probe_loop(target: HealthTarget, ctx: ProbeContext) {
                 ctx.observe(target, false, true, 1, Some(e));
             }
         }
-        tokio::time::sleep(interval).await;
+        wait_for_next_probe(started, interval, &ctx.settings, &mut ctx.settings_changed).await;
+    }
+}
+
+/// Waits until one interval has passed since the probe that `started`; a
+/// change of the settings meanwhile re-plans the wait with the new
+/// interval (a shorter one may end it at once).
+async fn wait_for_next_probe(
+    started: Instant,
+    mut interval: Duration,
+    settings: &Mutex<HealthSettings>,
+    changed: &mut watch::Receiver<u64>,
+) {
+    loop {
+        let due = tokio::time::Instant::from_std(started + interval);
+        tokio::select! {
+            () = tokio::time::sleep_until(due) => return,
+            seen = changed.changed() => {
+                if seen.is_err() {
+                    // The checker is gone (its loops are being aborted).
+                    return std::future::pending().await;
+                }
+                interval = lock(settings).interval;
+            }
+        }
     }
 }
 
@@ -538,6 +582,58 @@ mod tests {
         assert!(!m.observe(false, true, 2, 2), "streak restarted");
         assert!(m.status.healthy);
         assert_eq!(m.status.consecutive_failures, 1);
+    }
+
+    /// Probes of `target` so far, from the probe duration histogram.
+    fn probes(metrics: &EdgeMetrics) -> u64 {
+        ["ok", "error"]
+            .iter()
+            .map(|r| {
+                metrics
+                    .probe_duration
+                    .with_label_values(&["tcp", r])
+                    .get_sample_count()
+            })
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn a_shorter_interval_applies_at_once() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = HealthTarget::TcpConnect(listener.local_addr().unwrap());
+        let accept = tokio::spawn(async move { while let Ok((_, _)) = listener.accept().await {} });
+        let slow = HealthSettings {
+            interval: Duration::from_secs(3600),
+            timeout: Duration::from_secs(1),
+            ..HealthSettings::default()
+        };
+        let metrics = EdgeMetrics::new();
+        let (mut checker, _) = HealthChecker::new(slow.clone(), metrics.clone());
+        let nodes = BTreeMap::from([(target, Arc::from("n"))]);
+        checker.set_targets(&BTreeSet::from([target]), &nodes);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while probes(&metrics) < 1 {
+            assert!(Instant::now() < deadline, "the first probe runs at once");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The loop now sleeps for an hour; the same settings again change
+        // nothing, a shorter interval applies at once.
+        checker.set_settings(slow.clone());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(probes(&metrics), 1);
+        checker.set_settings(HealthSettings {
+            interval: Duration::from_millis(100),
+            ..slow
+        });
+        let changed = Instant::now();
+        while probes(&metrics) < 4 {
+            assert!(
+                changed.elapsed() < Duration::from_secs(5),
+                "probes every 100ms after the change, not after the hour"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        accept.abort();
     }
 
     async fn probe(

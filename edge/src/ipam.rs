@@ -53,7 +53,7 @@ pub struct AddressRequest {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IpamError {
     /// The annotation names a pool that is not configured.
-    #[error("address pool {pool:?} does not exist")]
+    #[error("address pool {} does not exist", portico_config::kube::quoted(pool))]
     UnknownPool {
         /// The pool asked for.
         pool: String,
@@ -88,7 +88,7 @@ pub enum IpamError {
 
 fn pool_phrase(pool: &Option<String>) -> String {
     match pool {
-        Some(p) => format!("address pool {p:?}"),
+        Some(p) => format!("address pool {}", portico_config::kube::quoted(p)),
         None => "any address pool".to_string(),
     }
 }

@@ -7,26 +7,49 @@
 //! accept task per VIP:port, opened and closed one by one so that no other
 //! listener and no established connection (each its own task) is disturbed.
 //!
-//! Each listener's socket is also kept as an `OwnedFd` duplicate, so that a
-//! binary upgrade can hand every listening socket to the new process.
+//! Each listener's socket is shared (`Arc`) between its accept task and
+//! this manager, so that a binary upgrade can hand every listening socket
+//! to the new process without a duplicate descriptor per listener.
+//!
+//! A connection is served only with a slot of
+//! [`crate::admission::ClientLimits`]: a listener that accepts one while
+//! every slot is taken waits with it until a slot frees, and the clients
+//! after it wait in its backlog.
 
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::admission::AcceptContext;
+use crate::metrics::limit;
 use crate::plan::ListenerKey;
 use crate::sockets::{self, BACKLOG};
 use crate::{proxy, udp};
 use portico_config::Protocol;
 
+/// A listening socket, shared with its task.
+enum Socket {
+    Tcp(Arc<TcpListener>),
+    Udp(Arc<tokio::net::UdpSocket>),
+}
+
+impl Socket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Socket::Tcp(l) => l.as_fd(),
+            Socket::Udp(s) => s.as_fd(),
+        }
+    }
+}
+
 struct OpenListener {
     task: JoinHandle<()>,
-    fd: OwnedFd,
+    socket: Socket,
 }
 
 /// Opens, keeps and closes the listening sockets.
@@ -112,20 +135,24 @@ impl ListenerManager {
                 Some(fd) => sockets::into_std_udp(fd)?,
                 None => sockets::bind_udp(key.addr)?,
             };
-            let fd = std_socket.as_fd().try_clone_to_owned()?;
-            let socket = tokio::net::UdpSocket::from_std(std_socket)?;
-            let task = tokio::spawn(udp::serve(socket, key, self.ctx.clone()));
-            return Ok(OpenListener { task, fd });
+            let socket = Arc::new(tokio::net::UdpSocket::from_std(std_socket)?);
+            let task = tokio::spawn(udp::serve(socket.clone(), key, self.ctx.clone()));
+            return Ok(OpenListener {
+                task,
+                socket: Socket::Udp(socket),
+            });
         }
         let std_listener = match inherited {
             Some(fd) => sockets::into_std_listener(fd)?,
             None => sockets::bind_listener(key.addr, BACKLOG)?,
         };
         std_listener.set_nonblocking(true)?;
-        let fd = std_listener.as_fd().try_clone_to_owned()?;
-        let listener = TcpListener::from_std(std_listener)?;
-        let task = tokio::spawn(accept_loop(listener, key, self.ctx.clone()));
-        Ok(OpenListener { task, fd })
+        let listener = Arc::new(TcpListener::from_std(std_listener)?);
+        let task = tokio::spawn(accept_loop(listener.clone(), key, self.ctx.clone()));
+        Ok(OpenListener {
+            task,
+            socket: Socket::Tcp(listener),
+        })
     }
 
     /// The listeners that could not be opened, with why.
@@ -147,7 +174,7 @@ impl ListenerManager {
     pub fn fds(&self) -> Vec<(String, BorrowedFd<'_>)> {
         self.open
             .iter()
-            .map(|(k, l)| (k.to_string(), l.fd.as_fd()))
+            .map(|(k, l)| (k.to_string(), l.socket.as_fd()))
             .collect()
     }
 
@@ -167,10 +194,23 @@ impl Drop for ListenerManager {
     }
 }
 
-async fn accept_loop(listener: TcpListener, key: ListenerKey, ctx: AcceptContext) {
+async fn accept_loop(listener: Arc<TcpListener>, key: ListenerKey, ctx: AcceptContext) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                // Every slot taken: wait with this connection until one
+                // frees; the clients after it wait in the backlog.
+                let slot = match ctx.limits.connection() {
+                    Ok(slot) => slot,
+                    Err(wait) => {
+                        ctx.metrics
+                            .limit_reached
+                            .with_label_values(&[limit::CONNECTIONS])
+                            .inc();
+                        tracing::debug!(listener = %key, max = ctx.limits.max_connections(), "every connection slot is taken; waiting for one");
+                        wait.await
+                    }
+                };
                 let snapshot = ctx.snapshot.load();
                 let route = snapshot.routes.get(&key).cloned();
                 let settings = snapshot.proxy.clone();
@@ -185,6 +225,7 @@ async fn accept_loop(listener: TcpListener, key: ListenerKey, ctx: AcceptContext
                         shutdown,
                     )
                     .await;
+                    drop(slot);
                 });
             }
             Err(e) => {

@@ -37,7 +37,8 @@ enum Command {
         /// Seconds to wait for the running edge to hand over.
         #[arg(long, default_value_t = 60)]
         takeover_timeout: u64,
-        /// Milliseconds between checks of the config file for changes.
+        /// Milliseconds between checks of the config file for changes; a
+        /// change is read once it has stayed the same this long.
         #[arg(long, default_value_t = 1000)]
         watch_interval_ms: u64,
         /// Worker threads (default: the CPUs this process may run on).
@@ -74,7 +75,6 @@ fn main() -> ExitCode {
             watch_interval_ms,
             threads,
         } => {
-            raise_fd_limit();
             // tokio would start one worker per online CPU even when pinned to
             // fewer; available_parallelism honours the affinity mask.
             let threads = threads
@@ -134,22 +134,6 @@ fn main() -> ExitCode {
                 }
             }
         }
-    }
-}
-
-/// Every listener and every proxied connection (two sockets) needs a file
-/// descriptor, and a takeover receives all listeners at once: raise the soft
-/// limit to the hard one.
-fn raise_fd_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                tracing::warn!(error = %e, soft, hard, "cannot raise the open files limit");
-            }
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
     }
 }
 

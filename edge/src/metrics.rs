@@ -68,6 +68,11 @@ pub struct EdgeMetrics {
     pub kube_events: IntCounterVec,
     /// Hook API requests, by route and HTTP status code.
     pub hook_requests: IntCounterVec,
+    /// Times a client met a cap: `connections` (a connection waited for a
+    /// slot), `udp_flows` (a new flow's datagram was dropped).
+    pub limit_reached: IntCounterVec,
+    /// The descriptor budget's shares.
+    pub budget: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -144,13 +149,34 @@ fn scalars(r: &Registry) -> (IntGauge, IntGauge, IntCounter, Gauge) {
     (generation, listeners, vip_errors, kube_stale)
 }
 
+/// The `limit` label values of `portico_edge_limit_reached_total`.
+pub mod limit {
+    /// A TCP connection waited for a slot.
+    pub const CONNECTIONS: &str = "connections";
+    /// A datagram that would have started a UDP flow was dropped.
+    pub const UDP_FLOWS: &str = "udp_flows";
+}
+
 impl EdgeMetrics {
+    /// Exports the descriptor budget's shares.
+    pub fn set_budget(&self, budget: &crate::budget::Budget) {
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        for (share, value) in [
+            ("descriptors", budget.descriptors),
+            ("listeners_and_probes", budget.config),
+            ("connections", u64::from(budget.max_connections)),
+            ("udp_flows", u64::from(budget.max_udp_flows)),
+        ] {
+            self.budget.with_label_values(&[share]).set(clamp(value));
+        }
+    }
+
     /// Creates and registers every metric in a fresh registry.
     pub fn new() -> Self {
         let r = Registry::new();
         let sp = &["service", "port"];
         let (generation, listeners, vip_errors, kube_stale) = scalars(&r);
-        EdgeMetrics {
+        let metrics = EdgeMetrics {
             accepted: counter_vec(&r, "portico_edge_connections_accepted_total", "Client connections accepted by a listener.", sp),
             rejected: counter_vec(
                 &r,
@@ -236,6 +262,18 @@ impl EdgeMetrics {
                 "Events recorded on Services, by type (Normal, Warning).",
                 &["type"],
             ),
+            limit_reached: counter_vec(
+                &r,
+                "portico_edge_limit_reached_total",
+                "Times a client met a cap: connections (a connection accepted while maxConnections were in flight waited for a slot), udp_flows (a datagram that would have started a flow beyond maxUdpFlows was dropped).",
+                &["limit"],
+            ),
+            budget: gauge_vec(
+                &r,
+                "portico_edge_descriptor_budget",
+                "How the descriptor limit is shared out: descriptors (RLIMIT_NOFILE), listeners_and_probes, connections (maxConnections), udp_flows (maxUdpFlows).",
+                &["share"],
+            ),
             hook_requests: counter_vec(
                 &r,
                 "portico_edge_hook_requests_total",
@@ -243,7 +281,13 @@ impl EdgeMetrics {
                 &["route", "code"],
             ),
             registry: r,
+        };
+        // Known label values from the start, so a rate reads 0 rather
+        // than nothing before the first time.
+        for l in [limit::CONNECTIONS, limit::UDP_FLOWS] {
+            metrics.limit_reached.with_label_values(&[l]);
         }
+        metrics
     }
 
     /// Renders every metric in the Prometheus text format.

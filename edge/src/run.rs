@@ -8,10 +8,9 @@
 //! socket; `SIGQUIT` to the old process makes it send every listening socket
 //! there, stop accepting, drain, and exit.
 //!
-//! Signals: `SIGHUP` re-reads the config file (so does any change of its
-//! content, polled, because a ConfigMap update swaps a symlink that inotify on
-//! the file would miss); `SIGTERM`/`SIGINT` drain and exit; `SIGQUIT` hands
-//! over and exits.
+//! Signals: `SIGHUP` re-reads the config file (so does any change of it,
+//! once it has settled: [`crate::sources::file`]); `SIGTERM`/`SIGINT` drain
+//! and exit; `SIGQUIT` hands over and exits.
 //!
 //! Sources (the config file, the Kubernetes watch, the hook API) are
 //! started, merged and applied by [`crate::sources`].
@@ -43,7 +42,8 @@ pub struct RunOptions {
     pub takeover: bool,
     /// How long to wait for the old process to send its listeners.
     pub takeover_timeout: Duration,
-    /// How often the config file is checked for changes.
+    /// How often the config file is checked for changes; a change is read
+    /// once it has stayed the same this long.
     pub watch_interval: Duration,
 }
 
@@ -129,12 +129,42 @@ async fn take_over(opts: &RunOptions) -> Result<HashMap<String, OwnedFd>, RunErr
     Ok(fds.into_iter().collect())
 }
 
+/// The process's descriptor limit (`RLIMIT_NOFILE`), the soft limit raised
+/// to the hard one first: every listener, probe and connection needs a
+/// descriptor, and a takeover receives every listener at once. The
+/// descriptor budget ([`crate::budget`]) shares this out.
+pub fn descriptor_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the open files limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open files limit; assuming 1024");
+            1024
+        }
+    }
+}
+
 /// Runs the edge until it is told to stop.
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
-    let (mut file, config) = ConfigFile::load(opts.source.clone())?;
+    let descriptors = descriptor_limit();
+    let (source, settle) = (opts.source.clone(), opts.watch_interval);
+    // Off the runtime's workers, as every read of the file.
+    let (mut file, config) =
+        match tokio::task::spawn_blocking(move || ConfigFile::load(source, settle)).await {
+            Ok(loaded) => loaded?,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
     let mut signals = Signals::install()?;
     let metrics = EdgeMetrics::new();
     let mut edge_opts = EdgeOptions {
+        descriptors: Some(descriptors),
         address_ops: Some(Arc::new(NetlinkOps::new())),
         metrics: Some(metrics.clone()),
         ..Default::default()
@@ -150,12 +180,10 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     } else {
         Duration::ZERO
     };
-    let mut sources = Sources::start(config, &metrics, hook_bind_wait).await?;
-    let (config, warnings) = sources.merged();
-    for w in &warnings {
-        tracing::warn!("{w}");
-    }
-    let edge = Edge::start(config, edge_opts).await?;
+    let mut sources = Sources::start(config, descriptors, &metrics, hook_bind_wait).await?;
+    let merged = sources.merged();
+    sources.report(&merged);
+    let edge = Edge::start(merged.config, edge_opts).await?;
     tracing::info!(admin = %edge.admin_addr(), metrics = %edge.metrics_addr(), "edge running");
 
     let mut poll = tokio::time::interval(opts.watch_interval);
@@ -164,15 +192,14 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         tokio::select! {
             _ = signals.hangup.recv() => {
                 tracing::info!("SIGHUP: reloading");
-                reload(&edge, &mut file, &mut sources, true).await;
+                file.check(true, sources.file_services());
             }
             _ = poll.tick() => {
                 // Services with no healthy node get an Event.
                 sources.set_unhealthy(edge.snapshot().unhealthy_services());
-                if file.is_file() {
-                    reload(&edge, &mut file, &mut sources, false).await;
-                }
+                file.check(false, sources.file_services());
             }
+            outcome = file.finished() => reloaded(&edge, outcome, &mut sources).await,
             () = sources.changed() => sources.apply(&edge, false).await,
             _ = signals.terminate.recv() => { tracing::info!("SIGTERM: draining and stopping"); break; }
             _ = signals.interrupt.recv() => { tracing::info!("SIGINT: draining and stopping"); break; }
@@ -191,20 +218,27 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Re-reads the config file (`force`: even if unchanged) and applies what
-/// changed; a failed reload is counted and changes nothing.
-async fn reload(edge: &Edge, file: &mut ConfigFile, sources: &mut Sources, force: bool) {
-    match file.reload(force) {
+/// Applies what a look at the config file found; a failed reload is
+/// counted and changes nothing.
+async fn reloaded(edge: &Edge, outcome: Reloaded, sources: &mut Sources) {
+    match outcome {
         Reloaded::Unchanged => {}
         Reloaded::Failed => record_reload(edge.metrics(), false),
-        Reloaded::Valid(config) => {
-            sources.set_file(*config);
-            sources.apply(edge, true).await;
-        }
+        Reloaded::Valid(config) => match sources.set_file(*config) {
+            Ok(()) => sources.apply(edge, true).await,
+            Err(e) => {
+                tracing::error!(error = %e, "config file not reloaded; the running configuration stays");
+                record_reload(edge.metrics(), false);
+            }
+        },
     }
 }
 
-/// `portico-edge check-config`: every error, or nothing.
+/// `portico-edge check-config`: every error, or nothing. The descriptor
+/// budget is this process's (the limit a service manager gives the edge
+/// may differ: run it under the same limit).
 pub fn check_config(path: &Path) -> Result<EdgeConfig, RunError> {
-    Ok(ConfigFile::load(ConfigSource::File(path.to_path_buf()))?.1)
+    let config = ConfigFile::load(ConfigSource::File(path.to_path_buf()), Duration::ZERO)?.1;
+    crate::budget::check_file(&config, descriptor_limit()).map_err(SourceError::from)?;
+    Ok(config)
 }

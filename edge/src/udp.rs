@@ -25,14 +25,11 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
-use crate::admission::{self, AcceptContext};
+use crate::admission::{self, AcceptContext, FlowSlot};
 use crate::copy::drain_signal;
+use crate::metrics::limit;
 use crate::plan::ListenerKey;
 use crate::snapshot::Route;
-
-/// Flows one listener keeps at most; datagrams from further new clients are
-/// dropped (and counted) rather than exhausting file descriptors.
-pub const MAX_FLOWS_PER_LISTENER: usize = 65_536;
 
 /// The largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
@@ -42,6 +39,8 @@ thread_local! {
 }
 
 struct Flow {
+    /// Its share of `maxUdpFlows`, given back when the flow is forgotten.
+    _slot: FlowSlot,
     task: JoinHandle<()>,
     upstream: Arc<UdpSocket>,
     last: Arc<AtomicU64>,
@@ -63,8 +62,7 @@ fn millis(epoch: Instant) -> u64 {
 }
 
 /// Serves one UDP listener until the task is aborted.
-pub async fn serve(socket: UdpSocket, key: ListenerKey, ctx: AcceptContext) {
-    let socket = Arc::new(socket);
+pub async fn serve(socket: Arc<UdpSocket>, key: ListenerKey, ctx: AcceptContext) {
     let epoch = Instant::now();
     let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
@@ -171,14 +169,26 @@ async fn forward(
         tracing::debug!(%client, listener = %key, "UDP datagram outside the source ranges dropped");
         return;
     }
-    if flows.len() >= MAX_FLOWS_PER_LISTENER {
-        flows.retain(|_, f| !f.task.is_finished());
-        if flows.len() >= MAX_FLOWS_PER_LISTENER {
-            route.metrics.failed.inc();
-            tracing::warn!(listener = %key, "UDP flow table full; datagram dropped");
-            return;
+    // A flow is a socket: at most maxUdpFlows over every listener. Ended
+    // flows of this listener give theirs back first.
+    let slot = match ctx.limits.flow() {
+        Some(slot) => slot,
+        None => {
+            flows.retain(|_, f| !f.task.is_finished());
+            match ctx.limits.flow() {
+                Some(slot) => slot,
+                None => {
+                    route.metrics.failed.inc();
+                    ctx.metrics
+                        .limit_reached
+                        .with_label_values(&[limit::UDP_FLOWS])
+                        .inc();
+                    tracing::debug!(listener = %key, %client, "maxUdpFlows reached; datagram of a new flow dropped");
+                    return;
+                }
+            }
         }
-    }
+    };
     // UDP cannot tell a dead node at connect time: take the best choice; an
     // ICMP error later ends the flow and counts against the node.
     let Ok(candidates) = admission::pick(&route, client, 1) else {
@@ -211,6 +221,7 @@ async fn forward(
     flows.insert(
         client,
         Flow {
+            _slot: slot,
             task,
             upstream,
             last,

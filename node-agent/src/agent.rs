@@ -352,11 +352,13 @@ pub async fn run<B: NftBackend + Send + 'static>(
             async move { m.render() }
         }),
     );
-    let metrics_task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!(error = %e, "metrics server failed");
-        }
-    });
+    let metrics_task = tokio::spawn(portico_serve::serve(
+        listener,
+        router,
+        portico_serve::ServerLimits::ADMIN,
+        "metrics",
+        std::future::pending(),
+    ));
     tokio::pin!(shutdown);
     let result = match &opts.source {
         Source::Manifests(dir) => {

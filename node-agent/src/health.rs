@@ -492,16 +492,20 @@ impl Running {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let (stop, stopped) = oneshot::channel::<Infallible>();
         tokio::spawn(async move {
-            // axum drops the listener as soon as the signal fires (new
-            // connections are refused from then on) and closes idle
-            // keep-alive connections after their current request.
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(wait_for_drop(stopped))
-                .await;
-            match served {
-                Ok(()) => tracing::debug!(%what, %local, "health server stopped"),
-                Err(err) => tracing::error!(%what, %local, error = %err, "health server failed"),
-            }
+            // The listener is dropped as soon as the signal fires (new
+            // connections are refused from then on); idle keep-alive
+            // connections close after their current request. No client
+            // holds more than its share of connections, nor one longer
+            // than the header timeout without a request.
+            portico_serve::serve(
+                listener,
+                router,
+                portico_serve::ServerLimits::ADMIN,
+                "health check",
+                wait_for_drop(stopped),
+            )
+            .await;
+            tracing::debug!(%what, %local, "health server stopped");
         });
         Ok(Running { local, _stop: stop })
     }

@@ -356,7 +356,52 @@ pub fn service_cases() -> Vec<Case> {
             lb(json!({}), json!({LEGACY: "192.0.2.0/24,"})),
             read(|o| o.source_ranges = invalid()),
         ),
+        case(
+            "a name with capitals refuses the Service",
+            renamed(lb(json!({}), none.clone()), "shop", "Web"),
+            Expect::Refused {
+                field: "metadata.name",
+            },
+        ),
+        case(
+            "a name starting with a digit refuses the Service (DNS-1035)",
+            renamed(lb(json!({}), none.clone()), "shop", "1web"),
+            Expect::Refused {
+                field: "metadata.name",
+            },
+        ),
+        case(
+            "a name of 64 characters refuses the Service",
+            renamed(lb(json!({}), none.clone()), "shop", &"w".repeat(64)),
+            Expect::Refused {
+                field: "metadata.name",
+            },
+        ),
+        case(
+            "a namespace that is no DNS label refuses the Service",
+            renamed(lb(json!({}), none.clone()), "shop.eu", "web"),
+            Expect::Refused {
+                field: "metadata.namespace",
+            },
+        ),
+        case(
+            "annotations over 256 KiB in all refuse the Service",
+            lb(
+                json!({}),
+                json!({"example.com/a": "x".repeat(200 * 1024), "example.com/b": "y".repeat(60 * 1024)}),
+            ),
+            Expect::Refused {
+                field: "metadata.annotations",
+            },
+        ),
     ]
+}
+
+/// `object` under another namespace and name.
+fn renamed(mut object: Value, namespace: &str, name: &str) -> Value {
+    object["metadata"]["namespace"] = json!(namespace);
+    object["metadata"]["name"] = json!(name);
+    object
 }
 
 /// Compares an outcome with a case's answer; `Invalid` source ranges match

@@ -61,7 +61,9 @@ fn parse_go(text: &str) -> Result<(IpAddr, u8, Invalid), String> {
     let trimmed = text.trim().to_owned();
     let invalid: Invalid = {
         let trimmed = trimmed.clone();
-        Box::new(move |why: &str| format!("{trimmed:?} is not a valid CIDR ({why})"))
+        Box::new(move |why: &str| {
+            format!("{} is not a valid CIDR ({why})", super::quoted(&trimmed))
+        })
     };
     let Some((address, prefix)) = trimmed.split_once('/') else {
         let hint = match parse_ip_sloppy(&trimmed) {
@@ -72,7 +74,7 @@ fn parse_go(text: &str) -> Result<(IpAddr, u8, Invalid), String> {
         return Err(invalid(&format!("a prefix length is required{hint}")));
     };
     let address = parse_ip_sloppy(address)
-        .ok_or_else(|| invalid(&format!("{address:?} is not an IP address")))?;
+        .ok_or_else(|| invalid(&format!("{} is not an IP address", super::quoted(address))))?;
     let max = if address.is_ipv4() { 32 } else { 128 };
     let prefix = decimal(prefix).filter(|p| *p <= max).ok_or_else(|| {
         invalid(&format!(

@@ -3,7 +3,7 @@
 use k8s_openapi::api::discovery::v1 as discovery;
 
 use super::service::protocol;
-use super::{require_key, FieldProblem, Read};
+use super::{require_key, FieldProblem, NameRule, Read};
 use crate::cluster::{AddressType, Endpoint, EndpointPort, EndpointSlice};
 use crate::model::ServiceKey;
 use crate::names::SERVICE_NAME_LABEL;
@@ -21,7 +21,7 @@ use crate::names::SERVICE_NAME_LABEL;
 pub fn read_endpoint_slice(
     slice: &discovery::EndpointSlice,
 ) -> Result<Read<EndpointSlice>, FieldProblem> {
-    let (key, object) = require_key("EndpointSlice", &slice.metadata)?;
+    let (key, object) = require_key("EndpointSlice", &slice.metadata, NameRule::Subdomain)?;
     let service_name = slice
         .metadata
         .labels

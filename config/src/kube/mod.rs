@@ -37,6 +37,7 @@ pub mod service;
 #[cfg(any(test, feature = "testing"))]
 pub mod cases;
 
+pub use crate::quote::quoted;
 pub use cidr::{is_valid_cidr, parse_cidr, parse_ip_sloppy, source_ranges};
 pub use endpoint_slice::read_endpoint_slice;
 pub use node::read_node;
@@ -106,7 +107,7 @@ impl Object {
         value: &str,
         expected: &str,
     ) -> FieldProblem {
-        self.problem(field, format!("{value:?} is not {expected}"))
+        self.problem(field, format!("{} is not {expected}", quoted(value)))
     }
 
     /// A required port (1-65535; 0 is what an absent one decodes to).
@@ -145,7 +146,12 @@ impl Object {
     ) -> Result<std::net::IpAddr, FieldProblem> {
         parse_ip_sloppy(value)
             .map(|ip| ip.to_canonical())
-            .ok_or_else(|| self.problem(field(), format!("{value:?} is not a valid IP address")))
+            .ok_or_else(|| {
+                self.problem(
+                    field(),
+                    format!("{} is not a valid IP address", quoted(value)),
+                )
+            })
     }
 }
 
@@ -167,13 +173,84 @@ pub fn namespaced_key(meta: &ObjectMeta) -> Option<ServiceKey> {
 pub(crate) fn require_key(
     kind: &str,
     meta: &ObjectMeta,
+    name_rule: NameRule,
 ) -> Result<(ServiceKey, Object), FieldProblem> {
-    match namespaced_key(meta) {
-        Some(key) => {
-            let object = Object::new(format!("{kind} {key}"));
-            Ok((key, object))
+    let Some(key) = namespaced_key(meta) else {
+        return Err(Object::new(format!("{kind} (unnamed)")).missing("metadata.name"));
+    };
+    let unnamed = || Object::new(format!("{kind} (invalid name)"));
+    if let Err(why) = NameRule::Label.check(&key.namespace) {
+        return Err(unnamed().problem(
+            "metadata.namespace",
+            format!("{} {why}", quoted(&key.namespace)),
+        ));
+    }
+    if let Err(why) = name_rule.check(&key.name) {
+        return Err(unnamed().problem("metadata.name", format!("{} {why}", quoted(&key.name))));
+    }
+    let object = Object::new(format!("{kind} {key}"));
+    check_annotations(&object, meta)?;
+    Ok((key, object))
+}
+
+/// The API server's total size of an object's annotations (keys and values).
+pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+
+/// Refuses annotations over [`MAX_ANNOTATIONS_BYTES`] in all, as the API
+/// server does.
+fn check_annotations(object: &Object, meta: &ObjectMeta) -> Result<(), FieldProblem> {
+    let total: usize = meta
+        .annotations
+        .iter()
+        .flatten()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    if total > MAX_ANNOTATIONS_BYTES {
+        return Err(object.problem(
+            "metadata.annotations",
+            format!("{total} bytes in all, over the API server's limit of {MAX_ANNOTATIONS_BYTES}"),
+        ));
+    }
+    Ok(())
+}
+
+/// What an object's name must be, as the API server validates it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// An RFC 1123 label: at most 63 of `a-z`, `0-9` and `-`, starting and
+    /// ending alphanumeric (namespaces).
+    Label,
+    /// An RFC 1035 label: an RFC 1123 label starting with a letter
+    /// (Services).
+    Rfc1035Label,
+    /// An RFC 1123 subdomain: at most 253 characters, labels joined by `.`
+    /// (EndpointSlices, Nodes).
+    Subdomain,
+}
+
+impl NameRule {
+    /// `Ok`, or why `name` is not one.
+    pub fn check(self, name: &str) -> Result<(), &'static str> {
+        let label = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        match self {
+            NameRule::Label if label(name) => Ok(()),
+            NameRule::Label => Err("is not a DNS label (at most 63 of a-z, 0-9 and '-', starting and ending with a letter or digit)"),
+            NameRule::Rfc1035Label
+                if label(name) && name.starts_with(|c: char| c.is_ascii_lowercase()) =>
+            {
+                Ok(())
+            }
+            NameRule::Rfc1035Label => Err("is not a DNS-1035 label (at most 63 of a-z, 0-9 and '-', starting with a letter and ending with a letter or digit)"),
+            NameRule::Subdomain if name.len() <= 253 && name.split('.').all(label) => Ok(()),
+            NameRule::Subdomain => Err("is not a DNS subdomain (at most 253 characters: DNS labels joined by '.')"),
         }
-        None => Err(Object::new(format!("{kind} (unnamed)")).missing("metadata.name")),
     }
 }
 

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1 as core;
 
-use super::{FieldProblem, Object, Read};
+use super::{FieldProblem, NameRule, Object, Read};
 use crate::model::{ExclusionReason, Node};
 use crate::names::{EXCLUDE_FROM_LOAD_BALANCERS_LABEL, TO_BE_DELETED_TAINT};
 
@@ -22,6 +22,10 @@ pub fn read_node(node: &core::Node) -> Result<Read<Node>, FieldProblem> {
     let Some(name) = node.metadata.name.as_deref().filter(|n| !n.is_empty()) else {
         return Err(Object::new("Node (unnamed)".into()).missing("metadata.name"));
     };
+    if let Err(why) = NameRule::Subdomain.check(name) {
+        return Err(Object::new("Node (invalid name)".into())
+            .problem("metadata.name", format!("{} {why}", super::quoted(name))));
+    }
     let object = Object::new(format!("Node {name}"));
 
     let status_addresses = node

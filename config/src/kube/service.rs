@@ -6,7 +6,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{require_key, source_ranges, FieldProblem, Object, Read};
+use super::{require_key, source_ranges, FieldProblem, NameRule, Object, Read};
 use crate::cluster::{
     ClusterService, ClusterServicePort, IpMode, LoadBalancerIngress, ServiceType, TargetPort,
 };
@@ -29,7 +29,7 @@ use crate::names::{
 ///   [`source_ranges`](super::source_ranges); an invalid set is reported.
 /// - `proxy_name`: the [`SERVICE_PROXY_NAME_LABEL`] label.
 pub fn read_service(svc: &core::Service) -> Result<Read<ClusterService>, FieldProblem> {
-    let (key, object) = require_key("Service", &svc.metadata)?;
+    let (key, object) = require_key("Service", &svc.metadata, NameRule::Rfc1035Label)?;
     let spec = svc.spec.as_ref().ok_or_else(|| object.missing("spec"))?;
     // The steps run in field order: the first refusal is the one reported.
     let service_type = service_type(&object, spec)?;

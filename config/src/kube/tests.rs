@@ -1029,3 +1029,40 @@ spec:
     bad.spec.as_mut().unwrap().cluster_ip = Some("10.96.0.300".into());
     assert_eq!(read_service(&bad).unwrap_err().field, "spec.clusterIP");
 }
+
+#[test]
+fn no_problem_echoes_more_than_a_bounded_piece_of_a_value() {
+    let huge = "A".repeat(1 << 20);
+    let mut svc: core::Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"namespace": "shop", "name": huge},
+        "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]},
+    }))
+    .unwrap();
+    let refused = read_service(&svc).unwrap_err().to_string();
+    assert!(refused.len() < 400, "{} bytes", refused.len());
+    assert!(refused.contains("(1048576 bytes)"), "{refused}");
+    svc.metadata.name = Some("web".into());
+    svc.spec.as_mut().unwrap().type_ = Some(format!("Load\u{1b}[31m{huge}"));
+    let refused = read_service(&svc).unwrap_err().to_string();
+    assert!(refused.len() < 400, "{} bytes", refused.len());
+    assert!(
+        refused.contains("\\u{1b}"),
+        "control characters are escaped: {refused}"
+    );
+}
+
+#[test]
+fn a_node_name_the_api_server_would_refuse_refuses_the_node() {
+    for name in ["Node-1", "node_1", "-node", &"n".repeat(254)] {
+        let node: core::Node =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        let refused = read_node(&node).unwrap_err();
+        assert_eq!(refused.field, "metadata.name", "{name}");
+        assert!(refused.to_string().len() < 400);
+    }
+    let node: core::Node = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "ip-10-0-0-1.eu-west-1.compute.internal"}}),
+    )
+    .unwrap();
+    assert!(read_node(&node).is_ok());
+}

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use super::checks::dns_label;
 use super::Validator;
 use crate::file::RawAddressPool;
-use crate::kube::parse_cidr;
+use crate::kube::{parse_cidr, quoted};
 use crate::model::{AddressPool, AddressRange, Service};
 
 impl Validator {
@@ -63,7 +63,10 @@ impl Validator {
                 if let Some(first) = names.insert(name.to_string(), i) {
                     self.error(
                         format!("{path}.name"),
-                        format!("{name:?} is also the name of settings.addressPools[{first}]"),
+                        format!(
+                            "{} is also the name of settings.addressPools[{first}]",
+                            quoted(name)
+                        ),
                     );
                 }
             }
@@ -127,7 +130,14 @@ impl Validator {
 fn usable_ip(text: &str) -> Result<IpAddr, String> {
     let ip: IpAddr = text
         .parse()
-        .map_err(|_| format!("{text:?} is not a valid IP address"))?;
+        .map_err(|_| format!("{} is not a valid IP address", quoted(text)))?;
+    if let IpAddr::V6(v6) = ip {
+        if let Some(v4) = v6.to_ipv4_mapped() {
+            return Err(format!(
+                "{ip} is an IPv4-mapped IPv6 address (an IPv4 address in IPv6 form, which IPv4 clients never use); write it as the IPv4 address {v4}"
+            ));
+        }
+    }
     let unusable = match ip {
         IpAddr::V4(v4) => v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast(),
         IpAddr::V6(v6) => v6.is_unspecified() || v6.is_multicast(),
@@ -146,16 +156,19 @@ fn address_range(text: &str) -> Result<AddressRange, String> {
     let ip = |s: &str| -> Result<IpAddr, String> {
         let s = s.trim();
         s.parse().map_err(|_| {
-            format!("{s:?} is not an IP address (expected a CIDR, first-last or an address)")
+            format!(
+                "{} is not an IP address (expected a CIDR, first-last or an address)",
+                quoted(s)
+            )
         })
     };
     let range = if let Some((first, last)) = text.split_once('-') {
         let (first, last) = (ip(first)?, ip(last)?);
         if first.is_ipv4() != last.is_ipv4() {
-            return Err(format!("{text:?} mixes IPv4 and IPv6"));
+            return Err(format!("{} mixes IPv4 and IPv6", quoted(text)));
         }
         if last < first {
-            return Err(format!("{text:?} ends before it starts"));
+            return Err(format!("{} ends before it starts", quoted(text)));
         }
         AddressRange { first, last }
     } else if text.contains('/') {
@@ -172,7 +185,7 @@ fn address_range(text: &str) -> Result<AddressRange, String> {
         }
     };
     for end in [range.first, range.last] {
-        usable_ip(&end.to_string()).map_err(|e| format!("{text:?}: {e}"))?;
+        usable_ip(&end.to_string()).map_err(|e| format!("{}: {e}", quoted(text)))?;
     }
     Ok(range)
 }

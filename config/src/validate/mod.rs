@@ -24,6 +24,8 @@ mod settings;
 #[cfg(test)]
 mod test_support;
 
+use std::time::Duration;
+
 use crate::error::FieldError;
 use crate::file::{RawDocument, RawEdgeConfig};
 use crate::model::{EdgeConfig, EdgeSettings};
@@ -35,6 +37,42 @@ pub const MIN_MAGLEV_TABLE_SIZE: u32 = 7;
 pub const MAX_MAGLEV_TABLE_SIZE: u32 = 1_000_003;
 /// The largest accepted `connectRetries`.
 pub const MAX_CONNECT_RETRIES: u32 = 16;
+/// The largest accepted `maxConnections` and `maxUdpFlows` (the descriptor
+/// limit bounds them further when the edge starts).
+pub const MAX_CONNECTIONS: u32 = 10_000_000;
+
+// The accepted range of every duration, both ends included. Each is wide
+// enough for any real setup and narrow enough that a slip of unit (`1ms`
+// for `1s`, `2000h` for `2000ms`) is caught: HAProxy's and the cloud load
+// balancers' own ranges lie inside them.
+
+/// `settings.health.interval`: a probe at most every 100 ms (per target),
+/// at least every hour.
+pub const HEALTH_INTERVAL_RANGE: (Duration, Duration) = (millis(100), hours(1));
+/// `settings.health.timeout` (and never longer than the interval).
+pub const HEALTH_TIMEOUT_RANGE: (Duration, Duration) = (millis(10), hours(1));
+/// `settings.proxy.connectTimeout`.
+pub const CONNECT_TIMEOUT_RANGE: (Duration, Duration) = (millis(10), minutes(5));
+/// `settings.proxy.connectAttemptDelay` (`0s`: one node after another).
+pub const CONNECT_ATTEMPT_DELAY_RANGE: (Duration, Duration) = (Duration::ZERO, minutes(1));
+/// `settings.proxy.idleTimeout`: up to a week.
+pub const IDLE_TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_secs(1), hours(168));
+/// `settings.proxy.udpIdleTimeout`.
+pub const UDP_IDLE_TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_secs(1), hours(24));
+/// `settings.proxy.drainTimeout` (`0s`: close at once).
+pub const DRAIN_TIMEOUT_RANGE: (Duration, Duration) = (Duration::ZERO, hours(1));
+
+const fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+const fn minutes(m: u64) -> Duration {
+    Duration::from_secs(m * 60)
+}
+
+const fn hours(h: u64) -> Duration {
+    Duration::from_secs(h * 3600)
+}
 
 /// Stage 2: validates a document from [`crate::file::parse_document`].
 ///
@@ -137,7 +175,7 @@ settings: {proxy: {maglev: 7}, vip: {iface: eth0}}
             &[
                 ("services[0].colour", "unknown field `colour`"),
                 ("services[1].name", r#""B" is not a valid RFC 1123 label"#),
-                ("services[2].ports[1].port", "invalid type: sequence, expected i64"),
+                ("services[2].ports[1].port", "invalid type: sequence, expected a whole number"),
                 ("services[2].ports[0].nodePort", "99999 is outside 1-65535"),
                 ("services[3].vips", "invalid type: string"),
             ],

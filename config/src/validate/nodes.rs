@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use super::checks::spelled;
 use super::Validator;
 use crate::file::RawNode;
+use crate::kube::quoted;
 use crate::model::Node;
 
 impl Validator {
@@ -29,7 +30,8 @@ impl Validator {
                         self.error(
                             format!("{path}.name"),
                             format!(
-                                "duplicate node name {name:?} (already defined at nodes[{earlier}])"
+                                "duplicate node name {} (already defined at nodes[{earlier}])",
+                                quoted(name)
                             ),
                         );
                     }

@@ -11,7 +11,7 @@ use ipnetwork::IpNetwork;
 use super::checks::{dns_label, port, spelled, u32_in};
 use super::{Validator, DEFAULT_NAMESPACE, MAX_AFFINITY_TIMEOUT_SECONDS};
 use crate::file::{RawNameOrBool, RawService, RawServicePort, ServiceEntry};
-use crate::kube::parse_cidr;
+use crate::kube::{parse_cidr, quoted};
 use crate::model::{
     ParseEnumError, Protocol, ProxyProtocol, Service, ServiceKey, ServicePort, SessionAffinity,
     SourceRanges, TrafficPolicy, DEFAULT_AFFINITY_TIMEOUT,
@@ -101,7 +101,7 @@ impl Validator {
             TrafficPolicy::Cluster,
             spelled,
         );
-        let health_check_node_port = match (policy, raw.health_check_node_port) {
+        let health_check_node_port = match (policy, raw.health_check_node_port.as_ref()) {
             (Some(TrafficPolicy::Local), None) => {
                 self.error(
                     p("healthCheckNodePort"),
@@ -211,13 +211,13 @@ impl Validator {
                     .session_affinity_config
                     .as_ref()
                     .and_then(|c| c.client_ip.as_ref())
-                    .and_then(|c| c.timeout_seconds);
+                    .and_then(|c| c.timeout_seconds.as_ref());
                 let timeout = self.field(
                     &format!("{config_path}.clientIP.timeoutSeconds"),
-                    seconds.as_ref(),
+                    seconds,
                     DEFAULT_AFFINITY_TIMEOUT,
                     |s| {
-                        u32_in(*s, 1, MAX_AFFINITY_TIMEOUT_SECONDS)
+                        u32_in(s, 1, MAX_AFFINITY_TIMEOUT_SECONDS)
                             .map(|s| Duration::from_secs(s.into()))
                     },
                 );
@@ -278,7 +278,8 @@ impl Validator {
                 match first_by_name.entry(name) {
                     Entry::Occupied(earlier) => {
                         let message = format!(
-                            "duplicate port name {name:?} (also ports[{}])",
+                            "duplicate port name {} (also ports[{}])",
+                            quoted(name),
                             earlier.get()
                         );
                         self.error(pp("name"), message);
@@ -295,7 +296,7 @@ impl Validator {
                 Protocol::Tcp,
                 spelled,
             );
-            let number = match raw_port.port {
+            let number = match &raw_port.port {
                 None => {
                     self.error(pp("port"), "required");
                     None
@@ -303,7 +304,7 @@ impl Validator {
                 Some(v) => self.check(&pp("port"), port(v)),
             };
             let node_port = self.field(&pp("nodePort"), raw_port.node_port.as_ref(), None, |v| {
-                port(*v).map(Some)
+                port(v).map(Some)
             });
 
             let (Some(protocol), Some(number)) = (protocol, number) else {

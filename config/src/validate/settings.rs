@@ -4,13 +4,18 @@
 
 use std::net::SocketAddr;
 
-use super::checks::{dns_label, duration, port, positive, spelled, u32_in};
-use super::{Validator, MAX_CONNECT_RETRIES, MAX_MAGLEV_TABLE_SIZE, MIN_MAGLEV_TABLE_SIZE};
+use super::checks::{dns_label, duration_in, port, spelled, u32_in};
+use super::{
+    Validator, CONNECT_ATTEMPT_DELAY_RANGE, CONNECT_TIMEOUT_RANGE, DRAIN_TIMEOUT_RANGE,
+    HEALTH_INTERVAL_RANGE, HEALTH_TIMEOUT_RANGE, IDLE_TIMEOUT_RANGE, MAX_CONNECTIONS,
+    MAX_CONNECT_RETRIES, MAX_MAGLEV_TABLE_SIZE, MIN_MAGLEV_TABLE_SIZE, UDP_IDLE_TIMEOUT_RANGE,
+};
 use crate::duration::format_duration;
 use crate::file::{
-    RawHealthSettings, RawHookApiSettings, RawKubernetesSettings, RawNameOrBool, RawProxySettings,
-    RawSettings,
+    RawHealthSettings, RawHookApiSettings, RawInt, RawKubernetesSettings, RawNameOrBool,
+    RawProxySettings, RawSettings,
 };
+use crate::kube::quoted;
 use crate::model::{
     EdgeSettings, HealthSettings, HookApiSettings, KubernetesSettings, ProxySettings, SpliceMode,
     VipSettings,
@@ -155,8 +160,12 @@ impl Validator {
     fn health(&mut self, raw: &RawHealthSettings) -> HealthSettings {
         let d = HealthSettings::default();
         let p = |field: &str| format!("settings.health.{field}");
-        let interval = self.field(&p("interval"), raw.interval.as_ref(), d.interval, positive);
-        let timeout = self.field(&p("timeout"), raw.timeout.as_ref(), d.timeout, positive);
+        let interval = self.field(&p("interval"), raw.interval.as_ref(), d.interval, |v| {
+            duration_in(v, HEALTH_INTERVAL_RANGE)
+        });
+        let timeout = self.field(&p("timeout"), raw.timeout.as_ref(), d.timeout, |v| {
+            duration_in(v, HEALTH_TIMEOUT_RANGE)
+        });
         if let (Some(interval), Some(timeout)) = (interval, timeout) {
             if timeout > interval {
                 self.error(
@@ -169,12 +178,8 @@ impl Validator {
                 );
             }
         }
-        let rise = self.field(&p("rise"), raw.rise.as_ref(), d.rise, |v| {
-            u32_in(*v, 1, 100)
-        });
-        let fall = self.field(&p("fall"), raw.fall.as_ref(), d.fall, |v| {
-            u32_in(*v, 1, 100)
-        });
+        let rise = self.field(&p("rise"), raw.rise.as_ref(), d.rise, |v| u32_in(v, 1, 100));
+        let fall = self.field(&p("fall"), raw.fall.as_ref(), d.fall, |v| u32_in(v, 1, 100));
         let cluster_check = self.field(
             &p("clusterCheck"),
             raw.cluster_check.as_deref(),
@@ -185,7 +190,7 @@ impl Validator {
             &p("kubeProxyPort"),
             raw.kube_proxy_port.as_ref(),
             d.kube_proxy_port,
-            |v| port(*v),
+            port,
         );
         let all_down = self.field(&p("allDown"), raw.all_down.as_deref(), d.all_down, spelled);
         HealthSettings {
@@ -206,45 +211,53 @@ impl Validator {
             &p("connectTimeout"),
             raw.connect_timeout.as_ref(),
             d.connect_timeout,
-            positive,
+            |v| duration_in(v, CONNECT_TIMEOUT_RANGE),
         );
         let connect_retries = self.field(
             &p("connectRetries"),
             raw.connect_retries.as_ref(),
             d.connect_retries,
-            |v| u32_in(*v, 0, MAX_CONNECT_RETRIES),
+            |v| u32_in(v, 0, MAX_CONNECT_RETRIES),
         );
         let connect_attempt_delay = self.field(
             &p("connectAttemptDelay"),
             raw.connect_attempt_delay.as_ref(),
             d.connect_attempt_delay,
-            duration,
+            |v| duration_in(v, CONNECT_ATTEMPT_DELAY_RANGE),
         );
         let idle_timeout = self.field(
             &p("idleTimeout"),
             raw.idle_timeout.as_ref(),
             d.idle_timeout,
-            positive,
+            |v| duration_in(v, IDLE_TIMEOUT_RANGE),
         );
         let udp_idle_timeout = self.field(
             &p("udpIdleTimeout"),
             raw.udp_idle_timeout.as_ref(),
             d.udp_idle_timeout,
-            positive,
+            |v| duration_in(v, UDP_IDLE_TIMEOUT_RANGE),
         );
         let drain_timeout = self.field(
             &p("drainTimeout"),
             raw.drain_timeout.as_ref(),
             d.drain_timeout,
-            duration,
+            |v| duration_in(v, DRAIN_TIMEOUT_RANGE),
         );
         let maglev_table_size = self.field(
             &p("maglevTableSize"),
             raw.maglev_table_size.as_ref(),
             d.maglev_table_size,
-            |v| maglev_table_size(*v),
+            maglev_table_size,
         );
         let splice = self.field(&p("splice"), raw.splice.as_ref(), d.splice, splice_mode);
+        let max_connections = raw
+            .max_connections
+            .as_ref()
+            .and_then(|v| self.check(&p("maxConnections"), u32_in(v, 1, MAX_CONNECTIONS)));
+        let max_udp_flows = raw
+            .max_udp_flows
+            .as_ref()
+            .and_then(|v| self.check(&p("maxUdpFlows"), u32_in(v, 1, MAX_CONNECTIONS)));
         if let Some(size) = maglev_table_size {
             if usize::try_from(size).is_ok_and(|size| size <= node_count) {
                 self.error(
@@ -265,6 +278,8 @@ impl Validator {
             drain_timeout: drain_timeout.unwrap_or(d.drain_timeout),
             maglev_table_size: maglev_table_size.unwrap_or(d.maglev_table_size),
             splice: splice.unwrap_or(d.splice),
+            max_connections,
+            max_udp_flows,
         }
     }
 }
@@ -284,7 +299,8 @@ fn splice_mode(raw: &RawNameOrBool) -> Result<SpliceMode, String> {
 fn qualified_name(s: &str) -> Result<(), String> {
     let Some((prefix, name)) = s.split_once('/') else {
         return Err(format!(
-            "{s:?} must be a label-style name with a domain prefix, e.g. portico.io/edge"
+            "{} must be a label-style name with a domain prefix, e.g. portico.io/edge",
+            quoted(s)
         ));
     };
     let prefix_ok = !prefix.is_empty()
@@ -300,9 +316,7 @@ fn qualified_name(s: &str) -> Result<(), String> {
     if prefix_ok && name_ok {
         Ok(())
     } else {
-        Err(format!(
-            "{s:?} is not a valid qualified name (a DNS subdomain, '/', and a name of at most 63 letters, digits, '-', '_' or '.')"
-        ))
+        Err(format!("{} is not a valid qualified name (a DNS subdomain, '/', and a name of at most 63 letters, digits, '-', '_' or '.')", quoted(s)))
     }
 }
 
@@ -310,7 +324,8 @@ fn qualified_name(s: &str) -> Result<(), String> {
 fn socket_addr(text: &str) -> Result<SocketAddr, String> {
     text.parse().map_err(|_| {
         format!(
-            "{text:?} is not a valid socket address (expected e.g. 127.0.0.1:9720 or [::1]:9720)"
+            "{} is not a valid socket address (expected e.g. 127.0.0.1:9720 or [::1]:9720)",
+            quoted(text)
         )
     })
 }
@@ -323,7 +338,8 @@ fn interface_name(s: &str) -> Result<(), String> {
     }
     if s.len() > 15 {
         return Err(format!(
-            "{s:?} is not a valid interface name: it is longer than 15 characters"
+            "{} is not a valid interface name: it is longer than 15 characters",
+            quoted(s)
         ));
     }
     if s == "."
@@ -331,15 +347,13 @@ fn interface_name(s: &str) -> Result<(), String> {
         || s.chars()
             .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
     {
-        return Err(format!(
-            "{s:?} is not a valid interface name: '/', ':', whitespace, \".\" and \"..\" are not allowed"
-        ));
+        return Err(format!("{} is not a valid interface name: '/', ':', whitespace, \".\" and \"..\" are not allowed", quoted(s)));
     }
     Ok(())
 }
 
 /// A Maglev table size: a prime in `MIN..=MAX`.
-fn maglev_table_size(v: i64) -> Result<u32, String> {
+fn maglev_table_size(v: &RawInt) -> Result<u32, String> {
     let size = u32_in(v, MIN_MAGLEV_TABLE_SIZE, MAX_MAGLEV_TABLE_SIZE)?;
     if !is_prime(size) {
         return Err(format!(
@@ -449,7 +463,6 @@ mod tests {
 
     #[test]
     fn absent_settings_are_the_model_defaults() {
-        assert_eq!(valid(""), EdgeConfig::default());
         assert_eq!(valid("{}"), EdgeConfig::default());
         assert_eq!(valid("settings: {}"), EdgeConfig::default());
         assert_eq!(
@@ -479,6 +492,8 @@ settings:
     drainTimeout: 0
     maglevTableSize: 251
     splice: true
+    maxConnections: 5000
+    maxUdpFlows: 700
   vip:
     interface: eth0
   metricsListen: '[::1]:9100'
@@ -508,6 +523,8 @@ settings:
                 drain_timeout: Duration::ZERO,
                 maglev_table_size: 251,
                 splice: SpliceMode::Always,
+                max_connections: Some(5000),
+                max_udp_flows: Some(700),
             }
         );
         assert_eq!(s.vip.interface.as_deref(), Some("eth0"));
@@ -544,12 +561,26 @@ settings:
     }
 
     #[test]
-    fn interval_and_timeout_must_be_positive() {
+    fn interval_and_timeout_are_within_their_ranges() {
         assert_problems(
             "settings: {health: {interval: 0s, timeout: 0}}",
             &[
-                ("settings.health.interval", "0s must be longer than 0"),
-                ("settings.health.timeout", "0s must be longer than 0"),
+                ("settings.health.interval", "0s is outside 100ms-1h"),
+                ("settings.health.timeout", "0s is outside 10ms-1h"),
+            ],
+        );
+        assert_problems(
+            "settings: {health: {interval: 1ms}}",
+            &[("settings.health.interval", "1ms is outside 100ms-1h")],
+        );
+        assert_problems(
+            "settings: {health: {interval: 876000h, timeout: 9999999999}}",
+            &[
+                ("settings.health.interval", "876000h is outside 100ms-1h"),
+                (
+                    "settings.health.timeout",
+                    "2777777h46m39s is outside 10ms-1h",
+                ),
             ],
         );
         assert_problems(
@@ -559,6 +590,40 @@ settings:
                 ("settings.health.timeout", r#""1x" is not a valid duration"#),
             ],
         );
+        let h = valid("settings: {health: {interval: 100ms, timeout: 10ms}}")
+            .settings
+            .health;
+        assert_eq!(
+            (h.interval, h.timeout),
+            (Duration::from_millis(100), Duration::from_millis(10))
+        );
+        valid("settings: {health: {interval: 1h, timeout: 1h}}");
+    }
+
+    #[test]
+    fn every_proxy_duration_has_its_range() {
+        for (field, low, high, range) in [
+            ("connectTimeout", "9ms", "5m1ms", "10ms-5m"),
+            ("connectAttemptDelay", "-1", "1m1ms", "0s-1m"),
+            ("idleTimeout", "999ms", "168h1ms", "1s-168h"),
+            ("udpIdleTimeout", "999ms", "24h1ms", "1s-24h"),
+            ("drainTimeout", "-1", "1h1ms", "0s-1h"),
+        ] {
+            let path = format!("settings.proxy.{field}");
+            if low != "-1" {
+                assert_problems(
+                    &format!("settings: {{proxy: {{{field}: {low}}}}}"),
+                    &[(&path, &format!("{low} is outside {range}"))],
+                );
+            }
+            assert_problems(
+                &format!("settings: {{proxy: {{{field}: {high}}}}}"),
+                &[(&path, &format!("{high} is outside {range}"))],
+            );
+            let (min, max) = range.split_once('-').expect("a range");
+            valid(&format!("settings: {{proxy: {{{field}: {min}}}}}"));
+            valid(&format!("settings: {{proxy: {{{field}: {max}}}}}"));
+        }
     }
 
     #[test]
@@ -610,14 +675,30 @@ settings:
         assert_problems(
             "settings: {proxy: {connectTimeout: 0ms, idleTimeout: 0, drainTimeout: 0s}}",
             &[
-                ("settings.proxy.connectTimeout", "must be longer than 0"),
-                ("settings.proxy.idleTimeout", "must be longer than 0"),
+                ("settings.proxy.connectTimeout", "0s is outside 10ms-5m"),
+                ("settings.proxy.idleTimeout", "0s is outside 1s-168h"),
             ],
         );
         assert_problems(
             "settings: {proxy: {drainTimeout: -1}}",
             &[("settings.proxy.drainTimeout", "must not be negative")],
         );
+    }
+
+    #[test]
+    fn connection_and_flow_caps_are_positive_and_bounded() {
+        assert_problems(
+            "settings: {proxy: {maxConnections: 0, maxUdpFlows: 10000001}}",
+            &[
+                ("settings.proxy.maxConnections", "0 is outside 1-10000000"),
+                (
+                    "settings.proxy.maxUdpFlows",
+                    "10000001 is outside 1-10000000",
+                ),
+            ],
+        );
+        let unset = valid("settings: {proxy: {}}").settings.proxy;
+        assert_eq!((unset.max_connections, unset.max_udp_flows), (None, None));
     }
 
     #[test]
@@ -629,6 +710,10 @@ settings:
         assert_problems(
             "settings: {proxy: {connectRetries: -1}}",
             &[("settings.proxy.connectRetries", "-1 is outside 0-16")],
+        );
+        assert_problems(
+            "settings: {proxy: {connectRetries: 1e30}}",
+            &[("settings.proxy.connectRetries", "1e30 is outside 0-16")],
         );
         assert_eq!(
             valid("settings: {proxy: {connectRetries: 16}}")

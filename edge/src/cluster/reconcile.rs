@@ -43,6 +43,9 @@ pub mod reason {
     pub const INVALID_SETTING: &str = "InvalidSetting";
     /// No node is healthy for the Service.
     pub const NO_HEALTHY_NODES: &str = "NoHealthyNodes";
+    /// The edge leaves the Service out: its descriptor budget cannot
+    /// afford its listeners.
+    pub const NOT_SERVED: &str = "NotServed";
 }
 
 /// A status write: the ingress addresses a Service should show (empty: clear).
@@ -91,6 +94,9 @@ pub struct Context {
     /// Services whose every node fails its health check (from the edge's
     /// snapshot).
     pub unhealthy: BTreeSet<ServiceKey>,
+    /// Services the edge leaves out although they are ours, with why (the
+    /// descriptor budget, from the merge).
+    pub not_served: BTreeMap<ServiceKey, String>,
 }
 
 /// Computes the desired state from the whole cluster view.
@@ -145,23 +151,7 @@ pub fn reconcile(
         let key = t.service.key.clone();
         let assignment = assignments.remove(&key.to_string()).unwrap_or_default();
         let mut conditions = problem_conditions(&t.problems, &assignment.problems);
-        let no_node_port: Vec<String> = t
-            .service
-            .ports
-            .iter()
-            .filter(|p| p.node_port.is_none())
-            .map(|p| format!("{}/{}", p.protocol.to_string().to_lowercase(), p.port))
-            .collect();
-        if !no_node_port.is_empty() {
-            conditions.insert(Condition {
-                warning: true,
-                reason: reason::NO_NODE_PORTS,
-                message: format!(
-                    "{} has no NodePort (allocateLoadBalancerNodePorts: false); the edge reaches Services through NodePorts only",
-                    no_node_port.join(", ")
-                ),
-            });
-        }
+        conditions.extend(no_node_ports(&t.service));
         // Announced once the API server shows the addresses: a status
         // write that fails (or is still to come) announces nothing.
         if !assignment.addresses.is_empty() && current == assignment.addresses {
@@ -170,6 +160,13 @@ pub fn reconcile(
                 warning: false,
                 reason: reason::ADDRESS_ASSIGNED,
                 message: format!("Assigned {}", shown.join(", ")),
+            });
+        }
+        if let Some(why) = ctx.not_served.get(&key) {
+            conditions.insert(Condition {
+                warning: true,
+                reason: reason::NOT_SERVED,
+                message: why.clone(),
             });
         }
         if !assignment.addresses.is_empty() && ctx.unhealthy.contains(&key) {
@@ -195,6 +192,24 @@ pub fn reconcile(
     }
     out.services.sort_by(|a, b| a.key.cmp(&b.key));
     out
+}
+
+/// The warning for ports without a NodePort, if any.
+fn no_node_ports(service: &Service) -> Option<Condition> {
+    let ports: Vec<String> = service
+        .ports
+        .iter()
+        .filter(|p| p.node_port.is_none())
+        .map(|p| format!("{}/{}", p.protocol.to_string().to_lowercase(), p.port))
+        .collect();
+    (!ports.is_empty()).then(|| Condition {
+        warning: true,
+        reason: reason::NO_NODE_PORTS,
+        message: format!(
+            "{} has no NodePort (allocateLoadBalancerNodePorts: false); the edge reaches Services through NodePorts only",
+            ports.join(", ")
+        ),
+    })
 }
 
 /// The warnings about what could not be read or assigned as asked.
@@ -300,6 +315,7 @@ mod tests {
             }],
             field_manager: "portico-edge".into(),
             unhealthy: BTreeSet::new(),
+            not_served: BTreeMap::new(),
         }
     }
 
@@ -398,6 +414,29 @@ mod tests {
         c.unhealthy.insert(ServiceKey::new("ns", "a"));
         let d = reconcile(&[service("a", serde_json::json!({}), &[])], &[], &c);
         assert_eq!(reasons(&d, "a"), [reason::NO_HEALTHY_NODES]);
+    }
+
+    #[test]
+    fn a_service_the_budget_leaves_out_is_told_why() {
+        let mut c = ctx("203.0.113.9");
+        let why = "Service ns/a from kubernetes is left out: its 300 listeners and 0 health probes would pass this edge's descriptor budget (10 of 10 left for listeners and probes)";
+        c.not_served
+            .insert(ServiceKey::new("ns", "a"), why.to_string());
+        let d = reconcile(
+            &[service("a", serde_json::json!({}), &["203.0.113.1"])],
+            &[],
+            &c,
+        );
+        assert_eq!(
+            reasons(&d, "a"),
+            [reason::ADDRESS_ASSIGNED, reason::NOT_SERVED]
+        );
+        let told = d.conditions[&ServiceKey::new("ns", "a")]
+            .iter()
+            .find(|c| c.reason == reason::NOT_SERVED)
+            .unwrap();
+        assert!(told.warning);
+        assert_eq!(told.message, why);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1 as core;
 use portico_config::cluster::{ClusterService, ServiceType};
-use portico_config::kube::{read_node, read_service, Read};
+use portico_config::kube::{quoted, read_node, read_service, Read};
 use portico_config::{
     Algorithm, ClusterHealthCheck, IpFamily, KubernetesSettings, Node, ProxyProtocol, Service,
     ServicePort,
@@ -24,6 +24,9 @@ use portico_config::{
 pub use portico_config::kube::FieldProblem;
 
 use crate::ipam::AddressRequest;
+
+/// The longest problem message the edge's own reading gives.
+const MAX_PROBLEM: usize = 512;
 
 /// The annotations a Service may carry, with what each one means: the
 /// README's annotation table is written from this list (a test keeps them
@@ -148,7 +151,18 @@ impl Annotations<'_> {
             .filter(|v| !v.is_empty())
     }
 
-    fn problem(&mut self, field: String, message: String) {
+    /// Reports a problem; a message longer than [`MAX_PROBLEM`] (one that
+    /// quotes a long value) is cut, with its length noted.
+    fn problem(&mut self, field: String, mut message: String) {
+        if message.len() > MAX_PROBLEM {
+            let total = message.len();
+            let mut cut = MAX_PROBLEM;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str(&format!("... ({total} bytes)"));
+        }
         self.problems.push(FieldProblem {
             object: self.object.clone(),
             field,
@@ -216,8 +230,8 @@ impl Annotations<'_> {
                     self.problem(
                         wanted_field.clone(),
                         format!(
-                            "{:?} is not an IP address; no address assigned",
-                            text.trim()
+                            "{} is not an IP address; no address assigned",
+                            quoted(text.trim())
                         ),
                     );
                     wanted_ok = false;

@@ -63,6 +63,7 @@ pub struct ClusterSource {
     model: watch::Receiver<Option<Arc<ClusterModel>>>,
     pools: watch::Sender<Vec<AddressPool>>,
     unhealthy: watch::Sender<BTreeSet<ServiceKey>>,
+    not_served: watch::Sender<BTreeMap<ServiceKey, String>>,
     /// The watches and the API probe; dropping it stops them.
     watches: Watches,
     main: JoinHandle<()>,
@@ -107,6 +108,7 @@ impl ClusterSource {
         let (model_tx, model) = watch::channel(None);
         let (pools_tx, pools_rx) = watch::channel(pools);
         let (unhealthy_tx, unhealthy_rx) = watch::channel(BTreeSet::new());
+        let (not_served_tx, not_served_rx) = watch::channel(BTreeMap::new());
         let main = tokio::spawn(
             Loop {
                 client,
@@ -116,6 +118,7 @@ impl ClusterSource {
                 changed,
                 pools: pools_rx,
                 unhealthy: unhealthy_rx,
+                not_served: not_served_rx,
                 model: model_tx,
                 metrics,
                 posted: BTreeMap::new(),
@@ -127,6 +130,7 @@ impl ClusterSource {
             model,
             pools: pools_tx,
             unhealthy: unhealthy_tx,
+            not_served: not_served_tx,
             watches,
             main,
         }
@@ -156,6 +160,17 @@ impl ClusterSource {
         });
     }
 
+    /// The Services the edge leaves out although they are ours (the
+    /// descriptor budget cannot afford them), with why (they get a
+    /// `NotServed` Event).
+    pub fn set_not_served(&self, services: BTreeMap<ServiceKey, String>) {
+        self.not_served.send_if_modified(|s| {
+            let changed = *s != services;
+            *s = services;
+            changed
+        });
+    }
+
     /// Stops every watch.
     pub fn stop(self) {
         self.main.abort();
@@ -171,6 +186,7 @@ struct Loop {
     changed: Arc<Notify>,
     pools: watch::Receiver<Vec<AddressPool>>,
     unhealthy: watch::Receiver<BTreeSet<ServiceKey>>,
+    not_served: watch::Receiver<BTreeMap<ServiceKey, String>>,
     model: watch::Sender<Option<Arc<ClusterModel>>>,
     metrics: EdgeMetrics,
     /// Conditions already told as Events (or refused for good), per
@@ -201,6 +217,7 @@ impl Loop {
                     pools: self.pools.borrow().clone(),
                     field_manager: CONTROLLER.to_string(),
                     unhealthy: self.unhealthy.borrow().clone(),
+                    not_served: self.not_served.borrow().clone(),
                 },
             );
             self.publish(&desired);
@@ -218,6 +235,11 @@ impl Loop {
                     }
                 }
                 r = self.unhealthy.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                }
+                r = self.not_served.changed() => {
                     if r.is_err() {
                         return;
                     }
@@ -646,14 +668,17 @@ mod tests {
         api.create(&create, &lb("web", "portico.io/edge"))
             .await
             .expect("created");
-        let mut bad = lb("bad", "portico.io/edge");
-        bad.metadata.annotations = Some(
-            [(
-                super::super::translate::LOAD_BALANCER_IPS.to_string(),
-                "x".repeat(3000),
-            )]
-            .into(),
-        );
+        // 300 ports without a NodePort: a NoNodePorts note naming them all
+        // would be over 2 KiB.
+        let ports: Vec<serde_json::Value> = (1..=300)
+            .map(|p| json!({"name": format!("p{p}"), "protocol": "TCP", "port": p}))
+            .collect();
+        let bad: core::Service = serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": "bad"},
+            "spec": {"type": "LoadBalancer", "loadBalancerClass": "portico.io/edge",
+                "allocateLoadBalancerNodePorts": false, "ports": ports},
+        }))
+        .expect("a Service");
         api.create(&create, &bad).await.expect("created");
         let start = || {
             ClusterSource::start(
@@ -666,23 +691,39 @@ mod tests {
         let source = start();
         let assigned = wait_event(&fake, "web", "AddressAssigned").await;
         let web: core::Service = fake.get(Some("shop"), "web").unwrap();
-        assert_eq!(ingress_of(&fake, "web"), ["203.0.113.1"]);
+        let shown = ingress_of(&fake, "web");
+        assert_eq!(
+            assigned.note.as_deref(),
+            Some(format!("Assigned {}", shown[0]).as_str())
+        );
         assert!(
             revision(&assigned.metadata) > revision(&web.metadata),
             "announced after the status write"
         );
         assert_eq!(assigned.reporting_controller.as_deref(), Some(CONTROLLER));
-        let invalid = wait_event(&fake, "bad", "InvalidSetting").await;
+        let invalid = wait_event(&fake, "bad", "NoNodePorts").await;
         let note = invalid.note.unwrap_or_default();
         assert!(note.len() <= told::NOTE_LIMIT, "{}", note.len());
         assert!(note.ends_with(told::TRUNCATED), "{note}");
-        // Every Event went in with the edge's field manager.
+        // AddressAssigned on both, NoNodePorts on bad, each posted once
+        // under the edge's field manager.
+        wait_event(&fake, "bad", "AddressAssigned").await;
         let event_posts = fake
             .requests()
             .into_iter()
             .filter(|r| r.method == "POST" && r.path.contains("/events"))
             .count();
-        assert_eq!(event_posts, 2);
+        assert_eq!(event_posts, 3);
+        for e in fake.list::<events::Event>() {
+            let managers: Vec<_> = e
+                .metadata
+                .managed_fields
+                .iter()
+                .flatten()
+                .filter_map(|m| m.manager.as_deref())
+                .collect();
+            assert_eq!(managers, [CONTROLLER]);
+        }
         source.stop();
 
         // A new edge: what still holds was told already.
@@ -692,7 +733,8 @@ mod tests {
             .expect("created");
         wait_event(&fake, "later", "AddressAssigned").await;
         assert_eq!(events_of(&fake, "web", "AddressAssigned").len(), 1);
-        assert_eq!(events_of(&fake, "bad", "InvalidSetting").len(), 1);
+        assert_eq!(events_of(&fake, "bad", "NoNodePorts").len(), 1);
+        assert_eq!(events_of(&fake, "bad", "AddressAssigned").len(), 1);
         source.stop();
     }
 

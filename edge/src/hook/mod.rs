@@ -30,12 +30,19 @@
 //!   same list to every load balancer). A call naming another cluster than
 //!   the one held gets 409 until the last load balancer is deleted.
 //! - **Errors** are `{"error": "...", "field": "..."}`, `field` a JSON path
-//!   into the request (`cluster` for the path segment): 400 malformed body
-//!   or a Service that is not the path's; 404 no such load balancer; 409
-//!   another cluster, pool exhausted, wanted address taken; 422 unknown
-//!   pool, wanted address in no pool, no readable wanted address; 500 the
-//!   state could not be saved (nothing changed). On an address error the
-//!   load balancer is not created, and an existing one keeps its address.
+//!   into the request (`cluster`, `namespace`, `name` for the path
+//!   segments): 400 malformed body or a Service that is not the path's;
+//!   404 no such load balancer; 409 another cluster, pool exhausted, wanted
+//!   address taken, a name or listener the config file's Services hold, or
+//!   more listeners and probes than the edge's descriptor budget has left
+//!   ([`crate::budget`]); 422 a path segment or Service field the API
+//!   server would refuse (namespace a DNS label, name a DNS-1035 label,
+//!   annotations at most 256 KiB), unknown pool, wanted address in no pool,
+//!   no readable wanted address; 500 the state could not be saved (nothing
+//!   changed). On any error the load balancer is not created, nothing is
+//!   persisted, and an existing one keeps its address. Answers and log
+//!   lines never carry more than a bounded, escaped piece of what the
+//!   caller sent.
 //! - **Warnings** (a bad annotation: its default is used; a Node without an
 //!   address: left out) do not fail the call: they come back as
 //!   `Warning: 299 - "..."` headers, as from the Kubernetes API server, and
@@ -49,18 +56,23 @@
 //!   full Nodes is about 58 MiB, 87 MiB indented), a call that takes over
 //!   60 s with 408; a connection whose request header does not arrive
 //!   within 10 s (or that sits idle that long) is closed; 64 connections
-//!   and 4 calls at once, more wait. See [`Limits`].
+//!   and 4 calls at once, more wait; one client address holds at most 8
+//!   connections, more are closed at once. Bodies are read only after the
+//!   token is checked and only by the 4 calls in flight, so they hold at
+//!   most 4 x 128 MiB. See [`Limits`].
 //!
 //! [`state`] is the pure part, [`store`] the file, `routes` the handlers,
 //! `auth` the token check, and [`server`] the listener, the layers around
 //! the routes and the [`HookSource`] the edge reads.
 
+mod admission;
 mod auth;
 mod routes;
 pub mod server;
 pub mod state;
 pub mod store;
 
+pub use admission::{Admission, AdmitAll, NotAdmitted};
 pub use auth::read_token;
 pub use routes::{Operation, Route, ROUTES};
 pub use server::{HookError, HookSource, Limits};

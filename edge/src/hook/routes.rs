@@ -24,11 +24,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use k8s_openapi::api::core::v1 as core;
+use portico_config::kube::{quoted, NameRule};
 use portico_config::{AddressPool, ServiceKey};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Mutex};
 
+use super::admission::Admission;
 use super::state::{load_balancer_status, HookModel, HookState, Outcome, RequestError};
 use super::store;
 use crate::ipam::IpamError;
@@ -142,6 +144,8 @@ pub(super) struct Shared {
     pub pools: watch::Receiver<Vec<AddressPool>>,
     /// The model the edge reads, updated after every change.
     pub model: watch::Sender<Arc<HookModel>>,
+    /// Whether the edge would serve a load balancer (budget, clashes).
+    pub admission: Arc<dyn Admission>,
     /// The body limit (enforced by a layer; here for the 413 message).
     pub max_body: usize,
 }
@@ -185,6 +189,48 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Refuses, with 409, a load balancer the edge would not serve in
+    /// `state` (a clash with the config file, the descriptor budget). The
+    /// others were admitted before, so it is weighed last.
+    fn admit(&self, key: &ServiceKey, state: &HookState) -> Result<(), ApiError> {
+        let model = state.model();
+        let (mut services, new): (Vec<_>, Vec<_>) =
+            model.services.into_iter().partition(|s| s.key != *key);
+        services.extend(new);
+        let refused = self.admission.left_out(&services, &model.nodes);
+        match refused.into_iter().find(|r| r.service == *key) {
+            None => Ok(()),
+            Some(r) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("{}; the load balancer is left as it was", r.reason),
+                Some(r.field.to_string()),
+            )),
+        }
+    }
+}
+
+/// The longest message an answer, a warning or a log line carries.
+const MAX_MESSAGE: usize = 1024;
+
+/// `text` with control characters escaped, cut to [`MAX_MESSAGE`]
+/// characters with its whole length noted.
+pub(super) fn bounded(text: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == MAX_MESSAGE {
+            out.push_str(&format!("... ({} bytes in all)", text.len()));
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The routes of [`ROUTES`], with JSON 404 and 405 answers.
 pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -211,9 +257,46 @@ struct LoadBalancerPath {
 }
 
 impl LoadBalancerPath {
-    fn key(&self) -> ServiceKey {
-        ServiceKey::new(self.namespace.clone(), self.name.clone())
+    /// The Service the path names, its segments checked as the API server
+    /// checks a Service's namespace and name (422 naming the segment).
+    fn key(&self) -> Result<ServiceKey, ApiError> {
+        check_cluster_name(&self.cluster)?;
+        for (segment, value, rule) in [
+            ("namespace", &self.namespace, NameRule::Label),
+            ("name", &self.name, NameRule::Rfc1035Label),
+        ] {
+            rule.check(value).map_err(|why| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("the path's {segment} {} {why}", quoted(value)),
+                    Some(segment.to_string()),
+                )
+            })?;
+        }
+        Ok(ServiceKey::new(self.namespace.clone(), self.name.clone()))
     }
+}
+
+/// The longest cluster name taken (a DNS subdomain's length).
+const MAX_CLUSTER_NAME: usize = 253;
+
+/// A cluster name (the controller-manager's `--cluster-name`): 1-253
+/// printable ASCII characters.
+fn check_cluster_name(cluster: &str) -> Result<(), ApiError> {
+    let fine = !cluster.is_empty()
+        && cluster.len() <= MAX_CLUSTER_NAME
+        && cluster.bytes().all(|b| b.is_ascii_graphic());
+    if fine {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!(
+            "the path's cluster {} is not a cluster name (1-{MAX_CLUSTER_NAME} printable ASCII characters)",
+            quoted(cluster)
+        ),
+        Some("cluster".into()),
+    ))
 }
 
 /// The body of EnsureLoadBalancer and UpdateLoadBalancer.
@@ -269,11 +352,12 @@ async fn ensure(
     Path(path): Path<LoadBalancerPath>,
     JsonBody(body): JsonBody<ServiceAndNodes>,
 ) -> Result<Response, ApiError> {
-    let key = path.key();
+    let key = path.key()?;
     let (addresses, warnings) = detached(async move {
         let mut state = s.state.lock().await;
         let pools = s.pools.borrow().clone();
         let out = state.ensure(&path.cluster, &key, body.service, body.nodes, &pools)?;
+        s.admit(&key, &out.state)?;
         let addresses = out
             .state
             .balancers()
@@ -311,7 +395,7 @@ async fn update(
     Path(path): Path<LoadBalancerPath>,
     JsonBody(body): JsonBody<ServiceAndNodes>,
 ) -> Result<Response, ApiError> {
-    let key = path.key();
+    let key = path.key()?;
     let warnings = detached(async move {
         let mut state = s.state.lock().await;
         let out = state.update(&path.cluster, &key, &body.service, body.nodes)?;
@@ -338,7 +422,7 @@ async fn get_one(
     State(s): State<Arc<Shared>>,
     Path(path): Path<LoadBalancerPath>,
 ) -> Result<Response, ApiError> {
-    let key = path.key();
+    let key = path.key()?;
     let state = s.state.lock().await;
     match state.get(&path.cluster, &key)? {
         Some(b) => Ok(Json(LoadBalancer {
@@ -356,7 +440,7 @@ async fn delete(
     Path(path): Path<LoadBalancerPath>,
 ) -> Result<StatusCode, ApiError> {
     detached(async move {
-        let key = path.key();
+        let key = path.key()?;
         let mut state = s.state.lock().await;
         let out = state.delete(&path.cluster, &key)?;
         let changed = out.changed;
@@ -375,6 +459,7 @@ async fn list(
     State(s): State<Arc<Shared>>,
     Path(path): Path<ClusterPath>,
 ) -> Result<Json<List>, ApiError> {
+    check_cluster_name(&path.cluster)?;
     let state = s.state.lock().await;
     state.check_cluster(&path.cluster)?;
     let items = state
@@ -456,9 +541,18 @@ pub(super) fn too_large(max_body: usize) -> String {
 
 /// Adds one `Warning: 299 - "..."` header per warning, as the Kubernetes
 /// API server does (client-go shows them).
+/// Warnings sent as headers at most; the rest are counted in one more.
+const MAX_WARNING_HEADERS: usize = 16;
+
 fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
-    for w in warnings {
-        let text: String = w
+    let more = warnings.len().saturating_sub(MAX_WARNING_HEADERS);
+    let extra = (more > 0).then(|| format!("and {more} more warnings (see the edge's log)"));
+    for w in warnings
+        .iter()
+        .take(MAX_WARNING_HEADERS)
+        .chain(extra.as_ref())
+    {
+        let text: String = bounded(w)
             .chars()
             .map(|c| match c {
                 '"' | '\\' => '\'',
@@ -486,11 +580,13 @@ pub(super) struct ApiError {
 
 impl ApiError {
     /// An answer with `status` saying `error` about the request's `field`.
+    /// An answer; the message is [`bounded`], so no caller's input comes
+    /// back unbounded or with control characters.
     pub(super) fn new(status: StatusCode, error: String, field: Option<String>) -> Self {
         ApiError {
             status,
-            error,
-            field,
+            error: bounded(&error),
+            field: field.map(|f| bounded(&f)),
         }
     }
 }

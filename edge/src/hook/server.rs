@@ -20,7 +20,7 @@
 //! further ones wait in the listen backlog until one ends.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,22 +30,19 @@ use axum::http::{header, StatusCode};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use portico_config::{AddressPool, HookApiSettings};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch, Mutex, Semaphore};
+use tokio::sync::{oneshot, watch, Mutex};
 use tokio::task::JoinHandle;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
+use super::admission::Admission;
 use super::auth::{self, read_token, Token};
 use super::routes::{self, route_label, too_large, ApiError, Shared};
-use super::state::HookModel;
+use super::state::{HookModel, HookState};
 use super::store::{self, StoreError};
 use crate::metrics::EdgeMetrics;
 
@@ -55,10 +52,6 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How often a busy listen address is tried again (binary upgrade: the old
 /// process lets go of it right after the handover).
 const BIND_RETRY: Duration = Duration::from_millis(50);
-
-/// How long the accept loop pauses after an error that is not the
-/// connection's own (out of file descriptors, say), as hyper and axum do.
-const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
 
 /// What the hook API lets a client do; [`Limits::DEFAULT`] in production.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +67,9 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// Connections one client address may hold at once; more are closed
+    /// at once, so no one client can hold every connection slot.
+    pub max_connections_per_client: usize,
     /// Calls in flight at once (each may hold a body of up to `max_body`,
     /// and its objects); more wait, within `request_timeout`.
     pub max_requests: usize,
@@ -94,6 +90,8 @@ impl Limits {
     /// - `header_timeout` 10 s.
     /// - `max_connections` 64: one cloud-controller-manager and a few
     ///   operators need a handful.
+    /// - `max_connections_per_client` 8: the service controller calls one
+    ///   load balancer at a time (a few workers at most).
     /// - `max_requests` 4: calls change the state one at a time anyway;
     ///   this bounds the memory bodies can take.
     pub const DEFAULT: Limits = Limits {
@@ -101,6 +99,7 @@ impl Limits {
         request_timeout: Duration::from_secs(60),
         header_timeout: Duration::from_secs(10),
         max_connections: 64,
+        max_connections_per_client: 8,
         max_requests: 4,
     };
 }
@@ -167,18 +166,32 @@ impl HookSource {
     pub async fn start(
         settings: &HookApiSettings,
         pools: Vec<AddressPool>,
+        admission: Arc<dyn Admission>,
         metrics: EdgeMetrics,
         bind_wait: Duration,
     ) -> Result<HookSource, HookError> {
-        HookSource::start_with(settings, pools, metrics, bind_wait, Limits::DEFAULT).await
+        HookSource::start_with(
+            settings,
+            pools,
+            admission,
+            metrics,
+            bind_wait,
+            Limits::DEFAULT,
+        )
+        .await
     }
 
     /// Reads the token, binds the listen address (retrying for up to
     /// `bind_wait` while another process still holds it), loads the state
     /// and serves within `limits`. The model is ready when this returns.
+    /// Load balancers of the state file that `admission` leaves out (the
+    /// budget shrank, the config file took their name or listener) are
+    /// dropped, each logged: the cloud-controller-manager ensures them
+    /// again and gets the reason.
     pub async fn start_with(
         settings: &HookApiSettings,
         pools: Vec<AddressPool>,
+        admission: Arc<dyn Admission>,
         metrics: EdgeMetrics,
         bind_wait: Duration,
         limits: Limits,
@@ -200,24 +213,39 @@ impl HookSource {
                 "the hook state file is corrupt: moved aside, starting with no hook load balancers (the cloud-controller-manager ensures them again at its next sync)"
             );
         }
+        let state = admit_loaded(loaded.state, admission.as_ref(), &settings.state_file);
         tracing::info!(
             %addr,
-            load_balancers = loaded.state.balancers().len(),
+            load_balancers = state.balancers().len(),
             state = %settings.state_file.display(),
             "hook API listening"
         );
-        let (model_tx, model) = watch::channel(Arc::new(loaded.state.model()));
+        let (model_tx, model) = watch::channel(Arc::new(state.model()));
         let (pools_tx, pools_rx) = watch::channel(pools);
         let shared = Arc::new(Shared {
-            state: Mutex::new(loaded.state),
+            state: Mutex::new(state),
             state_file: settings.state_file.clone(),
             pools: pools_rx,
+            admission,
             model: model_tx,
             max_body: limits.max_body,
         });
         let app = app(shared, Token::new(&token), metrics, limits);
         let (stop, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, app, limits, stop_rx));
+        let task = tokio::spawn(portico_serve::serve(
+            listener,
+            app,
+            portico_serve::ServerLimits {
+                max_connections: limits.max_connections,
+                max_connections_per_client: limits.max_connections_per_client,
+                header_timeout: limits.header_timeout,
+            },
+            "hook API",
+            async move {
+                // A dropped sender stops the server too.
+                let _ = stop_rx.await;
+            },
+        ));
         Ok(HookSource {
             addr,
             model,
@@ -349,67 +377,22 @@ async fn json_errors(State(limits): State<Limits>, req: Request, next: Next) -> 
     ApiError::new(status, error, None).into_response()
 }
 
-/// Serves `app` on `listener` until `stop`: at most
-/// [`Limits::max_connections`] connections at once, each an HTTP/1
-/// connection with hyper's header read timeout; then stops accepting and
-/// lets the connections end (idle ones at once, calls in flight when done).
-async fn serve(
-    listener: TcpListener,
-    app: Router,
-    limits: Limits,
-    mut stop: oneshot::Receiver<()>,
-) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .keep_alive(true);
-    loop {
-        // A slot first: with every slot taken, connections wait in the
-        // listen backlog (in order) instead of being accepted and starved.
-        let slot = tokio::select! {
-            _ = &mut stop => break,
-            slot = Arc::clone(&slots).acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break, // never closed
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) if is_connection_error(&e) => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, pause = ?ACCEPT_PAUSE, "hook API cannot accept connections");
-                    tokio::time::sleep(ACCEPT_PAUSE).await;
-                    continue;
-                }
-            },
-        };
-        let service = TowerToHyperService::new(app.clone());
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                // A header timeout, a client gone, a malformed request.
-                tracing::debug!(%peer, error = %e, "hook API connection ended");
-            }
-            drop(slot);
-        });
+/// `state` without the load balancers `admission` leaves out, each logged.
+fn admit_loaded(state: HookState, admission: &dyn Admission, file: &Path) -> HookState {
+    let model = state.model();
+    let refused = admission.left_out(&model.services, &model.nodes);
+    if refused.is_empty() {
+        return state;
     }
-    // Lets go of the address at once (a new process may be waiting for it).
-    drop(listener);
-    graceful.shutdown().await;
-}
-
-/// An accept error about the one connection, not the listener.
-fn is_connection_error(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::ConnectionRefused
-            | std::io::ErrorKind::ConnectionAborted
-            | std::io::ErrorKind::ConnectionReset
-    )
+    for r in &refused {
+        tracing::error!(
+            service = %r.service,
+            state = %file.display(),
+            "hook load balancer of the state file not loaded: {}",
+            r.reason
+        );
+    }
+    state.without(refused.iter().map(|r| &r.service))
 }
 
 #[cfg(test)]
@@ -423,7 +406,7 @@ mod tests {
     use tokio::net::TcpStream;
 
     use super::*;
-    use crate::hook::ROUTES;
+    use crate::hook::{AdmitAll, ROUTES};
 
     const TOKEN: &str = "s3cret-token";
 
@@ -526,10 +509,16 @@ mod tests {
             }],
         }];
         let metrics = EdgeMetrics::new();
-        let source =
-            HookSource::start_with(&settings, pools, metrics.clone(), Duration::ZERO, limits)
-                .await
-                .unwrap();
+        let source = HookSource::start_with(
+            &settings,
+            pools,
+            Arc::new(AdmitAll),
+            metrics.clone(),
+            Duration::ZERO,
+            limits,
+        )
+        .await
+        .unwrap();
         Fixture {
             _dir: dir,
             state_dir,
@@ -1088,6 +1077,84 @@ mod tests {
             closed > STALLED - CAP,
             "{closed} of {STALLED} stalled connections closed: more than {CAP} were served at once"
         );
+        f.source.stop().await;
+    }
+
+    /// One client address holds at most its share of the connections: the
+    /// one over it is closed at once, another client is still served.
+    #[tokio::test]
+    async fn one_client_cannot_hold_every_connection() {
+        let f = start_with(Limits {
+            max_connections: 16,
+            max_connections_per_client: 2,
+            header_timeout: Duration::from_secs(5),
+            ..Limits::DEFAULT
+        })
+        .await;
+        let addr = f.source.local_addr();
+        let mut stalled = Vec::new();
+        for _ in 0..2 {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+            stalled.push(s);
+        }
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(2), third.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the third connection of one client is closed at once: {read:?}"
+        );
+        // Another address on loopback is another client.
+        let other = tokio::net::TcpSocket::new_v4().unwrap();
+        other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut s = other.connect(addr).await.unwrap();
+        let req = request("GET", "/v1/clusters/prod/loadbalancers", Some(TOKEN), "");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let answer = until_closed(&mut s).await;
+        assert_eq!(Reply::parse(&String::from_utf8_lossy(&answer)).code, 200);
+        drop(stalled);
+        f.source.stop().await;
+    }
+
+    /// Path segments are checked as the API server checks a Service's
+    /// namespace and name, and no answer echoes more than a bounded,
+    /// escaped piece of what the caller sent.
+    #[tokio::test]
+    async fn bad_path_segments_are_422_naming_them_and_never_echoed_whole() {
+        let f = start().await;
+        let addr = f.source.local_addr();
+        let long = "a".repeat(2000);
+        for (path, field) in [
+            (
+                "/v1/clusters/prod/loadbalancers/Shop/web".to_string(),
+                "namespace",
+            ),
+            (
+                "/v1/clusters/prod/loadbalancers/shop/1web".to_string(),
+                "name",
+            ),
+            (
+                format!("/v1/clusters/prod/loadbalancers/shop/{long}"),
+                "name",
+            ),
+            (format!("/v1/clusters/{long}/loadbalancers"), "cluster"),
+            ("/v1/clusters/pr%1Bod/loadbalancers".to_string(), "cluster"),
+        ] {
+            for method in ["GET", "PUT", "DELETE"] {
+                if path.ends_with("loadbalancers") && method != "GET" {
+                    continue;
+                }
+                let body = ensure_body("web", json!({}));
+                let r = call(addr, method, &path, Some(TOKEN), Some(&body)).await;
+                assert_eq!(r.code, 422, "{method} {path}: {}", r.body);
+                assert_eq!(r.body["field"], field, "{method} {path}");
+                let error = r.body["error"].as_str().unwrap();
+                assert!(error.len() < 400, "{method}: {} bytes echoed", error.len());
+                assert!(!error.contains('\u{1b}'), "{error}");
+            }
+        }
+        assert!(!f.state_file().exists(), "nothing was persisted");
         f.source.stop().await;
     }
 

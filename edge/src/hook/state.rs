@@ -21,6 +21,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use portico_config::kube::quoted;
 use portico_config::names::DEFAULT_NAMESPACE;
 use portico_config::{AddressPool, IpFamily, Node, Service, ServiceKey};
 use serde::{Deserialize, Serialize};
@@ -41,7 +42,11 @@ pub const IP_MODE: &str = "Proxy";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
     /// The edge already serves load balancers of another cluster.
-    #[error("this edge serves cluster {held:?}; the call names cluster {asked:?} (one edge serves one cluster)")]
+    #[error(
+        "this edge serves cluster {}; the call names cluster {} (one edge serves one cluster)",
+        quoted(held),
+        quoted(asked)
+    )]
     ClusterMismatch {
         /// The cluster the edge holds load balancers for.
         held: String,
@@ -49,7 +54,11 @@ pub enum RequestError {
         asked: String,
     },
     /// The Service in the body is not the one the path names.
-    #[error("Service {key}: the body's {field} is {found:?}, but the path names {expected:?}")]
+    #[error(
+        "Service {key}: the body's {field} is {}, but the path names {}",
+        quoted(found),
+        quoted(expected)
+    )]
     KeyMismatch {
         /// The Service the path names.
         key: ServiceKey,
@@ -311,6 +320,19 @@ impl HookState {
             state = HookState::default();
         }
         Ok(self.outcome(state, Vec::new()))
+    }
+
+    /// The state without the load balancers of `keys` (those the edge
+    /// would not serve); with none left, the empty state.
+    pub fn without<'a>(&self, keys: impl IntoIterator<Item = &'a ServiceKey>) -> HookState {
+        let mut state = self.clone();
+        for key in keys {
+            state.balancers.remove(key);
+        }
+        if state.balancers.is_empty() {
+            state = HookState::default();
+        }
+        state
     }
 
     fn outcome(&self, state: HookState, warnings: Vec<String>) -> Outcome {
@@ -918,6 +940,67 @@ mod tests {
                     crate::cluster::translate::tests::outcome(service)
                 });
             cases::check(&case, got);
+        }
+    }
+
+    mod properties {
+        //! EnsureLoadBalancer and UpdateLoadBalancer bodies with one odd
+        //! value: refused naming a field in a bounded message, or taken,
+        //! never a panic; a refused call changes nothing.
+        use portico_config::hostile::{mutate, value};
+        use proptest::prelude::*;
+        use serde_json::json;
+
+        use super::*;
+
+        fn body() -> serde_json::Value {
+            json!({
+                "service": {
+                    "metadata": {"namespace": "shop", "name": "web", "uid": "u-1",
+                                 "annotations": {"portico.io/algorithm": "maglev"}},
+                    "spec": {"type": "LoadBalancer", "ipFamilies": ["IPv4"],
+                             "loadBalancerIP": "192.0.2.10",
+                             "ports": [{"name": "http", "protocol": "TCP", "port": 80, "nodePort": 30080}]},
+                    "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}},
+                },
+                "nodes": [{"metadata": {"name": "n1"},
+                           "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.1"}]}}],
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn a_body_with_one_odd_value_is_taken_or_refused_naming_a_field(
+                pick in any::<prop::sample::Index>(),
+                key in prop::option::of("[a-zA-Z]{1,12}"),
+                with in value(),
+            ) {
+                let doc = mutate(&body(), pick, key, with);
+                let Ok(service) = serde_json::from_value::<core::Service>(doc["service"].clone()) else {
+                    return Ok(());
+                };
+                let Ok(nodes) = serde_json::from_value::<Vec<core::Node>>(doc["nodes"].clone()) else {
+                    return Ok(());
+                };
+                let state = HookState::default();
+                let started = std::time::Instant::now();
+                match state.ensure("prod", &ServiceKey::new("shop", "web"), service.clone(), nodes.clone(), &pools()) {
+                    Ok(out) => {
+                        for w in &out.warnings {
+                            prop_assert!(w.len() < 2048, "{} bytes", w.len());
+                        }
+                        // What was taken loads back from its own file.
+                        let again = HookState::from_json(&out.state.to_json());
+                        prop_assert!(again.is_ok(), "{:?}", again.err());
+                    }
+                    Err(e) => {
+                        prop_assert!(e.field().is_some(), "{e}");
+                        prop_assert!(e.to_string().len() < 2048, "{} bytes: {:.600}", e.to_string().len(), e.to_string());
+                    }
+                }
+                let _ = state.update("prod", &ServiceKey::new("shop", "web"), &service, nodes);
+                prop_assert!(started.elapsed() < std::time::Duration::from_secs(2));
+            }
         }
     }
 }

@@ -6,8 +6,11 @@
 //! and the directory is flushed too, so after a crash the file holds either
 //! the old or the new state, never a mix.
 //!
+//! Temporary files a crash left behind (`.<file>.tmp-<pid>` of a process
+//! that is gone) are removed at load.
+//!
 //! A file that cannot be read as a state (cut short, edited by hand, written
-//! by a newer edge) is moved aside to `<file>.corrupt-<unix time>` and the
+//! by a newer edge, over [`MAX_STATE_BYTES`]) is moved aside to `<file>.corrupt-<unix time>` and the
 //! edge starts empty: the cloud-controller-manager ensures every load
 //! balancer again at its next sync, and each gets back the address its
 //! Service's status shows. A file that cannot be read at all (permissions)
@@ -20,6 +23,11 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::state::HookState;
+
+/// The largest state file loaded; a larger one is moved aside unread. The
+/// state holds the trimmed Services and one trimmed node list: a few MiB
+/// for thousands of load balancers.
+pub const MAX_STATE_BYTES: u64 = 256 << 20;
 
 /// A state file problem, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +85,8 @@ pub fn load(path: &Path) -> Result<Loaded, StoreError> {
         path: dir.to_path_buf(),
         source,
     })?;
-    let bytes = match std::fs::read(path) {
+    remove_leftovers(path);
+    let bytes = match read_bounded(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Ok(Loaded {
@@ -92,7 +101,14 @@ pub fn load(path: &Path) -> Result<Loaded, StoreError> {
             })
         }
     };
-    match HookState::from_json(&bytes) {
+    let parsed = match bytes {
+        Some(bytes) => HookState::from_json(&bytes),
+        None => Err(format!(
+            "the file is larger than {} MiB",
+            MAX_STATE_BYTES >> 20
+        )),
+    };
+    match parsed {
         Ok(state) => Ok(Loaded {
             state,
             moved_aside: None,
@@ -118,6 +134,63 @@ pub fn load(path: &Path) -> Result<Loaded, StoreError> {
     }
 }
 
+/// The file's content, or `None` when it is over [`MAX_STATE_BYTES`].
+fn read_bounded(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let file = File::open(path)?;
+    if file.metadata()?.len() > MAX_STATE_BYTES {
+        return Ok(None);
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_STATE_BYTES + 1).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= MAX_STATE_BYTES).then_some(bytes))
+}
+
+/// What the temporary file names of saves to `path` start with.
+fn tmp_prefix(path: &Path) -> String {
+    format!(
+        ".{}.tmp-",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    )
+}
+
+/// The temporary file name a save by process `pid` uses for `path`.
+fn tmp_name(path: &Path, pid: u32) -> String {
+    format!("{}{pid}", tmp_prefix(path))
+}
+
+/// Removes the temporary files of saves by processes that are gone (a
+/// crash between write and rename); a live process's (an edge handing
+/// over) is left to it.
+fn remove_leftovers(path: &Path) {
+    let dir = dir_of(path);
+    let prefix = tmp_prefix(path);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let Some(pid) = name
+            .strip_prefix(prefix.as_str())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => {
+                tracing::info!(path = %entry.path().display(), "removed a temporary hook state file a crash left behind")
+            }
+            Err(e) => {
+                tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a temporary hook state file a crash left behind")
+            }
+        }
+    }
+}
+
 /// Writes `bytes` to `path` atomically (see the module documentation).
 pub fn save(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let err = |source| StoreError::Write {
@@ -125,10 +198,7 @@ pub fn save(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         source,
     };
     let dir = dir_of(path);
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(path.file_name().unwrap_or_default());
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
+    let tmp = dir.join(tmp_name(path, std::process::id()));
     // A leftover from a crash may have other permissions: start afresh.
     match std::fs::remove_file(&tmp) {
         Ok(()) => {}
@@ -197,6 +267,34 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, [std::ffi::OsString::from("hook.json")]);
+    }
+
+    #[test]
+    fn leftovers_of_a_crash_are_removed_and_a_live_writers_file_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hook.json");
+        // No process has this pid (above any pid_max).
+        let dead = dir.path().join(tmp_name(&path, u32::MAX - 1));
+        let live = dir.path().join(tmp_name(&path, std::process::id()));
+        let other = dir.path().join(".other.json.tmp-1");
+        for f in [&dead, &live, &other] {
+            std::fs::write(f, b"half").unwrap();
+        }
+        load(&path).unwrap();
+        assert!(!dead.exists());
+        assert!(live.exists() && other.exists());
+    }
+
+    #[test]
+    fn a_state_file_over_the_size_limit_is_moved_aside_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hook.json");
+        let f = File::create(&path).unwrap();
+        f.set_len(MAX_STATE_BYTES + 1).unwrap();
+        let loaded = load(&path).unwrap();
+        assert_eq!(loaded.state, HookState::default());
+        let (_, why) = loaded.moved_aside.expect("moved aside");
+        assert!(why.contains("larger than 256 MiB"), "{why}");
     }
 
     #[test]

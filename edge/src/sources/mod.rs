@@ -6,12 +6,20 @@
 //! [`Sources`] starts and holds the running sources and their latest
 //! models; the process loop ([`crate::run`]) only tells it when to reload,
 //! waits for a change, and applies.
+//!
+//! The descriptor budget ([`crate::budget`]) is applied at each source:
+//! a config file that does not fit is refused (at start, reload and
+//! `check-config`), the hook API refuses a load balancer that would not fit
+//! or would clash ([`FileGate`]), and the merge leaves out, after every
+//! earlier Service, a cluster Service that does not fit (it gets an Event).
 
 pub mod file;
+pub mod gate;
 pub mod merge;
 
 pub use file::{ConfigFile, ConfigSource, LoadError, Reloaded, EMBEDDED_CONFIG};
-pub use merge::{merge, Contribution};
+pub use gate::FileGate;
+pub use merge::{merge, Contribution, LeftOut, Merged};
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -20,10 +28,14 @@ use std::time::Duration;
 use portico_config::{EdgeConfig, ServiceKey};
 use tokio::sync::watch;
 
+use crate::budget::{Budget, BudgetError};
 use crate::cluster::{ClusterModel, ClusterSource};
 use crate::edge::Edge;
 use crate::hook::{HookError, HookModel, HookSource};
 use crate::metrics::EdgeMetrics;
+
+/// The cluster source's name in the merge.
+const KUBERNETES: &str = "kubernetes";
 
 /// How long the edge waits for the cluster's first lists before it starts
 /// without them.
@@ -38,6 +50,9 @@ pub enum SourceError {
     /// The hook API could not start.
     #[error(transparent)]
     Hook(#[from] HookError),
+    /// The config file asks for more than the descriptor limit allows.
+    #[error("{0}")]
+    Budget(#[from] BudgetError),
 }
 
 impl SourceError {
@@ -49,6 +64,7 @@ impl SourceError {
             SourceError::Kubernetes(e) if e.is_configuration() => 64,
             SourceError::Kubernetes(_) => 1,
             SourceError::Hook(e) => e.exit_code(),
+            SourceError::Budget(_) => 64,
         }
     }
 }
@@ -56,6 +72,15 @@ impl SourceError {
 /// The running sources and their latest models.
 pub struct Sources {
     file: EdgeConfig,
+    /// The process's descriptor limit.
+    descriptors: u64,
+    /// How it is shared out, for the current file's settings.
+    budget: Budget,
+    /// What the hook API asks before it admits a load balancer.
+    gate: Arc<FileGate>,
+    /// The Services of the last configuration applied: the budget weighs
+    /// them before newer ones.
+    served: std::sync::Mutex<BTreeSet<ServiceKey>>,
     cluster: Option<(ClusterSource, watch::Receiver<Option<Arc<ClusterModel>>>)>,
     hook: Option<(HookSource, watch::Receiver<Arc<HookModel>>)>,
 }
@@ -67,17 +92,29 @@ impl Sources {
     /// [`FIRST_LIST_WAIT`] for the cluster's first lists, so the first
     /// configuration has its Services (after an upgrade, handed-over
     /// listeners are kept only if the first configuration has them).
+    /// `descriptors` is the process's descriptor limit; a file that does
+    /// not fit in it is refused.
     pub async fn start(
         file: EdgeConfig,
+        descriptors: u64,
         metrics: &EdgeMetrics,
         hook_bind_wait: Duration,
     ) -> Result<Sources, SourceError> {
+        let budget = crate::budget::check_file(&file, descriptors)?;
+        tracing::info!(%budget, "descriptor budget");
+        let gate = Arc::new(FileGate::new(&file, budget.config));
         let pools = file.settings.address_pools.clone();
         let hook = match &file.settings.hook_api {
             None => None,
             Some(h) => {
-                let source =
-                    HookSource::start(h, pools.clone(), metrics.clone(), hook_bind_wait).await?;
+                let source = HookSource::start(
+                    h,
+                    pools.clone(),
+                    gate.clone(),
+                    metrics.clone(),
+                    hook_bind_wait,
+                )
+                .await?;
                 let model = source.model();
                 Some((source, model))
             }
@@ -100,14 +137,23 @@ impl Sources {
         };
         Ok(Sources {
             file,
+            descriptors,
+            budget,
+            gate,
+            served: Default::default(),
             cluster,
             hook,
         })
     }
 
+    /// How the descriptor limit is shared out.
+    pub fn budget(&self) -> Budget {
+        self.budget
+    }
+
     /// The file's configuration merged with the cluster's model and then the
-    /// hook API's, and the warnings about what was left out.
-    pub fn merged(&self) -> (EdgeConfig, Vec<String>) {
+    /// hook API's, inside the descriptor budget, with what was left out.
+    pub fn merged(&self) -> Merged {
         let cluster = self
             .cluster
             .as_ref()
@@ -116,17 +162,22 @@ impl Sources {
         let contributions: Vec<Contribution<'_>> = cluster
             .iter()
             .map(|m| Contribution {
-                source: "kubernetes",
+                source: KUBERNETES,
                 services: &m.services,
                 nodes: &m.nodes,
             })
             .chain(hook.iter().map(|m| Contribution {
-                source: "the hook API",
+                source: gate::HOOK,
                 services: &m.services,
                 nodes: &m.nodes,
             }))
             .collect();
-        merge(&self.file, &contributions)
+        let served = self
+            .served
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        merge(&self.file, &contributions).fit(self.budget.config, &served)
     }
 
     /// Resolves when the cluster's or the hook API's model changed; never
@@ -161,8 +212,15 @@ impl Sources {
 
     /// Takes a reloaded file's configuration: new address pools go to the
     /// cluster source and the hook API; a changed `kubernetes` or `hookApi`
-    /// section needs a restart.
-    pub fn set_file(&mut self, new: EdgeConfig) {
+    /// section needs a restart. A file that does not fit in the descriptor
+    /// limit is refused, and the current one stays.
+    pub fn set_file(&mut self, new: EdgeConfig) -> Result<(), BudgetError> {
+        let budget = crate::budget::check_file(&new, self.descriptors)?;
+        if budget != self.budget {
+            tracing::info!(%budget, "descriptor budget");
+        }
+        self.budget = budget;
+        self.gate.set(&new, budget.config);
         if new.settings.kubernetes != self.file.settings.kubernetes {
             tracing::warn!("settings.kubernetes changed: it takes effect at the next restart");
         }
@@ -176,6 +234,12 @@ impl Sources {
             h.set_pools(new.settings.address_pools.clone());
         }
         self.file = new;
+        Ok(())
+    }
+
+    /// How many Services the running configuration has from the config file.
+    pub fn file_services(&self) -> usize {
+        self.file.services.len()
     }
 
     /// Tells the cluster source which Services have no healthy node (they
@@ -189,11 +253,9 @@ impl Sources {
     /// Applies the merged configuration to the edge; `reload` counts it in
     /// `portico_edge_reloads_total`.
     pub async fn apply(&self, edge: &Edge, reload: bool) {
-        let (config, warnings) = self.merged();
-        for w in &warnings {
-            tracing::warn!("{w}");
-        }
-        match edge.apply(config).await {
+        let merged = self.merged();
+        self.report(&merged);
+        match edge.apply(merged.config).await {
             Ok(errors) => {
                 if reload {
                     record_reload(edge.metrics(), true);
@@ -204,6 +266,35 @@ impl Sources {
                 }
             }
             Err(e) => tracing::error!(error = %e, "configuration not applied"),
+        }
+    }
+
+    /// Logs what the merge left out, and tells the cluster source which of
+    /// its Services the budget left out (they get an Event).
+    /// Also remembers what is served, for the next merge.
+    pub fn report(&self, merged: &Merged) {
+        *self
+            .served
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = merged
+            .config
+            .services
+            .iter()
+            .map(|s| s.key.clone())
+            .collect();
+        for w in merged.warnings() {
+            tracing::warn!("{w}");
+        }
+        if let Some((c, _)) = &self.cluster {
+            c.set_not_served(
+                merged
+                    .left_out
+                    .iter()
+                    .filter(|l| l.source == KUBERNETES)
+                    .filter(|l| matches!(l.reason, merge::Reason::OverBudget(_)))
+                    .map(|l| (l.service.clone(), l.to_string()))
+                    .collect(),
+            );
         }
     }
 

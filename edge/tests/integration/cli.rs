@@ -112,6 +112,79 @@ fn check_config_of_a_missing_file_exits_64_naming_it() {
     assert!(p.stdout().is_empty());
 }
 
+/// `check-config FILE`: exit code and stderr.
+fn check(dir: &Path, file: &Path) -> (Option<i32>, String) {
+    let mut p = Proc::spawn(dir, "check", &["check-config", path_str(file)]);
+    let status = p.wait_exit_blocking(Duration::from_secs(30));
+    (status.code(), p.stderr())
+}
+
+#[test]
+fn check_config_refuses_what_is_not_a_whole_file_and_odd_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("edge.yaml");
+    let long = "a".repeat(10 * 1024);
+    let cases: Vec<(&str, Vec<u8>, Vec<String>)> = vec![
+        (
+            "empty",
+            Vec::new(),
+            vec!["the file is empty: it is refused so that a file not yet written, or cut short, never removes every Service; to run without Services from this file, write `services: []`".into()],
+        ),
+        (
+            "cut short",
+            b"services: []\nnodes: [{name: a, addresses: [10.0.0.1]}]\nsettings: {health: {interval: 2".to_vec(),
+            vec!["the file ends in the middle of line 3: it looks cut short while being written, so it is refused (a complete file ends with a line break)".into()],
+        ),
+        (
+            "not UTF-8",
+            b"services: []\n# \xff\n".to_vec(),
+            vec!["the file is not UTF-8 text: byte 0xff at line 2, column 3 is not valid UTF-8 (save the file as UTF-8)".into()],
+        ),
+        (
+            "odd values",
+            format!(
+                "settings: {{health: {{interval: 1ms}}, proxy: {{idleTimeout: 876000h, connectRetries: -1}}}}
+services:
+  - {{name: {long}, vips: ['::ffff:192.0.2.1'], ports: [{{port: 1e30, nodePort: 30080}}]}}
+"
+            )
+            .into_bytes(),
+            vec![
+                "settings.health.interval: 1ms is outside 100ms-1h".into(),
+                "settings.proxy.connectRetries: -1 is outside 0-16".into(),
+                "settings.proxy.idleTimeout: 876000h is outside 1s-168h".into(),
+                "services[0].name: a text of 10240 characters is too long: no text in this file may be longer than 1024 characters".into(),
+                "services[0].vips[0]: ::ffff:192.0.2.1 is an IPv4-mapped IPv6 address (an IPv4 address in IPv6 form, which IPv4 clients never use); write it as the IPv4 address 192.0.2.1".into(),
+                "services[0].ports[0].port: 1e30 is outside 1-65535".into(),
+            ],
+        ),
+    ];
+    for (what, bytes, errors) in cases {
+        std::fs::write(&file, bytes).expect("write");
+        let (code, err) = check(dir.path(), &file);
+        assert_eq!(code, Some(64), "{what}: {err}");
+        let header = format!("{} is invalid:", file.display());
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines[0], header, "{what}");
+        assert_eq!(lines[1..], errors, "{what}");
+    }
+
+    // Over 64 MiB: refused from its size (sparse: nothing to read).
+    std::fs::File::create(&file)
+        .and_then(|f| f.set_len(64 * 1024 * 1024 + 1))
+        .expect("sparse file");
+    let (code, err) = check(dir.path(), &file);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("the file is 64 MiB (67108865 bytes); a config file may be at most 64 MiB"),
+        "{err}"
+    );
+
+    // Removing every Service, said so, is fine.
+    std::fs::write(&file, "services: []\n").expect("write");
+    assert_eq!(check(dir.path(), &file).0, Some(0));
+}
+
 #[test]
 fn run_with_a_broken_file_exits_64_without_listening() {
     let dir = tempfile::tempdir().expect("tempdir");

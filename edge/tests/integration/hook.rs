@@ -457,3 +457,185 @@ fn the_openapi_file_lists_exactly_the_served_routes() {
         .collect();
     assert_eq!(documented, served);
 }
+
+/// The descriptors `pid` holds now.
+fn descriptors(pid: nix::unistd::Pid) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The resident memory of `pid`, in KiB.
+fn rss_kib(pid: nix::unistd::Pid) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Connects through `vip` again and again until `stop`, each connection
+/// bounded in time; returns (served, failed).
+fn client_loop(
+    vip: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(u64, u64)> {
+    tokio::spawn(async move {
+        let (mut ok, mut failed) = (0, 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed)
+            && std::time::Instant::now() < deadline
+        {
+            match hello(vip, None).await {
+                Ok(_) => ok += 1,
+                Err(_) => failed += 1,
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (ok, failed)
+    })
+}
+
+/// A Service with `ports` ports (1000.., NodePorts 30100..).
+fn service_with_ports(name: &str, ports: u16) -> Value {
+    let mut s = service(name, &format!("{name}-uid"), 1000);
+    s["spec"]["ports"] = (0..ports)
+        .map(|i| {
+            json!({"name": format!("p{i}"), "protocol": "TCP", "port": 1000 + i,
+                   "targetPort": 8080, "nodePort": 30100 + i})
+        })
+        .collect();
+    s
+}
+
+/// Under a descriptor limit of 1,024 (322 descriptors left for listeners
+/// and probes), a load balancer of 400 ports is refused with 409 naming the
+/// field and the budget, nothing of it is persisted or opened, and the
+/// Services admitted before (the config file's, an earlier hook load
+/// balancer) serve a client loop running throughout without one failure;
+/// descriptors and memory come back to their baseline, and a restart
+/// brings back exactly what was admitted. A load balancer clashing with
+/// the config file's Service is refused with 409 too, not answered 200 and
+/// left unserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_budget_cannot_afford_is_refused_and_the_admitted_keep_serving() {
+    let net = subnet();
+    let _nodes = start_nodes(net, 2, false).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).expect("token file");
+    let kept = SocketAddr::new(net.ip(50), 8080);
+    let mut yaml = config(net, dir.path());
+    yaml.push_str(&format!(
+        "nodes:
+  - {{name: node-0, addresses: [{n0}]}}
+  - {{name: node-1, addresses: [{n1}]}}
+services:
+  - namespace: shop
+    name: kept
+    vips: [{vip}]
+    ports: [{{name: tcp, protocol: TCP, port: {port}, nodePort: {NODE_PORT}}}]
+",
+        n0 = net.ip(1),
+        n1 = net.ip(2),
+        vip = kept.ip(),
+        port = kept.port(),
+    ));
+    write_atomically(&dir.path().join("edge.yaml"), &yaml);
+    let cfg = dir.path().join("edge.yaml");
+    let sock = dir.path().join("up.sock");
+    let args = [
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--upgrade-socket",
+        sock.to_str().unwrap(),
+    ];
+    let mut edge = Proc::spawn_limited(dir.path(), "edge", &args, Some(1024));
+    let hook = hook_addr(net);
+    wait_listening(hook, Duration::from_secs(20)).await;
+    wait_serving(kept, Duration::from_secs(20)).await;
+    let budget = scrape(metrics_addr(net)).await;
+    assert_eq!(
+        metric(&budget, "portico_edge_descriptor_budget", &["descriptors"]),
+        1024.0
+    );
+
+    let nodes = json!([node(0, net.ip(1)), node(1, net.ip(2))]);
+    let small = json!({"service": service("small", "small-uid", 7070), "nodes": nodes});
+    let r = call(hook, "PUT", &lb_path("small"), Some(TOKEN), Some(&small)).await;
+    assert_eq!(r.code, 200, "{}", r.body);
+    let small_vip = SocketAddr::new(net.ip(100), 7070);
+    wait_serving(small_vip, Duration::from_secs(10)).await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loops = [
+        client_loop(kept, stop.clone()),
+        client_loop(small_vip, stop.clone()),
+    ];
+    // Let the loops and the edge settle before the baseline.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (fds_before, rss_before) = (descriptors(edge.pid()), rss_kib(edge.pid()));
+
+    let big = json!({"service": service_with_ports("big", 400), "nodes": nodes});
+    for _ in 0..3 {
+        let r = call(hook, "PUT", &lb_path("big"), Some(TOKEN), Some(&big)).await;
+        assert_eq!(r.code, 409, "{}", r.body);
+        assert_eq!(r.body["field"], "service.spec.ports");
+        let error = r.body["error"].as_str().unwrap();
+        assert!(error.contains("Service shop/big"), "{error}");
+        assert!(error.contains("400 listeners"), "{error}");
+        assert!(error.contains("descriptor budget"), "{error}");
+    }
+    let r = call(hook, "GET", &lb_path("big"), Some(TOKEN), None).await;
+    assert_eq!(r.code, 404, "a refused load balancer does not exist");
+    let state = std::fs::read_to_string(dir.path().join("state/hook.json")).unwrap();
+    assert!(
+        state.contains("small") && !state.contains("\"big\""),
+        "{state}"
+    );
+
+    // The config file's Service by name: 409, not a 200 never served.
+    let clash = json!({"service": service("kept", "kept-uid", 7071), "nodes": nodes});
+    let r = call(hook, "PUT", &lb_path("kept"), Some(TOKEN), Some(&clash)).await;
+    assert_eq!(r.code, 409, "{}", r.body);
+    assert_eq!(r.body["field"], "service.metadata.name");
+    assert!(
+        r.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("the config file defines it too"),
+        "{}",
+        r.body
+    );
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in loops {
+        let (ok, failed) = l.await.unwrap();
+        assert!(ok > 10, "the client loop ran ({ok} served)");
+        assert_eq!(failed, 0, "{failed} of {} connections failed", ok + failed);
+    }
+    let (fds_after, rss_after) = (descriptors(edge.pid()), rss_kib(edge.pid()));
+    assert!(
+        fds_after <= fds_before + 2,
+        "descriptors {fds_before} -> {fds_after}"
+    );
+    assert!(
+        rss_after <= rss_before + 16 * 1024,
+        "RSS {rss_before} KiB -> {rss_after} KiB"
+    );
+    let text = scrape(metrics_addr(net)).await;
+    assert_eq!(metric(&text, "portico_edge_listeners", &[]), 2.0);
+
+    // A restart brings back what was admitted, and only that.
+    edge.signal(Signal::SIGTERM);
+    edge.wait_exit(Duration::from_secs(10)).await;
+    let _edge = Proc::spawn_limited(dir.path(), "edge-2", &args, Some(1024));
+    wait_listening(hook, Duration::from_secs(20)).await;
+    wait_serving(kept, Duration::from_secs(20)).await;
+    wait_serving(small_vip, Duration::from_secs(20)).await;
+    let r = call(hook, "GET", &lb_path("big"), Some(TOKEN), None).await;
+    assert_eq!(r.code, 404);
+}

@@ -15,6 +15,7 @@ mod dynamic;
 mod health;
 mod hook;
 mod kubernetes;
+mod limits;
 mod proxy_protocol;
 mod reload;
 mod retry;

@@ -39,11 +39,25 @@ impl Proc {
     /// `<dir>/<name>.stdout` and `<dir>/<name>.stderr`. `NO_COLOR` keeps log
     /// lines free of escape codes.
     pub fn spawn(dir: &Path, name: &str, args: &[&str]) -> Proc {
+        Proc::spawn_limited(dir, name, args, None)
+    }
+
+    /// [`Proc::spawn`] with the descriptor limit (`RLIMIT_NOFILE`, soft and
+    /// hard) set to `nofile` by `prlimit`, which then becomes the edge.
+    pub fn spawn_limited(dir: &Path, name: &str, args: &[&str], nofile: Option<u64>) -> Proc {
         let stdout = dir.join(format!("{name}.stdout"));
         let stderr = dir.join(format!("{name}.stderr"));
         let out = std::fs::File::create(&stdout).expect("create stdout file");
         let err = std::fs::File::create(&stderr).expect("create stderr file");
-        let child = Command::new(EDGE_BIN)
+        let mut command = match nofile {
+            None => Command::new(EDGE_BIN),
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(EDGE_BIN);
+                c
+            }
+        };
+        let child = command
             .args(args)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
