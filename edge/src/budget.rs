@@ -403,7 +403,7 @@ mod tests {
                 probes: 0
             }
         );
-        assert_eq!(refused[0].left, 4);
+        assert_eq!(refused[0].left, 2);
         let message = refused[0].to_string();
         assert!(message.contains("Service default/huge"), "{message}");
         assert!(message.contains("50 listeners"), "{message}");
