@@ -226,14 +226,20 @@ pub struct Refused {
     pub budget: u64,
 }
 
+impl Refused {
+    /// Why, without naming the Service.
+    pub fn why(&self) -> String {
+        format!(
+            "its {} would pass this edge's descriptor budget ({} of {} left for listeners \
+             and probes)",
+            self.asked, self.left, self.budget
+        )
+    }
+}
+
 impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Service {}: not served: its {} would pass this edge's descriptor budget \
-             ({} of {} left for listeners and probes)",
-            self.service, self.asked, self.left, self.budget
-        )
+        write!(f, "Service {}: not served: {}", self.service, self.why())
     }
 }
 

@@ -77,12 +77,7 @@ impl fmt::Display for LeftOut {
                 holder,
                 source,
             } => write!(f, "{listener} belongs to {holder} from {source}"),
-            Reason::OverBudget(r) => write!(
-                f,
-                "its {} would pass this edge's descriptor budget ({} of {} left for listeners \
-                 and probes)",
-                r.asked, r.left, r.budget
-            ),
+            Reason::OverBudget(r) => write!(f, "{}", r.why()),
         }
     }
 }
@@ -98,8 +93,8 @@ pub struct Merged {
     pub left_out: Vec<LeftOut>,
     /// The Nodes left out (a later source naming a Node again).
     pub node_warnings: Vec<String>,
-    /// The source of each Service after the config file's, in order.
-    sources: Vec<String>,
+    /// The source of each Service that is not the config file's.
+    sources: BTreeMap<ServiceKey, String>,
 }
 
 impl Merged {
@@ -108,44 +103,21 @@ impl Merged {
     /// The ones in `served` (admitted by an earlier merge) are weighed
     /// first, so a new Service never pushes out one already served.
     pub fn fit(mut self, budget: u64, served: &BTreeSet<ServiceKey>) -> Merged {
-        let mut rest: Vec<(Service, String)> = self
-            .config
-            .services
-            .split_off(self.from_file)
-            .into_iter()
-            .zip(std::mem::take(&mut self.sources))
-            .collect();
-        rest.sort_by_key(|(s, _)| !served.contains(&s.key));
-        let sources: BTreeMap<ServiceKey, String> = rest
-            .iter()
-            .map(|(s, source)| (s.key.clone(), source.clone()))
-            .collect();
-        for (service, source) in rest {
-            self.config.services.push(service);
-            self.sources.push(source);
-        }
-        for refused in budget::fit(&mut self.config, self.from_file, budget) {
+        // A stable sort: the file's first, then the served, each in order.
+        let from_file = self.from_file;
+        self.config.services[from_file..].sort_by_key(|s| !served.contains(&s.key));
+        for refused in budget::fit(&mut self.config, from_file, budget) {
             self.left_out.push(LeftOut {
-                source: sources.get(&refused.service).cloned().unwrap_or_default(),
+                source: self
+                    .sources
+                    .get(&refused.service)
+                    .cloned()
+                    .unwrap_or_default(),
                 service: refused.service.clone(),
                 reason: Reason::OverBudget(refused),
             });
         }
-        self.sources = self.config.services[self.from_file..]
-            .iter()
-            .map(|s| sources.get(&s.key).cloned().unwrap_or_default())
-            .collect();
         self
-    }
-
-    /// Whether the Service is served.
-    pub fn serves(&self, key: &ServiceKey) -> bool {
-        self.config.services.iter().any(|s| s.key == *key)
-    }
-
-    /// Why the Service is left out, if it is.
-    pub fn why_left_out(&self, key: &ServiceKey) -> Option<&LeftOut> {
-        self.left_out.iter().find(|l| l.service == *key)
     }
 
     /// Every warning: the Services left out, then the Nodes.
@@ -167,7 +139,7 @@ pub fn merge(file: &EdgeConfig, others: &[Contribution<'_>]) -> Merged {
     };
     let mut left_out = Vec::new();
     let mut node_warnings = Vec::new();
-    let mut sources = Vec::new();
+    let mut sources = BTreeMap::new();
     let mut from_file = 0;
     let mut owners: BTreeMap<ServiceKey, &str> = BTreeMap::new();
     let mut listeners: BTreeMap<(IpAddr, Protocol, u16), (ServiceKey, &str)> = BTreeMap::new();
@@ -215,7 +187,7 @@ pub fn merge(file: &EdgeConfig, others: &[Contribution<'_>]) -> Merged {
             if c.source == FILE {
                 from_file += 1;
             } else {
-                sources.push(c.source.to_string());
+                sources.insert(svc.key.clone(), c.source.to_string());
             }
         }
         for node in c.nodes {

@@ -18,10 +18,6 @@ fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
-}
-
 /// Every error `portico-edge` reports for config/examples/broken.yaml, one
 /// per line marked `# ERROR` in the file.
 const BROKEN_ERRORS: &[&str] = &[

@@ -164,18 +164,7 @@ fn lb_path(name: &str) -> String {
 }
 
 fn start_edge(dir: &Path, name: &str) -> Proc {
-    let cfg = dir.join("edge.yaml");
-    Proc::spawn(
-        dir,
-        name,
-        &[
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--upgrade-socket",
-            dir.join("up.sock").to_str().unwrap(),
-        ],
-    )
+    Proc::run_edge(dir, name, &dir.join("edge.yaml"), &[], None)
 }
 
 /// The nodes `count` connections through `vip` reached; `None` if one
@@ -458,13 +447,6 @@ fn the_openapi_file_lists_exactly_the_served_routes() {
     assert_eq!(documented, served);
 }
 
-/// The descriptors `pid` holds now.
-fn descriptors(pid: nix::unistd::Pid) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 /// The resident memory of `pid`, in KiB.
 fn rss_kib(pid: nix::unistd::Pid) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -544,15 +526,7 @@ services:
     ));
     write_atomically(&dir.path().join("edge.yaml"), &yaml);
     let cfg = dir.path().join("edge.yaml");
-    let sock = dir.path().join("up.sock");
-    let args = [
-        "run",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--upgrade-socket",
-        sock.to_str().unwrap(),
-    ];
-    let mut edge = Proc::spawn_limited(dir.path(), "edge", &args, Some(1024));
+    let mut edge = Proc::run_edge(dir.path(), "edge", &cfg, &[], Some(1024));
     let hook = hook_addr(net);
     wait_listening(hook, Duration::from_secs(20)).await;
     wait_serving(kept, Duration::from_secs(20)).await;
@@ -576,7 +550,7 @@ services:
     ];
     // Let the loops and the edge settle before the baseline.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (fds_before, rss_before) = (descriptors(edge.pid()), rss_kib(edge.pid()));
+    let (fds_before, rss_before) = (edge.descriptors(), rss_kib(edge.pid()));
 
     let big = json!({"service": service_with_ports("big", 400), "nodes": nodes});
     for _ in 0..3 {
@@ -617,7 +591,7 @@ services:
         assert!(ok > 10, "the client loop ran ({ok} served)");
         assert_eq!(failed, 0, "{failed} of {} connections failed", ok + failed);
     }
-    let (fds_after, rss_after) = (descriptors(edge.pid()), rss_kib(edge.pid()));
+    let (fds_after, rss_after) = (edge.descriptors(), rss_kib(edge.pid()));
     assert!(
         fds_after <= fds_before + 2,
         "descriptors {fds_before} -> {fds_after}"
@@ -632,7 +606,7 @@ services:
     // A restart brings back what was admitted, and only that.
     edge.signal(Signal::SIGTERM);
     edge.wait_exit(Duration::from_secs(10)).await;
-    let _edge = Proc::spawn_limited(dir.path(), "edge-2", &args, Some(1024));
+    let _edge = Proc::run_edge(dir.path(), "edge-2", &cfg, &[], Some(1024));
     wait_listening(hook, Duration::from_secs(20)).await;
     wait_serving(kept, Duration::from_secs(20)).await;
     wait_serving(small_vip, Duration::from_secs(20)).await;

@@ -19,10 +19,6 @@ use tokio::net::TcpStream;
 use crate::support::process::*;
 use crate::support::*;
 
-fn path_str(p: &std::path::Path) -> &str {
-    p.to_str().expect("a UTF-8 path")
-}
-
 /// `ports` more ports for the last Service of a [`yaml_config`] text.
 fn with_ports(mut yaml: String, ports: u16) -> String {
     for i in 1..=ports {
@@ -49,7 +45,6 @@ async fn a_config_file_over_the_descriptor_budget_is_refused_and_the_running_one
     let _nodes = start_nodes(net, 2, false).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("edge.yaml");
-    let up = dir.path().join("up.sock");
     let a = SocketAddr::new(net.ip(100), 8080);
     let b = SocketAddr::new(net.ip(101), 8080);
     let good = yaml_config(net, 2, "1s", &[YamlService::new("a", a)]);
@@ -90,18 +85,11 @@ async fn a_config_file_over_the_descriptor_budget_is_refused_and_the_running_one
     assert!(status.success(), "{}", check.stderr());
 
     write_atomically(&cfg, &good);
-    let mut edge = Proc::spawn_limited(
+    let mut edge = Proc::run_edge(
         dir.path(),
         "edge",
-        &[
-            "run",
-            "--config",
-            path_str(&cfg),
-            "--upgrade-socket",
-            path_str(&up),
-            "--watch-interval-ms",
-            "100",
-        ],
+        &cfg,
+        &["--watch-interval-ms", "100"],
         Some(1024),
     );
     wait_serving(a, Duration::from_secs(20)).await;
@@ -132,18 +120,7 @@ async fn a_config_file_over_the_descriptor_budget_is_refused_and_the_running_one
     // A start with it is refused too, with exit 64.
     edge.signal(Signal::SIGTERM);
     edge.wait_exit(Duration::from_secs(10)).await;
-    let mut refused = Proc::spawn_limited(
-        dir.path(),
-        "edge-2",
-        &[
-            "run",
-            "--config",
-            path_str(&cfg),
-            "--upgrade-socket",
-            path_str(&up),
-        ],
-        Some(1024),
-    );
+    let mut refused = Proc::run_edge(dir.path(), "edge-2", &cfg, &[], Some(1024));
     let status = refused.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(64), "{}", refused.stderr());
     assert!(
@@ -181,17 +158,7 @@ async fn a_connection_past_max_connections_waits_for_a_slot() {
         "    connectRetries: 2\n    maxConnections: 3\n",
     );
     write_atomically(&cfg, &yaml);
-    let _edge = Proc::spawn(
-        dir.path(),
-        "edge",
-        &[
-            "run",
-            "--config",
-            path_str(&cfg),
-            "--upgrade-socket",
-            path_str(&dir.path().join("up.sock")),
-        ],
-    );
+    let _edge = Proc::run_edge(dir.path(), "edge", &cfg, &[], None);
     wait_serving(a, Duration::from_secs(20)).await;
     let text = scrape(metrics_addr(net)).await;
     assert_eq!(
@@ -270,18 +237,7 @@ async fn a_cluster_service_over_the_budget_is_left_out_with_an_event() {
             last = net.ip(110),
         ),
     );
-    let _edge = Proc::spawn_limited(
-        dir.path(),
-        "edge",
-        &[
-            "run",
-            "--config",
-            path_str(&cfg),
-            "--upgrade-socket",
-            path_str(&dir.path().join("up.sock")),
-        ],
-        Some(1024),
-    );
+    let _edge = Proc::run_edge(dir.path(), "edge", &cfg, &[], Some(1024));
     let web = SocketAddr::new(net.ip(100), 8080);
     wait_serving(web, Duration::from_secs(20)).await;
     let mut held = Held::open(web).await;
@@ -347,24 +303,9 @@ async fn half_open_connections_cannot_take_the_admin_servers_or_the_services() {
         &cfg,
         &yaml_config(net, 2, "1s", &[YamlService::new("a", a)]),
     );
-    let edge = Proc::spawn(
-        dir.path(),
-        "edge",
-        &[
-            "run",
-            "--config",
-            path_str(&cfg),
-            "--upgrade-socket",
-            path_str(&dir.path().join("up.sock")),
-        ],
-    );
+    let edge = Proc::run_edge(dir.path(), "edge", &cfg, &[], None);
     wait_serving(a, Duration::from_secs(20)).await;
-    let fds = || {
-        std::fs::read_dir(format!("/proc/{}/fd", edge.pid()))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    };
-    let before = fds();
+    let before = edge.descriptors();
     let crowd = net.ip(60);
     let mut stalled = Vec::new();
     for addr in [metrics_addr(net), admin_addr(net)] {
@@ -381,7 +322,7 @@ async fn half_open_connections_cannot_take_the_admin_servers_or_the_services() {
     }
     // Served connections of one client: 8 per server.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let during = fds();
+    let during = edge.descriptors();
     assert!(
         during <= before + 2 * 8 + 4,
         "descriptors {before} -> {during} under 400 half-open connections"

@@ -16,10 +16,6 @@ use nix::sys::signal::Signal;
 use crate::support::process::*;
 use crate::support::*;
 
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
-}
-
 /// The edge's reload counters and snapshot generation, from /metrics.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Figures {

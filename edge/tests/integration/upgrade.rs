@@ -3,7 +3,6 @@
 //! clients keep connecting; not one connection is refused or fails.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,10 +11,6 @@ use nix::sys::signal::Signal;
 
 use crate::support::process::*;
 use crate::support::*;
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
-}
 
 /// The most connections the load opens, and for how long it runs at most.
 const LOAD_MAX_CONNECTIONS: usize = 10_000;

@@ -75,6 +75,34 @@ impl Proc {
         }
     }
 
+    /// `portico-edge run --config <config> --upgrade-socket <dir>/up.sock
+    /// <extra>`, under `nofile` descriptors if given ([`Proc::spawn_limited`]).
+    pub fn run_edge(
+        dir: &Path,
+        name: &str,
+        config: &Path,
+        extra: &[&str],
+        nofile: Option<u64>,
+    ) -> Proc {
+        let socket = dir.join("up.sock");
+        let mut args = vec![
+            "run",
+            "--config",
+            path_str(config),
+            "--upgrade-socket",
+            path_str(&socket),
+        ];
+        args.extend_from_slice(extra);
+        Proc::spawn_limited(dir, name, &args, nofile)
+    }
+
+    /// The descriptors the process holds now (0 once it is gone).
+    pub fn descriptors(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
     /// The process id.
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.as_ref().expect("not reaped").id() as i32)
@@ -191,6 +219,11 @@ impl Drop for Proc {
             );
         }
     }
+}
+
+/// `p` as the text a command line takes.
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
 }
 
 /// Writes `text` to `path` atomically (a temporary file renamed over it), so
