@@ -13,6 +13,12 @@
 //! Services whose objects changed are planned again, and only their rules
 //! are diffed and sent (see [`Agent::sync_snapshot`]).
 //!
+//! After a sync that changed a UDP Service port's destinations or serving
+//! endpoints, and after every full resync, the agent deletes the conntrack
+//! entries of UDP flows that no serving endpoint answers any more (see
+//! [`crate::plan::UdpTargets`]), so a client that keeps sending moves on
+//! with its next datagram, as kube-proxy does.
+//!
 //! Every sync period the agent recreates the table in one
 //! transaction whatever the kernel holds, which repairs drift (a
 //! hand-deleted table comes back). A successful sync, changed or not,
@@ -27,6 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 use portico_config::cluster::{ClusterService, EndpointSlice};
 use portico_config::Node;
 use portico_config::{ServiceKey, TrafficPolicy};
+use portico_conntrack::{Conntrack, Protocol};
 use portico_kube_watch::{KubeOptions, WatchMetrics};
 
 use crate::health::{HealthServerError, HealthState, NodeHealthServer, ServiceHealthServers};
@@ -34,7 +41,7 @@ use crate::kube_source::{Debouncer, KubeError, KubeSource};
 use crate::manifests::{self, Snapshot};
 use crate::metrics::AgentMetrics;
 use crate::nft::NftBackend;
-use crate::plan::{PlanOptions, Planner};
+use crate::plan::{PlanOptions, Planner, UdpTargets};
 use crate::sync::{SyncOutcome, Syncer};
 
 /// A burst of Kubernetes changes is synced once no change came for this long...
@@ -128,9 +135,14 @@ pub fn local_endpoint_counts(
 }
 
 /// The state the loop keeps between rounds.
-pub struct Agent<B> {
+pub struct Agent<B, C> {
     opts: AgentOptions,
     syncer: Syncer<B>,
+    /// The conntrack table whose stale UDP flows are deleted.
+    conntrack: C,
+    /// The UDP targets at the last successful clean-up (`None` before the
+    /// first, or after a failed one).
+    flows_cleaned: Option<UdpTargets>,
     /// Plans incrementally: only the Services whose objects changed.
     planner: Planner,
     health: HealthState,
@@ -142,12 +154,15 @@ pub struct Agent<B> {
     reported_errors: BTreeSet<String>,
     reported_skipped: BTreeSet<String>,
     reported_no_node: bool,
+    /// Whether the last clean-up of UDP flows failed (logged once).
+    reported_conntrack: bool,
 }
 
-impl<B: NftBackend> Agent<B> {
-    /// An agent syncing through `backend`. Must be called in a tokio runtime
-    /// (the health servers are tasks).
-    pub fn new(opts: AgentOptions, backend: B, metrics: AgentMetrics) -> Self {
+impl<B: NftBackend, C: Conntrack> Agent<B, C> {
+    /// An agent syncing through `backend` and cleaning flows in
+    /// `conntrack`. Must be called in a tokio runtime (the health servers
+    /// are tasks).
+    pub fn new(opts: AgentOptions, backend: B, conntrack: C, metrics: AgentMetrics) -> Self {
         let health = HealthState::new(opts.sync_period * 2);
         let planner = Planner::new(opts.plan.clone());
         let service_health =
@@ -155,6 +170,8 @@ impl<B: NftBackend> Agent<B> {
         Agent {
             opts,
             syncer: Syncer::new(backend),
+            conntrack,
+            flows_cleaned: None,
             planner,
             health,
             service_health,
@@ -164,6 +181,7 @@ impl<B: NftBackend> Agent<B> {
             reported_errors: BTreeSet::new(),
             reported_skipped: BTreeSet::new(),
             reported_no_node: false,
+            reported_conntrack: false,
         }
     }
 
@@ -295,14 +313,16 @@ impl<B: NftBackend> Agent<B> {
             .sync_duration
             .with_label_values(&[kind])
             .observe(started.elapsed().as_secs_f64());
-        if full_due
+        let full = full_due
             || matches!(
                 outcome,
                 SyncOutcome::Full | SyncOutcome::FullAfterFailedDiff
-            )
-        {
+            );
+        if full {
             self.last_full = Some(Instant::now());
         }
+        // The rules now send new flows to the new endpoints: move the old.
+        self.clean_udp_flows(full);
         let now = SystemTime::now();
         self.health.record_sync_success(now);
         self.metrics.last_sync.set(
@@ -325,16 +345,66 @@ impl<B: NftBackend> Agent<B> {
     }
 }
 
+impl<B, C: Conntrack> Agent<B, C> {
+    /// Deletes the conntrack entries of UDP flows that no serving endpoint
+    /// of their Service port answers, when the UDP targets changed since
+    /// the last clean-up, or at a full resync (`full`). A failure is
+    /// logged (once while it lasts) and counted; the rules stand, and the
+    /// next sync tries again.
+    fn clean_udp_flows(&mut self, full: bool) {
+        let targets = self.planner.udp_targets();
+        if !full && self.flows_cleaned.as_ref() == Some(&targets) {
+            return;
+        }
+        let wanted = match &self.flows_cleaned {
+            Some(previous) => targets.with_gone(previous),
+            None => targets.clone(),
+        };
+        if wanted.is_empty() {
+            self.flows_cleaned = Some(targets);
+            return;
+        }
+        let result = self.conntrack.list(Protocol::Udp).and_then(|flows| {
+            let stale = wanted.stale(&flows);
+            self.conntrack.delete(&stale).map(|n| (n, stale))
+        });
+        match result {
+            Ok((deleted, stale)) => {
+                if deleted > 0 {
+                    tracing::info!(
+                        deleted,
+                        first = %stale[0],
+                        "deleted the conntrack entries of UDP flows no serving endpoint answers"
+                    );
+                }
+                self.metrics.conntrack_deleted.inc_by(deleted as u64);
+                self.reported_conntrack = false;
+                self.flows_cleaned = Some(targets);
+            }
+            Err(e) => {
+                self.metrics.conntrack_failures.inc();
+                if !self.reported_conntrack {
+                    tracing::error!(error = %e, "cannot clean stale UDP flows; clients of a removed endpoint stay on it until their entry expires");
+                }
+                self.reported_conntrack = true;
+                // Keep the last clean state: what is gone since is still
+                // cleaned by the next attempt.
+            }
+        }
+    }
+}
+
 /// Runs the agent until `shutdown` resolves: health and metrics servers, and
 /// a sync round every poll interval. Rules are left in place at exit, so a
 /// restart never interrupts traffic (`portico-node-agent cleanup` removes them).
-pub async fn run<B: NftBackend + Send + 'static>(
+pub async fn run<B: NftBackend + Send + 'static, C: Conntrack>(
     opts: AgentOptions,
     backend: B,
+    conntrack: C,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let metrics = AgentMetrics::new();
-    let mut agent = Agent::new(opts.clone(), backend, metrics.clone());
+    let mut agent = Agent::new(opts.clone(), backend, conntrack, metrics.clone());
     let (_node_health, health_addr) =
         NodeHealthServer::start(opts.health_addr, agent.health().clone())?;
     let listener = tokio::net::TcpListener::bind(opts.metrics_addr)
@@ -388,8 +458,8 @@ pub async fn run<B: NftBackend + Send + 'static>(
 /// The Kubernetes source's loop: connect, start the watches, wait until each
 /// has listed once, then sync after each debounced burst of changes and at
 /// every full resync, until `shutdown` resolves.
-async fn run_kubernetes<B: NftBackend>(
-    agent: &mut Agent<B>,
+async fn run_kubernetes<B: NftBackend, C: Conntrack>(
+    agent: &mut Agent<B, C>,
     kube: &KubeOptions,
     metrics: &AgentMetrics,
     mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
@@ -416,7 +486,7 @@ async fn run_kubernetes<B: NftBackend>(
     let mut debouncer = Debouncer::new(DEBOUNCE_QUIET, DEBOUNCE_MAX);
     let mut tick = tokio::time::interval(agent.opts.poll_interval.min(Duration::from_secs(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let sync = |agent: &mut Agent<B>| {
+    let sync = |agent: &mut Agent<B, C>| {
         // This sync covers every change notified so far: take the pending
         // notification, so that only later changes cause another sync.
         futures::FutureExt::now_or_never(source.changed());
@@ -563,5 +633,129 @@ mod tests {
                 (32001, "default/none-here".to_string(), 0)
             ]
         );
+    }
+
+    /// An agent over fakes, and the fake conntrack table it cleans.
+    fn fake_agent() -> Agent<crate::nft::FakeNft, std::sync::Arc<portico_conntrack::Fake>> {
+        let opts = AgentOptions {
+            source: Source::Manifests(PathBuf::from("/nonexistent")),
+            node_name: "n1".into(),
+            plan: PlanOptions::default(),
+            health_addr: "127.0.0.1:0".parse().unwrap(),
+            health_bind_ip: "127.0.0.1".parse().unwrap(),
+            metrics_addr: "127.0.0.1:0".parse().unwrap(),
+            sync_period: Duration::from_secs(3600),
+            poll_interval: Duration::from_secs(1),
+        };
+        Agent::new(
+            opts,
+            crate::nft::FakeNft::new(),
+            std::sync::Arc::new(portico_conntrack::Fake::new()),
+            AgentMetrics::new(),
+        )
+    }
+
+    /// `default/dns`: UDP 53 -> 5353 on ClusterIP 10.96.0.10, NodePort 30053.
+    fn dns() -> ClusterService {
+        let mut dns = svc("dns", TrafficPolicy::Cluster, None, Some("portico"));
+        dns.ports = vec![ClusterServicePort {
+            name: "dns".into(),
+            protocol: Protocol::Udp,
+            port: 53,
+            node_port: Some(30053),
+            target_port: TargetPort::Number(5353),
+        }];
+        dns
+    }
+
+    fn dns_snapshot(endpoints: &[&str]) -> Snapshot {
+        let mut s = slice(
+            "dns",
+            endpoints
+                .iter()
+                .map(|ip| endpoint(ip, "n2", true))
+                .collect(),
+        );
+        s.ports = vec![portico_config::cluster::EndpointPort {
+            name: "dns".into(),
+            protocol: Protocol::Udp,
+            port: Some(5353),
+        }];
+        Snapshot {
+            services: vec![dns()],
+            slices: vec![s],
+            node: None,
+        }
+    }
+
+    /// A client's flow to the ClusterIP, sent to `endpoint`.
+    fn flow_to(client_port: u16, endpoint: &str) -> portico_conntrack::Flow {
+        portico_conntrack::Flow::new(
+            portico_conntrack::Protocol::Udp,
+            std::net::SocketAddr::new("192.0.2.1".parse().unwrap(), client_port),
+            "10.96.0.10:53".parse().unwrap(),
+            std::net::SocketAddr::new(endpoint.parse().unwrap(), 5353),
+        )
+    }
+
+    #[tokio::test]
+    async fn flows_of_a_removed_udp_endpoint_are_deleted_after_the_sync() {
+        let mut agent = fake_agent();
+        let table = agent.conntrack.clone();
+        let (a, b) = ("10.244.1.1", "10.244.1.2");
+        table.insert(flow_to(4000, a));
+        table.insert(flow_to(4001, b));
+        // A datagram that came before the rules: never translated.
+        let early = portico_conntrack::Flow::new(
+            portico_conntrack::Protocol::Udp,
+            "192.0.2.1:4002".parse().unwrap(),
+            "10.96.0.10:53".parse().unwrap(),
+            "10.96.0.10:53".parse().unwrap(),
+        );
+        table.insert(early.clone());
+        let sync = |agent: &mut Agent<_, _>, snapshot: &Snapshot| {
+            agent
+                .sync_snapshot(Instant::now(), snapshot, &[], "test")
+                .expect("sync")
+        };
+
+        sync(&mut agent, &dns_snapshot(&[a, b]));
+        assert_eq!(
+            table.deleted(),
+            [early],
+            "the first sync cleans what predates it"
+        );
+        assert_eq!(table.lists(), 1);
+
+        // Nothing UDP changed: the table is not even listed.
+        sync(&mut agent, &dns_snapshot(&[a, b]));
+        assert_eq!(table.lists(), 1);
+
+        // b leaves: its flow goes, a's stays.
+        sync(&mut agent, &dns_snapshot(&[a]));
+        assert_eq!(table.deleted().last(), Some(&flow_to(4001, b)));
+        assert_eq!(table.flows(), [flow_to(4000, a)]);
+        assert_eq!(agent.metrics.conntrack_deleted.get(), 2);
+
+        // A failed clean-up is counted and retried at the next sync, which
+        // still knows that b's destination had flows to clean.
+        table.insert(flow_to(4003, b));
+        table.fail_next("no ctnetlink");
+        let none = Snapshot {
+            services: Vec::new(),
+            slices: Vec::new(),
+            node: None,
+        };
+        sync(&mut agent, &none);
+        assert_eq!(agent.metrics.conntrack_failures.get(), 1);
+        assert_eq!(table.flows().len(), 2);
+        // The Service is gone: every flow to its destinations goes.
+        sync(&mut agent, &none);
+        assert!(table.flows().is_empty(), "{:?}", table.flows());
+        assert_eq!(agent.metrics.conntrack_deleted.get(), 4);
+        // And with no UDP port left, nothing is listed any more.
+        let lists = table.lists();
+        sync(&mut agent, &none);
+        assert_eq!(table.lists(), lists);
     }
 }

@@ -168,7 +168,12 @@ fn main() -> ExitCode {
                     _ = int.recv() => {}
                 }
             };
-            match runtime.block_on(agent::run(opts, NftCommand::new(), shutdown)) {
+            match runtime.block_on(agent::run(
+                opts,
+                NftCommand::new(),
+                portico_conntrack::Netlink::new(),
+                shutdown,
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(AgentError::Kube(KubeError::Client(e))) if e.is_configuration() => {
                     // EX_USAGE: the configuration is wrong, a restart will not help.

@@ -32,6 +32,10 @@ pub struct AgentMetrics {
     pub kube_stale: Gauge,
     /// Kubernetes watch errors, by resource.
     pub kube_watch_errors: IntCounterVec,
+    /// Conntrack entries of stale UDP flows deleted.
+    pub conntrack_deleted: IntCounter,
+    /// Clean-ups of stale UDP flows that failed.
+    pub conntrack_failures: IntCounter,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -119,6 +123,22 @@ impl AgentMetrics {
                         "Kubernetes list/watch errors, by resource (services, endpointslices, node).",
                     ),
                     &["resource"],
+                )
+                .expect("valid metric definition"),
+            ),
+            conntrack_deleted: register(
+                &r,
+                IntCounter::new(
+                    "portico_node_agent_conntrack_entries_deleted_total",
+                    "Conntrack entries of UDP flows deleted because no serving endpoint of their Service port answers them any more (the client's next datagram is balanced again).",
+                )
+                .expect("valid metric definition"),
+            ),
+            conntrack_failures: register(
+                &r,
+                IntCounter::new(
+                    "portico_node_agent_conntrack_cleanup_failures_total",
+                    "Clean-ups of stale UDP flows that failed (the conntrack table could not be listed or an entry not deleted); retried at the next sync.",
                 )
                 .expect("valid metric definition"),
             ),

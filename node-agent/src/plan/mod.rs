@@ -96,9 +96,11 @@
 //!   (its endpoints, its dispatch, ClientIP affinity, source ranges);
 //! - `layout`: the chains and shared sets that exist whatever the Services;
 //! - `names`: chain names and the object names in messages;
+//! - `flows`: which UDP conntrack entries the planned rules no longer want;
 //! - `planner`: the incremental [`Planner`] putting them together.
 
 mod claims;
+mod flows;
 mod fragment;
 mod layout;
 mod names;
@@ -114,6 +116,7 @@ use std::fmt;
 use portico_config::cluster::{ClusterService, EndpointSlice, DEFAULT_PROXY_NAME};
 use portico_config::{Node, DEFAULT_LOAD_BALANCER_CLASS};
 
+pub use flows::UdpTargets;
 pub use planner::{PlanChange, Planner};
 
 use crate::ruleset::Ruleset;
@@ -289,6 +292,111 @@ mod tests {
             &PlanOptions::default(),
         );
         assert!(reaches(&p, "10.244.0.10") && reaches(&p, "10.244.0.12"));
+    }
+
+    #[test]
+    fn udp_ports_give_their_destinations_and_serving_endpoints() {
+        use portico_config::cluster::{Endpoint, IpMode, LoadBalancerIngress, ServiceType};
+        use portico_config::{Protocol, DEFAULT_LOAD_BALANCER_CLASS};
+        use portico_conntrack::Flow;
+
+        let udp = |mut svc: ClusterService| {
+            svc.service_type = ServiceType::LoadBalancer;
+            svc.ports.push(portico_config::cluster::ClusterServicePort {
+                name: "dns".to_string(),
+                protocol: Protocol::Udp,
+                port: 53,
+                node_port: Some(30053),
+                target_port: portico_config::cluster::TargetPort::Number(5353),
+            });
+            svc.external_ips = vec!["192.0.2.9".parse().expect("ip")];
+            svc.ingress = vec![LoadBalancerIngress {
+                ip: "192.0.2.10".parse().expect("ip"),
+                ip_mode: Some(IpMode::Vip),
+            }];
+            svc
+        };
+        let mut slice = web_slice();
+        slice.ports.push(portico_config::cluster::EndpointPort {
+            name: "dns".to_string(),
+            protocol: Protocol::Udp,
+            port: Some(5353),
+        });
+        let endpoint = |ip: &str, ready: bool, serving: bool| Endpoint {
+            addresses: vec![ip.parse().expect("ip")],
+            ready,
+            serving,
+            terminating: !ready,
+            node_name: Some("node-b".to_string()),
+        };
+        slice.endpoints = vec![
+            endpoint("10.244.0.10", true, true),
+            // Terminating but serving: its flows stay.
+            endpoint("10.244.0.11", false, true),
+            // Neither: its flows go.
+            endpoint("10.244.0.12", false, false),
+        ];
+        let flow = |to: &str, from: &str| {
+            Flow::new(
+                portico_conntrack::Protocol::Udp,
+                "198.51.100.1:4000".parse().expect("addr"),
+                to.parse().expect("addr"),
+                from.parse().expect("addr"),
+            )
+        };
+        let stale_in = |svc: ClusterService, flows: &[Flow]| {
+            let mut planner = Planner::new(PlanOptions::default());
+            planner.update(&[svc], std::slice::from_ref(&slice), &node());
+            planner.udp_targets().stale(flows)
+        };
+
+        let mut flows = Vec::new();
+        for to in [
+            "10.96.0.10:53",
+            "192.0.2.9:53",
+            "192.0.2.10:53",
+            "192.168.1.1:30053",
+        ] {
+            for from in ["10.244.0.10:5353", "10.244.0.11:5353", "10.244.0.12:5353"] {
+                flows.push(flow(to, from));
+            }
+        }
+        // The TCP port's destinations are no UDP target.
+        flows.push(flow("10.96.0.10:80", "10.244.0.12:8080"));
+        flows.push(flow("192.168.1.1:30080", "10.244.0.12:8080"));
+        let stale: Vec<String> = stale_in(udp(web(Some("portico"))), &flows)
+            .iter()
+            .map(|f| f.original.dst.to_string())
+            .collect();
+        assert_eq!(
+            stale,
+            [
+                "10.96.0.10:53",
+                "192.0.2.9:53",
+                "192.0.2.10:53",
+                "192.168.1.1:30053"
+            ],
+            "only the flows on the endpoint that is not serving"
+        );
+
+        // The edge's Services: their load-balancer address is not captured
+        // on the node, so it is no target (the edge's flows go to the
+        // NodePort).
+        let mut edge = udp(web(Some("portico")));
+        edge.load_balancer_class = Some(DEFAULT_LOAD_BALANCER_CLASS.to_string());
+        let stale: Vec<String> = stale_in(edge, &flows)
+            .iter()
+            .map(|f| f.original.dst.to_string())
+            .collect();
+        assert_eq!(
+            stale,
+            ["10.96.0.10:53", "192.0.2.9:53", "192.168.1.1:30053"]
+        );
+
+        // Not ours: no targets.
+        let mut planner = Planner::new(PlanOptions::default());
+        planner.update(&[udp(web(None))], std::slice::from_ref(&slice), &node());
+        assert!(planner.udp_targets().is_empty());
     }
 
     #[test]

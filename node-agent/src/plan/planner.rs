@@ -11,6 +11,7 @@ use portico_config::cluster::{ClusterService, EndpointSlice};
 use portico_config::{Node, ServiceKey};
 
 use super::claims::{resolve_claims, Claim};
+use super::flows::UdpTargets;
 use super::fragment::{plan_fragment, Fragment};
 use super::layout::static_layout;
 use super::units::{units, Units};
@@ -327,6 +328,18 @@ impl Planner {
         skipped.sort();
         skipped.dedup();
         skipped
+    }
+
+    /// Every planned UDP Service port's destinations and serving
+    /// endpoints: what its conntrack entries may point at.
+    pub fn udp_targets(&self) -> UdpTargets {
+        let mut targets = UdpTargets::default();
+        for cached in self.services.values() {
+            for port in &cached.fragment.udp {
+                targets.add(port);
+            }
+        }
+        targets
     }
 
     /// How many Services are planned.

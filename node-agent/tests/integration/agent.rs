@@ -894,3 +894,202 @@ fn a_node_marked_for_removal_fails_healthz_but_stays_live() {
     s.agent().assert_running();
     log(&format!("taint: done in {:?}", started.elapsed()));
 }
+
+/// `dns`: a NodePort Service for the `portico` proxy with one UDP port
+/// (53 -> the pods' [`POD_PORT`]) on NodePort 30053.
+fn udp_service_yaml() -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: dns
+  namespace: default
+  labels:
+    service.kubernetes.io/service-proxy-name: portico
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.53
+  clusterIPs: [10.96.0.53]
+  ports:
+    - name: dns
+      protocol: UDP
+      port: 53
+      targetPort: {POD_PORT}
+      nodePort: 30053
+"
+    )
+}
+
+/// `dns`'s slice: the given pods, ready on `node`.
+fn udp_slice_yaml(pods: &[&Pod], node: &str) -> String {
+    let mut eps = String::new();
+    for pod in pods {
+        eps.push_str(&format!(
+            "  - addresses: [\"{}\"]\n    conditions: {{ready: true, serving: true, terminating: false}}\n    nodeName: {node}\n",
+            pod.addr
+        ));
+    }
+    format!(
+        "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: dns-abc
+  namespace: default
+  labels:
+    kubernetes.io/service-name: dns
+addressType: IPv4
+ports:
+  - name: dns
+    protocol: UDP
+    port: {POD_PORT}
+endpoints:
+{eps}"
+    )
+}
+
+/// A UDP client in the client namespace that keeps one source port, as a
+/// resolver or a game client does: every datagram belongs to one flow.
+struct UdpClient {
+    socket: std::net::UdpSocket,
+}
+
+impl UdpClient {
+    fn new(lab: &Lab, to: &str, port: u16) -> UdpClient {
+        let to: std::net::SocketAddr =
+            (to.parse::<std::net::IpAddr>().expect("address"), port).into();
+        let socket = in_netns(&lab.ns("client"), || {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+            socket.connect(to).expect("connect");
+            socket
+        });
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        UdpClient { socket }
+    }
+
+    /// One datagram and the name of the pod that answered (`None`: no
+    /// answer within 200 ms).
+    fn ask(&self) -> Option<String> {
+        self.socket.send(b"who").expect("send");
+        let mut buf = [0u8; 128];
+        let n = self.socket.recv(&mut buf).ok()?;
+        let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+        Some(answer.split(' ').next().unwrap_or_default().to_string())
+    }
+}
+
+/// A UDP client that keeps its source port keeps its flow, and so its
+/// endpoint; when that endpoint leaves the Service (while still alive and
+/// answering) the agent deletes the flow's conntrack entry, so the next
+/// datagram is balanced again, to a pod still in the slice, as with
+/// kube-proxy.
+#[test]
+fn a_udp_flow_moves_on_when_its_endpoint_leaves() {
+    if !privileged("a_udp_flow_moves_on_when_its_endpoint_leaves") {
+        return;
+    }
+    // Declared so that the agent is dropped first, the namespaces last.
+    let (lab, pods) = Lab::new("pa", "udpflow", &["pod-a", "pod-b"]);
+    let _servers = lab.serve_who(&pods);
+    let node_name = lab.ns("node");
+    let dir = tempfile::tempdir().expect("manifest dir");
+    write_manifest(dir.path(), "00-node.yaml", &node_yaml(&node_name));
+    write_manifest(dir.path(), "10-dns.yaml", &udp_service_yaml());
+    let both: Vec<&Pod> = pods.iter().collect();
+    write_manifest(
+        dir.path(),
+        "20-dns-slice.yaml",
+        &udp_slice_yaml(&both, &node_name),
+    );
+    let mut agent = Agent::start(
+        &lab,
+        "agent",
+        &AgentConfig {
+            source: AgentSource::Manifests(dir.path()),
+            node_name: &node_name,
+            health_bind_ip: NODE_IP,
+            nft_dir: None,
+            // No periodic resync during the test: only the endpoint change
+            // may clean the flow.
+            sync_period: Duration::from_secs(600),
+        },
+    );
+
+    let client = UdpClient::new(&lab, NODE_IP, 30053);
+    let (first, took) = wait_for(
+        "the NodePort to answer",
+        Duration::from_secs(10),
+        RECHECK,
+        || client.ask(),
+    );
+    log(&format!(
+        "udp flow: first answer from {first} after {took:?}"
+    ));
+    // Conntrack keeps the flow on its pod.
+    for _ in 0..8 {
+        assert_eq!(
+            client.ask().as_deref(),
+            Some(first.as_str()),
+            "the flow stays on its pod"
+        );
+    }
+    agent.wait_syncs(1, Duration::from_secs(5));
+
+    // Its pod leaves the slice but keeps running (and would answer).
+    let (gone, stays): (Vec<&Pod>, Vec<&Pod>) = pods.iter().partition(|p| p.name == first);
+    let (gone, stays) = (gone[0], stays[0]);
+    write_manifest(
+        dir.path(),
+        "20-dns-slice.yaml",
+        &udp_slice_yaml(&[stays], &node_name),
+    );
+    let gone_addr = gone.addr.to_string();
+    let removed = Instant::now();
+    wait_for(
+        "the endpoint out of the table",
+        Duration::from_secs(5),
+        RECHECK,
+        || {
+            let (ok, out, _) = lab.nft(&["list", "table", "inet", "portico"]);
+            (ok && !out.contains(&gone_addr)).then_some(())
+        },
+    );
+    // The entry goes right after the rules change, in the same sync.
+    let (moved, took) = wait_for(
+        "the flow to move on",
+        Duration::from_secs(3),
+        RECHECK,
+        || client.ask().filter(|pod| *pod != gone.name),
+    );
+    log(&format!(
+        "udp flow: answered by {moved} {:?} after the slice changed ({took:?} of asking)",
+        removed.elapsed()
+    ));
+    assert_eq!(moved, stays.name);
+    for _ in 0..8 {
+        assert_eq!(
+            client.ask().as_deref(),
+            Some(stays.name.as_str()),
+            "the flow stays moved"
+        );
+    }
+    let metrics = agent.metrics(&lab);
+    assert!(
+        metric(
+            &metrics,
+            "portico_node_agent_conntrack_entries_deleted_total"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "portico_node_agent_conntrack_cleanup_failures_total"
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
+    agent.assert_running();
+}

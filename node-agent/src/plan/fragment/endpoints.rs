@@ -2,8 +2,8 @@
 //! of its family, the port matching its name and protocol), merged over
 //! slices, unusable ones reported; then the ones its chains pick from.
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 
 use portico_config::cluster::{AddressType, ClusterServicePort, EndpointSlice};
 
@@ -123,5 +123,15 @@ pub(super) fn pick(endpoints: &EndpointMap, only_local: bool) -> Vec<(IpAddr, u1
     candidates()
         .filter(|(_, s)| s.serving && s.terminating)
         .map(|(k, _)| *k)
+        .collect()
+}
+
+/// The serving endpoints, terminating ones included: those a flow may stay
+/// on (see [`crate::plan::flows`]).
+pub(super) fn serving(endpoints: &EndpointMap) -> BTreeSet<SocketAddr> {
+    endpoints
+        .iter()
+        .filter(|(_, s)| s.serving)
+        .map(|(&(addr, port), _)| SocketAddr::new(addr, port))
         .collect()
 }

@@ -16,12 +16,13 @@ mod endpoints;
 mod firewall;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use portico_config::cluster::{ClusterService, EndpointSlice};
-use portico_config::{SessionAffinity, TrafficPolicy};
+use portico_config::{Protocol, SessionAffinity, TrafficPolicy};
 
-use self::endpoints::{pick, EndpointMap};
+use self::endpoints::{pick, serving, EndpointMap};
+use super::flows::UdpPort;
 use super::names::{proto_name, PortNames};
 use super::units::{Unit, Units};
 use super::Skipped;
@@ -40,6 +41,8 @@ pub(super) struct Fragment {
     /// Its elements of the shared sets, by set; several Services may add
     /// the same one (counted by the [`Planner`](super::Planner)).
     pub(super) members: BTreeMap<String, BTreeSet<String>>,
+    /// Its UDP ports, for the clean-up of their stale flows.
+    pub(super) udp: Vec<UdpPort>,
     /// Its input left out.
     pub(super) skipped: Vec<Skipped>,
 }
@@ -84,6 +87,16 @@ impl FragmentBuilder<'_> {
     fn service_port(&mut self, svc: &ClusterService, unit: &Unit, slices: &[&EndpointSlice]) {
         let port = &svc.ports[unit.index];
         let endpoints = self.endpoints(port, unit.family, slices);
+        if port.protocol == Protocol::Udp {
+            self.fragment.udp.push(UdpPort {
+                addrs: std::iter::once(unit.cluster_ip)
+                    .chain(unit.external_ips.iter().copied())
+                    .map(|ip| SocketAddr::new(ip, port.port))
+                    .collect(),
+                node_port: unit.node_port,
+                endpoints: serving(&endpoints),
+            });
+        }
         let p = PortPlan::new(svc, unit, &endpoints);
         match svc.session_affinity {
             SessionAffinity::None => self.cascade_chains(&p),
