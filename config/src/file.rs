@@ -53,6 +53,8 @@ pub struct RawSettings {
     pub proxy: Option<RawProxySettings>,
     /// `settings.vip`.
     pub vip: Option<RawVipSettings>,
+    /// `settings.announce`: VIP routes for a routing daemon.
+    pub announce: Option<RawAnnounceSettings>,
     /// `settings.metricsListen`, a socket address.
     pub metrics_listen: Option<String>,
     /// `settings.adminListen`, a socket address.
@@ -178,6 +180,24 @@ pub struct RawProxySettings {
 pub struct RawVipSettings {
     /// `interface`.
     pub interface: Option<String>,
+}
+
+/// `settings.announce`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "an announce settings mapping"
+)]
+pub struct RawAnnounceSettings {
+    /// `table`, a kernel routing table number.
+    pub table: Option<RawInt>,
+    /// `device`, the interface name of the device the routes go through.
+    pub device: Option<String>,
+    /// `withdrawWhenNoHealthyNode`.
+    pub withdraw_when_no_healthy_node: Option<bool>,
+    /// `withdrawGrace`, a duration.
+    pub withdraw_grace: Option<RawDuration>,
 }
 
 /// One entry of `nodes`.
@@ -547,6 +567,7 @@ fn settings(value: Value, errors: &mut Vec<FieldError>) -> Option<RawSettings> {
     let health = take("health").map(|v| deserialize_at(v, "settings.health", errors));
     let proxy = take("proxy").map(|v| deserialize_at(v, "settings.proxy", errors));
     let vip = take("vip").map(|v| deserialize_at(v, "settings.vip", errors));
+    let announce = take("announce").map(|v| deserialize_at(v, "settings.announce", errors));
     let kubernetes = take("kubernetes").map(|v| deserialize_at(v, "settings.kubernetes", errors));
     let hook_api = take("hookApi").map(|v| deserialize_at(v, "settings.hookApi", errors));
     let address_pools = take("addressPools").map(|v| {
@@ -561,6 +582,7 @@ fn settings(value: Value, errors: &mut Vec<FieldError>) -> Option<RawSettings> {
         health: health.flatten(),
         proxy: proxy.flatten(),
         vip: vip.flatten(),
+        announce: announce.flatten(),
         kubernetes: kubernetes.flatten(),
         hook_api: hook_api.flatten(),
         address_pools,

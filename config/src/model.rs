@@ -398,6 +398,45 @@ pub struct VipSettings {
     pub interface: Option<String>,
 }
 
+/// The kernel routing table announced VIP routes go in, unless configured.
+pub const DEFAULT_ANNOUNCE_TABLE: u32 = 4242;
+/// The device announced VIP routes go through, unless configured.
+pub const DEFAULT_ANNOUNCE_DEVICE: &str = "portico-vips";
+/// The route protocol number (`ip route ... proto 242`) of announced VIP
+/// routes: what a routing daemon's import filter selects them by.
+pub const ANNOUNCE_ROUTE_PROTOCOL: u8 = 242;
+
+/// Announcing VIPs to a routing daemon (BIRD exporting them by BGP): the
+/// edge keeps a host route for each VIP it is ready to serve in a kernel
+/// routing table of its own, through a device that lives only as long as
+/// the edge's process (and its successor after a binary upgrade), so the
+/// routes go when the edge does, however it ends.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AnnounceSettings {
+    /// The kernel routing table the routes go in (no `ip rule` needs to
+    /// point at it: it never steers the edge's own traffic).
+    pub table: u32,
+    /// The name of the device the routes go through.
+    pub device: String,
+    /// Withdraw a VIP while this edge sees no healthy node for any of its
+    /// ports (another edge may see one).
+    pub withdraw_when_no_healthy_node: bool,
+    /// At a stop, how long the edge keeps accepting after withdrawing its
+    /// VIPs, while the withdraw reaches the routers.
+    pub withdraw_grace: Duration,
+}
+
+impl Default for AnnounceSettings {
+    fn default() -> Self {
+        AnnounceSettings {
+            table: DEFAULT_ANNOUNCE_TABLE,
+            device: DEFAULT_ANNOUNCE_DEVICE.to_string(),
+            withdraw_when_no_healthy_node: false,
+            withdraw_grace: Duration::from_secs(2),
+        }
+    }
+}
+
 /// Settings of the edge process.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EdgeSettings {
@@ -407,6 +446,8 @@ pub struct EdgeSettings {
     pub proxy: ProxySettings,
     /// VIP management.
     pub vip: VipSettings,
+    /// Announcing VIPs to a routing daemon; `None`: not announced.
+    pub announce: Option<AnnounceSettings>,
     /// Where `/metrics` is served.
     pub metrics_listen: std::net::SocketAddr,
     /// Where the admin API (`/status`) is served.
@@ -517,6 +558,7 @@ impl Default for EdgeSettings {
             health: HealthSettings::default(),
             proxy: ProxySettings::default(),
             vip: VipSettings::default(),
+            announce: None,
             metrics_listen: ([127, 0, 0, 1], 9720).into(),
             admin_listen: ([127, 0, 0, 1], 9721).into(),
             kubernetes: None,

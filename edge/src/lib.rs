@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod plan;
 pub mod proxy;
 pub mod proxy_protocol;
+mod rtnl;
 pub mod run;
 pub mod snapshot;
 pub mod sockets;

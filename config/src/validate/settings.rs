@@ -9,16 +9,17 @@ use super::{
     Validator, CONNECT_ATTEMPT_DELAY_RANGE, CONNECT_TIMEOUT_RANGE, DRAIN_TIMEOUT_RANGE,
     HEALTH_INTERVAL_RANGE, HEALTH_TIMEOUT_RANGE, IDLE_TIMEOUT_RANGE, MAX_CONNECTIONS,
     MAX_CONNECT_RETRIES, MAX_MAGLEV_TABLE_SIZE, MIN_MAGLEV_TABLE_SIZE, UDP_IDLE_TIMEOUT_RANGE,
+    WITHDRAW_GRACE_RANGE,
 };
 use crate::duration::format_duration;
 use crate::file::{
-    RawHealthSettings, RawHookApiSettings, RawInt, RawKubernetesSettings, RawNameOrBool,
-    RawProxySettings, RawSettings,
+    RawAnnounceSettings, RawHealthSettings, RawHookApiSettings, RawInt, RawKubernetesSettings,
+    RawNameOrBool, RawProxySettings, RawSettings,
 };
 use crate::kube::quoted;
 use crate::model::{
-    EdgeSettings, HealthSettings, HookApiSettings, KubernetesSettings, ProxySettings, SpliceMode,
-    VipSettings,
+    AnnounceSettings, EdgeSettings, HealthSettings, HookApiSettings, KubernetesSettings,
+    ProxySettings, SpliceMode, VipSettings,
 };
 
 impl Validator {
@@ -37,6 +38,11 @@ impl Validator {
                 interface_name(s).map(|()| Some(s.to_string()))
             })
             .flatten();
+
+        let announce = raw
+            .announce
+            .as_ref()
+            .map(|a| self.announce(a, interface.as_deref()));
 
         let metrics = self.field(
             "settings.metricsListen",
@@ -78,6 +84,7 @@ impl Validator {
             health,
             proxy,
             vip: VipSettings { interface },
+            announce,
             metrics_listen: metrics.unwrap_or(defaults.metrics_listen),
             admin_listen: admin.unwrap_or(defaults.admin_listen),
             kubernetes,
@@ -116,6 +123,59 @@ impl Validator {
             default_class: raw.default_class.unwrap_or(false),
             kubeconfig,
         })
+    }
+
+    /// `settings.announce`; `vip_interface` is `settings.vip.interface`.
+    fn announce(
+        &mut self,
+        raw: &RawAnnounceSettings,
+        vip_interface: Option<&str>,
+    ) -> AnnounceSettings {
+        let d = AnnounceSettings::default();
+        let table = self.field("settings.announce.table", raw.table.as_ref(), d.table, |v| {
+            let table = u32_in(v, 1, u32::MAX)?;
+            match table {
+                253..=255 => Err(format!(
+                    "{table} is one of the kernel's own tables (253 default, 254 main, 255 local); pick a table of the edge's own, such as {}",
+                    d.table
+                )),
+                _ => Ok(table),
+            }
+        });
+        let device = self
+            .field(
+                "settings.announce.device",
+                raw.device.as_deref(),
+                d.device.clone(),
+                |s| interface_name(s).map(|()| s.to_string()),
+            )
+            .filter(|device| {
+                let clash = vip_interface == Some(device.as_str());
+                if clash {
+                    self.error(
+                        "settings.announce.device",
+                        format!(
+                            "{} is also settings.vip.interface; the edge creates this device for its routes alone",
+                            quoted(device)
+                        ),
+                    );
+                }
+                !clash
+            });
+        let withdraw_grace = self.field(
+            "settings.announce.withdrawGrace",
+            raw.withdraw_grace.as_ref(),
+            d.withdraw_grace,
+            |v| duration_in(v, WITHDRAW_GRACE_RANGE),
+        );
+        AnnounceSettings {
+            table: table.unwrap_or(d.table),
+            device: device.unwrap_or(d.device),
+            withdraw_when_no_healthy_node: raw
+                .withdraw_when_no_healthy_node
+                .unwrap_or(d.withdraw_when_no_healthy_node),
+            withdraw_grace: withdraw_grace.unwrap_or(d.withdraw_grace),
+        }
     }
 
     fn hook_api(
@@ -438,6 +498,43 @@ mod tests {
         assert_problems(
             "settings:\n  kubernetes: {}\n  hookApi:\n    listen: 0.0.0.0:9722\n    tokenFile: /t\n    stateFile: /s\n",
             &[("settings.hookApi", "cannot be used together with settings.kubernetes")],
+        );
+    }
+
+    #[test]
+    fn announce_settings_have_defaults_and_bounds() {
+        assert_eq!(valid("settings: {}").settings.announce, None);
+        let on = valid("settings: {announce: {}}").settings.announce;
+        assert_eq!(on, Some(crate::AnnounceSettings::default()));
+        let set = valid(
+            "settings:\n  vip: {interface: lo}\n  announce:\n    table: 100\n    device: vips0\n    withdrawWhenNoHealthyNode: true\n    withdrawGrace: 500ms\n",
+        )
+        .settings
+        .announce
+        .expect("announce on");
+        assert_eq!(
+            (
+                set.table,
+                set.device.as_str(),
+                set.withdraw_when_no_healthy_node
+            ),
+            (100, "vips0", true)
+        );
+        assert_eq!(set.withdraw_grace, std::time::Duration::from_millis(500));
+        assert_problems(
+            "settings:\n  vip: {interface: lo}\n  announce:\n    table: 254\n    device: lo\n    withdrawGrace: 2m\n",
+            &[
+                ("settings.announce.table", "kernel's own tables"),
+                ("settings.announce.device", "also settings.vip.interface"),
+                ("settings.announce.withdrawGrace", "outside 0s-1m"),
+            ],
+        );
+        assert_problems(
+            "settings: {announce: {table: 0, device: 'a/b'}}",
+            &[
+                ("settings.announce.table", "outside 1-4294967295"),
+                ("settings.announce.device", "not a valid interface name"),
+            ],
         );
     }
 
