@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod announce;
 pub mod budget;
 pub mod cluster;
 pub mod copy;

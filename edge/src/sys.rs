@@ -5,7 +5,8 @@
 //!
 //! - building and reading a `sockaddr_ll` (the AF_PACKET address a raw ARP
 //!   frame is sent to, and the one that tells an interface's MAC address);
-//! - taking ownership of file descriptors received with SCM_RIGHTS.
+//! - taking ownership of file descriptors received with SCM_RIGHTS;
+//! - attaching a TUN device to a descriptor (`TUNSETIFF`).
 //!
 //! This module needs the workspace's `unsafe_code` lint to be `deny` (not
 //! `forbid`), since only then can the attribute below lift it here.
@@ -168,6 +169,51 @@ fn control_messages(buf: &[u8]) -> Vec<(i32, i32, &[u8])> {
         offset += cmsg_align(len);
     }
     out
+}
+
+/// Opens `/dev/net/tun` and attaches the TUN device `name` to it (created
+/// if there is none): `IFF_TUN | IFF_NO_PI`, not persistent, so the device
+/// lives exactly as long as some process holds a copy of the returned
+/// descriptor. `EBUSY` when another process holds a device of that name.
+pub fn open_tun(name: &str) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?} is not an interface name"),
+        ));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/net/tun")?;
+    let mut ifr_name = [0 as libc::c_char; libc::IFNAMSIZ];
+    for (to, from) in ifr_name.iter_mut().zip(bytes) {
+        *to = *from as libc::c_char;
+    }
+    let mut request = libc::ifreq {
+        ifr_name,
+        ifr_ifru: libc::__c_anonymous_ifr_ifru {
+            ifru_flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
+        },
+    };
+    // SAFETY: TUNSETIFF reads an `ifreq` (the name, NUL-terminated since it
+    // is shorter than IFNAMSIZ, and the flags) and writes the name back into
+    // it; `request` is one, alive and exclusively borrowed for the call, and
+    // the descriptor is open.
+    let rc = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            libc::TUNSETIFF,
+            &mut request as *mut libc::ifreq,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(OwnedFd::from(file))
 }
 
 #[cfg(test)]
