@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::admission::{AcceptContext, ClientLimits};
+use crate::announce::{PortState, Presence, Readiness, RouteTables};
 use crate::budget::Budget;
 use crate::health::HealthChecker;
 use crate::listeners::ListenerManager;
@@ -70,6 +71,9 @@ pub struct EdgeOptions {
     /// on connections and UDP flows); `None`: no limit beyond the default
     /// caps.
     pub descriptors: Option<u64>,
+    /// Opens the route table VIPs are announced in (`settings.announce`);
+    /// `None` never announces.
+    pub route_tables: Option<Arc<dyn RouteTables>>,
 }
 
 enum Command {
@@ -81,6 +85,9 @@ enum Command {
         oneshot::Sender<Result<usize, EdgeError>>,
     ),
     StopAccepting(oneshot::Sender<()>),
+    Readiness(oneshot::Sender<Readiness>),
+    Drain(bool, oneshot::Sender<Readiness>),
+    Withdraw(oneshot::Sender<Duration>),
 }
 
 /// A running edge.
@@ -132,11 +139,13 @@ impl Edge {
             })?,
             None => admin_addr,
         };
+        let handle = Arc::new(StatusHandle {
+            cmd: cmd_tx.clone(),
+        });
         let state = admin::AdminState {
             metrics: metrics.clone(),
-            status: Arc::new(StatusHandle {
-                cmd: cmd_tx.clone(),
-            }),
+            status: handle.clone(),
+            steering: handle,
         };
         servers.push(spawn_server(
             "admin",
@@ -164,6 +173,12 @@ impl Edge {
             metrics: metrics.clone(),
             limits: limits.clone(),
         };
+        // The announce device first: the listeners take every other socket.
+        let presence = Presence::new(
+            opts.route_tables.take(),
+            &mut opts.inherited,
+            metrics.clone(),
+        );
         let listeners = ListenerManager::new(ctx, std::mem::take(&mut opts.inherited));
         let vips = opts.address_ops.map(|ops| {
             let mut m = VipManager::new(ops);
@@ -182,6 +197,7 @@ impl Edge {
             metrics: metrics.clone(),
             descriptors,
             limits,
+            presence,
         };
         let errors = control.apply(config);
         for (listener, error) in &errors {
@@ -271,6 +287,17 @@ impl Edge {
     /// timeout to finish, then ends them; removes the VIPs this edge added.
     /// `/metrics` and `/status` answer until the drain is over.
     pub async fn shutdown(self) {
+        // Announced VIPs go first, while the listeners still accept: the
+        // routers need a moment to send new connections elsewhere.
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.send(Command::Withdraw(tx)).await.is_ok() {
+            if let Ok(grace) = rx.await {
+                if !grace.is_zero() {
+                    tracing::info!(?grace, "VIPs withdrawn; accepting a little longer");
+                    tokio::time::sleep(grace).await;
+                }
+            }
+        }
         let (tx, rx) = oneshot::channel();
         if self.cmd.send(Command::StopAccepting(tx)).await.is_ok() && rx.await.is_err() {
             tracing::warn!("control task ended before it stopped accepting");
@@ -328,6 +355,26 @@ impl StatusHandle {
             .await
             .map_err(|_| EdgeError::Stopped)?;
         rx.await.map_err(|_| EdgeError::Stopped)
+    }
+}
+
+impl admin::Steering for StatusHandle {
+    fn readiness(&self) -> BoxFuture<'static, Option<Readiness>> {
+        let cmd = self.cmd.clone();
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            cmd.send(Command::Readiness(tx)).await.ok()?;
+            rx.await.ok()
+        })
+    }
+
+    fn set_drained(&self, drained: bool) -> BoxFuture<'static, Option<Readiness>> {
+        let cmd = self.cmd.clone();
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            cmd.send(Command::Drain(drained, tx)).await.ok()?;
+            rx.await.ok()
+        })
     }
 }
 
@@ -393,6 +440,8 @@ struct Control {
     descriptors: u64,
     /// The caps on connections and UDP flows the data path honours.
     limits: Arc<ClientLimits>,
+    /// Readiness, drain, and the announced VIPs.
+    presence: Presence,
 }
 
 impl Control {
@@ -408,6 +457,7 @@ impl Control {
             Some(_) => {}
         }
         self.set_limits(&config);
+        self.presence.configure(config.settings.announce.as_ref());
         let plan = plan::plan(&config);
         for w in &plan.warnings {
             tracing::warn!(service = %w.service, "{}", w.message);
@@ -419,6 +469,7 @@ impl Control {
         self.publish();
         let errors = self.listeners.reconcile(self.plan.routes.keys());
         self.reconcile_vips();
+        self.refresh_presence();
         errors
             .into_iter()
             .map(|(k, e)| (k.to_string(), e))
@@ -465,6 +516,27 @@ impl Control {
             self.metrics.vip_errors.inc();
             tracing::error!(error = %e, "VIP management failed");
         }
+    }
+
+    /// Readiness and the announced VIPs, from the published snapshot and
+    /// the listeners' state.
+    fn refresh_presence(&mut self) {
+        let snap = self.snapshot.load();
+        let failed = self.listeners.failed();
+        let ports = snap
+            .routes
+            .iter()
+            .map(|(key, route)| {
+                let state = PortState {
+                    vip: key.addr.ip(),
+                    open: !failed.contains_key(key),
+                    probed: route.backends.iter().all(|b| b.status.probed),
+                    healthy: !route.backends.is_empty() && !route.all_down,
+                };
+                (key.to_string(), state)
+            })
+            .collect();
+        blocking(|| self.presence.refresh(ports));
     }
 
     fn status(&self) -> Status {
@@ -522,6 +594,9 @@ impl Control {
     ) -> Result<usize, EdgeError> {
         let mut fds = self.listeners.fds();
         fds.extend(servers.iter().map(|(k, fd)| (k.clone(), *fd)));
+        if let Some((key, fd)) = self.presence.handover_fd() {
+            fds.push((key, fd));
+        }
         let n = blocking(|| upgrade::send_listeners(&path, &fds))?;
         tracing::info!(sockets = n, path = %path.display(), "listeners handed over; no longer accepting");
         self.listeners.close_all();
@@ -529,6 +604,7 @@ impl Control {
         if let Some(v) = &mut self.vips {
             v.forget_all();
         }
+        self.presence.forget();
         Ok(n)
     }
 
@@ -569,6 +645,30 @@ impl Control {
                             tracing::debug!("handover caller gone");
                         }
                     }
+                    Some(Command::Readiness(reply)) => {
+                        if reply.send(self.presence.readiness().clone()).is_err() {
+                            tracing::debug!("readiness caller gone");
+                        }
+                    }
+                    Some(Command::Drain(drained, reply)) => {
+                        self.presence.set_drained(drained);
+                        if accepting {
+                            self.refresh_presence();
+                        }
+                        if reply.send(self.presence.readiness().clone()).is_err() {
+                            tracing::debug!("drain caller gone");
+                        }
+                    }
+                    Some(Command::Withdraw(reply)) => {
+                        let announced = self.presence.stop();
+                        if accepting {
+                            self.refresh_presence();
+                        }
+                        let grace = if announced { self.presence.withdraw_grace() } else { Duration::ZERO };
+                        if reply.send(grace).is_err() {
+                            tracing::debug!("withdraw caller gone");
+                        }
+                    }
                     Some(Command::StopAccepting(reply)) => {
                         self.listeners.close_all();
                         if let Some(v) = &mut self.vips {
@@ -587,6 +687,7 @@ impl Control {
                     if r.is_err() { continue; }
                     if accepting {
                         self.publish();
+                        self.refresh_presence();
                     }
                 }
                 _ = tick.tick() => {
@@ -596,6 +697,9 @@ impl Control {
                     }
                     if accepting && !self.listeners.failed().is_empty() {
                         self.listeners.reconcile(self.plan.routes.keys());
+                    }
+                    if accepting {
+                        self.refresh_presence();
                     }
                 }
             }

@@ -56,6 +56,21 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9721")]
         admin: SocketAddr,
     },
+    /// Drain a running edge: withdraw its announced VIPs and answer 503 on
+    /// /readyz (so routers and a VRRP peer send new clients elsewhere),
+    /// while it keeps serving whatever still comes. Lasts until `undrain`
+    /// or the edge's next start.
+    Drain {
+        /// The edge's admin address.
+        #[arg(long, default_value = "127.0.0.1:9721")]
+        admin: SocketAddr,
+    },
+    /// End a drain.
+    Undrain {
+        /// The edge's admin address.
+        #[arg(long, default_value = "127.0.0.1:9721")]
+        admin: SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -119,6 +134,8 @@ fn main() -> ExitCode {
                 ExitCode::from(e.exit_code() as u8)
             }
         },
+        Command::Drain { admin } => set_drained(admin, true),
+        Command::Undrain { admin } => set_drained(admin, false),
         Command::Status { admin } => {
             let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
                 return ExitCode::FAILURE;
@@ -133,6 +150,25 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `drain` / `undrain`: prints the edge's state after it.
+fn set_drained(admin: SocketAddr, drained: bool) -> ExitCode {
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(status::set_drained(admin, drained)) {
+        Ok(r) => {
+            let state = if r.drained { "drained" } else { "not drained" };
+            let ready = if r.ready { "ready" } else { "not ready" };
+            println!("{state}, {ready}; VIPs announced: {}", r.announced.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portico-edge: {e}");
+            ExitCode::FAILURE
         }
     }
 }

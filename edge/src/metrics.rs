@@ -73,6 +73,16 @@ pub struct EdgeMetrics {
     pub limit_reached: IntCounterVec,
     /// The descriptor budget's shares.
     pub budget: IntGaugeVec,
+    /// Each VIP the edge serves: 1 while its route is announced, 0 while
+    /// it is not (`settings.announce` only).
+    pub announced: IntGaugeVec,
+    /// 1 while the edge is ready to serve (every listener open, every node
+    /// probed once) and not drained.
+    pub ready: IntGauge,
+    /// 1 while an operator has drained the edge.
+    pub drained: IntGauge,
+    /// Errors creating the announce device or changing its routes.
+    pub announce_errors: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -273,6 +283,33 @@ impl EdgeMetrics {
                 "portico_edge_descriptor_budget",
                 "How the descriptor limit is shared out: descriptors (RLIMIT_NOFILE), listeners_and_probes, connections (maxConnections), udp_flows (maxUdpFlows).",
                 &["share"],
+            ),
+            announced: gauge_vec(
+                &r,
+                "portico_edge_vip_announced",
+                "Each VIP this edge serves: 1 while its route is in the announce table (a routing daemon exports it), 0 while it is withdrawn (not ready, drained, stopping, or no healthy node where the config asks for that).",
+                &["vip"],
+            ),
+            ready: register(
+                &r,
+                IntGauge::new(
+                    "portico_edge_ready",
+                    "1 while the edge is ready to serve (every listener open, every node probed at least once) and not drained: what /readyz answers 200 for.",
+                ),
+            ),
+            drained: register(
+                &r,
+                IntGauge::new(
+                    "portico_edge_drained",
+                    "1 while an operator has drained the edge (portico-edge drain): its VIPs are withdrawn and /readyz answers 503, while it keeps serving the connections that still come.",
+                ),
+            ),
+            announce_errors: register(
+                &r,
+                IntCounter::new(
+                    "portico_edge_announce_errors_total",
+                    "Errors creating the announce device or adding and removing the routes of announced VIPs.",
+                ),
             ),
             hook_requests: counter_vec(
                 &r,

@@ -24,6 +24,7 @@ use std::time::Duration;
 use portico_config::EdgeConfig;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+use crate::announce::TunTables;
 use crate::edge::{Edge, EdgeError, EdgeOptions};
 use crate::metrics::EdgeMetrics;
 pub use crate::sources::ConfigSource;
@@ -166,6 +167,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let mut edge_opts = EdgeOptions {
         descriptors: Some(descriptors),
         address_ops: Some(Arc::new(NetlinkOps::new())),
+        route_tables: Some(Arc::new(TunTables)),
         metrics: Some(metrics.clone()),
         ..Default::default()
     };

@@ -24,6 +24,7 @@
 mod netlink;
 #[cfg(test)]
 mod netns_tests;
+mod presence;
 
 #[cfg(any(test, feature = "testing"))]
 mod fake;
@@ -36,6 +37,7 @@ use std::os::fd::BorrowedFd;
 #[cfg(any(test, feature = "testing"))]
 pub use fake::FakeRoutes;
 pub use netlink::TunRoutes;
+pub use presence::{Presence, Readiness, RouteTables, TunTables, TAKEOVER_HOLD_LIMIT};
 
 /// The listener key a device's descriptor is handed over under.
 pub fn handover_key(device: &str) -> String {

@@ -1,5 +1,5 @@
-//! `portico-edge status`'s client: `GET /status` from a running edge's
-//! admin API, over hyper.
+//! `portico-edge status`, `drain` and `undrain`'s client: `GET /status`,
+//! `POST /drain`, `POST /undrain` on a running edge's admin API, over hyper.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::Status;
+use crate::announce::Readiness;
 
 /// How long the whole exchange may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,15 +38,41 @@ pub enum StatusError {
 
 /// GETs `/status` from the admin API at `addr`.
 pub async fn fetch(addr: SocketAddr) -> Result<Status, StatusError> {
+    let body = exchange(addr, hyper::Method::GET, "/status").await?;
+    serde_json::from_slice(&body).map_err(|e| StatusError::BadAnswer {
+        addr,
+        detail: e.to_string(),
+    })
+}
+
+/// POSTs `/drain` (or `/undrain`) to the admin API at `addr`: the edge's
+/// readiness after it.
+pub async fn set_drained(addr: SocketAddr, drained: bool) -> Result<Readiness, StatusError> {
+    let path = if drained { "/drain" } else { "/undrain" };
+    let body = exchange(addr, hyper::Method::POST, path).await?;
+    serde_json::from_slice(&body).map_err(|e| StatusError::BadAnswer {
+        addr,
+        detail: e.to_string(),
+    })
+}
+
+/// One request to the admin API: the body of a successful answer.
+async fn exchange(
+    addr: SocketAddr,
+    method: hyper::Method,
+    path: &str,
+) -> Result<Bytes, StatusError> {
     let unreachable = |detail: String| StatusError::Unreachable { addr, detail };
     let bad = |detail: String| StatusError::BadAnswer { addr, detail };
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let uri: hyper::Uri = format!("http://{addr}/status")
-        .parse()
-        .map_err(|e: hyper::http::uri::InvalidUri| bad(e.to_string()))?;
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .body(Empty::new())
+        .map_err(|e| bad(e.to_string()))?;
     let exchange = async {
         let response = client
-            .get(uri)
+            .request(request)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         let status = response.status();
@@ -59,7 +86,7 @@ pub async fn fetch(addr: SocketAddr) -> Result<Status, StatusError> {
             let text = String::from_utf8_lossy(&body);
             return Err(bad(format!("{status}: {}", text.trim())));
         }
-        serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))
+        Ok(body)
     };
     tokio::time::timeout(TIMEOUT, exchange)
         .await

@@ -5,7 +5,7 @@
 mod fetch;
 mod render;
 
-pub use fetch::{fetch, StatusError};
+pub use fetch::{fetch, set_drained, StatusError};
 pub use render::render;
 
 use futures::future::BoxFuture;

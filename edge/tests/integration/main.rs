@@ -8,6 +8,7 @@
 //! `deploy/` (`deploy`). Every test stands alone: nothing is shared between
 //! them but the subnet claims and the binary's path.
 
+mod announce;
 mod balancing;
 mod cli;
 mod deploy;

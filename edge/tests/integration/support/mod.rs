@@ -202,9 +202,14 @@ pub async fn scrape(addr: SocketAddr) -> String {
 
 /// GET `path` at `addr`; returns (status code, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path).await
+}
+
+/// `method path` at `addr`, no body; returns (status code, body).
+pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     use tokio::io::AsyncReadExt;
     let mut s = TcpStream::connect(addr).await.expect("admin reachable");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+    s.write_all(format!("{method} {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
         .await
         .expect("request sent");
     let mut raw = String::new();
