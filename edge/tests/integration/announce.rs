@@ -185,3 +185,205 @@ async fn a_stop_withdraws_first_and_accepts_during_the_grace() {
         .expect("shutdown task");
     assert!(hello(vip, None).await.is_err(), "no longer accepting");
 }
+
+// ---------------------------------------------------------------------------
+// The real binary, its TUN device and its routes, in a network namespace of
+// the test thread's own.
+// ---------------------------------------------------------------------------
+
+/// Runs `f` on a thread in a new network namespace (`unshare`; gone with
+/// the thread) with `lo` up, inside a current-thread runtime of that
+/// thread: stand-in nodes, the edge processes and `ip` all run in it.
+/// `None` (said loudly) where it cannot; a failure under `CI=true`.
+fn in_own_netns<T: Send>(
+    test: &str,
+    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send,
+) -> Option<T> {
+    if !nix::unistd::geteuid().is_root() {
+        let why = format!("{test}: needs root for a network namespace and a TUN device");
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{why} (CI=true, so this is a failure, not a skip)");
+        }
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("\n*** SKIPPED: {why} ***\n").as_bytes(),
+        );
+        return None;
+    }
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+                ip(&["link", "set", "lo", "up"]);
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                Some(runtime.block_on(f()))
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// `ip args` in the calling thread's namespace; its stdout.
+fn ip(args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip runs");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether table 4242 holds `vip`'s route through the announce device
+/// (`ip` fails while the table has never had a route: none then).
+fn routed(vip: IpAddr, device: &str) -> bool {
+    let out = std::process::Command::new("ip")
+        .args(["route", "show", "table", "4242"])
+        .output()
+        .expect("ip runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with(&format!("{vip} dev {device} proto 242")))
+}
+
+/// Runs `portico-edge drain` or `undrain` against `admin`.
+fn cli(what: &str, admin: SocketAddr) -> String {
+    let out = std::process::Command::new(crate::support::process::EDGE_BIN)
+        .args([what, "--admin", &admin.to_string()])
+        .output()
+        .expect("portico-edge runs");
+    assert!(out.status.success(), "portico-edge {what}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_binary_announces_keeps_routes_through_an_upgrade_and_loses_them_when_killed() {
+    use crate::support::process::*;
+    use nix::sys::signal::Signal;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    in_own_netns(
+        "the_binary_announces_keeps_routes_through_an_upgrade_and_loses_them_when_killed",
+        || {
+            Box::pin(async {
+                let net = subnet();
+                let _nodes = start_nodes(net, 2, false).await;
+                let dir = tempfile::tempdir().expect("tempdir");
+                let cfg = dir.path().join("edge.yaml");
+                let vip = SocketAddr::new(net.ip(100), 8080);
+                let admin = admin_addr(net);
+                let device = "pt-vips";
+                let text = yaml_config(net, 2, "2s", &[YamlService::new("web", vip)]).replace(
+                "  adminListen:",
+                &format!("  announce:\n    device: {device}\n    withdrawGrace: 300ms\n  adminListen:"),
+            );
+                write_atomically(&cfg, &text);
+
+                // Announced once ready.
+                let mut edge1 = Proc::run_edge(dir.path(), "edge1", &cfg, &[], None);
+                wait_until("edge 1 announces the VIP", DEADLINE, || {
+                    routed(vip.ip(), device)
+                })
+                .await;
+                hello(vip, None).await.expect("edge 1 serves");
+
+                // Drain and undrain by the command line.
+                let drained = cli("drain", admin);
+                assert!(drained.starts_with("drained, not ready"), "{drained}");
+                assert!(!routed(vip.ip(), device), "drained: withdrawn");
+                let (code, body) = http_get(admin, "/readyz").await;
+                assert_eq!(code, 503, "{body}");
+                hello(vip, None).await.expect("a drained edge still serves");
+                let undrained = cli("undrain", admin);
+                assert!(undrained.starts_with("not drained, ready"), "{undrained}");
+                assert!(routed(vip.ip(), device), "undrained: announced again");
+
+                // A binary upgrade: the route is there at every look, and the
+                // kernel reports no removal of it.
+                let mut monitor = std::process::Command::new("ip")
+                    .args(["-o", "monitor", "route"])
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("ip monitor");
+                let watching = Arc::new(AtomicBool::new(true));
+                let (vip_ip, watched) = (vip.ip(), watching.clone());
+                let watcher = std::thread::spawn(move || {
+                    let (mut looks, mut missing) = (0, 0);
+                    while watched.load(Ordering::Relaxed) {
+                        looks += 1;
+                        if !routed(vip_ip, device) {
+                            missing += 1;
+                        }
+                    }
+                    (looks, missing)
+                });
+                let mut edge2 = Proc::run_edge(dir.path(), "edge2", &cfg, &["--takeover"], None);
+                let up = dir.path().join("up.sock");
+                wait_until("edge 2's upgrade socket to listen", DEADLINE, || {
+                    up.exists() && unix_socket_listening(&up)
+                })
+                .await;
+                edge1.signal(Signal::SIGQUIT);
+                edge2.wait_log("edge running", DEADLINE).await;
+                let status1 = edge1.wait_exit(DEADLINE).await;
+                assert_eq!(status1.code(), Some(0), "edge 1 exits cleanly");
+                // Edge 2's own first health results end the hold.
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                watching.store(false, Ordering::Relaxed);
+                let (looks, missing) = watcher.join().expect("watcher");
+                monitor.kill().expect("stop ip monitor");
+                let seen = monitor.wait_with_output().expect("ip monitor output");
+                let seen = String::from_utf8_lossy(&seen.stdout);
+                eprintln!("upgrade: the route was looked at {looks} times, missing {missing}");
+                assert!(looks > 10, "the watcher looked {looks} times");
+                assert_eq!(missing, 0, "the route went during the upgrade");
+                assert!(
+                    !seen
+                        .lines()
+                        .any(|l| l.starts_with("Deleted") && l.contains(&vip.ip().to_string())),
+                    "the kernel saw the route removed:\n{seen}"
+                );
+                assert!(
+                    edge2.stderr().contains("adopted=true"),
+                    "{}",
+                    edge2.stderr()
+                );
+                hello(vip, None).await.expect("edge 2 serves");
+
+                // Killed: the device goes with the process, and the route too.
+                edge2.signal(Signal::SIGKILL);
+                let killed = Instant::now();
+                wait_until("the route to go with the killed edge", DEADLINE, || {
+                    !routed(vip.ip(), device)
+                })
+                .await;
+                eprintln!("killed: route gone after {:?}", killed.elapsed());
+                assert!(
+                    !ip(&["link", "show"]).contains(device),
+                    "the device is gone"
+                );
+
+                // A stop: withdrawn first, still accepting for the grace.
+                let mut edge3 = Proc::run_edge(dir.path(), "edge3", &cfg, &[], None);
+                wait_until("edge 3 announces the VIP", DEADLINE, || {
+                    routed(vip.ip(), device)
+                })
+                .await;
+                edge3.signal(Signal::SIGTERM);
+                wait_until("edge 3 withdraws", DEADLINE, || !routed(vip.ip(), device)).await;
+                hello(vip, None)
+                    .await
+                    .expect("accepting during the withdraw grace");
+                let status3 = edge3.wait_exit(DEADLINE).await;
+                assert_eq!(status3.code(), Some(0), "edge 3 exits cleanly");
+            })
+        },
+    );
+}

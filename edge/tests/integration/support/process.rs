@@ -466,7 +466,9 @@ pub async fn get_ok(addr: SocketAddr, path: &str) -> Option<String> {
 /// is set once `listen()` was called. Connecting would not do: the upgrade
 /// socket accepts exactly one peer.
 pub fn unix_socket_listening(path: &Path) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+    // The calling thread's namespace's table (`/proc/net` is the main
+    // thread's; a test may run in a namespace of its thread's own).
+    let Ok(table) = std::fs::read_to_string("/proc/thread-self/net/unix") else {
         return false;
     };
     let path = path.to_string_lossy();
