@@ -392,7 +392,8 @@ fn forwarding_on(ns: &str) -> Result<(), LabError> {
 }
 
 /// The edge's configuration: the Kubernetes watch, VIPs on the public
-/// interface, the address pool, and health checks quick enough for a lab.
+/// interface and announced in its routing table, the address pool, and
+/// health checks quick enough for a lab.
 pub fn edge_config(kubeconfig: &Path, drain_timeout: Duration) -> String {
     format!(
         "# Written by portico-lab.
@@ -409,6 +410,8 @@ settings:
     drainTimeout: {drain}ms
   vip:
     interface: eth0
+  # The host routes a BIRD beside the edge exports by BGP (table 4242).
+  announce: {{}}
   metricsListen: 127.0.0.1:{metrics}
   adminListen: 127.0.0.1:{admin}
   kubernetes:
