@@ -4,12 +4,14 @@
 //! Kubernetes REST API over plain HTTP/1.1, so the real `kube` client (and
 //! real binaries, through [`FakeApiServer::write_kubeconfig`]) talk to it
 //! unchanged. It serves Services and Nodes (with `/status`), EndpointSlices,
-//! and both kinds of Events (see [`resource::RESOURCES`]), and is faithful
+//! both kinds of Events and Leases (see [`resource::RESOURCES`]), and is faithful
 //! where client code depends on it: one global resourceVersion, list paging
 //! and selectors, watch framing, bookmarks, `410 Expired` after compaction,
 //! the four PATCH flavours, conflicts, validation of Service source ranges
 //! and of `events.k8s.io/v1` Events, a Service's NodePorts unique and its
-//! `loadBalancerClass` fixed while it stays a LoadBalancer, the fields (and
+//! `loadBalancerClass` fixed while it stays a LoadBalancer, a field removed
+//! by one manager owned by nobody (so a leader election's apply on a
+//! released Lease does not conflict), Lease validation, the fields (and
 //! the `status.loadBalancer`) of a type a Service leaves cleared, creates
 //! refused in a namespace that does not exist (404) or is being deleted
 //! (403), and the real `Status` error bodies (checked against exchanges in

@@ -106,6 +106,62 @@ fn changed_at(old: &Value, new: &Value, depth: usize, in_meta: bool) -> Value {
     Value::Object(set)
 }
 
+/// The field set of leaves of `old` that `new` no longer has: nobody owns
+/// a field that is gone (a merge patch's `null`, a PUT without it).
+pub fn removed(old: &Value, new: &Value) -> Value {
+    removed_at(old, new, 0, false)
+}
+
+fn removed_at(old: &Value, new: &Value, depth: usize, in_meta: bool) -> Value {
+    let mut set = Map::new();
+    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
+        return Value::Object(set);
+    };
+    for (k, ov) in o {
+        if (depth == 0 && SKIP_TOP.contains(&k.as_str()))
+            || (in_meta && depth == 1 && SKIP_META.contains(&k.as_str()))
+        {
+            continue;
+        }
+        let child_meta = depth == 0 && k == "metadata";
+        let child = match n.get(k) {
+            None | Some(Value::Null) => match ov {
+                Value::Object(_) => fieldset_at(ov, depth + 1, child_meta),
+                _ => json!({}),
+            },
+            Some(nv) if ov.is_object() && nv.is_object() => {
+                let inner = removed_at(ov, nv, depth + 1, child_meta);
+                if inner.as_object().is_some_and(Map::is_empty) {
+                    continue;
+                }
+                inner
+            }
+            Some(_) => continue,
+        };
+        set.insert(format!("f:{k}"), child);
+    }
+    Value::Object(set)
+}
+
+/// Every entry of `entries` without the leaves of `gone`; entries left
+/// owning nothing are dropped.
+pub fn prune(entries: Vec<Value>, gone: &Value) -> Vec<Value> {
+    if gone.as_object().is_none_or(Map::is_empty) {
+        return entries;
+    }
+    entries
+        .into_iter()
+        .filter_map(|mut e| {
+            let rest = subtract(&e["fieldsV1"], gone);
+            if rest.as_object().is_some_and(Map::is_empty) {
+                return None;
+            }
+            e["fieldsV1"] = rest;
+            Some(e)
+        })
+        .collect()
+}
+
 /// `set` without the leaves of `remove`; empty branches are dropped.
 pub fn subtract(set: &Value, remove: &Value) -> Value {
     let mut out = Map::new();
@@ -202,6 +258,29 @@ pub fn record(entries: &[Value], writer: &Writer<'_>, fields: &Value) -> Vec<Val
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_removed_field_is_nobodys() {
+        let old = json!({"spec": {"holderIdentity": "a", "renewTime": "t", "leaseTransitions": 1}});
+        let new = json!({"spec": {"holderIdentity": null, "leaseTransitions": 2}});
+        let gone = removed(&old, &new);
+        assert_eq!(
+            gone,
+            json!({"f:spec": {"f:holderIdentity": {}, "f:renewTime": {}}})
+        );
+        let entries = vec![
+            json!({"manager": "a", "operation": "Apply",
+                "fieldsV1": {"f:spec": {"f:holderIdentity": {}, "f:renewTime": {}}}}),
+            json!({"manager": "b", "operation": "Update",
+                "fieldsV1": {"f:spec": {"f:leaseTransitions": {}, "f:renewTime": {}}}}),
+        ];
+        let kept = prune(entries, &gone);
+        assert_eq!(kept.len(), 1, "a owned only removed fields: {kept:?}");
+        assert_eq!(
+            kept[0]["fieldsV1"],
+            json!({"f:spec": {"f:leaseTransitions": {}}})
+        );
+    }
 
     #[test]
     fn fieldsets_skip_identity_and_keep_lists_whole() {

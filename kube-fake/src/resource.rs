@@ -214,6 +214,19 @@ pub static RESOURCES: &[ResourceDef] = &[
         default: no_defaults,
         validate: validate::event,
     },
+    ResourceDef {
+        group: "coordination.k8s.io",
+        version: "v1",
+        kind: "Lease",
+        plural: "leases",
+        namespaced: true,
+        has_status: false,
+        generation: false,
+        fields: &[],
+        zero: || json!({"metadata": {"creationTimestamp": null}, "spec": {}}),
+        default: no_defaults,
+        validate: validate::lease,
+    },
 ];
 
 /// Finds a resource by its REST coordinates (group `""` for core).

@@ -553,7 +553,9 @@ impl Store {
             if operation == "Apply" && !m.force {
                 check_apply_conflicts(res, &name, &current, &writer, &fields, old, &new)?;
             }
-            set_managed(&mut new, managed::record(&current, &writer, &fields));
+            let recorded = managed::record(&current, &writer, &fields);
+            let gone = managed::removed(old, &new);
+            set_managed(&mut new, managed::prune(recorded, &gone));
         }
         let rev = self.bump();
         new["metadata"]["resourceVersion"] = json!(rev.to_string());

@@ -150,6 +150,32 @@ pub fn endpoint_slice(obj: &Value) -> Vec<FieldError> {
     errors
 }
 
+/// `coordination.k8s.io/v1` Lease checks (the real server's
+/// `ValidateLeaseSpec`): `leaseDurationSeconds` greater than 0 and
+/// `leaseTransitions` not negative, when set.
+pub fn lease(obj: &Value) -> Vec<FieldError> {
+    let spec = &obj["spec"];
+    let number = |field: &str, detail: &str, bad: fn(i64) -> bool| {
+        let value = spec[field].as_i64()?;
+        bad(value).then(|| FieldError {
+            reason: "FieldValueInvalid",
+            field: format!("spec.{field}"),
+            message: format!("Invalid value: {value}: {detail}"),
+        })
+    };
+    [
+        number("leaseDurationSeconds", "must be greater than 0", |v| v <= 0),
+        number(
+            "leaseTransitions",
+            "must be greater than or equal to 0",
+            |v| v < 0,
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 /// Accepts everything.
 pub fn nothing(_: &Value) -> Vec<FieldError> {
     Vec::new()

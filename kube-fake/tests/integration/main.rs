@@ -5,3 +5,4 @@
 
 mod fixtures;
 mod kube_client;
+mod leases;
