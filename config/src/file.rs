@@ -84,6 +84,26 @@ pub struct RawKubernetesSettings {
     pub default_class: Option<bool>,
     /// `kubeconfig`: a kubeconfig file (else `KUBECONFIG` or in-cluster).
     pub kubeconfig: Option<String>,
+    /// `leaderElection`: which of several edges writes to the cluster.
+    pub leader_election: Option<RawLeaderElection>,
+}
+
+/// `settings.kubernetes.leaderElection`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a leader election mapping"
+)]
+pub struct RawLeaderElection {
+    /// `enabled` (default true).
+    pub enabled: Option<bool>,
+    /// `namespace` of the Lease.
+    pub namespace: Option<String>,
+    /// `leaseName`.
+    pub lease_name: Option<String>,
+    /// `leaseDuration`, a duration in whole seconds.
+    pub lease_duration: Option<RawDuration>,
 }
 
 /// One entry of `settings.addressPools`.

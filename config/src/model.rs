@@ -475,6 +475,9 @@ pub struct KubernetesSettings {
     /// A kubeconfig file; `None`: `KUBECONFIG`, `~/.kube/config`, or the
     /// in-cluster service account, as `kubectl` looks for them.
     pub kubeconfig: Option<std::path::PathBuf>,
+    /// Which of several edges watching the cluster writes statuses and
+    /// Events; `None`: this edge always does (it is alone).
+    pub leader_election: Option<LeaderElection>,
 }
 
 impl Default for KubernetesSettings {
@@ -483,6 +486,32 @@ impl Default for KubernetesSettings {
             load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.to_string(),
             default_class: false,
             kubeconfig: None,
+            leader_election: Some(LeaderElection::default()),
+        }
+    }
+}
+
+/// Leader election on a `coordination.k8s.io/v1` Lease: the edge holding
+/// it writes statuses and posts Events; the others serve traffic and keep
+/// their view current, and one of them takes over the writes within the
+/// lease duration when the holder is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LeaderElection {
+    /// The Lease's namespace.
+    pub namespace: String,
+    /// The Lease's name.
+    pub lease_name: String,
+    /// How long the holder's lease lasts without a renewal (whole
+    /// seconds): how long writes may pause when the holder dies.
+    pub lease_duration: Duration,
+}
+
+impl Default for LeaderElection {
+    fn default() -> Self {
+        LeaderElection {
+            namespace: "kube-system".to_string(),
+            lease_name: "portico-edge".to_string(),
+            lease_duration: Duration::from_secs(15),
         }
     }
 }

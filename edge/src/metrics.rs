@@ -83,6 +83,8 @@ pub struct EdgeMetrics {
     pub drained: IntGauge,
     /// Errors creating the announce device or changing its routes.
     pub announce_errors: IntCounter,
+    /// 1 while this edge holds the Lease and writes to the cluster.
+    pub leader: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -309,6 +311,13 @@ impl EdgeMetrics {
                 IntCounter::new(
                     "portico_edge_announce_errors_total",
                     "Errors creating the announce device or adding and removing the routes of announced VIPs.",
+                ),
+            ),
+            leader: register(
+                &r,
+                IntGauge::new(
+                    "portico_edge_kubernetes_leader",
+                    "1 while this edge holds the leader election's Lease and so writes Service statuses and Events; 0 while another edge does (or, before the first election, nobody yet).",
                 ),
             ),
             hook_requests: counter_vec(

@@ -59,6 +59,9 @@ pub const CONNECT_ATTEMPT_DELAY_RANGE: (Duration, Duration) = (Duration::ZERO, m
 pub const IDLE_TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_secs(1), hours(168));
 /// `settings.proxy.udpIdleTimeout`.
 pub const UDP_IDLE_TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_secs(1), hours(24));
+/// `settings.kubernetes.leaderElection.leaseDuration`.
+pub const LEASE_DURATION_RANGE: (Duration, Duration) =
+    (Duration::from_secs(3), Duration::from_secs(300));
 /// `settings.announce.withdrawGrace` (`0s`: stop accepting at once).
 pub const WITHDRAW_GRACE_RANGE: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(60));
 /// `settings.proxy.drainTimeout` (`0s`: close at once).

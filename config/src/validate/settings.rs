@@ -7,19 +7,19 @@ use std::net::SocketAddr;
 use super::checks::{dns_label, duration_in, port, spelled, u32_in};
 use super::{
     Validator, CONNECT_ATTEMPT_DELAY_RANGE, CONNECT_TIMEOUT_RANGE, DRAIN_TIMEOUT_RANGE,
-    HEALTH_INTERVAL_RANGE, HEALTH_TIMEOUT_RANGE, IDLE_TIMEOUT_RANGE, MAX_CONNECTIONS,
-    MAX_CONNECT_RETRIES, MAX_MAGLEV_TABLE_SIZE, MIN_MAGLEV_TABLE_SIZE, UDP_IDLE_TIMEOUT_RANGE,
-    WITHDRAW_GRACE_RANGE,
+    HEALTH_INTERVAL_RANGE, HEALTH_TIMEOUT_RANGE, IDLE_TIMEOUT_RANGE, LEASE_DURATION_RANGE,
+    MAX_CONNECTIONS, MAX_CONNECT_RETRIES, MAX_MAGLEV_TABLE_SIZE, MIN_MAGLEV_TABLE_SIZE,
+    UDP_IDLE_TIMEOUT_RANGE, WITHDRAW_GRACE_RANGE,
 };
 use crate::duration::format_duration;
 use crate::file::{
     RawAnnounceSettings, RawHealthSettings, RawHookApiSettings, RawInt, RawKubernetesSettings,
-    RawNameOrBool, RawProxySettings, RawSettings,
+    RawLeaderElection, RawNameOrBool, RawProxySettings, RawSettings,
 };
-use crate::kube::quoted;
+use crate::kube::{quoted, NameRule};
 use crate::model::{
     AnnounceSettings, EdgeSettings, HealthSettings, HookApiSettings, KubernetesSettings,
-    ProxySettings, SpliceMode, VipSettings,
+    LeaderElection, ProxySettings, SpliceMode, VipSettings,
 };
 
 impl Validator {
@@ -115,6 +115,10 @@ impl Validator {
                 },
             )
             .flatten();
+        let leader_election = match &raw.leader_election {
+            None => d.leader_election,
+            Some(raw) => self.leader_election(raw),
+        };
         if raw.enabled == Some(false) {
             return None;
         }
@@ -122,6 +126,54 @@ impl Validator {
             load_balancer_class: class?,
             default_class: raw.default_class.unwrap_or(false),
             kubeconfig,
+            leader_election,
+        })
+    }
+
+    /// `settings.kubernetes.leaderElection`; `None` when disabled.
+    fn leader_election(&mut self, raw: &RawLeaderElection) -> Option<LeaderElection> {
+        let d = LeaderElection::default();
+        let name = |rule: NameRule| {
+            move |s: &str| {
+                rule.check(s)
+                    .map(|()| s.to_string())
+                    .map_err(|why| format!("{} {why}", quoted(s)))
+            }
+        };
+        let namespace = self.field(
+            "settings.kubernetes.leaderElection.namespace",
+            raw.namespace.as_deref(),
+            d.namespace.clone(),
+            name(NameRule::Label),
+        );
+        let lease_name = self.field(
+            "settings.kubernetes.leaderElection.leaseName",
+            raw.lease_name.as_deref(),
+            d.lease_name.clone(),
+            name(NameRule::Subdomain),
+        );
+        let lease_duration = self.field(
+            "settings.kubernetes.leaderElection.leaseDuration",
+            raw.lease_duration.as_ref(),
+            d.lease_duration,
+            |v| {
+                let duration = duration_in(v, LEASE_DURATION_RANGE)?;
+                if duration.subsec_nanos() != 0 {
+                    return Err(format!(
+                        "{} is not a whole number of seconds (a Lease counts in seconds)",
+                        format_duration(duration)
+                    ));
+                }
+                Ok(duration)
+            },
+        );
+        if raw.enabled == Some(false) {
+            return None;
+        }
+        Some(LeaderElection {
+            namespace: namespace.unwrap_or(d.namespace),
+            lease_name: lease_name.unwrap_or(d.lease_name),
+            lease_duration: lease_duration.unwrap_or(d.lease_duration),
         })
     }
 
@@ -498,6 +550,47 @@ mod tests {
         assert_problems(
             "settings:\n  kubernetes: {}\n  hookApi:\n    listen: 0.0.0.0:9722\n    tokenFile: /t\n    stateFile: /s\n",
             &[("settings.hookApi", "cannot be used together with settings.kubernetes")],
+        );
+    }
+
+    #[test]
+    fn leader_election_is_on_by_default_and_checked() {
+        let on = valid("settings: {kubernetes: {}}")
+            .settings
+            .kubernetes
+            .expect("watch");
+        assert_eq!(on.leader_election, Some(crate::LeaderElection::default()));
+        let off = valid("settings: {kubernetes: {leaderElection: {enabled: false}}}")
+            .settings
+            .kubernetes
+            .expect("watch");
+        assert_eq!(off.leader_election, None);
+        let custom = valid(
+            "settings:\n  kubernetes:\n    leaderElection:\n      namespace: portico-system\n      leaseName: edges.example\n      leaseDuration: 10s\n",
+        )
+        .settings
+        .kubernetes
+        .and_then(|k| k.leader_election)
+        .expect("on");
+        assert_eq!(
+            (custom.namespace.as_str(), custom.lease_name.as_str()),
+            ("portico-system", "edges.example")
+        );
+        assert_eq!(custom.lease_duration, std::time::Duration::from_secs(10));
+        assert_problems(
+            "settings:\n  kubernetes:\n    leaderElection:\n      namespace: Kube_System\n      leaseName: -x\n      leaseDuration: 1500ms\n",
+            &[
+                ("settings.kubernetes.leaderElection.namespace", "not a DNS label"),
+                ("settings.kubernetes.leaderElection.leaseName", "-x"),
+                ("settings.kubernetes.leaderElection.leaseDuration", "outside 3s-5m"),
+            ],
+        );
+        assert_problems(
+            "settings: {kubernetes: {leaderElection: {leaseDuration: 4500ms}}}",
+            &[(
+                "settings.kubernetes.leaderElection.leaseDuration",
+                "whole number of seconds",
+            )],
         );
     }
 

@@ -9,9 +9,11 @@
 //! - [`events`]: the Events told to the Services' owners (pure: their
 //!   shape, their length, which refusals are final, which are already
 //!   there);
+//! - [`leader`]: which of several edges writes (a Lease);
 //! - [`watch`]: the watches, the reconcile loop and the writes (IO).
 
 pub mod events;
+pub mod leader;
 pub mod reconcile;
 pub mod translate;
 pub mod watch;

@@ -31,6 +31,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::events::{self as told, Told};
+use super::leader::Leadership;
 use super::reconcile::{reconcile, Condition, Context, Desired, StatusUpdate};
 use crate::metrics::EdgeMetrics;
 
@@ -67,6 +68,11 @@ pub struct ClusterSource {
     /// The watches and the API probe; dropping it stops them.
     watches: Watches,
     main: JoinHandle<()>,
+    /// Whether this edge writes (the leader election's verdict).
+    leader: watch::Receiver<bool>,
+    /// The leader election; it releases the Lease once every receiver of
+    /// `leader` is gone.
+    election: JoinHandle<()>,
 }
 
 impl ClusterSource {
@@ -109,6 +115,13 @@ impl ClusterSource {
         let (pools_tx, pools_rx) = watch::channel(pools);
         let (unhealthy_tx, unhealthy_rx) = watch::channel(BTreeSet::new());
         let (not_served_tx, not_served_rx) = watch::channel(BTreeMap::new());
+        // A follower until elected: nothing is written meanwhile.
+        let (leader_tx, leader) = watch::channel(false);
+        let election = tokio::spawn(campaign(
+            client.clone(),
+            settings.leader_election.clone(),
+            leader_tx,
+        ));
         let main = tokio::spawn(
             Loop {
                 client,
@@ -123,6 +136,7 @@ impl ClusterSource {
                 metrics,
                 posted: BTreeMap::new(),
                 told: BTreeSet::new(),
+                leader: leader.clone(),
             }
             .run(),
         );
@@ -133,7 +147,14 @@ impl ClusterSource {
             not_served: not_served_tx,
             watches,
             main,
+            leader,
+            election,
         }
+    }
+
+    /// Whether this edge writes statuses and Events now.
+    pub fn leading(&self) -> bool {
+        *self.leader.borrow()
     }
 
     /// The model, updated after every reconcile that changed it.
@@ -171,11 +192,53 @@ impl ClusterSource {
         });
     }
 
-    /// Stops every watch.
-    pub fn stop(self) {
+    /// Stops every watch, and releases the Lease when this edge holds it.
+    pub async fn stop(self) {
         self.main.abort();
+        // Its end drops its view of the leadership.
+        if let Err(e) = self.main.await {
+            if !e.is_cancelled() {
+                tracing::error!(error = %e, "Kubernetes source task failed");
+            }
+        }
         drop(self.watches);
+        drop(self.leader);
+        if let Err(e) = self.election.await {
+            tracing::error!(error = %e, "leader election task failed");
+        }
     }
+}
+
+/// Runs the election and copies its verdict into `leader` until every
+/// receiver of `leader` is gone; then releases the Lease.
+async fn campaign(
+    client: Client,
+    settings: Option<portico_config::LeaderElection>,
+    leader: watch::Sender<bool>,
+) {
+    let leadership = tokio::select! {
+        l = Leadership::start(client, settings.as_ref()) => l,
+        () = leader.closed() => return,
+    };
+    let mut verdict = leadership.leader();
+    loop {
+        let leading = *verdict.borrow_and_update();
+        leader.send_if_modified(|l| {
+            let changed = *l != leading;
+            *l = leading;
+            changed
+        });
+        tokio::select! {
+            r = verdict.changed() => {
+                if r.is_err() {
+                    break;
+                }
+            }
+            () = leader.closed() => break,
+        }
+    }
+    drop(verdict);
+    leadership.stop().await;
 }
 
 struct Loop {
@@ -195,6 +258,8 @@ struct Loop {
     /// The Events an earlier run of the edge recorded, found at the start:
     /// a condition that still holds is not told again after a restart.
     told: BTreeSet<Told>,
+    /// Whether this edge writes (leader election).
+    leader: watch::Receiver<bool>,
 }
 
 impl Loop {
@@ -221,10 +286,26 @@ impl Loop {
                 },
             );
             self.publish(&desired);
-            self.write_statuses(&desired.statuses).await;
-            self.post_events(&desired, &instance).await;
+            let leading = *self.leader.borrow_and_update();
+            self.metrics.leader.set(i64::from(leading));
+            if leading {
+                self.write_statuses(&desired.statuses).await;
+                self.post_events(&desired, &instance).await;
+            }
 
             tokio::select! {
+                r = self.leader.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    if *self.leader.borrow() {
+                        tracing::info!("leading: this edge writes statuses and Events");
+                        // What the previous leader told is not told again.
+                        self.told = already_told(&self.client).await;
+                    } else {
+                        tracing::info!("following: another edge writes statuses and Events");
+                    }
+                }
                 _ = self.changed.notified() => {
                     // Let a burst (a relist, a rollout) settle into one pass.
                     tokio::time::sleep(DEBOUNCE).await;
@@ -455,7 +536,7 @@ async fn with_timeout<T>(call: impl Future<Output = Result<T, kube::Error>>) -> 
     }
 }
 
-fn hostname() -> Option<String> {
+pub(super) fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())
@@ -627,7 +708,7 @@ mod tests {
             .filter(|r| r.path.contains("/recreated/"))
             .count();
         assert_eq!(cleared, 2, "one write by the edge, one by the other");
-        source.stop();
+        source.stop().await;
     }
 
     /// The Events `reason` recorded on Service `name`.
@@ -724,7 +805,7 @@ mod tests {
                 .collect();
             assert_eq!(managers, [CONTROLLER]);
         }
-        source.stop();
+        source.stop().await;
 
         // A new edge: what still holds was told already.
         let source = start();
@@ -735,7 +816,7 @@ mod tests {
         assert_eq!(events_of(&fake, "web", "AddressAssigned").len(), 1);
         assert_eq!(events_of(&fake, "bad", "NoNodePorts").len(), 1);
         assert_eq!(events_of(&fake, "bad", "AddressAssigned").len(), 1);
-        source.stop();
+        source.stop().await;
     }
 
     /// An Event the API server refuses for good (its namespace is being
@@ -782,6 +863,99 @@ mod tests {
         let posts = fake.requests().iter().filter(|r| is_post(r)).count();
         assert_eq!(posts, 1, "refused once, never asked again");
         assert!(events_of(&fake, "web", "AddressAssigned").is_empty());
-        source.stop();
+        source.stop().await;
+    }
+
+    /// Status writes to the Service `name`.
+    fn status_writes(fake: &FakeApiServer, name: &str) -> usize {
+        fake.requests()
+            .into_iter()
+            .filter(|r| r.method == "PATCH" && r.path.ends_with(&format!("/{name}/status")))
+            .count()
+    }
+
+    /// Two edges watch one cluster: both serve the same addresses, one
+    /// writes. When the writer dies without a word (its tasks end as a
+    /// killed process's do: nothing releases the Lease), the other takes
+    /// the writes over within the lease duration and 2 s, and tells no
+    /// Event again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_of_two_edges_writes_and_the_other_takes_over_when_it_dies() {
+        let fake = fake_with_shop().await;
+        let api: Api<core::Service> = Api::namespaced(fake.client(), "shop");
+        let create = PostParams::default();
+        api.create(&create, &lb("web", "portico.io/edge"))
+            .await
+            .expect("created");
+        let lease = Duration::from_secs(3);
+        let settings = KubernetesSettings {
+            leader_election: Some(portico_config::LeaderElection {
+                lease_duration: lease,
+                ..portico_config::LeaderElection::default()
+            }),
+            ..KubernetesSettings::default()
+        };
+        // Edge A in a runtime of its own, so that it can die as a process
+        // does: its tasks dropped, none of them running another step.
+        let runtime_a = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let a = {
+            let _in_a = runtime_a.enter();
+            ClusterSource::start(fake.client(), settings.clone(), pool(), EdgeMetrics::new())
+        };
+        wait_ingress(&fake, "web", &["203.0.113.1"]).await;
+        assert!(a.leading(), "alone, A leads");
+
+        let metrics_b = EdgeMetrics::new();
+        let b = ClusterSource::start(fake.client(), settings.clone(), pool(), metrics_b.clone());
+        let mut model_b = b.model();
+        tokio::time::timeout(WAIT, model_b.wait_for(Option::is_some))
+            .await
+            .expect("B's first model")
+            .expect("B runs");
+        // B serves what A serves, and follows.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(*a.model().borrow(), *b.model().borrow());
+        assert!(!b.leading(), "B follows while A holds the Lease");
+        assert_eq!(metrics_b.leader.get(), 0);
+        assert_eq!(status_writes(&fake, "web"), 1, "only the leader wrote");
+        assert_eq!(events_of(&fake, "web", "AddressAssigned").len(), 1);
+
+        // A dies.
+        let died = tokio::time::Instant::now();
+        runtime_a.shutdown_background();
+        drop(a);
+        // Only B can write the status of a Service created now.
+        api.create(&create, &lb("later", "portico.io/edge"))
+            .await
+            .expect("created");
+        let ok = fake
+            .wait_for(
+                |s| {
+                    s.get_as::<core::Service>(Some("shop"), "later")
+                        .and_then(|s| s.status?.load_balancer?.ingress)
+                        .is_some_and(|i| !i.is_empty())
+                },
+                lease + Duration::from_secs(5),
+            )
+            .await;
+        let took = died.elapsed();
+        assert!(ok, "B never wrote later's status");
+        eprintln!("writes resumed {took:?} after the leader died (lease {lease:?})");
+        assert!(
+            took <= lease + Duration::from_secs(2),
+            "writes resumed after {took:?}"
+        );
+        assert_eq!(ingress_of(&fake, "later"), ["203.0.113.2"]);
+        assert!(b.leading());
+        assert_eq!(metrics_b.leader.get(), 1);
+        // What A told is not told again; web's status was not rewritten.
+        wait_event(&fake, "later", "AddressAssigned").await;
+        assert_eq!(events_of(&fake, "web", "AddressAssigned").len(), 1);
+        assert_eq!(status_writes(&fake, "web"), 1);
+        b.stop().await;
     }
 }

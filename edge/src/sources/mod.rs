@@ -304,7 +304,7 @@ impl Sources {
             h.stop().await;
         }
         if let Some((c, _)) = self.cluster {
-            c.stop();
+            c.stop().await;
         }
     }
 }

@@ -17,10 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use portico_config::{
-    parse_duration, parse_edge_config, EdgeConfig, KubernetesSettings, ProxySettings,
-    DEFAULT_LOAD_BALANCER_CLASS,
+    parse_duration, parse_edge_config, EdgeConfig, KubernetesSettings, LeaderElection,
+    ProxySettings, DEFAULT_LOAD_BALANCER_CLASS,
 };
 use serde::Deserialize;
 
@@ -44,6 +44,8 @@ enum Object {
     ServiceAccount(ServiceAccount),
     ClusterRole(ClusterRole),
     ClusterRoleBinding(ClusterRoleBinding),
+    Role(Role),
+    RoleBinding(RoleBinding),
     ConfigMap(ConfigMap),
 }
 
@@ -67,6 +69,8 @@ fn objects(file: &Path) -> Vec<Object> {
             "ServiceAccount" => Object::ServiceAccount(typed(&value, &at)),
             "ClusterRole" => Object::ClusterRole(typed(&value, &at)),
             "ClusterRoleBinding" => Object::ClusterRoleBinding(typed(&value, &at)),
+            "Role" => Object::Role(typed(&value, &at)),
+            "RoleBinding" => Object::RoleBinding(typed(&value, &at)),
             "ConfigMap" => Object::ConfigMap(typed(&value, &at)),
             other => panic!("{at}: unexpected kind {other:?}"),
         });
@@ -81,12 +85,15 @@ use manifest_checks::{grants, triples, typed};
 #[test]
 fn rbac_is_exactly_what_the_edge_uses() {
     let (mut namespaces, mut accounts, mut roles, mut bindings) = (vec![], vec![], vec![], vec![]);
+    let (mut lease_roles, mut lease_bindings) = (vec![], vec![]);
     for object in objects(&deploy_file("edge-rbac.yaml")) {
         match object {
             Object::Namespace(o) => namespaces.push(o),
             Object::ServiceAccount(o) => accounts.push(o),
             Object::ClusterRole(o) => roles.push(o),
             Object::ClusterRoleBinding(o) => bindings.push(o),
+            Object::Role(o) => lease_roles.push(o),
+            Object::RoleBinding(o) => lease_bindings.push(o),
             Object::ConfigMap(_) => panic!("edge-rbac.yaml: no ConfigMap expected"),
         }
     }
@@ -122,6 +129,35 @@ fn rbac_is_exactly_what_the_edge_uses() {
     assert_eq!(subjects[0].kind, "ServiceAccount");
     assert_eq!(subjects[0].name, ACCOUNT);
     assert_eq!(subjects[0].namespace.as_deref(), Some(NAMESPACE));
+
+    // The Lease of the default leader election, in its namespace only,
+    // with the verbs the elector uses.
+    let election = LeaderElection::default();
+    assert_eq!(lease_roles.len(), 1);
+    let role = &lease_roles[0];
+    assert_eq!(
+        role.metadata.namespace.as_deref(),
+        Some(election.namespace.as_str())
+    );
+    let as_cluster_role = ClusterRole {
+        rules: role.rules.clone(),
+        ..ClusterRole::default()
+    };
+    assert_eq!(
+        grants(&as_cluster_role),
+        triples(&[("coordination.k8s.io", "leases", &["get", "create", "patch"])])
+    );
+    assert_eq!(lease_bindings.len(), 1);
+    let binding = &lease_bindings[0];
+    assert_eq!(binding.metadata.namespace, role.metadata.namespace);
+    assert_eq!(binding.role_ref.kind, "Role");
+    assert_eq!(Some(&binding.role_ref.name), role.metadata.name.as_ref());
+    let subjects = binding.subjects.as_deref().unwrap_or_default();
+    assert_eq!(subjects.len(), 1, "bound to the edge's account only");
+    assert_eq!(
+        (subjects[0].name.as_str(), subjects[0].namespace.as_deref()),
+        (ACCOUNT, Some(NAMESPACE))
+    );
 }
 
 /// The `edge.yaml` of `deploy/edge-configmap.yaml`.
@@ -171,8 +207,9 @@ fn configmap_config_watches_the_cluster_with_pools() {
             load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.to_string(),
             default_class: false,
             kubeconfig: None,
+            leader_election: Some(LeaderElection::default()),
         }),
-        "kubeconfig left to KUBECONFIG, which the unit sets"
+        "kubeconfig left to KUBECONFIG, which the unit sets; a Lease decides which edge writes"
     );
 
     assert_eq!(settings.address_pools.len(), 1);
