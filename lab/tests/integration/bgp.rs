@@ -144,3 +144,30 @@ fn router_spreads_vips_over_the_edges_and_drops_a_dead_one_by_bfd() {
     let state = fabric.router.birdc("show protocols").unwrap_or_default();
     eprintln!("router after the kill:\n{state}");
 }
+
+#[test]
+fn fabric_that_cannot_come_up_leaves_nothing_behind() {
+    if !support::privileged("BGP fabric clean-up test")
+        || !bird_installed("BGP fabric clean-up test")
+    {
+        return;
+    }
+    let _shared = support::shared();
+    let prefix = format!("pbgpx{}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("portico-{prefix}"));
+    // No session comes up in a millisecond: `up` fails after starting
+    // every daemon.
+    let failed = Fabric::up(&prefix, &dir, Duration::from_millis(1));
+    assert!(
+        matches!(failed, Err(routing::RoutingError::Timeout { .. })),
+        "{:?}",
+        failed.err()
+    );
+    let left: Vec<String> = portico_lab::netns::list()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .filter(|ns| ns.starts_with(&format!("{prefix}-")))
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
