@@ -13,6 +13,10 @@
 //! [`Fabric`] kills the daemons and removes the namespaces, also after a
 //! failure.
 //!
+//! [`vrrp`] is the other way of several edges: keepalived on the shipped
+//! `deploy/keepalived.conf` in two edge namespaces, each beside a stand-in
+//! for the edge's `/readyz`.
+//!
 //! The edge's side of the contract is a host route per VIP in table
 //! [`VIP_TABLE`] with protocol [`VIP_PROTO`]; a test stands in for the edge
 //! with `ip route add 192.0.2.10/32 dev lo table 4242 proto 242` and reads
@@ -30,6 +34,7 @@ use crate::procs::ProcError;
 
 mod bird;
 mod fabric;
+pub mod vrrp;
 
 pub use bird::{bird_parse, parse_protocols, Bird, Protocol};
 pub use fabric::{edge_config, remove, router_config, Fabric, Namespaces};
@@ -68,7 +73,7 @@ pub fn deploy_file(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A failure to render a config, run BIRD or build the namespaces.
+/// A failure to render a config, run BIRD or keepalived, or build the namespaces.
 #[derive(Debug, thiserror::Error)]
 pub enum RoutingError {
     /// A config lacks a `define NAME = ...;` line the renderer sets, or has
@@ -115,6 +120,16 @@ pub enum RoutingError {
         last: String,
         /// The end of its log.
         log: String,
+    },
+    /// The readiness stand-in could not listen.
+    #[error("cannot listen on {addr} in {ns}: {source}")]
+    Bind {
+        /// Its namespace.
+        ns: String,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
     },
     /// A command (`birdc`, `ip`, `bird -p`) failed.
     #[error(transparent)]
