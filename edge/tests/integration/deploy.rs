@@ -646,11 +646,21 @@ fn drop_ins_tie_the_daemons_to_the_edge_without_following_its_restarts() {
     for (unit_name, file) in DROP_INS {
         let text = std::fs::read_to_string(deploy_file(file)).expect(file);
         let unit = parse_unit(&text);
+        // keepalived's drop-in also restarts it (Debian's unit does not);
+        // BIRD's keeps Debian's `Restart=on-abort`.
+        let sections: &[&str] = if unit_name == "keepalived.service" {
+            &["Service", "Unit"]
+        } else {
+            &["Unit"]
+        };
         assert_eq!(
             unit.keys().map(String::as_str).collect::<Vec<_>>(),
-            ["Unit"],
-            "{file}: [Unit] only"
+            sections,
+            "{file}"
         );
+        if unit_name == "keepalived.service" {
+            assert_eq!(unit["Service"]["Restart"], ["on-failure"], "{file}");
+        }
         assert_eq!(unit["Unit"]["Wants"], ["portico-edge.service"], "{file}");
         assert_eq!(unit["Unit"]["After"], ["portico-edge.service"], "{file}");
         // These would stop or restart the daemon with the edge: BIRD's
@@ -664,17 +674,23 @@ fn drop_ins_tie_the_daemons_to_the_edge_without_following_its_restarts() {
     }
 }
 
-/// `[Unit]` keys systemd knows, of those a drop-in here may use: the check
-/// when `systemd-analyze` is not installed.
-const KNOWN_UNIT_KEYS: [&str; 8] = [
-    "Description",
-    "Documentation",
-    "Wants",
-    "Requires",
-    "After",
-    "Before",
-    "BindsTo",
-    "PartOf",
+/// Keys systemd knows, of those a drop-in here may use, by section: the
+/// check when `systemd-analyze` is not installed.
+const KNOWN_KEYS: [(&str, &[&str]); 2] = [
+    (
+        "Unit",
+        &[
+            "Description",
+            "Documentation",
+            "Wants",
+            "Requires",
+            "After",
+            "Before",
+            "BindsTo",
+            "PartOf",
+        ],
+    ),
+    ("Service", &["Restart", "RestartSec"]),
 ];
 
 #[test]
@@ -691,7 +707,9 @@ fn drop_ins_name_directives_systemd_knows() {
             for (section, keys) in parse_unit(&text) {
                 for key in keys.keys() {
                     assert!(
-                        section == "Unit" && KNOWN_UNIT_KEYS.contains(&key.as_str()),
+                        KNOWN_KEYS
+                            .iter()
+                            .any(|(s, known)| *s == section && known.contains(&key.as_str())),
                         "{file}: [{section}] {key} is not a key this check knows"
                     );
                 }
