@@ -185,6 +185,21 @@ impl Bird {
         })
     }
 
+    /// Stops BIRD as systemd does (SIGTERM: it closes its BGP sessions with
+    /// a notification) and reaps it, waiting at most `limit`.
+    pub fn stop(&mut self, limit: Duration) -> Result<(), RoutingError> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        if let Err(e) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM) {
+            tracing::warn!(ns = %self.ns, error = %e, "cannot signal bird");
+        }
+        let what = format!("bird in {}", self.ns);
+        command::wait_bounded(&mut child, limit, &what)?;
+        Ok(())
+    }
+
     /// Ends BIRD at once (SIGKILL: no BGP notification, no BFD farewell,
     /// as when its host dies) and reaps it.
     pub fn kill(&mut self) {

@@ -4,8 +4,9 @@
 //! stands in for the edge with the routes the edge puts in table 4242
 //! (`dev lo`, protocol 242), and checks what the router's kernel makes of
 //! them: one multipath route over the edges announcing a VIP, nothing for
-//! routes that are not the edge's, and a dead edge's next hop gone within
-//! BFD's detection time. Needs root and BIRD (`scripts/install-deps`).
+//! routes that are not the edge's, a dead edge's next hop gone within BFD's
+//! detection time, and a stopped edge's at once (what the systemd drop-in's
+//! stop order relies on). Needs root and BIRD (`scripts/install-deps`).
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -26,6 +27,9 @@ const PROPAGATE: Duration = Duration::from_secs(10);
 /// BFD's detection time in the configs is 3 x 300 ms; the next hop of a
 /// dead edge must be gone within this (room for a loaded machine).
 const BFD_WITHDRAW: Duration = Duration::from_secs(2);
+
+/// A BIRD stopped cleanly withdraws at once: well under BFD's 0.9 s.
+const CLEAN_WITHDRAW: Duration = Duration::from_millis(500);
 
 const VIP4: &str = "192.0.2.10";
 const VIP6: &str = "2001:db8:10::10";
@@ -143,6 +147,20 @@ fn router_spreads_vips_over_the_edges_and_drops_a_dead_one_by_bfd() {
     );
     let state = fabric.router.birdc("show protocols").unwrap_or_default();
     eprintln!("router after the kill:\n{state}");
+
+    // Edge 1's BIRD stopped as at shutdown (SIGTERM): it tells the router,
+    // which withdraws at once, well before BFD would notice.
+    let stopped = Instant::now();
+    fabric.edges[0]
+        .stop(Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let gone = wait(VIP4, &BTreeSet::new());
+    let since_stop = stopped.elapsed();
+    eprintln!("edge 1's BIRD stopped: the route gone after {since_stop:?}");
+    assert!(
+        since_stop < CLEAN_WITHDRAW,
+        "a stopped edge's routes must go at once, took {since_stop:?} ({gone:?} after BIRD exited)"
+    );
 }
 
 #[test]
