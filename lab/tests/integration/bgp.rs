@@ -4,7 +4,8 @@
 //! stands in for the edge with the routes the edge puts in table 4242
 //! (`dev lo`, protocol 242), and checks what the router's kernel makes of
 //! them: one multipath route over the edges announcing a VIP, nothing for
-//! routes that are not the edge's, a dead edge's next hop gone within BFD's
+//! routes that are not the edge's, an edge's next hop gone at once when its
+//! `portico-vips` device goes (a veth here), a dead edge's within BFD's
 //! detection time, and a stopped edge's at once (what the systemd drop-in's
 //! stop order relies on). Needs root and BIRD (`scripts/install-deps`).
 
@@ -33,6 +34,9 @@ const CLEAN_WITHDRAW: Duration = Duration::from_millis(500);
 
 const VIP4: &str = "192.0.2.10";
 const VIP6: &str = "2001:db8:10::10";
+/// VIPs routed through a `portico-vips` device, as the edge routes them.
+const DEVICE_VIP4: &str = "192.0.2.20";
+const DEVICE_VIP6: &str = "2001:db8:10::20";
 
 /// Whether BIRD can run here; says so loudly when not (a failure under
 /// `CI=true`, where `scripts/install-deps` installs it).
@@ -129,6 +133,31 @@ fn router_spreads_vips_over_the_edges_and_drops_a_dead_one_by_bfd() {
     vip_route(&fabric, 1, "add", &format!("{VIP6}/128"), VIP_PROTO);
     wait(VIP4, &v4(&[1, 2]));
     wait(VIP6, &v6(&[1, 2]));
+
+    // The edge's real routes go through its `portico-vips` device, which
+    // vanishes with the edge process, taking the routes with it (the kernel
+    // tells no one route by route). A veth stands in for the device here.
+    for n in [1, 2] {
+        let ns = fabric.edge_ns(n);
+        for line in [
+            format!("-n {ns} link add portico-vips type veth peer name portico-peer"),
+            format!("-n {ns} link set portico-peer up"),
+            format!("-n {ns} link set portico-vips up"),
+            format!("-n {ns} route add {DEVICE_VIP4}/32 dev portico-vips table {VIP_TABLE} proto {VIP_PROTO}"),
+            format!("-6 -n {ns} route add {DEVICE_VIP6}/128 dev portico-vips table {VIP_TABLE} proto {VIP_PROTO}"),
+        ] {
+            ip_line(&line).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    wait(DEVICE_VIP4, &v4(&[1, 2]));
+    wait(DEVICE_VIP6, &v6(&[1, 2]));
+    ip_line(&format!("-n {} link del portico-vips", fabric.edge_ns(1)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let took = wait(DEVICE_VIP4, &v4(&[2]));
+    let took6 = wait(DEVICE_VIP6, &v6(&[2]));
+    eprintln!(
+        "edge 1's device gone: its next hops gone after {took:?} (IPv4), {took6:?} more (IPv6)"
+    );
 
     // Edge 2's BIRD dies: BFD takes its next hops out, both families.
     let killed = Instant::now();
