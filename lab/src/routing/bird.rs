@@ -54,7 +54,7 @@ pub struct Bird {
 impl Bird {
     /// Writes `config` to `<dir>/<name>.conf` and starts `bird -f -c CONF -s
     /// SOCK -P PIDFILE` in namespace `ns`. `config` should log to
-    /// [`Bird::log_path`] ([`log_to_file`]).
+    /// [`Bird::log_path`] ([`super::log_to_file`]).
     pub fn start(ns: &str, dir: &Path, name: &str, config: &str) -> Result<Bird, RoutingError> {
         let file = |path: &Path| {
             let path = path.to_path_buf();

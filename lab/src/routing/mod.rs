@@ -1,7 +1,8 @@
-//! Several edges announcing their VIPs over BGP, in network namespaces: the
-//! real BIRD running the shipped `deploy/bird-edge.conf` on each edge and
-//! `deploy/bird-router.conf` on an upstream router, for the tests of that
-//! contract (and of the edge's side of it).
+//! Several edges serving the same VIPs, in network namespaces: the real
+//! BIRD running the shipped `deploy/bird-edge.conf` on each edge and
+//! `deploy/bird-router.conf` on an upstream router (or keepalived on
+//! `deploy/keepalived.conf`, [`vrrp`]), for the tests of that contract (and
+//! of the edge's side of it).
 //!
 //! [`Namespaces::up`] builds a `router` namespace holding a bridge, and two
 //! `edge<n>` namespaces each joined to it by a veth pair, with IPv4 and IPv6
@@ -13,9 +14,8 @@
 //! [`Fabric`] kills the daemons and removes the namespaces, also after a
 //! failure.
 //!
-//! [`vrrp`] is the other way of several edges: keepalived on the shipped
-//! `deploy/keepalived.conf` in two edge namespaces, each beside a stand-in
-//! for the edge's `/readyz`.
+//! [`vrrp`] is the other way of several edges: keepalived in two edge
+//! [`Namespaces`], each beside a stand-in for the edge's `/readyz`.
 //!
 //! The edge's side of the contract is a host route per VIP in table
 //! [`VIP_TABLE`] with protocol [`VIP_PROTO`]; a test stands in for the edge
@@ -56,6 +56,7 @@ pub const EDGES: usize = 2;
 const COMMAND_LIMIT: Duration = Duration::from_secs(10);
 /// How often a condition is re-checked.
 const RECHECK: Duration = Duration::from_millis(10);
+
 /// Edge `n`'s (1-based) IPv4 address on the bridge.
 pub fn edge_v4(n: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 42, 0, 10 + n as u8)
@@ -73,7 +74,8 @@ pub fn deploy_file(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A failure to render a config, run BIRD or keepalived, or build the namespaces.
+/// A failure to render a config, run BIRD or keepalived, or build the
+/// namespaces.
 #[derive(Debug, thiserror::Error)]
 pub enum RoutingError {
     /// A config lacks a `define NAME = ...;` line the renderer sets, or has
