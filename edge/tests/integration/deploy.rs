@@ -551,6 +551,35 @@ fn bird_edge_config_keeps_the_contract_with_the_edge() {
     );
 }
 
+#[test]
+fn bird_router_config_spreads_over_every_edge() {
+    let text = std::fs::read_to_string(deploy_file("bird-router.conf")).expect("bird-router.conf");
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| **l == "merge paths yes limit 16;")
+            .count(),
+        2,
+        "ECMP into the kernel, both families"
+    );
+    for line in [
+        "bfd on;",
+        "interval 300 ms;",
+        "multiplier 3;",
+        "if net.len = 32 then accept;",
+        "if net.len = 128 then accept;",
+    ] {
+        assert!(lines.contains(&line), "bird-router.conf has `{line}`");
+    }
+    for sysctl in [
+        "net.ipv4.fib_multipath_hash_policy=1",
+        "net.ipv6.fib_multipath_hash_policy=1",
+    ] {
+        assert!(text.contains(sysctl), "bird-router.conf names {sysctl}");
+    }
+}
+
 /// The SIGTERM keepalived 2.2.7 sends itself at the end of `--config-test`
 /// when `script_user` is not root (it checks the script as that user, then
 /// takes the parent it has not got for dead).
