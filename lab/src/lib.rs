@@ -19,6 +19,10 @@
 //!
 //! [`Lab::up`] builds and starts it, [`down`] removes it by prefix.
 //!
+//! [`routing`] is the contract between several edges and their upstream
+//! router: the real BIRD on the shipped `deploy/bird-*.conf`, in namespaces
+//! of its own (a router and two edges, [`routing::Fabric`]).
+//!
 //! Without namespaces, [`standin`] is a stand-in Kubernetes node on the host
 //! itself (NodePorts and kube-proxy's health endpoints): the quick-start
 //! demo runs three (`portico-lab stand-in-node`), the edge's tests start
@@ -34,6 +38,7 @@ pub mod objects;
 pub mod pod;
 pub mod procfs;
 pub mod procs;
+pub mod routing;
 pub mod scale;
 pub mod standin;
 pub mod stats;

@@ -10,8 +10,16 @@
 //! writable paths where the config and the flags put files.
 //! `deploy/node-agent.yaml` is checked in
 //! `node-agent/tests/integration/deploy.rs`.
+//!
+//! The files of several edges are checked by the daemons themselves:
+//! `bird -p` parses `bird-edge.conf` and `bird-router.conf`, `keepalived
+//! --config-test` reads `keepalived.conf`, `systemd-analyze verify` reads
+//! the drop-ins in `systemd/`; a missing daemon is a loud skip, and a
+//! failure under `CI=true`. The lab's `bgp` test runs the BIRD configs in
+//! namespaces.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -501,4 +509,323 @@ fn misspelt_fields_are_caught() {
         .downcast::<String>()
         .unwrap();
     assert!(message.contains(".datas"), "{message}");
+}
+
+// ---------------------------------------------------------------------------
+// Several edges: BIRD, keepalived and their systemd drop-ins
+// ---------------------------------------------------------------------------
+
+/// Whether `program` is installed; says so loudly when not (a failure under
+/// `CI=true`, where `scripts/install-deps` installs it).
+fn daemon_installed(program: &str, package: &str, what: &str) -> bool {
+    if portico_lab::command::installed(program) {
+        return true;
+    }
+    let why = format!("SKIPPED {what}: {program} is not installed (Debian package {package})");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{why}; CI=true forbids skipping"
+    );
+    if let Err(e) = writeln!(std::io::stderr(), "{why}") {
+        panic!("{why} (and stderr failed: {e})");
+    }
+    false
+}
+
+/// Where `program` is: on PATH, else in /usr/sbin (Debian's daemons).
+fn program_path(program: &str) -> PathBuf {
+    portico_lab::command::find_on_path(program)
+        .unwrap_or_else(|| Path::new("/usr/sbin").join(program))
+}
+
+#[test]
+fn bird_configs_parse() {
+    if !daemon_installed("bird", "bird2", "bird -p of deploy/bird-*.conf") {
+        return;
+    }
+    for name in ["bird-edge.conf", "bird-router.conf"] {
+        let file = deploy_file(name);
+        portico_lab::routing::bird_parse(&file).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    // A broken copy is refused: the check reads the file.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broken = dir.path().join("broken.conf");
+    let text = std::fs::read_to_string(deploy_file("bird-edge.conf")).expect("bird-edge.conf");
+    std::fs::write(&broken, text.replace("learn;", "lern;")).expect("write");
+    assert!(portico_lab::routing::bird_parse(&broken).is_err());
+}
+
+#[test]
+fn bird_edge_config_keeps_the_contract_with_the_edge() {
+    let text = std::fs::read_to_string(deploy_file("bird-edge.conf")).expect("bird-edge.conf");
+    let table = portico_lab::routing::VIP_TABLE;
+    let proto = portico_lab::routing::VIP_PROTO;
+    for line in [
+        format!("define VIP_TABLE = {table};"),
+        format!("define VIP_PROTO = {proto};"),
+        "kernel table VIP_TABLE;".to_string(),
+        "learn;".to_string(),
+        "if krt_source = VIP_PROTO && net.len = 32 then accept;".to_string(),
+        "if krt_source = VIP_PROTO && net.len = 128 then accept;".to_string(),
+        "bfd on;".to_string(),
+        "graceful restart on;".to_string(),
+        "import none;".to_string(),
+        "next hop self;".to_string(),
+        "interval 300 ms;".to_string(),
+        "multiplier 3;".to_string(),
+    ] {
+        assert!(
+            text.lines().any(|l| l.trim() == line),
+            "bird-edge.conf has `{line}`"
+        );
+    }
+    // BFD down must withdraw at once: `bfd graceful` would keep the routes.
+    assert!(
+        !text
+            .lines()
+            .any(|l| !l.trim_start().starts_with('#') && l.contains("bfd graceful")),
+        "bird-edge.conf: `bfd graceful`"
+    );
+}
+
+#[test]
+fn bird_router_config_spreads_over_every_edge() {
+    let text = std::fs::read_to_string(deploy_file("bird-router.conf")).expect("bird-router.conf");
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| **l == "merge paths yes limit 16;")
+            .count(),
+        2,
+        "ECMP into the kernel, both families"
+    );
+    for line in [
+        "bfd on;",
+        "interval 300 ms;",
+        "multiplier 3;",
+        "if net.len = 32 then accept;",
+        "if net.len = 128 then accept;",
+    ] {
+        assert!(lines.contains(&line), "bird-router.conf has `{line}`");
+    }
+    for sysctl in [
+        "net.ipv4.fib_multipath_hash_policy=1",
+        "net.ipv6.fib_multipath_hash_policy=1",
+    ] {
+        assert!(text.contains(sysctl), "bird-router.conf names {sysctl}");
+    }
+}
+
+/// The SIGTERM keepalived 2.2.7 sends itself at the end of `--config-test`
+/// when `script_user` is not root (it checks the script as that user, then
+/// takes the parent it has not got for dead).
+const KEEPALIVED_TEST_SIGTERM: i32 = 15;
+
+/// `keepalived --config-test` of `text`: the exit status and what it
+/// logged (each problem it finds is a line there).
+fn keepalived_config_test(text: &str) -> (std::process::ExitStatus, String) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // keepalived refuses an executable config file, and a config
+    // others may write when it runs scripts.
+    let conf = dir.path().join("keepalived.conf");
+    std::fs::write(&conf, text).expect("write the config");
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let log = dir.path().join("config-test.log");
+    // -t (--config-test=LOG) reads and checks the config and exits: no
+    // daemon, no pid file, no VRRP packet; -l keeps its own messages on
+    // the console rather than syslog.
+    let out = Command::new(program_path("keepalived"))
+        .arg("-l")
+        .arg(format!("--config-test={}", log.display()))
+        .arg("-f")
+        .arg(&conf)
+        .output()
+        .expect("run keepalived");
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    (
+        out.status,
+        format!("{logged}{}", String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[test]
+fn keepalived_config_passes_config_test() {
+    use std::os::unix::process::ExitStatusExt as _;
+    if !daemon_installed("keepalived", "keepalived", "keepalived --config-test") {
+        return;
+    }
+    let text = std::fs::read_to_string(deploy_file("keepalived.conf")).expect("keepalived.conf");
+    let (status, logged) = keepalived_config_test(&text);
+    assert!(
+        status.success() || status.signal() == Some(KEEPALIVED_TEST_SIGTERM),
+        "keepalived --config-test: {status}\n{logged}"
+    );
+    assert_eq!(logged.trim(), "", "keepalived --config-test found problems");
+
+    // The same file with the script run as root, which keepalived checks to
+    // the end with a plain exit status (as root only: keepalived not running
+    // as root refuses to run a script as root).
+    let as_root = text.replace("script_user nobody", "script_user root");
+    assert_ne!(as_root, text, "keepalived.conf sets script_user nobody");
+    if nix::unistd::geteuid().is_root() {
+        let (status, logged) = keepalived_config_test(&as_root);
+        assert!(status.success(), "{status}\n{logged}");
+        assert_eq!(logged.trim(), "");
+    }
+
+    // A misspelt keyword is reported: the check reads the file.
+    let (_, logged) = keepalived_config_test(&text.replace("virtual_router_id", "virtual_router"));
+    assert!(logged.contains("virtual_router"), "{logged}");
+}
+
+#[test]
+fn keepalived_checks_the_edge_readiness() {
+    let text = std::fs::read_to_string(deploy_file("keepalived.conf")).expect("keepalived.conf");
+    let admin = portico_config::EdgeSettings::default().admin_listen;
+    let check = format!("script \"/usr/bin/curl -fsS -m 1 http://{admin}/readyz\"");
+    assert!(
+        text.lines().any(|l| l.trim() == check),
+        "keepalived.conf runs `{check}`"
+    );
+    for key in [
+        "track_script {",
+        "virtual_ipaddress {",
+        "garp_master_refresh 10",
+    ] {
+        assert!(
+            text.lines().any(|l| l.trim() == key),
+            "keepalived.conf has `{key}`"
+        );
+    }
+}
+
+/// The systemd drop-ins of `deploy/systemd/`: (unit, file).
+const DROP_INS: [(&str, &str); 2] = [
+    ("bird.service", "systemd/bird.service.d/portico.conf"),
+    (
+        "keepalived.service",
+        "systemd/keepalived.service.d/portico.conf",
+    ),
+];
+
+#[test]
+fn drop_ins_tie_the_daemons_to_the_edge_without_following_its_restarts() {
+    for (unit_name, file) in DROP_INS {
+        let text = std::fs::read_to_string(deploy_file(file)).expect(file);
+        let unit = parse_unit(&text);
+        // keepalived's drop-in also restarts it (Debian's unit does not);
+        // BIRD's keeps Debian's `Restart=on-abort`.
+        let sections: &[&str] = if unit_name == "keepalived.service" {
+            &["Service", "Unit"]
+        } else {
+            &["Unit"]
+        };
+        assert_eq!(
+            unit.keys().map(String::as_str).collect::<Vec<_>>(),
+            sections,
+            "{file}"
+        );
+        if unit_name == "keepalived.service" {
+            assert_eq!(unit["Service"]["Restart"], ["on-failure"], "{file}");
+        }
+        assert_eq!(unit["Unit"]["Wants"], ["portico-edge.service"], "{file}");
+        assert_eq!(unit["Unit"]["After"], ["portico-edge.service"], "{file}");
+        // These would stop or restart the daemon with the edge: BIRD's
+        // restart withdraws every VIP, keepalived's hands them to the peer.
+        for key in ["BindsTo", "PartOf", "Requires", "Requisite"] {
+            assert!(
+                !unit["Unit"].contains_key(key),
+                "{file}: {key}= would tie {unit_name} to the edge's restarts"
+            );
+        }
+    }
+}
+
+/// Keys systemd knows, of those a drop-in here may use, by section: the
+/// check when `systemd-analyze` is not installed.
+const KNOWN_KEYS: [(&str, &[&str]); 2] = [
+    (
+        "Unit",
+        &[
+            "Description",
+            "Documentation",
+            "Wants",
+            "Requires",
+            "After",
+            "Before",
+            "BindsTo",
+            "PartOf",
+        ],
+    ),
+    ("Service", &["Restart", "RestartSec"]),
+];
+
+#[test]
+fn drop_ins_name_directives_systemd_knows() {
+    let Some(analyze) = portico_lab::command::find_on_path("systemd-analyze") else {
+        // Without systemd-analyze (the systemd package): the keys against
+        // the list above.
+        let why = "systemd-analyze is not installed: checking the drop-ins' keys against a list";
+        if let Err(e) = writeln!(std::io::stderr(), "{why}") {
+            panic!("{why} (and stderr failed: {e})");
+        }
+        for (_, file) in DROP_INS {
+            let text = std::fs::read_to_string(deploy_file(file)).expect(file);
+            for (section, keys) in parse_unit(&text) {
+                for key in keys.keys() {
+                    assert!(
+                        KNOWN_KEYS
+                            .iter()
+                            .any(|(s, known)| *s == section && known.contains(&key.as_str())),
+                        "{file}: [{section}] {key} is not a key this check knows"
+                    );
+                }
+            }
+        }
+        return;
+    };
+    // `systemd-analyze verify` of each unit with its drop-in, in a unit
+    // directory of its own: stand-in units (their own ExecStart is not what
+    // is checked) and the drop-in as shipped. An unknown key is a warning
+    // naming the drop-in's path; the exit status does not change for it.
+    let verify = |drop_in_text: &str, unit_name: &str| -> (bool, String, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // No default dependencies: the directory holds no sysinit.target.
+        let stand_in = "[Unit]\nDescription=stand-in\nDefaultDependencies=no\n\
+                        [Service]\nExecStart=/bin/true\n";
+        for name in [unit_name, "portico-edge.service"] {
+            std::fs::write(dir.path().join(name), stand_in).expect("write a stand-in unit");
+        }
+        let drop_in_dir = dir.path().join(format!("{unit_name}.d"));
+        std::fs::create_dir(&drop_in_dir).expect("mkdir");
+        std::fs::write(drop_in_dir.join("portico.conf"), drop_in_text).expect("write");
+        let out = Command::new(&analyze)
+            .args(["verify", "--man=no"])
+            .arg(dir.path().join(unit_name))
+            // The directory, then nothing else of this machine's.
+            .env("SYSTEMD_UNIT_PATH", dir.path())
+            .output()
+            .expect("run systemd-analyze");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let mentions = stderr
+            .lines()
+            .filter(|l| l.contains("portico.conf"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        (out.status.success(), mentions, stderr)
+    };
+    for (unit_name, file) in DROP_INS {
+        let text = std::fs::read_to_string(deploy_file(file)).expect(file);
+        let (ok, mentions, stderr) = verify(&text, unit_name);
+        assert!(
+            ok,
+            "systemd-analyze verify {unit_name} with {file} failed: {stderr}"
+        );
+        assert_eq!(mentions, "", "systemd-analyze on {file}");
+        // The check sees a key it does not know: the drop-in was read.
+        let (_, mentions, _) = verify(&format!("{text}Wantz=x.service\n"), unit_name);
+        assert!(mentions.contains("Wantz"), "{mentions}");
+    }
 }

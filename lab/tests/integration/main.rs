@@ -4,11 +4,14 @@
 //!
 //! `e2e` checks what a user would check on a whole lab; `failures` runs the
 //! failure scenarios under load; `bench` and `scale` are the benchmarks'
-//! smoke tests. Each builds namespaces of its own; the ones that measure
+//! smoke tests; `bgp` runs BIRD on the shipped configs of several edges and
+//! their router, `vrrp` keepalived on the shipped config of a pair. Each builds namespaces of its own; the ones that measure
 //! time hold [`support::alone`], so no other lab runs beside them.
 
 mod bench;
+mod bgp;
 mod e2e;
 mod failures;
 mod scale;
 mod support;
+mod vrrp;
