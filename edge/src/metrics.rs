@@ -161,6 +161,63 @@ fn scalars(r: &Registry) -> (IntGauge, IntGauge, IntCounter, Gauge) {
     (generation, listeners, vip_errors, kube_stale)
 }
 
+/// The caps clients meet and the descriptor budget's shares.
+fn limits(r: &Registry) -> (IntCounterVec, IntGaugeVec) {
+    let limit_reached = counter_vec(
+        r,
+        "portico_edge_limit_reached_total",
+        "Times a client met a cap: connections (a connection accepted while maxConnections were in flight waited for a slot), udp_flows (a datagram that would have started a flow beyond maxUdpFlows was dropped).",
+        &["limit"],
+    );
+    let budget = gauge_vec(
+        r,
+        "portico_edge_descriptor_budget",
+        "How the descriptor limit is shared out: descriptors (RLIMIT_NOFILE), listeners_and_probes, connections (maxConnections), udp_flows (maxUdpFlows).",
+        &["share"],
+    );
+    (limit_reached, budget)
+}
+
+/// Presence among several edges: the announced VIPs, readiness, drain,
+/// announce errors, and whether this edge writes to the cluster.
+fn presence(r: &Registry) -> (IntGaugeVec, IntGauge, IntGauge, IntCounter, IntGauge) {
+    let announced = gauge_vec(
+        r,
+        "portico_edge_vip_announced",
+        "Each VIP this edge serves: 1 while its route is in the announce table (a routing daemon exports it), 0 while it is withdrawn (not ready, drained, stopping, or no healthy node where the config asks for that).",
+        &["vip"],
+    );
+    let ready = register(
+        r,
+        IntGauge::new(
+            "portico_edge_ready",
+            "1 while the edge is ready to serve (every listener open, every node probed at least once) and not drained: what /readyz answers 200 for.",
+        ),
+    );
+    let drained = register(
+        r,
+        IntGauge::new(
+            "portico_edge_drained",
+            "1 while an operator has drained the edge (portico-edge drain): its VIPs are withdrawn and /readyz answers 503, while it keeps serving the connections that still come.",
+        ),
+    );
+    let announce_errors = register(
+        r,
+        IntCounter::new(
+            "portico_edge_announce_errors_total",
+            "Errors creating the announce device or adding and removing the routes of announced VIPs.",
+        ),
+    );
+    let leader = register(
+        r,
+        IntGauge::new(
+            "portico_edge_kubernetes_leader",
+            "1 while this edge holds the leader election's Lease and so writes Service statuses and Events; 0 while another edge does (or, before the first election, nobody yet).",
+        ),
+    );
+    (announced, ready, drained, announce_errors, leader)
+}
+
 /// The `limit` label values of `portico_edge_limit_reached_total`.
 pub mod limit {
     /// A TCP connection waited for a slot.
@@ -188,6 +245,8 @@ impl EdgeMetrics {
         let r = Registry::new();
         let sp = &["service", "port"];
         let (generation, listeners, vip_errors, kube_stale) = scalars(&r);
+        let (announced, ready, drained, announce_errors, leader) = presence(&r);
+        let (limit_reached, budget) = limits(&r);
         let metrics = EdgeMetrics {
             accepted: counter_vec(&r, "portico_edge_connections_accepted_total", "Client connections accepted by a listener.", sp),
             rejected: counter_vec(
@@ -274,52 +333,13 @@ impl EdgeMetrics {
                 "Events recorded on Services, by type (Normal, Warning).",
                 &["type"],
             ),
-            limit_reached: counter_vec(
-                &r,
-                "portico_edge_limit_reached_total",
-                "Times a client met a cap: connections (a connection accepted while maxConnections were in flight waited for a slot), udp_flows (a datagram that would have started a flow beyond maxUdpFlows was dropped).",
-                &["limit"],
-            ),
-            budget: gauge_vec(
-                &r,
-                "portico_edge_descriptor_budget",
-                "How the descriptor limit is shared out: descriptors (RLIMIT_NOFILE), listeners_and_probes, connections (maxConnections), udp_flows (maxUdpFlows).",
-                &["share"],
-            ),
-            announced: gauge_vec(
-                &r,
-                "portico_edge_vip_announced",
-                "Each VIP this edge serves: 1 while its route is in the announce table (a routing daemon exports it), 0 while it is withdrawn (not ready, drained, stopping, or no healthy node where the config asks for that).",
-                &["vip"],
-            ),
-            ready: register(
-                &r,
-                IntGauge::new(
-                    "portico_edge_ready",
-                    "1 while the edge is ready to serve (every listener open, every node probed at least once) and not drained: what /readyz answers 200 for.",
-                ),
-            ),
-            drained: register(
-                &r,
-                IntGauge::new(
-                    "portico_edge_drained",
-                    "1 while an operator has drained the edge (portico-edge drain): its VIPs are withdrawn and /readyz answers 503, while it keeps serving the connections that still come.",
-                ),
-            ),
-            announce_errors: register(
-                &r,
-                IntCounter::new(
-                    "portico_edge_announce_errors_total",
-                    "Errors creating the announce device or adding and removing the routes of announced VIPs.",
-                ),
-            ),
-            leader: register(
-                &r,
-                IntGauge::new(
-                    "portico_edge_kubernetes_leader",
-                    "1 while this edge holds the leader election's Lease and so writes Service statuses and Events; 0 while another edge does (or, before the first election, nobody yet).",
-                ),
-            ),
+            limit_reached,
+            budget,
+            announced,
+            ready,
+            drained,
+            announce_errors,
+            leader,
             hook_requests: counter_vec(
                 &r,
                 "portico_edge_hook_requests_total",
