@@ -240,6 +240,22 @@ async fn a_cluster_service_over_the_budget_is_left_out_with_an_event() {
     let _edge = Proc::run_edge(dir.path(), "edge", &cfg, &[], Some(1024));
     let web = SocketAddr::new(net.ip(100), 8080);
     wait_serving(web, Duration::from_secs(20)).await;
+    // Assigned for good once the status shows it (an address the edge
+    // serves before it holds the Lease and writes may still move).
+    let written = fake
+        .wait_for(
+            |s| {
+                s.get_as::<k8s_openapi::api::core::v1::Service>(Some("shop"), "web")
+                    .and_then(|s| s.status?.load_balancer?.ingress)
+                    .is_some_and(|i| {
+                        i.iter()
+                            .any(|i| i.ip.as_deref() == Some(&web.ip().to_string()))
+                    })
+            },
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(written, "web's status shows {web}");
     let mut held = Held::open(web).await;
 
     // 160 listeners (2 descriptors each) and the 2 probes fit the 322
