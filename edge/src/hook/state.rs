@@ -705,6 +705,38 @@ mod tests {
         assert_eq!(addrs(&e.state, "c-db"), ["192.0.2.10"]);
     }
 
+    /// Several edges driven by one provider, each with its own state: on
+    /// their own, the order the calls reach each edge decides the
+    /// addresses; given the first edge's answers as the wanted addresses
+    /// (`portico.io/load-balancer-ips`), every edge serves the same,
+    /// whatever order its calls come in (see `docs/ha.md`).
+    #[test]
+    fn edges_given_the_first_edges_answers_serve_the_same_addresses() {
+        let first = ensure(&ensure(&HookState::default(), "b-web").state, "a-api").state;
+        let reordered = ensure(&ensure(&HookState::default(), "a-api").state, "b-web").state;
+        assert_ne!(
+            addrs(&first, "b-web"),
+            addrs(&reordered, "b-web"),
+            "on their own, the order decides"
+        );
+        let as_first = |name: &str| {
+            service(
+                name,
+                json!({LOAD_BALANCER_IPS: addrs(&first, name).join(",")}),
+            )
+        };
+        let mut other = HookState::default();
+        for name in ["a-api", "b-web"] {
+            other = other
+                .ensure("prod", &key(name), as_first(name), vec![], &pools())
+                .unwrap()
+                .state;
+        }
+        for name in ["a-api", "b-web"] {
+            assert_eq!(addrs(&other, name), addrs(&first, name), "{name}");
+        }
+    }
+
     #[test]
     fn a_service_new_to_the_edge_keeps_the_address_its_status_shows() {
         let mut svc = service("web", json!({}));

@@ -369,6 +369,8 @@ fn the_binary_announces_keeps_routes_through_an_upgrade_and_loses_them_when_kill
                     !ip(&["link", "show"]).contains(device),
                     "the device is gone"
                 );
+                // Its other descriptors (the admin listener) close as it ends.
+                edge2.wait_exit(DEADLINE).await;
 
                 // A stop: withdrawn first, still accepting for the grace.
                 let mut edge3 = Proc::run_edge(dir.path(), "edge3", &cfg, &[], None);
