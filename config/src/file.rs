@@ -218,6 +218,8 @@ pub struct RawAnnounceSettings {
     pub withdraw_when_no_healthy_node: Option<bool>,
     /// `withdrawGrace`, a duration.
     pub withdraw_grace: Option<RawDuration>,
+    /// `birdSocket`, the control socket of the BIRD beside the edge.
+    pub bird_socket: Option<String>,
 }
 
 /// One entry of `nodes`.

@@ -424,6 +424,9 @@ pub struct AnnounceSettings {
     /// At a stop, how long the edge keeps accepting after withdrawing its
     /// VIPs, while the withdraw reaches the routers.
     pub withdraw_grace: Duration,
+    /// The control socket of the BIRD beside the edge, whose BGP and BFD
+    /// sessions the edge exports as metrics.
+    pub bird_socket: std::path::PathBuf,
 }
 
 impl Default for AnnounceSettings {
@@ -433,6 +436,7 @@ impl Default for AnnounceSettings {
             device: DEFAULT_ANNOUNCE_DEVICE.to_string(),
             withdraw_when_no_healthy_node: false,
             withdraw_grace: Duration::from_secs(2),
+            bird_socket: std::path::PathBuf::from("/run/bird/bird.ctl"),
         }
     }
 }

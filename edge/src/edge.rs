@@ -694,6 +694,9 @@ impl Control {
                     ticks += 1;
                     if ticks % 5 == 0 {
                         self.builder.sweep_affinity();
+                        if accepting {
+                            self.presence.poll_bird();
+                        }
                     }
                     if accepting && !self.listeners.failed().is_empty() {
                         self.listeners.reconcile(self.plan.routes.keys());

@@ -85,6 +85,12 @@ pub struct EdgeMetrics {
     pub announce_errors: IntCounter,
     /// 1 while this edge holds the Lease and writes to the cluster.
     pub leader: IntGauge,
+    /// 1 while the BIRD beside the edge answers on its control socket.
+    pub bird_up: IntGauge,
+    /// Each BGP session of that BIRD: 1 while established.
+    pub bgp_session_up: IntGaugeVec,
+    /// Each BFD session of that BIRD: 1 while up.
+    pub bfd_session_up: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -159,6 +165,30 @@ fn scalars(r: &Registry) -> (IntGauge, IntGauge, IntCounter, Gauge) {
             ),
         );
     (generation, listeners, vip_errors, kube_stale)
+}
+
+/// The sessions of the BIRD beside the edge (`settings.announce`).
+fn bird(r: &Registry) -> (IntGauge, IntGaugeVec, IntGaugeVec) {
+    let up = register(
+        r,
+        IntGauge::new(
+            "portico_edge_bird_up",
+            "1 while the BIRD beside the edge answers on its control socket (settings.announce.birdSocket), 0 while it does not.",
+        ),
+    );
+    let bgp = gauge_vec(
+        r,
+        "portico_edge_bgp_session_up",
+        "Each BGP session of the BIRD beside the edge, by protocol name: 1 while Established, 0 otherwise. Its VIPs reach a router only through an established session.",
+        &["protocol"],
+    );
+    let bfd = gauge_vec(
+        r,
+        "portico_edge_bfd_session_up",
+        "Each BFD session of the BIRD beside the edge, by peer address: 1 while Up, 0 otherwise.",
+        &["peer"],
+    );
+    (up, bgp, bfd)
 }
 
 /// The caps clients meet and the descriptor budget's shares.
@@ -247,6 +277,7 @@ impl EdgeMetrics {
         let (generation, listeners, vip_errors, kube_stale) = scalars(&r);
         let (announced, ready, drained, announce_errors, leader) = presence(&r);
         let (limit_reached, budget) = limits(&r);
+        let (bird_up, bgp_session_up, bfd_session_up) = bird(&r);
         let metrics = EdgeMetrics {
             accepted: counter_vec(&r, "portico_edge_connections_accepted_total", "Client connections accepted by a listener.", sp),
             rejected: counter_vec(
@@ -340,6 +371,9 @@ impl EdgeMetrics {
             drained,
             announce_errors,
             leader,
+            bird_up,
+            bgp_session_up,
+            bfd_session_up,
             hook_requests: counter_vec(
                 &r,
                 "portico_edge_hook_requests_total",

@@ -220,7 +220,23 @@ impl Validator {
             d.withdraw_grace,
             |v| duration_in(v, WITHDRAW_GRACE_RANGE),
         );
+        let bird_socket = self.field(
+            "settings.announce.birdSocket",
+            raw.bird_socket.as_deref(),
+            d.bird_socket.clone(),
+            |s: &str| {
+                if s.is_empty() {
+                    Err(
+                        "must not be empty (leave it out for BIRD's /run/bird/bird.ctl)"
+                            .to_string(),
+                    )
+                } else {
+                    Ok(std::path::PathBuf::from(s))
+                }
+            },
+        );
         AnnounceSettings {
+            bird_socket: bird_socket.unwrap_or(d.bird_socket),
             table: table.unwrap_or(d.table),
             device: device.unwrap_or(d.device),
             withdraw_when_no_healthy_node: raw

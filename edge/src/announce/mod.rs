@@ -21,6 +21,7 @@
 //! stopping. [`Announcer`] keeps the table equal to that (bookkeeping
 //! over [`RouteTable`]; the real one is [`TunRoutes`]).
 
+pub mod bird;
 mod netlink;
 #[cfg(test)]
 mod netns_tests;

@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,9 @@ use crate::metrics::EdgeMetrics;
 /// most this long while the new process waits for its first health
 /// results.
 pub const TAKEOVER_HOLD_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long a look at BIRD's sessions may wait for each answer.
+const BIRD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Opens the route table of `settings.announce`, in the edge's network
 /// namespace; `inherited` is the device a previous process handed over.
@@ -82,6 +86,10 @@ pub struct Presence {
     metrics: EdgeMetrics,
     /// Whether a failure to open the table was already logged.
     reported: bool,
+    /// Whether a look at BIRD's sessions is under way.
+    polling: Arc<AtomicBool>,
+    /// Whether BIRD's silence was logged (once until it answers again).
+    bird_silent: Arc<AtomicBool>,
 }
 
 impl Presence {
@@ -115,7 +123,57 @@ impl Presence {
             vips: BTreeSet::new(),
             metrics,
             reported: false,
+            polling: Arc::new(AtomicBool::new(false)),
+            bird_silent: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Asks the BIRD beside the edge for its sessions, off the caller's
+    /// thread, and exports them (nothing without `settings.announce`, or
+    /// while the previous look is still under way). Needs a tokio runtime.
+    pub fn poll_bird(&self) {
+        let Some(settings) = &self.settings else {
+            return;
+        };
+        if self.polling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (socket, metrics, polling, silent) = (
+            settings.bird_socket.clone(),
+            self.metrics.clone(),
+            self.polling.clone(),
+            self.bird_silent.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let looked = super::bird::sessions(&socket, BIRD_TIMEOUT);
+            metrics.bgp_session_up.reset();
+            metrics.bfd_session_up.reset();
+            match looked {
+                Ok(sessions) => {
+                    metrics.bird_up.set(1);
+                    silent.store(false, Ordering::Relaxed);
+                    for s in sessions.bgp {
+                        metrics
+                            .bgp_session_up
+                            .with_label_values(&[&s.name])
+                            .set(i64::from(s.up));
+                    }
+                    for s in sessions.bfd {
+                        metrics
+                            .bfd_session_up
+                            .with_label_values(&[&s.name])
+                            .set(i64::from(s.up));
+                    }
+                }
+                Err(e) => {
+                    if !silent.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(socket = %socket.display(), error = %e, "BIRD does not answer on its control socket; the VIPs stay in the route table for it");
+                    }
+                    metrics.bird_up.set(0);
+                }
+            }
+            polling.store(false, Ordering::Release);
+        });
     }
 
     /// Takes `settings.announce` (at start and at each reload): opens the

@@ -866,6 +866,150 @@ mod tests {
         source.stop().await;
     }
 
+    /// A Service of the edge's class with one port, and annotations.
+    fn lb_with(name: &str, protocol: &str, annotations: serde_json::Value) -> core::Service {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": name, "annotations": annotations},
+            "spec": {
+                "type": "LoadBalancer",
+                "loadBalancerClass": "portico.io/edge",
+                "ports": [{"name": "p", "protocol": protocol, "port": 53}],
+            },
+        }))
+        .expect("a Service")
+    }
+
+    /// The addresses a source serves, by Service.
+    fn served(source: &ClusterSource) -> BTreeMap<String, Vec<String>> {
+        source
+            .model()
+            .borrow()
+            .as_ref()
+            .map(|m| {
+                m.services
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.key.name.clone(),
+                            s.vips.iter().map(|v| v.to_string()).collect(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until both edges serve `want` (Service -> addresses; a
+    /// Service without an address is not served) and the statuses show
+    /// exactly that.
+    async fn agreed(
+        fake: &FakeApiServer,
+        a: &ClusterSource,
+        b: &ClusterSource,
+        want: &[(&str, &[&str])],
+    ) {
+        let want: BTreeMap<String, Vec<String>> = want
+            .iter()
+            .filter(|(_, ips)| !ips.is_empty())
+            .map(|(n, ips)| (n.to_string(), ips.iter().map(|i| i.to_string()).collect()))
+            .collect();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let statuses: BTreeMap<String, Vec<String>> = want
+                .keys()
+                .map(|n| (n.clone(), ingress_of(fake, n)))
+                .collect();
+            if served(a) == want && served(b) == want && statuses == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "want {want:?}; A serves {:?}, B serves {:?}, statuses {statuses:?}",
+                served(a),
+                served(b)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Two edges on one API server serve the same addresses through churn
+    /// (creations, pool exhaustion, a shared address, a deletion that
+    /// frees one), and the statuses the leader writes show exactly that.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_edges_serve_the_same_addresses_through_churn() {
+        let fake = fake_with_shop().await;
+        let api: Api<core::Service> = Api::namespaced(fake.client(), "shop");
+        let create = PostParams::default();
+        let three = vec![AddressPool {
+            name: "public".into(),
+            ranges: vec![AddressRange {
+                first: "203.0.113.1".parse().unwrap(),
+                last: "203.0.113.3".parse().unwrap(),
+            }],
+        }];
+        let start = || {
+            ClusterSource::start(
+                fake.client(),
+                KubernetesSettings::default(),
+                three.clone(),
+                EdgeMetrics::new(),
+            )
+        };
+        let (a, b) = (start(), start());
+        for name in ["s1", "s2"] {
+            api.create(&create, &lb(name, "portico.io/edge"))
+                .await
+                .expect("created");
+        }
+        agreed(
+            &fake,
+            &a,
+            &b,
+            &[("s1", &["203.0.113.1"]), ("s2", &["203.0.113.2"])],
+        )
+        .await;
+        // A TCP and a UDP port of one name share an address.
+        let shared = json!({"portico.io/allow-shared-ip": "dns"});
+        api.create(&create, &lb_with("dns-tcp", "TCP", shared.clone()))
+            .await
+            .expect("created");
+        api.create(&create, &lb_with("dns-udp", "UDP", shared))
+            .await
+            .expect("created");
+        let with_dns: [(&str, &[&str]); 4] = [
+            ("s1", &["203.0.113.1"]),
+            ("s2", &["203.0.113.2"]),
+            ("dns-tcp", &["203.0.113.3"]),
+            ("dns-udp", &["203.0.113.3"]),
+        ];
+        agreed(&fake, &a, &b, &with_dns).await;
+        // The pool is exhausted: s3 gets nothing, on either edge.
+        api.create(&create, &lb("s3", "portico.io/edge"))
+            .await
+            .expect("created");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        agreed(&fake, &a, &b, &with_dns).await;
+        assert!(ingress_of(&fake, "s3").is_empty());
+        // s1 goes: its address goes to s3, on both.
+        api.delete("s1", &DeleteParams::default())
+            .await
+            .expect("deleted");
+        agreed(
+            &fake,
+            &a,
+            &b,
+            &[
+                ("s2", &["203.0.113.2"]),
+                ("dns-tcp", &["203.0.113.3"]),
+                ("dns-udp", &["203.0.113.3"]),
+                ("s3", &["203.0.113.1"]),
+            ],
+        )
+        .await;
+        a.stop().await;
+        b.stop().await;
+    }
+
     /// Status writes to the Service `name`.
     fn status_writes(fake: &FakeApiServer, name: &str) -> usize {
         fake.requests()

@@ -389,3 +389,135 @@ fn the_binary_announces_keeps_routes_through_an_upgrade_and_loses_them_when_kill
         },
     );
 }
+
+/// The BIRD beside the edge, as the edge reads it: a router and two edges
+/// running BIRD on the shipped configs ([`portico_lab::routing::Fabric`]);
+/// an edge pointed at edge 1's control socket exports its BGP and BFD
+/// sessions, and sees them go down with the router.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_exports_the_sessions_of_its_bird() {
+    use portico_edge::announce::bird;
+    use portico_lab::routing::Fabric;
+
+    let test = "the_edge_exports_the_sessions_of_its_bird";
+    let ready = nix::unistd::geteuid().is_root()
+        && portico_lab::command::installed("bird")
+        && portico_lab::command::installed("birdc");
+    if !ready {
+        let why = format!("{test}: needs root and BIRD (bird2, scripts/install-deps)");
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{why} (CI=true, so this is a failure, not a skip)");
+        }
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("\n*** SKIPPED: {why} ***\n").as_bytes(),
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prefix = format!("pebird{}", std::process::id());
+    let mut fabric =
+        tokio::task::block_in_place(|| Fabric::up(&prefix, dir.path(), Duration::from_secs(30)))
+            .unwrap_or_else(|e| panic!("the fabric comes up: {e}"));
+    let socket = fabric.edges[0].socket.clone();
+
+    // Read from the control socket as BIRD writes it.
+    let sessions = tokio::task::block_in_place(|| bird::sessions(&socket, Duration::from_secs(2)))
+        .expect("BIRD answers");
+    let up: BTreeSet<(String, bool)> = sessions
+        .bgp
+        .iter()
+        .map(|s| (s.name.clone(), s.up))
+        .collect();
+    assert_eq!(
+        up,
+        [
+            ("upstream4".to_string(), true),
+            ("upstream6".to_string(), true)
+        ]
+        .into(),
+        "{sessions:?}"
+    );
+    assert_eq!(sessions.bfd.len(), 2, "{sessions:?}");
+    assert!(sessions.bfd.iter().all(|s| s.up), "{sessions:?}");
+
+    // An edge exports them.
+    let net = subnet();
+    let _nodes = start_nodes(net, 1, false).await;
+    let vip = SocketAddr::new(net.ip(100), 80);
+    let cfg = announcing(
+        config(net, 1, vec![service("web", vip.ip(), vip.port())]),
+        AnnounceSettings {
+            bird_socket: socket.clone(),
+            ..AnnounceSettings::default()
+        },
+    );
+    let (edge, _table) = start(cfg).await;
+    let metrics = edge.metrics_addr();
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = scrape(metrics).await;
+        if metric_opt(
+            &text,
+            "portico_edge_bgp_session_up",
+            &["protocol=\"upstream6\""],
+        )
+        .is_some()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&text, "portico_edge_bird_up", &[]), 1.0, "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "portico_edge_bgp_session_up",
+            &["protocol=\"upstream4\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "portico_edge_bfd_session_up",
+            &["peer=\"10.42.0.1\""]
+        ),
+        1.0
+    );
+
+    // The router goes: BFD takes the sessions down, and the edge says so.
+    fabric.router.kill();
+    crate::support::process::wait_for(
+        "the edge to see its BGP session down",
+        Duration::from_secs(20),
+        || async {
+            let text = scrape(metrics).await;
+            (metric(
+                &text,
+                "portico_edge_bgp_session_up",
+                &["protocol=\"upstream4\""],
+            ) == 0.0
+                && metric(
+                    &text,
+                    "portico_edge_bfd_session_up",
+                    &["peer=\"10.42.0.1\""],
+                ) == 0.0)
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Its BIRD goes too: the edge says BIRD does not answer.
+    fabric.edges[0].kill();
+    crate::support::process::wait_for(
+        "the edge to see its BIRD gone",
+        Duration::from_secs(20),
+        || async {
+            (metric(&scrape(metrics).await, "portico_edge_bird_up", &[]) == 0.0).then_some(())
+        },
+    )
+    .await;
+    edge.shutdown().await;
+    drop(fabric);
+}
