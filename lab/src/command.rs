@@ -159,6 +159,33 @@ pub fn installed(program: &str) -> bool {
             .any(|dir| Path::new(dir).join(program).is_file())
 }
 
+/// For tests: says loudly (straight to stderr, which the harness does not
+/// capture) that `what` is skipped and why, and returns `false`; under
+/// `CI=true` a skip is a failure and this panics instead.
+pub fn skip(what: &str, why: &str) -> bool {
+    let why = format!("SKIPPED {what}: {why}");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{why}; CI=true forbids skipping"
+    );
+    if let Err(e) = writeln!(std::io::stderr(), "{why}") {
+        panic!("{why} (and stderr failed: {e})");
+    }
+    false
+}
+
+/// For tests: whether every `(program, Debian package)` is installed;
+/// when one is not, [`skip`]s `what` naming it.
+pub fn installed_or_skip(what: &str, programs: &[(&str, &str)]) -> bool {
+    match programs.iter().find(|(program, _)| !installed(program)) {
+        None => true,
+        Some((program, package)) => skip(
+            what,
+            &format!("{program} is not installed (Debian package {package}; scripts/install-deps installs it)"),
+        ),
+    }
+}
+
 /// `program args`, behind `taskset -c cpus` when pinned.
 pub fn pinned(cpus: Option<&str>, program: &str, args: &[String]) -> (String, Vec<String>) {
     match cpus {

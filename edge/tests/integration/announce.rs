@@ -200,14 +200,7 @@ fn in_own_netns<T: Send>(
     f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send,
 ) -> Option<T> {
     if !nix::unistd::geteuid().is_root() {
-        let why = format!("{test}: needs root for a network namespace and a TUN device");
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{why} (CI=true, so this is a failure, not a skip)");
-        }
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            format!("\n*** SKIPPED: {why} ***\n").as_bytes(),
-        );
+        portico_lab::command::skip(test, "needs root for a network namespace and a TUN device");
         return None;
     }
     std::thread::scope(|scope| {
@@ -400,18 +393,11 @@ async fn the_edge_exports_the_sessions_of_its_bird() {
     use portico_lab::routing::Fabric;
 
     let test = "the_edge_exports_the_sessions_of_its_bird";
-    let ready = nix::unistd::geteuid().is_root()
-        && portico_lab::command::installed("bird")
-        && portico_lab::command::installed("birdc");
-    if !ready {
-        let why = format!("{test}: needs root and BIRD (bird2, scripts/install-deps)");
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{why} (CI=true, so this is a failure, not a skip)");
-        }
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            format!("\n*** SKIPPED: {why} ***\n").as_bytes(),
-        );
+    if !nix::unistd::geteuid().is_root() {
+        portico_lab::command::skip(test, "needs root for network namespaces");
+        return;
+    }
+    if !portico_lab::command::installed_or_skip(test, &[("bird", "bird2"), ("birdc", "bird2")]) {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -515,23 +515,6 @@ fn misspelt_fields_are_caught() {
 // Several edges: BIRD, keepalived and their systemd drop-ins
 // ---------------------------------------------------------------------------
 
-/// Whether `program` is installed; says so loudly when not (a failure under
-/// `CI=true`, where `scripts/install-deps` installs it).
-fn daemon_installed(program: &str, package: &str, what: &str) -> bool {
-    if portico_lab::command::installed(program) {
-        return true;
-    }
-    let why = format!("SKIPPED {what}: {program} is not installed (Debian package {package})");
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{why}; CI=true forbids skipping"
-    );
-    if let Err(e) = writeln!(std::io::stderr(), "{why}") {
-        panic!("{why} (and stderr failed: {e})");
-    }
-    false
-}
-
 /// Where `program` is: on PATH, else in /usr/sbin (Debian's daemons).
 fn program_path(program: &str) -> PathBuf {
     portico_lab::command::find_on_path(program)
@@ -540,7 +523,10 @@ fn program_path(program: &str) -> PathBuf {
 
 #[test]
 fn bird_configs_parse() {
-    if !daemon_installed("bird", "bird2", "bird -p of deploy/bird-*.conf") {
+    if !portico_lab::command::installed_or_skip(
+        "bird -p of deploy/bird-*.conf",
+        &[("bird", "bird2")],
+    ) {
         return;
     }
     for name in ["bird-edge.conf", "bird-router.conf"] {
@@ -653,7 +639,10 @@ fn keepalived_config_test(text: &str) -> (std::process::ExitStatus, String) {
 #[test]
 fn keepalived_config_passes_config_test() {
     use std::os::unix::process::ExitStatusExt as _;
-    if !daemon_installed("keepalived", "keepalived", "keepalived --config-test") {
+    if !portico_lab::command::installed_or_skip(
+        "keepalived --config-test",
+        &[("keepalived", "keepalived")],
+    ) {
         return;
     }
     let text = std::fs::read_to_string(deploy_file("keepalived.conf")).expect("keepalived.conf");

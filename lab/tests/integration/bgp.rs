@@ -10,11 +10,10 @@
 //! stop order relies on). Needs root and BIRD (`scripts/install-deps`).
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use portico_lab::command::installed;
+use portico_lab::command::installed_or_skip;
 use portico_lab::netns::ip_line;
 use portico_lab::routing::{self, edge_v4, edge_v6, Fabric, VIP_PROTO, VIP_TABLE};
 
@@ -38,21 +37,9 @@ const VIP6: &str = "2001:db8:10::10";
 const DEVICE_VIP4: &str = "192.0.2.20";
 const DEVICE_VIP6: &str = "2001:db8:10::20";
 
-/// Whether BIRD can run here; says so loudly when not (a failure under
-/// `CI=true`, where `scripts/install-deps` installs it).
-fn bird_installed(what: &str) -> bool {
-    if installed("bird") && installed("birdc") {
-        return true;
-    }
-    let why = format!("SKIPPED {what}: bird and birdc are not installed (bird2)");
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{why}; CI=true forbids skipping"
-    );
-    if let Err(e) = writeln!(std::io::stderr(), "{why}") {
-        panic!("{why} (and stderr failed: {e})");
-    }
-    false
+/// Whether BIRD can run here (else a loud skip, a failure under `CI=true`).
+fn bird_ok(what: &str) -> bool {
+    installed_or_skip(what, &[("bird", "bird2"), ("birdc", "bird2")])
 }
 
 /// Adds (`add`) or deletes (`del`) edge `n`'s route to `prefix` in the VIP
@@ -80,7 +67,7 @@ fn v6(edges: &[usize]) -> BTreeSet<IpAddr> {
 
 #[test]
 fn router_spreads_vips_over_the_edges_and_drops_a_dead_one_by_bfd() {
-    if !support::privileged("BGP fabric test") || !bird_installed("BGP fabric test") {
+    if !support::privileged("BGP fabric test") || !bird_ok("BGP fabric test") {
         return;
     }
     // It measures BFD's withdrawal: no other lab beside it.
@@ -194,9 +181,7 @@ fn router_spreads_vips_over_the_edges_and_drops_a_dead_one_by_bfd() {
 
 #[test]
 fn fabric_that_cannot_come_up_leaves_nothing_behind() {
-    if !support::privileged("BGP fabric clean-up test")
-        || !bird_installed("BGP fabric clean-up test")
-    {
+    if !support::privileged("BGP fabric clean-up test") || !bird_ok("BGP fabric clean-up test") {
         return;
     }
     let _shared = support::shared();

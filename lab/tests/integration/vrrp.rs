@@ -6,11 +6,9 @@
 //! and come back when the peer's keepalived dies. Needs root and keepalived
 //! (`scripts/install-deps`).
 
-use std::io::Write as _;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use portico_lab::command::installed;
 use portico_lab::routing::vrrp::{self, holds, keepalived_config, Keepalived, Readyz};
 use portico_lab::routing::{wait_for, Namespaces, RoutingError};
 
@@ -30,21 +28,10 @@ fn vips() -> Vec<IpAddr> {
     VIPS.iter().map(|v| v.parse().unwrap()).collect()
 }
 
-/// Whether keepalived can run here; says so loudly when not (a failure
-/// under `CI=true`, where `scripts/install-deps` installs it).
-fn keepalived_installed(what: &str) -> bool {
-    if installed("keepalived") && installed("curl") {
-        return true;
-    }
-    let why = format!("SKIPPED {what}: keepalived or curl is not installed");
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{why}; CI=true forbids skipping"
-    );
-    if let Err(e) = writeln!(std::io::stderr(), "{why}") {
-        panic!("{why} (and stderr failed: {e})");
-    }
-    false
+/// Whether keepalived and curl can run here (else a loud skip, a failure
+/// under `CI=true`).
+fn keepalived_ok(what: &str) -> bool {
+    portico_lab::command::installed_or_skip(what, &[("keepalived", "keepalived"), ("curl", "curl")])
 }
 
 /// Waits until the namespace `holder` holds every VIP and `other` none; how
@@ -69,7 +56,7 @@ fn wait_held(holder: &str, other: &str, limit: Duration) -> Result<Duration, Rou
 
 #[test]
 fn vips_follow_the_edges_readiness() {
-    if !support::privileged("VRRP pair test") || !keepalived_installed("VRRP pair test") {
+    if !support::privileged("VRRP pair test") || !keepalived_ok("VRRP pair test") {
         return;
     }
     assert_eq!(
