@@ -12,6 +12,7 @@ mod bench;
 mod bgp;
 mod e2e;
 mod failures;
+mod ha;
 mod scale;
 mod support;
 mod vrrp;

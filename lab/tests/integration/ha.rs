@@ -1,0 +1,328 @@
+//! Two real edges behind a router, announcing one VIP over BGP with the
+//! shipped BIRD configs ([`Fabric`]), under 100 new connections a second
+//! from behind the router: an edge drained then stopped costs no
+//! connection, and an edge killed costs only what was in flight to it. The
+//! per-second timelines are printed (`--nocapture`) for `docs/ha.md`.
+//!
+//! The client sits in a namespace of its own behind the router (which
+//! hashes its flows by layer 4 over the edges); the router's address also
+//! serves the NodePort the edges balance to (a pod server): every path goes
+//! client -> router -> an edge (ECMP) -> the node. Needs root and BIRD.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portico_lab::command::installed_or_skip;
+use portico_lab::load::{Load, LoadSpec};
+use portico_lab::netns::ip_line;
+use portico_lab::routing::{self, edge_v4, Fabric, ROUTER_V4};
+
+use crate::support;
+
+const VIP: &str = "192.0.2.10";
+/// The client's address, behind the router.
+const CLIENT: &str = "10.43.0.2";
+const NODE_PORT: u16 = 30080;
+/// What the edge's admin API listens on, in each edge's namespace.
+const ADMIN: &str = "127.0.0.1:9721";
+
+/// A process started in a namespace, killed and reaped when dropped.
+struct Running(Child);
+
+impl Running {
+    fn start(ns: &str, program: &Path, args: &[&str], log: &Path) -> Running {
+        let out = std::fs::File::create(log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(program)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn");
+        Running(child)
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal");
+    }
+
+    fn wait(&mut self, limit: Duration) {
+        let started = Instant::now();
+        while self.0.try_wait().expect("try_wait").is_none() {
+            assert!(started.elapsed() < limit, "did not end within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The clients' namespace behind the router (forwarded traffic is what a
+/// router hashes by layer 4; its own connections pick their route before
+/// they have a source port). Deleted when dropped.
+struct Clients(String);
+
+impl Clients {
+    fn up(prefix: &str, fabric: &Fabric) -> Clients {
+        let name = format!("{prefix}-client");
+        let router = fabric.router_ns();
+        let clients = Clients(name.clone());
+        for line in [
+            format!("netns add {name}"),
+            format!("link add eth0 netns {name} type veth peer name clients netns {router}"),
+            format!("-n {router} addr add 10.43.0.1/24 dev clients"),
+            format!("-n {router} link set clients up"),
+            format!("-n {name} link set lo up"),
+            format!("-n {name} addr add {CLIENT}/24 dev eth0"),
+            format!("-n {name} link set eth0 up"),
+            format!("-n {name} route add default via 10.43.0.1"),
+        ] {
+            ip_line(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        }
+        for n in 1..=routing::EDGES {
+            let line = format!(
+                "-n {} route add 10.43.0.0/24 via {ROUTER_V4}",
+                fabric.edge_ns(n)
+            );
+            ip_line(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        }
+        for sysctl in [
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.fib_multipath_hash_policy=1",
+        ] {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &router, "sysctl", "-qw", sysctl])
+                .output()
+                .expect("sysctl");
+            assert!(out.status.success(), "{sysctl}: {out:?}");
+        }
+        clients
+    }
+}
+
+impl Drop for Clients {
+    fn drop(&mut self) {
+        if let Err(e) = ip_line(&format!("netns del {}", self.0)) {
+            eprintln!("clients namespace {}: {e}", self.0);
+        }
+    }
+}
+
+/// Edge `n`'s config: the VIP on `lo`, announced through its BIRD, one
+/// node (the router's address) probed by a connect to the NodePort.
+fn edge_config(fabric: &Fabric, n: usize) -> String {
+    format!(
+        "settings:
+  health: {{interval: 200ms, timeout: 200ms, rise: 1, fall: 2, clusterCheck: tcp-node-port}}
+  proxy: {{connectTimeout: 500ms, drainTimeout: 2s}}
+  vip: {{interface: lo}}
+  announce: {{birdSocket: {socket}, withdrawGrace: 1s}}
+  adminListen: {ADMIN}
+  metricsListen: 127.0.0.1:9720
+nodes:
+  - name: node-0
+    addresses: [{ROUTER_V4}]
+services:
+  - namespace: default
+    name: web
+    vips: [{VIP}]
+    externalTrafficPolicy: Cluster
+    ports:
+      - {{name: http, protocol: TCP, port: 80, nodePort: {NODE_PORT}}}
+",
+        socket = fabric.edges[n - 1].socket.display(),
+    )
+}
+
+/// The edges (by the source address the node saw) that carried the
+/// connections that started in `from..to` of the load.
+fn carried_by(
+    record: &portico_lab::load::Record,
+    from: Duration,
+    to: Duration,
+) -> BTreeSet<IpAddr> {
+    record
+        .connections
+        .iter()
+        .filter(|c| c.at >= from && c.at < to)
+        .filter_map(|c| c.result.as_ref().ok().map(|a| a.peer))
+        .collect()
+}
+
+/// The load's timeline with a column per edge: the connections it carried.
+fn timeline_by_edge(record: &portico_lab::load::Record) -> portico_lab::load::Timeline {
+    let mut timeline = record.timeline();
+    for c in &record.connections {
+        if let Ok(answer) = &c.result {
+            let edge = (1..=routing::EDGES)
+                .find(|n| IpAddr::V4(edge_v4(*n)) == answer.peer)
+                .map_or_else(|| answer.peer.to_string(), |n| format!("edge{n}"));
+            timeline.add(c.at, &edge, 1);
+        }
+    }
+    timeline
+}
+
+fn hops(edges: &[usize]) -> BTreeSet<IpAddr> {
+    edges.iter().map(|n| IpAddr::V4(edge_v4(*n))).collect()
+}
+
+/// Starts edge `n` in its namespace.
+fn start_edge(fabric: &Fabric, dir: &Path, edge: &Path, n: usize, label: &str) -> Running {
+    let config = dir.join(format!("edge{n}.yaml"));
+    std::fs::write(&config, edge_config(fabric, n)).expect("edge config");
+    let socket = dir.join(format!("edge{n}-upgrade.sock"));
+    Running::start(
+        &fabric.edge_ns(n),
+        edge,
+        &[
+            "run",
+            "--config",
+            config.to_str().expect("path"),
+            "--upgrade-socket",
+            socket.to_str().expect("path"),
+        ],
+        &dir.join(format!("{label}.log")),
+    )
+}
+
+#[test]
+fn drained_then_stopped_costs_nothing_and_killed_costs_what_was_in_flight() {
+    let what = "HA scenarios over BGP";
+    if !support::privileged(what)
+        || !installed_or_skip(what, &[("bird", "bird2"), ("birdc", "bird2")])
+    {
+        return;
+    }
+    // It measures: no other lab beside it.
+    let _alone = support::alone();
+    let binaries = support::binaries();
+    let prefix = format!("pha{}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("portico-{prefix}"));
+    let fabric =
+        Fabric::up(&prefix, &dir, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
+    let router = fabric.router_ns();
+    let clients = Clients::up(&prefix, &fabric);
+    let _node = Running::start(
+        &router,
+        &binaries.lab,
+        &[
+            "pod-server",
+            "--name",
+            "pod-a",
+            "--node",
+            "node-0",
+            "--listen",
+            &SocketAddr::new(IpAddr::V4(ROUTER_V4), NODE_PORT).to_string(),
+        ],
+        &dir.join("node.log"),
+    );
+    let mut edge1 = start_edge(&fabric, &dir, &binaries.edge, 1, "edge1");
+    let _edge2 = start_edge(&fabric, &dir, &binaries.edge, 2, "edge2");
+    let wait = |want: &[usize]| {
+        routing::wait_nexthops(&router, VIP, &hops(want), Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{e}\n{}", fabric.log_tails(20)))
+    };
+    let took = wait(&[1, 2]);
+    eprintln!("both edges announce {VIP}: at the router after {took:?}");
+    let target = SocketAddr::new(VIP.parse().expect("vip"), 80);
+
+    // 1. Drained, then stopped: no new connection fails.
+    let load = Load::start(
+        &clients.0,
+        LoadSpec::connections(vec![target], 100, Duration::from_secs(9)),
+    );
+    load.wait_ok(100, Duration::from_secs(10))
+        .expect("the load runs");
+    let drain_at = load.elapsed();
+    let drained = Command::new("ip")
+        .args(["netns", "exec", &fabric.edge_ns(1)])
+        .arg(&binaries.edge)
+        .args(["drain", "--admin", ADMIN])
+        .output()
+        .expect("portico-edge drain");
+    assert!(drained.status.success(), "{drained:?}");
+    let withdrawn = wait(&[2]);
+    std::thread::sleep(Duration::from_secs(3));
+    let stop_at = load.elapsed();
+    edge1.signal(nix::sys::signal::Signal::SIGTERM);
+    edge1.wait(Duration::from_secs(10));
+    let record = load.finish().expect("the load ends");
+    let mut timeline = timeline_by_edge(&record);
+    timeline.mark(drain_at, "edge 1 drained");
+    timeline.mark(stop_at, "edge 1 stopped (SIGTERM)");
+    eprintln!(
+        "drain then stop (withdrawn at the router {withdrawn:?} after the drain):\n{timeline}"
+    );
+    // Both edges carried connections before the drain, only edge 2 after
+    // the withdraw reached the router.
+    assert_eq!(carried_by(&record, Duration::ZERO, drain_at), hops(&[1, 2]));
+    let after = drain_at + withdrawn + Duration::from_millis(100);
+    assert_eq!(carried_by(&record, after, Duration::MAX), hops(&[2]));
+    let failed = record.failed();
+    assert!(
+        failed.is_empty(),
+        "{} of {} new connections failed: {:?}",
+        failed.len(),
+        record.connections.len(),
+        failed.iter().take(5).collect::<Vec<_>>()
+    );
+
+    // 2. Killed: what was in flight to it fails; new connections succeed
+    // again once the router has dropped it.
+    let mut edge1 = start_edge(&fabric, &dir, &binaries.edge, 1, "edge1-again");
+    wait(&[1, 2]);
+    let load = Load::start(
+        &clients.0,
+        LoadSpec::connections(vec![target], 100, Duration::from_secs(6)),
+    );
+    load.wait_ok(100, Duration::from_secs(10))
+        .expect("the load runs");
+    let kill_at = load.elapsed();
+    edge1.signal(nix::sys::signal::Signal::SIGKILL);
+    let gone = wait(&[2]);
+    edge1.wait(Duration::from_secs(10));
+    let record = load.finish().expect("the load ends");
+    let mut timeline = timeline_by_edge(&record);
+    timeline.mark(kill_at, "edge 1 killed (SIGKILL)");
+    let failed = record.failed();
+    let last_failure = failed.iter().map(|c| c.at).max();
+    eprintln!(
+        "edge killed: gone at the router {gone:?} after the kill; {} of {} new connections failed, the last {:?} after the kill:\n{timeline}",
+        failed.len(),
+        record.connections.len(),
+        last_failure.map(|at| at.saturating_sub(kill_at)),
+    );
+    assert_eq!(carried_by(&record, Duration::ZERO, kill_at), hops(&[1, 2]));
+    let after = kill_at + gone + Duration::from_millis(100);
+    assert_eq!(carried_by(&record, after, Duration::MAX), hops(&[2]));
+    // New connections succeed again within 1 s of the kill.
+    if let Some(at) = last_failure {
+        assert!(
+            at.saturating_sub(kill_at) < Duration::from_secs(1),
+            "failures went on until {at:?} (killed at {kill_at:?})"
+        );
+    }
+    assert!(
+        failed.len() * 100 <= record.connections.len(),
+        "more than 1% failed: {} of {}",
+        failed.len(),
+        record.connections.len()
+    );
+    drop(fabric);
+    let _ = std::fs::remove_dir_all(&dir);
+}
