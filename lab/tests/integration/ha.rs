@@ -177,6 +177,17 @@ fn timeline_by_edge(record: &portico_lab::load::Record) -> portico_lab::load::Ti
     timeline
 }
 
+/// Waits until the router's route to the VIP goes through exactly `want`.
+fn wait_hops(fabric: &Fabric, want: &[usize]) -> Duration {
+    routing::wait_nexthops(
+        &fabric.router_ns(),
+        VIP,
+        &hops(want),
+        Duration::from_secs(20),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", fabric.log_tails(20)))
+}
+
 fn hops(edges: &[usize]) -> BTreeSet<IpAddr> {
     edges.iter().map(|n| IpAddr::V4(edge_v4(*n))).collect()
 }
@@ -233,11 +244,7 @@ fn drained_then_stopped_costs_nothing_and_killed_costs_what_was_in_flight() {
     );
     let mut edge1 = start_edge(&fabric, &dir, &binaries.edge, 1, "edge1");
     let _edge2 = start_edge(&fabric, &dir, &binaries.edge, 2, "edge2");
-    let wait = |want: &[usize]| {
-        routing::wait_nexthops(&router, VIP, &hops(want), Duration::from_secs(20))
-            .unwrap_or_else(|e| panic!("{e}\n{}", fabric.log_tails(20)))
-    };
-    let took = wait(&[1, 2]);
+    let took = wait_hops(&fabric, &[1, 2]);
     eprintln!("both edges announce {VIP}: at the router after {took:?}");
     let target = SocketAddr::new(VIP.parse().expect("vip"), 80);
 
@@ -256,7 +263,7 @@ fn drained_then_stopped_costs_nothing_and_killed_costs_what_was_in_flight() {
         .output()
         .expect("portico-edge drain");
     assert!(drained.status.success(), "{drained:?}");
-    let withdrawn = wait(&[2]);
+    let withdrawn = wait_hops(&fabric, &[2]);
     std::thread::sleep(Duration::from_secs(3));
     let stop_at = load.elapsed();
     edge1.signal(nix::sys::signal::Signal::SIGTERM);
@@ -285,7 +292,7 @@ fn drained_then_stopped_costs_nothing_and_killed_costs_what_was_in_flight() {
     // 2. Killed: what was in flight to it fails; new connections succeed
     // again once the router has dropped it.
     let mut edge1 = start_edge(&fabric, &dir, &binaries.edge, 1, "edge1-again");
-    wait(&[1, 2]);
+    wait_hops(&fabric, &[1, 2]);
     let load = Load::start(
         &clients.0,
         LoadSpec::connections(vec![target], 100, Duration::from_secs(6)),
@@ -294,7 +301,7 @@ fn drained_then_stopped_costs_nothing_and_killed_costs_what_was_in_flight() {
         .expect("the load runs");
     let kill_at = load.elapsed();
     edge1.signal(nix::sys::signal::Signal::SIGKILL);
-    let gone = wait(&[2]);
+    let gone = wait_hops(&fabric, &[2]);
     edge1.wait(Duration::from_secs(10));
     let record = load.finish().expect("the load ends");
     let mut timeline = timeline_by_edge(&record);
@@ -323,6 +330,181 @@ fn drained_then_stopped_costs_nothing_and_killed_costs_what_was_in_flight() {
         failed.len(),
         record.connections.len()
     );
+    drop(fabric);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Samples the router's next hops for the VIP until told to stop: how many
+/// looks, and how many of them missed `edge`.
+struct Watch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(usize, usize)>>,
+}
+
+impl Watch {
+    fn start(router: &str, edge: IpAddr) -> Watch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (router, flag) = (router.to_string(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let (mut looks, mut missing) = (0, 0);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) && looks < 100_000 {
+                looks += 1;
+                let hops = routing::nexthops(&router, VIP).unwrap_or_default();
+                if !hops.contains(&edge) {
+                    missing += 1;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (looks, missing)
+        });
+        Watch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> (usize, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("watcher")
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn an_upgrade_withdraws_nothing_and_a_bird_restart_moves_clients_for_a_moment() {
+    let what = "HA upgrade and BIRD restart over BGP";
+    if !support::privileged(what)
+        || !installed_or_skip(what, &[("bird", "bird2"), ("birdc", "bird2")])
+    {
+        return;
+    }
+    let _alone = support::alone();
+    let binaries = support::binaries();
+    let prefix = format!("phb{}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("portico-{prefix}"));
+    let mut fabric =
+        Fabric::up(&prefix, &dir, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
+    let router = fabric.router_ns();
+    let clients = Clients::up(&prefix, &fabric);
+    let _node = Running::start(
+        &router,
+        &binaries.lab,
+        &[
+            "pod-server",
+            "--name",
+            "pod-a",
+            "--node",
+            "node-0",
+            "--listen",
+            &SocketAddr::new(IpAddr::V4(ROUTER_V4), NODE_PORT).to_string(),
+        ],
+        &dir.join("node.log"),
+    );
+    let mut old = start_edge(&fabric, &dir, &binaries.edge, 1, "edge1");
+    let _edge2 = start_edge(&fabric, &dir, &binaries.edge, 2, "edge2");
+    wait_hops(&fabric, &[1, 2]);
+    let target = SocketAddr::new(VIP.parse().expect("vip"), 80);
+    let edge1 = IpAddr::V4(edge_v4(1));
+
+    // 1. A binary upgrade of edge 1: the router never loses it, and no
+    // connection fails (sessions live 1 s, under the 2 s drain).
+    let load = Load::start(
+        &clients.0,
+        LoadSpec::connections(vec![target], 100, Duration::from_secs(6))
+            .with_sessions(&[target], 8)
+            .session_lifetime(Duration::from_secs(1)),
+    );
+    load.wait_ok(100, Duration::from_secs(10))
+        .expect("the load runs");
+    let watch = Watch::start(&router, edge1);
+    let config = dir.join("edge1.yaml");
+    let socket = dir.join("edge1-upgrade.sock");
+    let upgrade_at = load.elapsed();
+    let _new = Running::start(
+        &fabric.edge_ns(1),
+        &binaries.edge,
+        &[
+            "run",
+            "--config",
+            config.to_str().expect("path"),
+            "--upgrade-socket",
+            socket.to_str().expect("path"),
+            "--takeover",
+        ],
+        &dir.join("edge1-new.log"),
+    );
+    let listening = Instant::now();
+    while !socket.exists() {
+        assert!(
+            listening.elapsed() < Duration::from_secs(10),
+            "no upgrade socket"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    old.signal(nix::sys::signal::Signal::SIGQUIT);
+    old.wait(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+    let (looks, missing) = watch.finish();
+    let record = load.finish().expect("the load ends");
+    let mut timeline = timeline_by_edge(&record);
+    timeline.mark(upgrade_at, "edge 1 upgraded (takeover, SIGQUIT)");
+    eprintln!(
+        "upgrade: the router was looked at {looks} times, edge 1 missing {missing}; {} sessions lost:\n{timeline}",
+        record.lost_sessions().len()
+    );
+    assert!(looks > 20, "{looks} looks");
+    assert_eq!(missing, 0, "edge 1 was withdrawn during its upgrade");
+    assert!(record.failed().is_empty(), "{:?}", record.failed());
+    assert!(
+        record.lost_sessions().is_empty(),
+        "{:?}",
+        record.lost_sessions()
+    );
+    assert_eq!(
+        carried_by(&record, upgrade_at + Duration::from_secs(2), Duration::MAX),
+        hops(&[1, 2]),
+        "the new process carries edge 1's share"
+    );
+
+    // 2. Edge 1's BIRD restarted: a clean stop withdraws at once, the
+    // restarted BIRD learns the routes from the kernel again; no new
+    // connection fails.
+    let load = Load::start(
+        &clients.0,
+        LoadSpec::connections(vec![target], 100, Duration::from_secs(8)),
+    );
+    load.wait_ok(100, Duration::from_secs(10))
+        .expect("the load runs");
+    let restart_at = load.elapsed();
+    fabric.edges[0]
+        .stop(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let withdrawn = wait_hops(&fabric, &[2]);
+    let log = portico_lab::routing::Bird::log_path(&dir, "edge1");
+    let config = routing::edge_config(1, &log).unwrap_or_else(|e| panic!("{e}"));
+    fabric.edges[0] = portico_lab::routing::Bird::start(&fabric.edge_ns(1), &dir, "edge1", &config)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let back = wait_hops(&fabric, &[1, 2]);
+    let record = load.finish().expect("the load ends");
+    let mut timeline = timeline_by_edge(&record);
+    timeline.mark(restart_at, "edge 1's BIRD restarted");
+    eprintln!(
+        "BIRD restart: withdrawn at the router after {withdrawn:?}, announced again {back:?} later; {} of {} new connections failed:\n{timeline}",
+        record.failed().len(),
+        record.connections.len()
+    );
+    assert!(record.failed().is_empty(), "{:?}", record.failed());
+    drop(clients);
     drop(fabric);
     let _ = std::fs::remove_dir_all(&dir);
 }
