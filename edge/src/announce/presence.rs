@@ -83,6 +83,8 @@ pub struct Presence {
     readiness: Readiness,
     /// Every VIP served, for the announced gauge.
     vips: BTreeSet<IpAddr>,
+    /// The VIPs the announced gauge has a series for.
+    exported: BTreeSet<String>,
     metrics: EdgeMetrics,
     /// Whether a failure to open the table was already logged.
     reported: bool,
@@ -121,6 +123,7 @@ impl Presence {
             stopping: false,
             readiness: Readiness::default(),
             vips: BTreeSet::new(),
+            exported: BTreeSet::new(),
             metrics,
             reported: false,
             polling: Arc::new(AtomicBool::new(false)),
@@ -275,7 +278,7 @@ impl Presence {
         }
     }
 
-    fn export(&self) {
+    fn export(&mut self) {
         let announced = self.announced();
         let mut seen: BTreeMap<String, i64> = BTreeMap::new();
         if self.settings.is_some() {
@@ -283,10 +286,17 @@ impl Presence {
                 seen.insert(vip.to_string(), i64::from(announced.contains(vip)));
             }
         }
-        self.metrics.announced.reset();
-        for (vip, value) in seen {
-            self.metrics.announced.with_label_values(&[&vip]).set(value);
+        // Series of VIPs gone are removed; the others are set in place, so
+        // a scrape never finds one missing.
+        for gone in self.exported.iter().filter(|v| !seen.contains_key(*v)) {
+            if let Err(e) = self.metrics.announced.remove_label_values(&[gone]) {
+                tracing::debug!(vip = %gone, error = %e, "no announced series to remove");
+            }
         }
+        for (vip, value) in &seen {
+            self.metrics.announced.with_label_values(&[vip]).set(*value);
+        }
+        self.exported = seen.into_keys().collect();
         self.metrics.ready.set(i64::from(self.readiness.ready));
         self.metrics.drained.set(i64::from(self.drained));
     }
