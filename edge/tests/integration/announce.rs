@@ -32,6 +32,14 @@ impl RouteTables for FakeTables {
     }
 }
 
+/// One node and the Service `web` on `vip`, announced with `settings`.
+fn web_announcing(net: Subnet, vip: SocketAddr, settings: AnnounceSettings) -> EdgeConfig {
+    announcing(
+        config(net, 1, vec![service("web", vip.ip(), vip.port())]),
+        settings,
+    )
+}
+
 async fn start(cfg: EdgeConfig) -> (Edge, FakeRoutes) {
     let table = FakeRoutes::new();
     let edge = Edge::start(
@@ -138,8 +146,9 @@ async fn a_vip_without_a_healthy_node_is_withdrawn_only_when_asked() {
     // No stand-in node runs: every probe fails.
     let vip = SocketAddr::new(net.ip(100), 80);
     for withdraw in [false, true] {
-        let cfg = announcing(
-            config(net, 1, vec![service("web", vip.ip(), vip.port())]),
+        let cfg = web_announcing(
+            net,
+            vip,
             AnnounceSettings {
                 withdraw_when_no_healthy_node: withdraw,
                 ..AnnounceSettings::default()
@@ -165,8 +174,9 @@ async fn a_stop_withdraws_first_and_accepts_during_the_grace() {
     let net = subnet();
     let _nodes = start_nodes(net, 1, false).await;
     let vip = SocketAddr::new(net.ip(100), 80);
-    let cfg = announcing(
-        config(net, 1, vec![service("web", vip.ip(), vip.port())]),
+    let cfg = web_announcing(
+        net,
+        vip,
         AnnounceSettings {
             withdraw_grace: Duration::from_millis(800),
             ..AnnounceSettings::default()
@@ -431,8 +441,9 @@ async fn the_edge_exports_the_sessions_of_its_bird() {
     let net = subnet();
     let _nodes = start_nodes(net, 1, false).await;
     let vip = SocketAddr::new(net.ip(100), 80);
-    let cfg = announcing(
-        config(net, 1, vec![service("web", vip.ip(), vip.port())]),
+    let cfg = web_announcing(
+        net,
+        vip,
         AnnounceSettings {
             bird_socket: socket.clone(),
             ..AnnounceSettings::default()

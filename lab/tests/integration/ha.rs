@@ -122,6 +122,60 @@ impl Drop for Clients {
     }
 }
 
+/// A router and two edge namespaces, each with BIRD on the shipped configs,
+/// the clients behind the router and the node on the router's address;
+/// held alone (the scenarios measure). Torn down in field order.
+struct Scene {
+    /// The node's server, stopped first.
+    _node: Running,
+    clients: Clients,
+    fabric: Fabric,
+    dir: std::path::PathBuf,
+    binaries: portico_lab::Binaries,
+    _alone: std::sync::RwLockWriteGuard<'static, ()>,
+}
+
+impl Scene {
+    /// Builds it under a prefix made of `tag` and the process id, or says
+    /// (loudly) why `what` cannot run here.
+    fn up(what: &str, tag: &str) -> Option<Scene> {
+        if !support::privileged(what)
+            || !installed_or_skip(what, &[("bird", "bird2"), ("birdc", "bird2")])
+        {
+            return None;
+        }
+        let alone = support::alone();
+        let binaries = support::binaries();
+        let prefix = format!("{tag}{}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("portico-{prefix}"));
+        let fabric =
+            Fabric::up(&prefix, &dir, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
+        let clients = Clients::up(&prefix, &fabric);
+        let node = Running::start(
+            &fabric.router_ns(),
+            &binaries.lab,
+            &[
+                "pod-server",
+                "--name",
+                "pod-a",
+                "--node",
+                "node-0",
+                "--listen",
+                &SocketAddr::new(IpAddr::V4(ROUTER_V4), NODE_PORT).to_string(),
+            ],
+            &dir.join("node.log"),
+        );
+        Some(Scene {
+            _node: node,
+            clients,
+            fabric,
+            dir,
+            binaries,
+            _alone: alone,
+        })
+    }
+}
+
 /// Edge `n`'s config: the VIP on `lo`, announced through its BIRD, one
 /// node (the router's address) probed by a connect to the NodePort.
 fn edge_config(fabric: &Fabric, n: usize) -> String {
@@ -241,57 +295,36 @@ fn start_edge(fabric: &Fabric, dir: &Path, edge: &Path, n: usize, label: &str) -
 
 #[test]
 fn drained_then_stopped_costs_nothing_and_killed_costs_what_was_in_flight() {
-    let what = "HA scenarios over BGP";
-    if !support::privileged(what)
-        || !installed_or_skip(what, &[("bird", "bird2"), ("birdc", "bird2")])
-    {
+    let Some(mut scene) = Scene::up("HA scenarios over BGP", "pha") else {
         return;
-    }
-    // It measures: no other lab beside it.
-    let _alone = support::alone();
-    let binaries = support::binaries();
-    let prefix = format!("pha{}", std::process::id());
-    let dir = std::env::temp_dir().join(format!("portico-{prefix}"));
-    let mut fabric =
-        Fabric::up(&prefix, &dir, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
-    let router = fabric.router_ns();
-    let clients = Clients::up(&prefix, &fabric);
-    let _node = Running::start(
-        &router,
-        &binaries.lab,
-        &[
-            "pod-server",
-            "--name",
-            "pod-a",
-            "--node",
-            "node-0",
-            "--listen",
-            &SocketAddr::new(IpAddr::V4(ROUTER_V4), NODE_PORT).to_string(),
-        ],
-        &dir.join("node.log"),
+    };
+    let (dir, binaries, clients) = (
+        scene.dir.clone(),
+        scene.binaries.clone(),
+        scene.clients.0.clone(),
     );
-    let mut edge1 = start_edge(&fabric, &dir, &binaries.edge, 1, "edge1");
-    let _edge2 = start_edge(&fabric, &dir, &binaries.edge, 2, "edge2");
-    let took = wait_hops(&fabric, &[1, 2]);
+    let mut edge1 = start_edge(&scene.fabric, &dir, &binaries.edge, 1, "edge1");
+    let _edge2 = start_edge(&scene.fabric, &dir, &binaries.edge, 2, "edge2");
+    let took = wait_hops(&scene.fabric, &[1, 2]);
     eprintln!("both edges announce {VIP}: at the router after {took:?}");
     let target = SocketAddr::new(VIP.parse().expect("vip"), 80);
 
     // 1. Drained, then stopped: no new connection fails.
     let load = Load::start(
-        &clients.0,
+        &clients,
         LoadSpec::connections(vec![target], 100, Duration::from_secs(9)),
     );
     load.wait_ok(100, Duration::from_secs(10))
         .expect("the load runs");
     let drain_at = load.elapsed();
     let drained = Command::new("ip")
-        .args(["netns", "exec", &fabric.edge_ns(1)])
+        .args(["netns", "exec", &scene.fabric.edge_ns(1)])
         .arg(&binaries.edge)
         .args(["drain", "--admin", ADMIN])
         .output()
         .expect("portico-edge drain");
     assert!(drained.status.success(), "{drained:?}");
-    let withdrawn = wait_hops(&fabric, &[2]);
+    let withdrawn = wait_hops(&scene.fabric, &[2]);
     std::thread::sleep(Duration::from_secs(3));
     let stop_at = load.elapsed();
     edge1.signal(nix::sys::signal::Signal::SIGTERM);
@@ -318,17 +351,17 @@ fn drained_then_stopped_costs_nothing_and_killed_costs_what_was_in_flight() {
 
     // 2. Killed: what was in flight to it fails; new connections succeed
     // again once the router has dropped it.
-    let mut edge1 = start_edge(&fabric, &dir, &binaries.edge, 1, "edge1-again");
-    wait_hops(&fabric, &[1, 2]);
+    let mut edge1 = start_edge(&scene.fabric, &dir, &binaries.edge, 1, "edge1-again");
+    wait_hops(&scene.fabric, &[1, 2]);
     let load = Load::start(
-        &clients.0,
+        &clients,
         LoadSpec::connections(vec![target], 100, Duration::from_secs(6)),
     );
     load.wait_ok(100, Duration::from_secs(10))
         .expect("the load runs");
     let kill_at = load.elapsed();
     edge1.signal(nix::sys::signal::Signal::SIGKILL);
-    let gone = wait_hops(&fabric, &[2]);
+    let gone = wait_hops(&scene.fabric, &[2]);
     edge1.wait(Duration::from_secs(10));
     let record = load.finish().expect("the load ends");
     let mut timeline = timeline_by_edge(&record);
@@ -362,19 +395,19 @@ fn drained_then_stopped_costs_nothing_and_killed_costs_what_was_in_flight() {
     // tells the router; new connections succeed again within 1 s. Sessions
     // through the dead edge are lost (a full proxy's connections go with
     // it), the survivor's are not.
-    let mut edge1 = start_edge(&fabric, &dir, &binaries.edge, 1, "edge1-third");
-    wait_hops(&fabric, &[1, 2]);
+    let mut edge1 = start_edge(&scene.fabric, &dir, &binaries.edge, 1, "edge1-third");
+    wait_hops(&scene.fabric, &[1, 2]);
     let load = Load::start(
-        &clients.0,
+        &clients,
         LoadSpec::connections(vec![target], 100, Duration::from_secs(6))
             .with_sessions(&[target], 8),
     );
     load.wait_ok(100, Duration::from_secs(10))
         .expect("the load runs");
     let kill_at = load.elapsed();
-    fabric.edges[0].kill();
+    scene.fabric.edges[0].kill();
     edge1.signal(nix::sys::signal::Signal::SIGKILL);
-    let gone = wait_hops(&fabric, &[2]);
+    let gone = wait_hops(&scene.fabric, &[2]);
     edge1.wait(Duration::from_secs(10));
     let record = load.finish().expect("the load ends");
     let mut timeline = timeline_by_edge(&record);
@@ -406,8 +439,6 @@ fn drained_then_stopped_costs_nothing_and_killed_costs_what_was_in_flight() {
         );
     }
     assert_eq!(lost_on_survivor, 0, "the surviving edge's sessions stay");
-    drop(fabric);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Samples the router's next hops for the VIP until told to stop: how many
@@ -457,44 +488,25 @@ impl Drop for Watch {
 
 #[test]
 fn an_upgrade_withdraws_nothing_and_a_bird_restart_moves_clients_for_a_moment() {
-    let what = "HA upgrade and BIRD restart over BGP";
-    if !support::privileged(what)
-        || !installed_or_skip(what, &[("bird", "bird2"), ("birdc", "bird2")])
-    {
+    let Some(mut scene) = Scene::up("HA upgrade and BIRD restart over BGP", "phb") else {
         return;
-    }
-    let _alone = support::alone();
-    let binaries = support::binaries();
-    let prefix = format!("phb{}", std::process::id());
-    let dir = std::env::temp_dir().join(format!("portico-{prefix}"));
-    let mut fabric =
-        Fabric::up(&prefix, &dir, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
-    let router = fabric.router_ns();
-    let clients = Clients::up(&prefix, &fabric);
-    let _node = Running::start(
-        &router,
-        &binaries.lab,
-        &[
-            "pod-server",
-            "--name",
-            "pod-a",
-            "--node",
-            "node-0",
-            "--listen",
-            &SocketAddr::new(IpAddr::V4(ROUTER_V4), NODE_PORT).to_string(),
-        ],
-        &dir.join("node.log"),
+    };
+    let (dir, binaries, clients) = (
+        scene.dir.clone(),
+        scene.binaries.clone(),
+        scene.clients.0.clone(),
     );
-    let mut old = start_edge(&fabric, &dir, &binaries.edge, 1, "edge1");
-    let _edge2 = start_edge(&fabric, &dir, &binaries.edge, 2, "edge2");
-    wait_hops(&fabric, &[1, 2]);
+    let router = scene.fabric.router_ns();
+    let mut old = start_edge(&scene.fabric, &dir, &binaries.edge, 1, "edge1");
+    let _edge2 = start_edge(&scene.fabric, &dir, &binaries.edge, 2, "edge2");
+    wait_hops(&scene.fabric, &[1, 2]);
     let target = SocketAddr::new(VIP.parse().expect("vip"), 80);
     let edge1 = IpAddr::V4(edge_v4(1));
 
     // 1. A binary upgrade of edge 1: the router never loses it, and no
     // connection fails (sessions live 1 s, under the 2 s drain).
     let load = Load::start(
-        &clients.0,
+        &clients,
         LoadSpec::connections(vec![target], 100, Duration::from_secs(6))
             .with_sessions(&[target], 8)
             .session_lifetime(Duration::from_secs(1)),
@@ -506,7 +518,7 @@ fn an_upgrade_withdraws_nothing_and_a_bird_restart_moves_clients_for_a_moment() 
     let socket = dir.join("edge1-upgrade.sock");
     let upgrade_at = load.elapsed();
     let _new = Running::start(
-        &fabric.edge_ns(1),
+        &scene.fabric.edge_ns(1),
         &binaries.edge,
         &[
             "run",
@@ -556,21 +568,22 @@ fn an_upgrade_withdraws_nothing_and_a_bird_restart_moves_clients_for_a_moment() 
     // restarted BIRD learns the routes from the kernel again; no new
     // connection fails.
     let load = Load::start(
-        &clients.0,
+        &clients,
         LoadSpec::connections(vec![target], 100, Duration::from_secs(8)),
     );
     load.wait_ok(100, Duration::from_secs(10))
         .expect("the load runs");
     let restart_at = load.elapsed();
-    fabric.edges[0]
+    scene.fabric.edges[0]
         .stop(Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e}"));
-    let withdrawn = wait_hops(&fabric, &[2]);
+    let withdrawn = wait_hops(&scene.fabric, &[2]);
     let log = portico_lab::routing::Bird::log_path(&dir, "edge1");
     let config = routing::edge_config(1, &log).unwrap_or_else(|e| panic!("{e}"));
-    fabric.edges[0] = portico_lab::routing::Bird::start(&fabric.edge_ns(1), &dir, "edge1", &config)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let back = wait_hops(&fabric, &[1, 2]);
+    scene.fabric.edges[0] =
+        portico_lab::routing::Bird::start(&scene.fabric.edge_ns(1), &dir, "edge1", &config)
+            .unwrap_or_else(|e| panic!("{e}"));
+    let back = wait_hops(&scene.fabric, &[1, 2]);
     let record = load.finish().expect("the load ends");
     let mut timeline = timeline_by_edge(&record);
     timeline.mark(restart_at, "edge 1's BIRD restarted");
@@ -587,7 +600,4 @@ fn an_upgrade_withdraws_nothing_and_a_bird_restart_moves_clients_for_a_moment() 
         Duration::from_millis(300),
         6,
     );
-    drop(clients);
-    drop(fabric);
-    let _ = std::fs::remove_dir_all(&dir);
 }
