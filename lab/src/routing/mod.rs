@@ -4,8 +4,8 @@
 //! `deploy/keepalived.conf`, [`vrrp`]), for the tests of that contract (and
 //! of the edge's side of it).
 //!
-//! [`Namespaces::up`] builds a `router` namespace holding a bridge, and two
-//! `edge<n>` namespaces each joined to it by a veth pair, with IPv4 and IPv6
+//! [`Namespaces::up`] builds a `router` namespace holding a bridge, and 2 to
+//! [`MAX_EDGES`] `edge<n>` namespaces each joined to it by a veth pair, with IPv4 and IPv6
 //! addresses ([`ROUTER_V4`], [`edge_v4`], ...). [`Fabric::up`] builds them,
 //! renders the shipped configs with those addresses ([`set_defines`]: only
 //! the values of their marked `define` lines change, and the log goes to a
@@ -48,9 +48,11 @@ pub const VIP_PROTO: u32 = 242;
 pub const ROUTER_V4: Ipv4Addr = Ipv4Addr::new(10, 42, 0, 1);
 /// The router's IPv6 address on that bridge.
 pub const ROUTER_V6: Ipv6Addr = Ipv6Addr::new(0xfd42, 0, 0, 0, 0, 0, 0, 1);
-/// The number of edges: `deploy/bird-router.conf` has a BGP session pair
-/// for each of two edges.
+/// The number of edges of a pair (VRRP's, and the sessions
+/// `deploy/bird-router.conf` ships with).
 pub const EDGES: usize = 2;
+/// The most edges [`Namespaces`] builds (one address each on the bridge).
+pub const MAX_EDGES: usize = 8;
 
 /// How long one `birdc` or `ip` command may take.
 const COMMAND_LIMIT: Duration = Duration::from_secs(10);
@@ -89,6 +91,9 @@ pub enum RoutingError {
         /// How many lines define it.
         found: usize,
     },
+    /// A fabric of an edge count it cannot build.
+    #[error("{0} edges: a fabric has 2 to {MAX_EDGES}")]
+    Edges(usize),
     /// A config lacks the line a renderer replaces.
     #[error("{config}: no line `{line}` to replace")]
     MissingLine {

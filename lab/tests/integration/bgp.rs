@@ -75,7 +75,8 @@ fn router_spreads_vips_over_the_edges_and_drops_a_dead_one_by_bfd() {
     let prefix = format!("pbgp{}", std::process::id());
     let dir = std::env::temp_dir().join(format!("portico-{prefix}"));
     let started = Instant::now();
-    let mut fabric = Fabric::up(&prefix, &dir, SESSIONS_UP).unwrap_or_else(|e| panic!("{e}"));
+    let mut fabric =
+        Fabric::up(&prefix, &dir, routing::EDGES, SESSIONS_UP).unwrap_or_else(|e| panic!("{e}"));
     eprintln!("fabric {prefix} up in {:?}", started.elapsed());
     let router = fabric.router_ns();
     let wait = |prefix: &str, want: &BTreeSet<IpAddr>| {
@@ -189,7 +190,7 @@ fn fabric_that_cannot_come_up_leaves_nothing_behind() {
     let dir = std::env::temp_dir().join(format!("portico-{prefix}"));
     // No session comes up in a millisecond: `up` fails after starting
     // every daemon.
-    let failed = Fabric::up(&prefix, &dir, Duration::from_millis(1));
+    let failed = Fabric::up(&prefix, &dir, routing::EDGES, Duration::from_millis(1));
     assert!(
         matches!(failed, Err(routing::RoutingError::Timeout { .. })),
         "{:?}",

@@ -9,119 +9,22 @@
 //! serves the NodePort the edges balance to (a pod server): every path goes
 //! client -> router -> an edge (ECMP) -> the node. Needs root and BIRD.
 
-use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use portico_lab::command::installed_or_skip;
 use portico_lab::load::{Load, LoadSpec};
-use portico_lab::netns::ip_line;
 use portico_lab::routing::{self, edge_v4, Fabric, ROUTER_V4};
 
 use crate::support;
+use crate::support::edges::{carried_by, hops, timeline_by_edge, Clients, Running};
 
 const VIP: &str = "192.0.2.10";
-/// The client's address, behind the router.
-const CLIENT: &str = "10.43.0.2";
 const NODE_PORT: u16 = 30080;
 /// What the edge's admin API listens on, in each edge's namespace.
 const ADMIN: &str = "127.0.0.1:9721";
-
-/// A process started in a namespace, killed and reaped when dropped.
-struct Running(Child);
-
-impl Running {
-    fn start(ns: &str, program: &Path, args: &[&str], log: &Path) -> Running {
-        let out = std::fs::File::create(log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(program)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn");
-        Running(child)
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        nix::sys::signal::kill(pid, signal).expect("signal");
-    }
-
-    fn wait(&mut self, limit: Duration) {
-        let started = Instant::now();
-        while self.0.try_wait().expect("try_wait").is_none() {
-            assert!(started.elapsed() < limit, "did not end within {limit:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The clients' namespace behind the router (forwarded traffic is what a
-/// router hashes by layer 4; its own connections pick their route before
-/// they have a source port). Deleted when dropped.
-struct Clients(String);
-
-impl Clients {
-    fn up(prefix: &str, fabric: &Fabric) -> Clients {
-        let name = format!("{prefix}-client");
-        let router = fabric.router_ns();
-        let clients = Clients(name.clone());
-        for line in [
-            format!("netns add {name}"),
-            format!("link add eth0 netns {name} type veth peer name clients netns {router}"),
-            format!("-n {router} addr add 10.43.0.1/24 dev clients"),
-            format!("-n {router} link set clients up"),
-            format!("-n {name} link set lo up"),
-            format!("-n {name} addr add {CLIENT}/24 dev eth0"),
-            format!("-n {name} link set eth0 up"),
-            format!("-n {name} route add default via 10.43.0.1"),
-        ] {
-            ip_line(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
-        }
-        for n in 1..=routing::EDGES {
-            let line = format!(
-                "-n {} route add 10.43.0.0/24 via {ROUTER_V4}",
-                fabric.edge_ns(n)
-            );
-            ip_line(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
-        }
-        for sysctl in [
-            "net.ipv4.ip_forward=1",
-            "net.ipv4.fib_multipath_hash_policy=1",
-        ] {
-            let out = Command::new("ip")
-                .args(["netns", "exec", &router, "sysctl", "-qw", sysctl])
-                .output()
-                .expect("sysctl");
-            assert!(out.status.success(), "{sysctl}: {out:?}");
-        }
-        clients
-    }
-}
-
-impl Drop for Clients {
-    fn drop(&mut self) {
-        if let Err(e) = ip_line(&format!("netns del {}", self.0)) {
-            eprintln!("clients namespace {}: {e}", self.0);
-        }
-    }
-}
-
 /// A router and two edge namespaces, each with BIRD on the shipped configs,
 /// the clients behind the router and the node on the router's address;
 /// held alone (the scenarios measure). Torn down in field order.
@@ -138,7 +41,7 @@ struct Scene {
 impl Scene {
     /// Builds it under a prefix made of `tag` and the process id, or says
     /// (loudly) why `what` cannot run here.
-    fn up(what: &str, tag: &str) -> Option<Scene> {
+    fn up(what: &str, tag: &str, edges: usize) -> Option<Scene> {
         if !support::privileged(what)
             || !installed_or_skip(what, &[("bird", "bird2"), ("birdc", "bird2")])
         {
@@ -148,9 +51,9 @@ impl Scene {
         let binaries = support::binaries();
         let prefix = format!("{tag}{}", std::process::id());
         let dir = std::env::temp_dir().join(format!("portico-{prefix}"));
-        let fabric =
-            Fabric::up(&prefix, &dir, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
-        let clients = Clients::up(&prefix, &fabric);
+        let fabric = Fabric::up(&prefix, &dir, edges, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let clients = Clients::up(&prefix, fabric.namespaces());
         let node = Running::start(
             &fabric.router_ns(),
             &binaries.lab,
@@ -202,35 +105,6 @@ services:
     )
 }
 
-/// The edges (by the source address the node saw) that carried the
-/// connections that started in `from..to` of the load.
-fn carried_by(
-    record: &portico_lab::load::Record,
-    from: Duration,
-    to: Duration,
-) -> BTreeSet<IpAddr> {
-    record
-        .connections
-        .iter()
-        .filter(|c| c.at >= from && c.at < to)
-        .filter_map(|c| c.result.as_ref().ok().map(|a| a.peer))
-        .collect()
-}
-
-/// The load's timeline with a column per edge: the connections it carried.
-fn timeline_by_edge(record: &portico_lab::load::Record) -> portico_lab::load::Timeline {
-    let mut timeline = record.timeline();
-    for c in &record.connections {
-        if let Ok(answer) = &c.result {
-            let edge = (1..=routing::EDGES)
-                .find(|n| IpAddr::V4(edge_v4(*n)) == answer.peer)
-                .map_or_else(|| answer.peer.to_string(), |n| format!("edge{n}"));
-            timeline.add(c.at, &edge, 1);
-        }
-    }
-    timeline
-}
-
 /// Waits until the router's route to the VIP goes through exactly `want`.
 fn wait_hops(fabric: &Fabric, want: &[usize]) -> Duration {
     routing::wait_nexthops(
@@ -270,10 +144,6 @@ fn failed_only_at_route_changes(
     }
 }
 
-fn hops(edges: &[usize]) -> BTreeSet<IpAddr> {
-    edges.iter().map(|n| IpAddr::V4(edge_v4(*n))).collect()
-}
-
 /// Starts edge `n` in its namespace.
 fn start_edge(fabric: &Fabric, dir: &Path, edge: &Path, n: usize, label: &str) -> Running {
     let config = dir.join(format!("edge{n}.yaml"));
@@ -295,7 +165,7 @@ fn start_edge(fabric: &Fabric, dir: &Path, edge: &Path, n: usize, label: &str) -
 
 #[test]
 fn drained_then_stopped_costs_nothing_and_killed_costs_what_was_in_flight() {
-    let Some(mut scene) = Scene::up("HA scenarios over BGP", "pha") else {
+    let Some(mut scene) = Scene::up("HA scenarios over BGP", "pha", routing::EDGES) else {
         return;
     };
     let (dir, binaries, clients) = (
@@ -488,7 +358,11 @@ impl Drop for Watch {
 
 #[test]
 fn an_upgrade_withdraws_nothing_and_a_bird_restart_moves_clients_for_a_moment() {
-    let Some(mut scene) = Scene::up("HA upgrade and BIRD restart over BGP", "phb") else {
+    let Some(mut scene) = Scene::up(
+        "HA upgrade and BIRD restart over BGP",
+        "phb",
+        routing::EDGES,
+    ) else {
         return;
     };
     let (dir, binaries, clients) = (

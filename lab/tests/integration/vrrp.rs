@@ -70,6 +70,7 @@ fn vips_follow_the_edges_readiness() {
     let namespaces = Namespaces::up(
         &prefix,
         &std::env::temp_dir().join(format!("portico-{prefix}")),
+        portico_lab::routing::EDGES,
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let (a, b) = (namespaces.edge(1), namespaces.edge(2));

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use portico_lab::{Binaries, Lab, LabOptions};
 
+pub mod edges;
+
 pub use portico_lab::netns::privileged;
 
 /// The lab tests of this process: the ones that measure time hold it alone,
