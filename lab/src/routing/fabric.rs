@@ -12,6 +12,7 @@ use crate::netns::{self, ip_line};
 use crate::procs;
 
 use super::bird::Bird;
+use super::resilient::{learned_table, ResilientFib};
 use super::{
     deploy_file, edge_v4, edge_v6, log_to_file, read, set_defines, RoutingError, EDGES, MAX_EDGES,
     ROUTER_V4, ROUTER_V6,
@@ -117,6 +118,18 @@ impl Drop for Namespaces {
     }
 }
 
+/// How the router installs its routes to the VIPs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouterFib {
+    /// As the shipped config does: BIRD's multipath routes in the main
+    /// table (the kernel hashes a flow over the next hops present, so a
+    /// change of next hops may move any flow).
+    Multipath,
+    /// Through resilient nexthop groups ([`ResilientFib`]): a next hop
+    /// leaving moves only its own flows.
+    Resilient,
+}
+
 /// An upstream router and its edges in [`Namespaces`], each running BIRD
 /// on the shipped configs; removed when dropped.
 pub struct Fabric {
@@ -124,6 +137,8 @@ pub struct Fabric {
     pub router: Bird,
     /// The edges' BIRDs, edge 1 first.
     pub edges: Vec<Bird>,
+    /// The router's resilient FIB, with [`RouterFib::Resilient`].
+    pub resilient: Option<ResilientFib>,
     // Dropped after the daemons (fields drop in order).
     namespaces: Namespaces,
 }
@@ -138,15 +153,26 @@ impl Fabric {
         edges: usize,
         limit: Duration,
     ) -> Result<Fabric, RoutingError> {
+        Fabric::up_with(prefix, dir, edges, RouterFib::Multipath, limit)
+    }
+
+    /// [`Fabric::up`] with the router installing its routes as `fib` says.
+    pub fn up_with(
+        prefix: &str,
+        dir: &Path,
+        edges: usize,
+        fib: RouterFib,
+        limit: Duration,
+    ) -> Result<Fabric, RoutingError> {
         let namespaces = Namespaces::up(prefix, dir, edges)?;
         // An error from here on drops the daemons started, then the
         // namespaces.
-        let router = Bird::start(
-            &namespaces.router(),
-            dir,
-            "router",
-            &router_config(edges, &Bird::log_path(dir, "router"))?,
-        )?;
+        let mut config = router_config(edges, &Bird::log_path(dir, "router"))?;
+        let resilient = (fib == RouterFib::Resilient).then(|| {
+            config = learned_table(&config);
+            ResilientFib::start(&namespaces.router())
+        });
+        let router = Bird::start(&namespaces.router(), dir, "router", &config)?;
         let count = edges;
         let mut edges = Vec::new();
         for n in 1..=count {
@@ -161,6 +187,7 @@ impl Fabric {
         let fabric = Fabric {
             router,
             edges,
+            resilient,
             namespaces,
         };
         let sessions: Vec<String> = (1..=count)

@@ -34,10 +34,11 @@ use crate::procs::ProcError;
 
 mod bird;
 mod fabric;
+pub mod resilient;
 pub mod vrrp;
 
 pub use bird::{bird_parse, parse_protocols, Bird, Protocol};
-pub use fabric::{edge_config, remove, router_config, Fabric, Namespaces};
+pub use fabric::{edge_config, remove, router_config, Fabric, Namespaces, RouterFib};
 
 /// The kernel routing table the edge puts its VIP routes in.
 pub const VIP_TABLE: u32 = 4242;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use portico_lab::command::installed_or_skip;
 use portico_lab::load::{Load, LoadSpec};
-use portico_lab::routing::{self, edge_v4, Fabric, ROUTER_V4};
+use portico_lab::routing::{self, edge_v4, Fabric, RouterFib, ROUTER_V4};
 
 use crate::support;
 use crate::support::edges::{carried_by, hops, timeline_by_edge, Clients, Running};
@@ -25,7 +25,10 @@ const VIP: &str = "192.0.2.10";
 const NODE_PORT: u16 = 30080;
 /// What the edge's admin API listens on, in each edge's namespace.
 const ADMIN: &str = "127.0.0.1:9721";
-/// A router and two edge namespaces, each with BIRD on the shipped configs,
+
+mod three;
+
+/// A router and edge namespaces, each with BIRD on the shipped configs,
 /// the clients behind the router and the node on the router's address;
 /// held alone (the scenarios measure). Torn down in field order.
 struct Scene {
@@ -42,6 +45,11 @@ impl Scene {
     /// Builds it under a prefix made of `tag` and the process id, or says
     /// (loudly) why `what` cannot run here.
     fn up(what: &str, tag: &str, edges: usize) -> Option<Scene> {
+        Scene::up_with(what, tag, edges, RouterFib::Multipath)
+    }
+
+    /// [`Scene::up`] with the router installing its routes as `fib` says.
+    fn up_with(what: &str, tag: &str, edges: usize, fib: RouterFib) -> Option<Scene> {
         if !support::privileged(what)
             || !installed_or_skip(what, &[("bird", "bird2"), ("birdc", "bird2")])
         {
@@ -51,7 +59,7 @@ impl Scene {
         let binaries = support::binaries();
         let prefix = format!("{tag}{}", std::process::id());
         let dir = std::env::temp_dir().join(format!("portico-{prefix}"));
-        let fabric = Fabric::up(&prefix, &dir, edges, Duration::from_secs(30))
+        let fabric = Fabric::up_with(&prefix, &dir, edges, fib, Duration::from_secs(30))
             .unwrap_or_else(|e| panic!("{e}"));
         let clients = Clients::up(&prefix, fabric.namespaces());
         let node = Running::start(
