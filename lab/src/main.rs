@@ -39,6 +39,11 @@ enum Command {
         /// Seconds to wait for traffic to flow.
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
+        /// How many edges: 1 holds the VIPs on the public network itself;
+        /// 2 to 8 sit behind a router, each with BIRD announcing its VIPs
+        /// (needs Debian's bird2), the router spreading flows over them.
+        #[arg(long, default_value_t = 1)]
+        edges: usize,
     },
     /// Remove every trace of the lab (processes, namespaces, links, state).
     /// Safe to run when nothing is up.
@@ -128,7 +133,13 @@ fn main() -> ExitCode {
             edge_bin,
             agent_bin,
             timeout_secs,
-        } => up(edge_bin, agent_bin, Duration::from_secs(timeout_secs)),
+            edges,
+        } => up(
+            edge_bin,
+            agent_bin,
+            Duration::from_secs(timeout_secs),
+            edges,
+        ),
         Command::Down => match portico_lab::down(DEFAULT_PREFIX, state) {
             Ok(r) => {
                 println!(
@@ -179,7 +190,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn up(edge: Option<PathBuf>, agent: Option<PathBuf>, timeout: Duration) -> ExitCode {
+fn up(edge: Option<PathBuf>, agent: Option<PathBuf>, timeout: Duration, edges: usize) -> ExitCode {
     let me = match std::env::current_exe() {
         Ok(me) => me,
         Err(e) => return fail(&e),
@@ -204,8 +215,9 @@ fn up(edge: Option<PathBuf>, agent: Option<PathBuf>, timeout: Duration) -> ExitC
     }
     let mut opts = LabOptions::standard(binaries);
     opts.ready_timeout = timeout;
+    opts.edges = edges;
     println!(
-        "building lab {DEFAULT_PREFIX:?} (edge {}, node agent {}) ...",
+        "building lab {DEFAULT_PREFIX:?} ({edges} x edge {}, node agent {}) ...",
         opts.binaries.edge.display(),
         opts.binaries.agent.display()
     );

@@ -17,6 +17,21 @@
 //!    └ <p>-pod-local-1 .11     └ <p>-pod-local-2 .11
 //! ```
 //!
+//! With several edges (`portico-lab up --edges N`), a router takes the
+//! edge's place on the public network and the edges sit behind it:
+//!
+//! ```text
+//!   clients (routes 198.51.100.96/28 via .1)
+//!      └── eth0 198.51.100.1   <p>-router   (BIRD: BGP + BFD to every edge,
+//!          eth1 10.42.0.1 ──┐                ECMP with a layer-4 hash)
+//!            edges 10.42.0.0/24 (br-edge)
+//!      ┌──────────────────┼──────────────────┐
+//!   eth0 10.42.0.11     eth0 10.42.0.12     eth0 10.42.0.13
+//!   <p>-edge            <p>-edge2           <p>-edge3   (portico-edge + BIRD,
+//!   eth1 10.88.0.1      eth1 10.88.0.2      eth1 10.88.0.3   VIPs on lo)
+//!      └──────────── cluster 10.88.0.0/24 (br-clu) ──── nodes as above
+//! ```
+//!
 //! Each node routes the other nodes' pod CIDRs via their cluster address;
 //! each pod's default route is its node's bridge. Nothing is routed to or
 //! from the host: the lab's addresses exist only inside its namespaces.
@@ -38,6 +53,16 @@ pub const ADDRESS_POOL: &str = "198.51.100.100-198.51.100.109";
 /// The edge's address on the cluster network (where the API server listens,
 /// and where the edge's connections to the nodes come from).
 pub const EDGE_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
+/// With several edges, the block the clients route to the router: it holds
+/// [`ADDRESS_POOL`].
+pub const VIP_BLOCK: &str = "198.51.100.96/28";
+/// Edge `n`'s (1-based) address on the cluster network: edge 1's is
+/// [`EDGE_CLUSTER_IP`].
+pub fn edge_cluster_ip(n: usize) -> Ipv4Addr {
+    let [a, b, c, _] = EDGE_CLUSTER_IP.octets();
+    Ipv4Addr::new(a, b, c, n as u8)
+}
+
 /// Prefix length of the cluster network.
 pub const CLUSTER_PREFIX: u8 = 24;
 /// The API server's port (on [`EDGE_CLUSTER_IP`]).
@@ -261,9 +286,22 @@ impl Names {
         self.ns("net")
     }
 
-    /// The edge appliance's namespace.
+    /// The edge appliance's namespace (edge 1's, when there are several).
     pub fn edge(&self) -> String {
         self.ns("edge")
+    }
+
+    /// Edge `n`'s (1-based) namespace: [`Names::edge`] for edge 1.
+    pub fn edge_n(&self, n: usize) -> String {
+        match n {
+            1 => self.edge(),
+            n => self.ns(&format!("edge{n}")),
+        }
+    }
+
+    /// The router's namespace (with several edges).
+    pub fn router(&self) -> String {
+        self.ns("router")
     }
 
     /// A client's namespace.

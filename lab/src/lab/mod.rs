@@ -14,11 +14,13 @@
 //! - [`observe`]: what the lab reads without changing anything (SYNs per
 //!   node, the edge's metrics and health view, [`NodeWatch`]);
 //! - [`report`]: what `portico-lab up` and `status` print;
+//! - [`routed`]: several edges behind a router (`up --edges N`);
 //! - [`teardown`]: removing a lab ([`down`], [`Lab::teardown`]).
 
 pub mod observe;
 pub mod processes;
 pub mod report;
+pub mod routed;
 pub mod scenarios;
 pub mod teardown;
 pub mod up;
@@ -119,6 +121,12 @@ pub enum LabError {
         /// What went wrong.
         what: String,
     },
+    /// A routing daemon's config could not be rendered.
+    #[error("routing: {0}")]
+    Routing(String),
+    /// An edge count the lab cannot build.
+    #[error("{0} edges: a lab has 1 to {max}", max = crate::routing::MAX_EDGES)]
+    Edges(usize),
     /// Something did not become ready in time.
     #[error("timed out after {limit:?} waiting for {what}{diagnostics}")]
     NotReady {
@@ -207,6 +215,9 @@ pub struct LabOptions {
     /// The edge's `settings.proxy.drainTimeout`: how long connections to a
     /// removed node (and, at an upgrade or stop, all) may run on.
     pub drain_timeout: Duration,
+    /// How many edges: 1 serves the VIPs on the public network itself;
+    /// more sit behind a router that spreads flows over them ([`routed`]).
+    pub edges: usize,
 }
 
 impl LabOptions {
@@ -218,6 +229,7 @@ impl LabOptions {
             binaries,
             ready_timeout: Duration::from_secs(60),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            edges: 1,
         }
     }
 }
@@ -240,6 +252,8 @@ pub struct Lab {
     /// How many edge processes were started.
     edge_generation: u32,
     drain_timeout: Duration,
+    /// How many edges ([`LabOptions::edges`]).
+    edges: usize,
     vips: BTreeMap<String, IpAddr>,
     timings: Vec<(&'static str, Duration)>,
     binaries: Binaries,
@@ -304,9 +318,14 @@ impl Lab {
         self.state.join("edge.yaml")
     }
 
-    /// The configuration the lab gave the edge.
+    /// The configuration the lab gave the edge (edge 1).
     pub fn edge_config(&self) -> String {
-        edge_config(&self.state.join(api::KUBECONFIG), self.drain_timeout)
+        let socket = (self.edges > 1).then(|| self.bird_socket("bird-edge1"));
+        edge_config(
+            &self.state.join(api::KUBECONFIG),
+            self.drain_timeout,
+            socket.as_deref(),
+        )
     }
 
     /// The edge's drain timeout.

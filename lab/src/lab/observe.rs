@@ -20,6 +20,11 @@ impl Lab {
         edge_metrics(&self.names.edge())
     }
 
+    /// Edge `n`'s (1-based) `/metrics`, with several edges.
+    pub fn edge_metrics_of(&self, n: usize) -> Result<String, LabError> {
+        edge_metrics(&self.names.edge_n(n))
+    }
+
     /// How many new TCP connections (SYNs) to `node_port` have arrived at
     /// node `node` (`node-1`...), counted by the lab's own nftables table
     /// `inet portico-lab` in the node's namespace, ahead of the agent's.

@@ -22,12 +22,26 @@ impl Lab {
             .find(|(what, _)| *what == "total")
             .map(|(_, d)| *d)
             .unwrap_or_default();
+        let held = if self.edges > 1 {
+            format!(
+                "VIPs announced by {} edges ({} ... {}) through {}, port {}",
+                self.edges,
+                n.edge_n(1),
+                n.edge_n(self.edges),
+                n.router(),
+                topology::SERVICE_PORT
+            )
+        } else {
+            format!(
+                "VIPs on {}'s eth0, port {}",
+                n.edge(),
+                topology::SERVICE_PORT
+            )
+        };
         let mut out = format!(
-            "Portico lab {:?} is up ({:.1} s).\n\nServices (VIPs on {}'s eth0, port {}):\n",
+            "Portico lab {:?} is up ({:.1} s).\n\nServices ({held}):\n",
             n.prefix(),
             total.as_secs_f64(),
-            n.edge(),
-            topology::SERVICE_PORT
         );
         for svc in topology::services() {
             let vip = self
@@ -100,6 +114,22 @@ impl Lab {
                 topology::EDGE_METRICS_PORT
             ),
         );
+        if self.edges > 1 {
+            line(
+                out,
+                format!(
+                    "  ip -n {} route show {web}   # one next hop per edge",
+                    n.router()
+                ),
+            );
+            line(
+                out,
+                format!(
+                    "  ip netns exec {} {edge_bin} drain   # then undrain",
+                    n.edge_n(2)
+                ),
+            );
+        }
         line(
             out,
             format!(

@@ -28,6 +28,9 @@ impl Lab {
         if !topology::valid_prefix(&opts.prefix) {
             return Err(LabError::BadPrefix(opts.prefix.clone()));
         }
+        if !(1..=crate::routing::MAX_EDGES).contains(&opts.edges) {
+            return Err(LabError::Edges(opts.edges));
+        }
         let names = Names::new(&opts.prefix);
         let existing = owned_namespaces(&names)?;
         if !existing.is_empty() {
@@ -60,6 +63,7 @@ impl Lab {
             edge: "edge".to_string(),
             edge_generation: 1,
             drain_timeout: opts.drain_timeout,
+            edges: opts.edges,
             vips: BTreeMap::new(),
             timings: Vec::new(),
             binaries: opts.binaries.clone(),
@@ -93,13 +97,20 @@ impl Lab {
         self.vips = self.wait_addresses(&api, opts.ready_timeout)?;
         mark(self, "addresses assigned");
 
-        let edge_ns = self.names.edge();
-        self.wait(
-            "the edge's health checks to settle (every node up; Local Services only where they have pods)",
-            opts.ready_timeout,
-            |_: &Lab| health_settled(&edge_metrics(&edge_ns).map_err(|e| e.to_string())?),
-        )?;
+        for e in 1..=self.edges {
+            let edge_ns = self.names.edge_n(e);
+            self.wait(
+                &format!("{edge_ns}'s health checks to settle (every node up; Local Services only where they have pods)"),
+                opts.ready_timeout,
+                |_: &Lab| health_settled(&edge_metrics(&edge_ns).map_err(|e| e.to_string())?),
+            )?;
+        }
         mark(self, "health checks settled");
+
+        if self.edges > 1 {
+            self.wait_routes(opts.ready_timeout)?;
+            mark(self, "routes at the router");
+        }
 
         self.wait_traffic(opts.ready_timeout)?;
         mark(self, "traffic flowing");
@@ -142,21 +153,25 @@ impl Lab {
         let bins = &opts.binaries;
         let edge_ns = self.names.edge();
         let kubeconfig = self.state.join(api::KUBECONFIG);
-        let config = self.state.join("edge.yaml");
-        write_file(&config, &edge_config(&kubeconfig, opts.drain_timeout))?;
-        let upgrade = self.state.join("run").join("edge-upgrade.sock");
-        self.start(
-            "edge",
-            &edge_ns,
-            &bins.edge,
-            &[
-                "run",
-                "--config",
-                &config.display().to_string(),
-                "--upgrade-socket",
-                &upgrade.display().to_string(),
-            ],
-        )?;
+        if self.edges > 1 {
+            self.start_routed_edges(opts, &kubeconfig)?;
+        } else {
+            let config = self.edge_config_path();
+            write_file(&config, &edge_config(&kubeconfig, opts.drain_timeout, None))?;
+            let upgrade = self.state.join("run").join("edge-upgrade.sock");
+            self.start(
+                "edge",
+                &edge_ns,
+                &bins.edge,
+                &[
+                    "run",
+                    "--config",
+                    &config.display().to_string(),
+                    "--upgrade-socket",
+                    &upgrade.display().to_string(),
+                ],
+            )?;
+        }
         for node in topology::nodes() {
             let ns = self.names.node(&node);
             self.start(
@@ -267,24 +282,30 @@ impl Lab {
             }
             Ok::<_, NetnsError>(())
         };
-        let edge = n.edge();
-        netns::add(&edge)?;
         let public = |ip: std::net::Ipv4Addr| format!("{ip}/{}", topology::PUBLIC_PREFIX);
         let cluster = |ip: std::net::Ipv4Addr| format!("{ip}/{}", topology::CLUSTER_PREFIX);
-        attach(
-            "br-pub",
-            "pub-edge",
-            &edge,
-            "eth0",
-            &public(topology::EDGE_PUBLIC_IP),
-        )?;
-        attach(
-            "br-clu",
-            "clu-edge",
-            &edge,
-            "eth1",
-            &cluster(topology::EDGE_CLUSTER_IP),
-        )?;
+        if self.edges > 1 {
+            self.build_routed(&|port, ns, ip| {
+                Ok(attach("br-clu", port, ns, "eth1", &cluster(ip))?)
+            })?;
+        } else {
+            let edge = n.edge();
+            netns::add(&edge)?;
+            attach(
+                "br-pub",
+                "pub-edge",
+                &edge,
+                "eth0",
+                &public(topology::EDGE_PUBLIC_IP),
+            )?;
+            attach(
+                "br-clu",
+                "clu-edge",
+                &edge,
+                "eth1",
+                &cluster(topology::EDGE_CLUSTER_IP),
+            )?;
+        }
         for (client, port) in [(Client::Inside, "pub-cin"), (Client::Outside, "pub-cout")] {
             let ns = n.client(client);
             netns::add(&ns)?;
@@ -292,6 +313,9 @@ impl Lab {
                 continue;
             };
             attach("br-pub", port, &ns, "eth0", &public(ip))?;
+            if self.edges > 1 {
+                self.route_clients(&ns)?;
+            }
         }
         let nodes = topology::nodes();
         for node in &nodes {
@@ -345,7 +369,9 @@ impl Lab {
         }
         Ok(())
     }
-    fn start(
+
+    /// Starts a lab process (tracked by its pid file in the state directory).
+    pub(super) fn start(
         &mut self,
         name: &str,
         ns: &str,
@@ -393,8 +419,21 @@ fn forwarding_on(ns: &str) -> Result<(), LabError> {
 
 /// The edge's configuration: the Kubernetes watch, VIPs on the public
 /// interface and announced in its routing table, the address pool, and
-/// health checks quick enough for a lab.
-pub fn edge_config(kubeconfig: &Path, drain_timeout: Duration) -> String {
+/// health checks quick enough for a lab. Behind a router (`bird_socket`:
+/// the control socket of the BIRD beside it), the VIPs go on `lo` and the
+/// edge reads that BIRD's sessions.
+pub fn edge_config(
+    kubeconfig: &Path,
+    drain_timeout: Duration,
+    bird_socket: Option<&Path>,
+) -> String {
+    let (interface, announce) = match bird_socket {
+        None => ("eth0".to_string(), "{}".to_string()),
+        Some(socket) => (
+            "lo".to_string(),
+            format!("{{birdSocket: {}}}", socket.display()),
+        ),
+    };
     format!(
         "# Written by portico-lab.
 settings:
@@ -409,9 +448,9 @@ settings:
     connectRetries: 2
     drainTimeout: {drain}ms
   vip:
-    interface: eth0
+    interface: {interface}
   # The host routes a BIRD beside the edge exports by BGP (table 4242).
-  announce: {{}}
+  announce: {announce}
   metricsListen: 127.0.0.1:{metrics}
   adminListen: 127.0.0.1:{admin}
   kubernetes:
@@ -439,6 +478,7 @@ mod tests {
         let yaml = edge_config(
             Path::new("/run/portico-lab/kubeconfig"),
             DEFAULT_DRAIN_TIMEOUT,
+            None,
         );
         let config =
             portico_config::parse_edge_config(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));

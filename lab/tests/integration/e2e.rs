@@ -332,3 +332,92 @@ fn down_removes_every_trace_and_is_idempotent() {
     let again = portico_lab::down(&prefix, &state).expect("down again");
     assert_eq!(again, portico_lab::DownReport::default());
 }
+
+/// `portico-lab up --edges 3`: three edges behind a router, each with its
+/// BIRD. The router routes every VIP through all three; the inside
+/// client's connections spread over them and every one is answered; the
+/// outside client is still refused by `restricted`'s source range on
+/// whichever edge it reaches; one edge holds the Lease (the others follow);
+/// an edge drained leaves the router's routes and comes back at undrain.
+#[test]
+fn three_edges_behind_a_router_share_every_vip() {
+    if !privileged("three_edges_behind_a_router_share_every_vip")
+        || !portico_lab::command::installed_or_skip(
+            "three_edges_behind_a_router_share_every_vip",
+            &[("bird", "bird2")],
+        )
+    {
+        return;
+    }
+    let _shared = shared();
+    let lab = crate::support::lab_of(3, portico_lab::lab::DEFAULT_DRAIN_TIMEOUT);
+    let router = lab.names().router();
+    let edges: BTreeSet<IpAddr> = (1..=3)
+        .map(|n| IpAddr::V4(portico_lab::routing::edge_v4(n)))
+        .collect();
+    for name in ["web", "local", "restricted", "sticky"] {
+        let vip = lab.vip(name).expect("a VIP").ip().to_string();
+        let hops = portico_lab::routing::nexthops(&router, &vip).expect("the router's route");
+        assert_eq!(hops, edges, "{name} ({vip})");
+    }
+
+    let accepted = |n: usize| {
+        let text = lab.edge_metrics_of(n).unwrap_or_else(|e| panic!("{e}"));
+        metric(
+            &text,
+            "portico_edge_connections_accepted_total",
+            &["service=\"default/web\""],
+        )
+        .unwrap_or(0.0)
+    };
+    let before: Vec<f64> = (1..=3).map(accepted).collect();
+    let web = lab.vip("web").expect("web has a VIP");
+    let got = answers(&lab, Client::Inside, web, 60);
+    assert!(got.iter().all(|a| a.pod.starts_with("web-")), "{got:#?}");
+    let carried: Vec<f64> = (1..=3).map(|n| accepted(n) - before[n - 1]).collect();
+    assert_eq!(carried.iter().sum::<f64>(), 60.0, "{carried:?}");
+    assert!(
+        carried.iter().all(|c| *c > 0.0),
+        "every edge carries a share of one client's connections: {carried:?}"
+    );
+
+    let restricted = lab.vip("restricted").expect("restricted has a VIP");
+    for result in lab.get_many(Client::Outside, restricted, 6) {
+        assert!(result.is_err(), "the outside client got in: {result:?}");
+    }
+    answers(&lab, Client::Inside, restricted, 3);
+
+    let leaders: f64 = (1..=3)
+        .map(|n| {
+            let text = lab.edge_metrics_of(n).unwrap_or_else(|e| panic!("{e}"));
+            metric(&text, "portico_edge_kubernetes_leader", &[]).expect("the leader gauge")
+        })
+        .sum();
+    assert_eq!(leaders, 1.0, "exactly one edge writes to the cluster");
+
+    // Edge 2 drained: withdrawn at the router, the others serve; undrained:
+    // back.
+    let edge = crate::support::binaries().edge;
+    let admin = |command: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.names().edge_n(2)])
+            .arg(&edge)
+            .arg(command)
+            .output()
+            .expect("portico-edge");
+        assert!(out.status.success(), "{command}: {out:?}");
+    };
+    let vip = web.ip().to_string();
+    let wait = |want: &BTreeSet<IpAddr>| {
+        portico_lab::routing::wait_nexthops(&router, &vip, want, std::time::Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    admin("drain");
+    let mut without = edges.clone();
+    without.remove(&IpAddr::V4(portico_lab::routing::edge_v4(2)));
+    wait(&without);
+    let got = answers(&lab, Client::Inside, web, 20);
+    assert_eq!(got.len(), 20);
+    admin("undrain");
+    wait(&edges);
+}

@@ -58,6 +58,12 @@ pub fn lab() -> Lab {
 
 /// [`lab`] with the edge's `drainTimeout` set to `drain_timeout`.
 pub fn lab_with(drain_timeout: Duration) -> Lab {
+    lab_of(1, drain_timeout)
+}
+
+/// [`lab`] with `edges` edges (behind a router from 2 on) and the edges'
+/// `drainTimeout` set to `drain_timeout`.
+pub fn lab_of(edges: usize, drain_timeout: Duration) -> Lab {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let prefix = format!(
         "plt{}-{}",
@@ -70,6 +76,7 @@ pub fn lab_with(drain_timeout: Duration) -> Lab {
         binaries: binaries(),
         ready_timeout: Duration::from_secs(60),
         drain_timeout,
+        edges,
     };
     let started = Instant::now();
     let lab = Lab::up(&opts).unwrap_or_else(|e| panic!("lab up: {e}"));
