@@ -2,8 +2,9 @@
 //! from real `/metrics` scrapes; and every exported `portico_*` family is
 //! on a dashboard, or on an explicit list of those deliberately left off.
 //!
-//! A lab of the test's own (prefix `pd<pid>`) runs the real edge and three
-//! real node agents. Label-vec families only appear in a scrape once they
+//! A lab of the test's own (prefix `pd<pid>`) runs two real edges behind a
+//! router, each with BIRD beside it (so the edge's BGP and BFD families
+//! exist), and three real node agents. Label-vec families only appear in a scrape once they
 //! have a child, so the test makes each happen for real before scraping:
 //! traffic from both clients (accepted, rejected, bytes, connects), a reload
 //! of the lab's edge, and a second edge in a namespace of the lab's
@@ -12,7 +13,7 @@
 //! (listener bind errors, route problems). Last, the lab's API server is
 //! stopped, so the agents' watches fail (watch errors).
 //!
-//! Needs root, `ip`, `nft` and `setsid`: skips loudly without them, fails
+//! Needs root, `ip`, `nft`, `setsid` and BIRD: skips loudly without them, fails
 //! under `CI=true`. The binaries are the ones a workspace `cargo test` builds
 //! into this test's target directory (the missing ones are built first); run
 //! the workspace's tests, or build the programs, after changing them.
@@ -58,7 +59,12 @@ const HOOK_TOKEN: &str = "dashboards-test-token";
 /// `rate` on counters only) and the exported families left off dashboards.
 #[test]
 fn dashboards_query_only_exported_metrics_and_show_every_one() {
-    if !privileged("dashboards_query_only_exported_metrics_and_show_every_one") {
+    if !privileged("dashboards_query_only_exported_metrics_and_show_every_one")
+        || !portico_lab::command::installed_or_skip(
+            "dashboards_query_only_exported_metrics_and_show_every_one",
+            &[("bird", "bird2")],
+        )
+    {
         return;
     }
     let mut lab = lab();
@@ -80,20 +86,31 @@ fn dashboards_query_only_exported_metrics_and_show_every_one() {
     let config = lab.edge_config();
     lab.reload_edge(&config, DEADLINE)
         .unwrap_or_else(|e| panic!("reload: {e}"));
-    let edge = wait_for(&lab, "the lab edge's traffic families", || {
-        let text = lab.edge_metrics().map_err(|e| e.to_string())?;
-        has(
-            &text,
-            &[
-                "portico_edge_connections_accepted_total",
-                "portico_edge_connections_rejected_total",
-                "portico_edge_bytes_total",
-                "portico_edge_reloads_total",
-                "portico_edge_kubernetes_status_writes_total",
-            ],
-        )
+    // The traffic spread over both edges, and only the one holding the
+    // Lease writes statuses: the families of both scrapes together.
+    let wanted = [
+        "portico_edge_connections_accepted_total",
+        "portico_edge_connections_rejected_total",
+        "portico_edge_bytes_total",
+        "portico_edge_reloads_total",
+        "portico_edge_kubernetes_status_writes_total",
+        "portico_edge_bird_up",
+        "portico_edge_bgp_session_up",
+        "portico_edge_bfd_session_up",
+    ];
+    let edges = wait_for(&lab, "the lab edges' traffic families", || {
+        let texts = (1..=lab.edges())
+            .map(|n| lab.edge_metrics_of(n).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<String>, String>>()?;
+        let union: Families = texts.iter().flat_map(|t| exposition::families(t)).collect();
+        match wanted.iter().find(|w| !union.contains_key(**w)) {
+            Some(missing) => Err(format!("{missing} not in the scrapes yet")),
+            None => Ok(texts),
+        }
     });
-    merge(&mut exported, Component::Edge, &edge);
+    for text in &edges {
+        merge(&mut exported, Component::Edge, text);
+    }
 
     let mut hook = HookEdge::start(&lab);
     let hook_text = hook.exercise(&lab);
@@ -401,6 +418,7 @@ fn lab() -> Lab {
         state_dir: std::env::temp_dir().join(format!("portico-lab-{prefix}")),
         prefix,
         ready_timeout: DEADLINE,
+        edges: 2,
         ..LabOptions::standard(binaries())
     };
     Lab::up(&opts).unwrap_or_else(|e| panic!("lab up: {e}"))
