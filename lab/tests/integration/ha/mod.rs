@@ -19,7 +19,7 @@ use portico_lab::load::{Load, LoadSpec};
 use portico_lab::routing::{self, edge_v4, Fabric, RouterFib, ROUTER_V4};
 
 use crate::support;
-use crate::support::edges::{carried_by, hops, timeline_by_edge, Clients, Running};
+use crate::support::edges::{carried_by, hops, sessions_at, timeline_by_edge, Clients, Running};
 
 const VIP: &str = "192.0.2.10";
 const NODE_PORT: u16 = 30080;
@@ -187,10 +187,12 @@ fn drained_then_stopped_costs_nothing_and_killed_costs_what_was_in_flight() {
     eprintln!("both edges announce {VIP}: at the router after {took:?}");
     let target = SocketAddr::new(VIP.parse().expect("vip"), 80);
 
-    // 1. Drained, then stopped: no new connection fails.
+    // 1. Drained, then stopped: no new connection fails. Sixteen sessions
+    // live through it.
     let load = Load::start(
         &clients,
-        LoadSpec::connections(vec![target], 100, Duration::from_secs(9)),
+        LoadSpec::connections(vec![target], 100, Duration::from_secs(9))
+            .with_sessions(&[target], 16),
     );
     load.wait_ok(100, Duration::from_secs(10))
         .expect("the load runs");
@@ -211,8 +213,18 @@ fn drained_then_stopped_costs_nothing_and_killed_costs_what_was_in_flight() {
     let mut timeline = timeline_by_edge(&record);
     timeline.mark(drain_at, "edge 1 drained");
     timeline.mark(stop_at, "edge 1 stopped (SIGTERM)");
+    let (open, lost) = sessions_at(&record, drain_at);
     eprintln!(
-        "drain then stop (withdrawn at the router {withdrawn:?} after the drain):\n{timeline}"
+        "drain then stop (withdrawn at the router {withdrawn:?} after the drain); of the sessions open at the drain, lost by edge {lost:?} of {open:?}:\n{timeline}"
+    );
+    // A plain multipath router moves the drained edge's flows to the other
+    // edge at the withdraw, so the drained edge's sessions break there (a
+    // full proxy cannot hand them over); the other edge keeps every one.
+    assert_eq!(lost.get(&2), None, "edge 2 kept its sessions: {lost:?}");
+    assert_eq!(
+        lost.get(&1),
+        open.get(&1),
+        "edge 1's sessions: {lost:?} of {open:?}"
     );
     // Both edges carried connections before the drain, only edge 2 after
     // the withdraw reached the router.

@@ -15,7 +15,7 @@ use portico_lab::load::{Load, LoadSpec, Record};
 use portico_lab::routing::RouterFib;
 
 use super::{start_edge, wait_hops, Scene, VIP};
-use crate::support::edges::{carried_by, edge_of, hops, timeline_by_edge};
+use crate::support::edges::{carried_by, hops, sessions_at, timeline_by_edge};
 
 /// Long-lived sessions (about 20 per edge).
 const SESSIONS: usize = 60;
@@ -40,19 +40,7 @@ struct Cost {
 impl Cost {
     fn of(record: &Record, event: Duration) -> Cost {
         let bad = |c: &&portico_lab::load::Connection| c.result.is_err() || c.took > DELAYED;
-        let by_edge = |lost: bool| {
-            let mut counts = BTreeMap::new();
-            let open = record
-                .sessions
-                .iter()
-                .filter(|s| s.opened < event && s.ended >= event);
-            for s in open.filter(|s| !lost || s.lost.is_some()) {
-                if let Some(edge) = s.answer.as_ref().and_then(|a| edge_of(a.peer)) {
-                    *counts.entry(edge).or_insert(0) += 1;
-                }
-            }
-            counts
-        };
+        let (opened, lost) = sessions_at(record, event);
         Cost {
             total: record.connections.len(),
             failed: record.failed().len(),
@@ -67,8 +55,8 @@ impl Cost {
                 .filter(bad)
                 .map(|c| c.at.saturating_sub(event))
                 .max(),
-            opened: by_edge(false),
-            lost: by_edge(true),
+            opened,
+            lost,
         }
     }
 

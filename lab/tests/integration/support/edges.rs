@@ -2,7 +2,7 @@
 //! ([`Running`]), the clients' namespace behind the router ([`Clients`]),
 //! and reading a load's record by edge (which edge carried what).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -147,4 +147,25 @@ pub fn timeline_by_edge(record: &Record) -> Timeline {
 /// The edges' addresses.
 pub fn hops(edges: &[usize]) -> BTreeSet<IpAddr> {
     edges.iter().map(|n| IpAddr::V4(edge_v4(*n))).collect()
+}
+
+/// The sessions open at `at` by edge, and how many of those were lost.
+pub fn sessions_at(
+    record: &Record,
+    at: Duration,
+) -> (BTreeMap<usize, usize>, BTreeMap<usize, usize>) {
+    let (mut open, mut lost) = (BTreeMap::new(), BTreeMap::new());
+    for s in record
+        .sessions
+        .iter()
+        .filter(|s| s.opened < at && s.ended >= at)
+    {
+        if let Some(edge) = s.answer.as_ref().and_then(|a| edge_of(a.peer)) {
+            *open.entry(edge).or_insert(0) += 1;
+            if s.lost.is_some() {
+                *lost.entry(edge).or_insert(0) += 1;
+            }
+        }
+    }
+    (open, lost)
 }
