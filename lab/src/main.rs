@@ -44,6 +44,10 @@ enum Command {
         /// (needs Debian's bird2), the router spreading flows over them.
         #[arg(long, default_value_t = 1)]
         edges: usize,
+        /// With `--edges 2`: the two edges share the VIPs by VRRP
+        /// (keepalived, Debian's keepalived) on the public network instead.
+        #[arg(long)]
+        vrrp: bool,
     },
     /// Remove every trace of the lab (processes, namespaces, links, state).
     /// Safe to run when nothing is up.
@@ -134,11 +138,12 @@ fn main() -> ExitCode {
             agent_bin,
             timeout_secs,
             edges,
+            vrrp,
         } => up(
             edge_bin,
             agent_bin,
             Duration::from_secs(timeout_secs),
-            edges,
+            (edges, vrrp),
         ),
         Command::Down => match portico_lab::down(DEFAULT_PREFIX, state) {
             Ok(r) => {
@@ -190,7 +195,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn up(edge: Option<PathBuf>, agent: Option<PathBuf>, timeout: Duration, edges: usize) -> ExitCode {
+fn up(
+    edge: Option<PathBuf>,
+    agent: Option<PathBuf>,
+    timeout: Duration,
+    (edges, vrrp): (usize, bool),
+) -> ExitCode {
     let me = match std::env::current_exe() {
         Ok(me) => me,
         Err(e) => return fail(&e),
@@ -216,6 +226,7 @@ fn up(edge: Option<PathBuf>, agent: Option<PathBuf>, timeout: Duration, edges: u
     let mut opts = LabOptions::standard(binaries);
     opts.ready_timeout = timeout;
     opts.edges = edges;
+    opts.vrrp = vrrp;
     println!(
         "building lab {DEFAULT_PREFIX:?} ({edges} x edge {}, node agent {}) ...",
         opts.binaries.edge.display(),

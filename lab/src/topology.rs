@@ -56,6 +56,23 @@ pub const EDGE_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
 /// With several edges, the block the clients route to the router: it holds
 /// [`ADDRESS_POOL`].
 pub const VIP_BLOCK: &str = "198.51.100.96/28";
+/// Every address of [`ADDRESS_POOL`], in order.
+pub fn pool_addresses() -> Vec<Ipv4Addr> {
+    let (first, last) = ADDRESS_POOL
+        .split_once('-')
+        .expect("ADDRESS_POOL is a range");
+    let first = u32::from(first.parse::<Ipv4Addr>().expect("an address"));
+    let last = u32::from(last.parse::<Ipv4Addr>().expect("an address"));
+    (first..=last).map(Ipv4Addr::from).collect()
+}
+
+/// With a VRRP pair, edge `n`'s (1-based) address on the public network:
+/// edge 1's is [`EDGE_PUBLIC_IP`].
+pub fn edge_public_ip(n: usize) -> Ipv4Addr {
+    let [a, b, c, d] = EDGE_PUBLIC_IP.octets();
+    Ipv4Addr::new(a, b, c, d + n as u8 - 1)
+}
+
 /// Edge `n`'s (1-based) address on the cluster network: edge 1's is
 /// [`EDGE_CLUSTER_IP`].
 pub fn edge_cluster_ip(n: usize) -> Ipv4Addr {
@@ -360,6 +377,23 @@ mod tests {
         assert!(!valid_prefix("plab-"));
         assert!(!valid_prefix("p/lab"));
         assert!(!valid_prefix("1lab"));
+    }
+
+    #[test]
+    fn the_pool_is_ten_addresses_in_the_vip_block() {
+        let pool = pool_addresses();
+        assert_eq!(pool.len(), 10);
+        assert_eq!(pool[0], Ipv4Addr::new(198, 51, 100, 100));
+        assert_eq!(pool[9], Ipv4Addr::new(198, 51, 100, 109));
+        // The clients route VIP_BLOCK to the router: it must hold the pool.
+        let (base, len) = VIP_BLOCK.split_once('/').unwrap();
+        let (base, len) = (
+            u32::from(base.parse::<Ipv4Addr>().unwrap()),
+            len.parse::<u32>().unwrap(),
+        );
+        let mask = u32::MAX << (32 - len);
+        assert!(pool.iter().all(|a| u32::from(*a) & mask == base));
+        assert_eq!(edge_public_ip(2), Ipv4Addr::new(198, 51, 100, 2));
     }
 
     #[test]

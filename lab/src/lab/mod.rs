@@ -15,9 +15,11 @@
 //!   node, the edge's metrics and health view, [`NodeWatch`]);
 //! - [`report`]: what `portico-lab up` and `status` print;
 //! - [`routed`]: several edges behind a router (`up --edges N`);
+//! - [`pair`]: two edges sharing the VIPs by VRRP (`up --edges 2 --vrrp`);
 //! - [`teardown`]: removing a lab ([`down`], [`Lab::teardown`]).
 
 pub mod observe;
+pub mod pair;
 pub mod processes;
 pub mod report;
 pub mod routed;
@@ -28,7 +30,7 @@ pub mod up;
 pub use observe::{backend_up, health_settled, NodeSample, NodeWatch};
 pub use report::status;
 pub use teardown::{down, DownReport};
-pub use up::edge_config;
+pub use up::{edge_config, VipHolding};
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -125,8 +127,13 @@ pub enum LabError {
     #[error("routing: {0}")]
     Routing(String),
     /// An edge count the lab cannot build.
-    #[error("{0} edges: a lab has 1 to {max}", max = crate::routing::MAX_EDGES)]
-    Edges(usize),
+    #[error("{edges} edges{}: a lab has 1 to {max} edges, a VRRP pair 2", if *vrrp { " by VRRP" } else { "" }, max = crate::routing::MAX_EDGES)]
+    Edges {
+        /// How many were asked for.
+        edges: usize,
+        /// Whether as a VRRP pair.
+        vrrp: bool,
+    },
     /// Something did not become ready in time.
     #[error("timed out after {limit:?} waiting for {what}{diagnostics}")]
     NotReady {
@@ -218,6 +225,8 @@ pub struct LabOptions {
     /// How many edges: 1 serves the VIPs on the public network itself;
     /// more sit behind a router that spreads flows over them ([`routed`]).
     pub edges: usize,
+    /// With 2 edges: a VRRP pair on the public network instead ([`pair`]).
+    pub vrrp: bool,
 }
 
 impl LabOptions {
@@ -230,6 +239,7 @@ impl LabOptions {
             ready_timeout: Duration::from_secs(60),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             edges: 1,
+            vrrp: false,
         }
     }
 }
@@ -254,6 +264,8 @@ pub struct Lab {
     drain_timeout: Duration,
     /// How many edges ([`LabOptions::edges`]).
     edges: usize,
+    /// Whether they are a VRRP pair ([`LabOptions::vrrp`]).
+    vrrp: bool,
     vips: BTreeMap<String, IpAddr>,
     timings: Vec<(&'static str, Duration)>,
     binaries: Binaries,
@@ -320,11 +332,16 @@ impl Lab {
 
     /// The configuration the lab gave the edge (edge 1).
     pub fn edge_config(&self) -> String {
-        let socket = (self.edges > 1).then(|| self.bird_socket("bird-edge1"));
+        let socket = self.bird_socket("bird-edge1");
+        let holding = match (self.vrrp, self.edges) {
+            (true, _) => VipHolding::Vrrp,
+            (false, 1) => VipHolding::Alone,
+            (false, _) => VipHolding::Bgp(&socket),
+        };
         edge_config(
             &self.state.join(api::KUBECONFIG),
             self.drain_timeout,
-            socket.as_deref(),
+            holding,
         )
     }
 

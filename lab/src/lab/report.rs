@@ -22,7 +22,14 @@ impl Lab {
             .find(|(what, _)| *what == "total")
             .map(|(_, d)| *d)
             .unwrap_or_default();
-        let held = if self.edges > 1 {
+        let held = if self.vrrp {
+            format!(
+                "VIPs on the eth0 of whichever of {} and {} keepalived makes active, port {}",
+                n.edge_n(1),
+                n.edge_n(2),
+                topology::SERVICE_PORT
+            )
+        } else if self.edges > 1 {
             format!(
                 "VIPs announced by {} edges ({} ... {}) through {}, port {}",
                 self.edges,
@@ -114,7 +121,23 @@ impl Lab {
                 topology::EDGE_METRICS_PORT
             ),
         );
-        if self.edges > 1 {
+        if self.vrrp {
+            line(
+                out,
+                format!(
+                    "  ip -n {} -br addr show eth0   # the VIPs, on the active edge",
+                    n.edge_n(1)
+                ),
+            );
+            line(
+                out,
+                format!(
+                    "  ip netns exec {} {edge_bin} drain   # keepalived moves the VIPs to {}",
+                    n.edge_n(1),
+                    n.edge_n(2)
+                ),
+            );
+        } else if self.edges > 1 {
             line(
                 out,
                 format!(

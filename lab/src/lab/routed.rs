@@ -18,7 +18,7 @@ use crate::routing::{self, edge_v4, edge_v6, ROUTER_V4, ROUTER_V6};
 use crate::topology;
 
 use super::up::write_file;
-use super::{Lab, LabError, LabOptions};
+use super::{Lab, LabError, LabOptions, VipHolding};
 
 /// The edges' network's bridge (in the `net` namespace).
 const EDGE_BRIDGE: &str = "br-edge";
@@ -129,7 +129,7 @@ impl Lab {
             let file = self.edge_config_file(e);
             write_file(
                 &file,
-                &super::edge_config(kubeconfig, opts.drain_timeout, Some(&socket)),
+                &super::edge_config(kubeconfig, opts.drain_timeout, VipHolding::Bgp(&socket)),
             )?;
             let upgrade = self
                 .state

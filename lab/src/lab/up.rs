@@ -28,8 +28,13 @@ impl Lab {
         if !topology::valid_prefix(&opts.prefix) {
             return Err(LabError::BadPrefix(opts.prefix.clone()));
         }
-        if !(1..=crate::routing::MAX_EDGES).contains(&opts.edges) {
-            return Err(LabError::Edges(opts.edges));
+        if !(1..=crate::routing::MAX_EDGES).contains(&opts.edges)
+            || (opts.vrrp && opts.edges != crate::routing::EDGES)
+        {
+            return Err(LabError::Edges {
+                edges: opts.edges,
+                vrrp: opts.vrrp,
+            });
         }
         let names = Names::new(&opts.prefix);
         let existing = owned_namespaces(&names)?;
@@ -64,6 +69,7 @@ impl Lab {
             edge_generation: 1,
             drain_timeout: opts.drain_timeout,
             edges: opts.edges,
+            vrrp: opts.vrrp,
             vips: BTreeMap::new(),
             timings: Vec::new(),
             binaries: opts.binaries.clone(),
@@ -107,7 +113,10 @@ impl Lab {
         }
         mark(self, "health checks settled");
 
-        if self.edges > 1 {
+        if self.vrrp {
+            self.wait_vrrp(opts.ready_timeout)?;
+            mark(self, "VIPs held by one edge (VRRP)");
+        } else if self.edges > 1 {
             self.wait_routes(opts.ready_timeout)?;
             mark(self, "routes at the router");
         }
@@ -153,11 +162,16 @@ impl Lab {
         let bins = &opts.binaries;
         let edge_ns = self.names.edge();
         let kubeconfig = self.state.join(api::KUBECONFIG);
-        if self.edges > 1 {
+        if self.vrrp {
+            self.start_pair(opts, &kubeconfig)?;
+        } else if self.edges > 1 {
             self.start_routed_edges(opts, &kubeconfig)?;
         } else {
             let config = self.edge_config_path();
-            write_file(&config, &edge_config(&kubeconfig, opts.drain_timeout, None))?;
+            write_file(
+                &config,
+                &edge_config(&kubeconfig, opts.drain_timeout, VipHolding::Alone),
+            )?;
             let upgrade = self.state.join("run").join("edge-upgrade.sock");
             self.start(
                 "edge",
@@ -284,7 +298,16 @@ impl Lab {
         };
         let public = |ip: std::net::Ipv4Addr| format!("{ip}/{}", topology::PUBLIC_PREFIX);
         let cluster = |ip: std::net::Ipv4Addr| format!("{ip}/{}", topology::CLUSTER_PREFIX);
-        if self.edges > 1 {
+        if self.vrrp {
+            for e in 1..=self.edges {
+                let ns = n.edge_n(e);
+                netns::add(&ns)?;
+                let public_ip = public(topology::edge_public_ip(e));
+                attach("br-pub", &format!("pub-edge{e}"), &ns, "eth0", &public_ip)?;
+                let cluster_ip = cluster(topology::edge_cluster_ip(e));
+                attach("br-clu", &format!("clu-edge{e}"), &ns, "eth1", &cluster_ip)?;
+            }
+        } else if self.edges > 1 {
             self.build_routed(&|port, ns, ip| {
                 Ok(attach("br-clu", port, ns, "eth1", &cluster(ip))?)
             })?;
@@ -313,7 +336,7 @@ impl Lab {
                 continue;
             };
             attach("br-pub", port, &ns, "eth0", &public(ip))?;
-            if self.edges > 1 {
+            if self.edges > 1 && !self.vrrp {
                 self.route_clients(&ns)?;
             }
         }
@@ -417,22 +440,43 @@ fn forwarding_on(ns: &str) -> Result<(), LabError> {
     })
 }
 
-/// The edge's configuration: the Kubernetes watch, VIPs on the public
-/// interface and announced in its routing table, the address pool, and
-/// health checks quick enough for a lab. Behind a router (`bird_socket`:
-/// the control socket of the BIRD beside it), the VIPs go on `lo` and the
-/// edge reads that BIRD's sessions.
-pub fn edge_config(
-    kubeconfig: &Path,
-    drain_timeout: Duration,
-    bird_socket: Option<&Path>,
-) -> String {
-    let (interface, announce) = match bird_socket {
-        None => ("eth0".to_string(), "{}".to_string()),
-        Some(socket) => (
-            "lo".to_string(),
-            format!("{{birdSocket: {}}}", socket.display()),
+/// How an edge of the lab holds its VIPs.
+#[derive(Debug, Clone, Copy)]
+pub enum VipHolding<'a> {
+    /// Alone: on its public interface (and a route each in its table, with
+    /// no BIRD to read it).
+    Alone,
+    /// Behind a router: on `lo`, announced through the BIRD beside it,
+    /// whose control socket this is.
+    Bgp(&'a Path),
+    /// In a VRRP pair: keepalived puts them on the active edge.
+    Vrrp,
+}
+
+/// The edge's configuration: the Kubernetes watch, the VIPs held as
+/// `holding` says, the address pool, and health checks quick enough for a
+/// lab.
+pub fn edge_config(kubeconfig: &Path, drain_timeout: Duration, holding: VipHolding<'_>) -> String {
+    let vips = match holding {
+        VipHolding::Alone => "  vip:
+    interface: eth0
+  # The host routes a BIRD beside the edge would export (table 4242).
+  announce: {}
+"
+        .to_string(),
+        VipHolding::Bgp(socket) => format!(
+            "  vip:
+    interface: lo
+  # The host routes the BIRD beside the edge exports by BGP (table 4242).
+  announce:
+    birdSocket: {}
+",
+            socket.display()
         ),
+        VipHolding::Vrrp => "  # keepalived holds the VIPs; the edge listens on them all the same.
+  vip: {}
+"
+        .to_string(),
     };
     format!(
         "# Written by portico-lab.
@@ -447,11 +491,7 @@ settings:
     connectTimeout: 1s
     connectRetries: 2
     drainTimeout: {drain}ms
-  vip:
-    interface: {interface}
-  # The host routes a BIRD beside the edge exports by BGP (table 4242).
-  announce: {announce}
-  metricsListen: 127.0.0.1:{metrics}
+{vips}  metricsListen: 127.0.0.1:{metrics}
   adminListen: 127.0.0.1:{admin}
   kubernetes:
     kubeconfig: {kubeconfig}
@@ -478,7 +518,7 @@ mod tests {
         let yaml = edge_config(
             Path::new("/run/portico-lab/kubeconfig"),
             DEFAULT_DRAIN_TIMEOUT,
-            None,
+            VipHolding::Alone,
         );
         let config =
             portico_config::parse_edge_config(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));

@@ -77,6 +77,7 @@ pub fn lab_of(edges: usize, drain_timeout: Duration) -> Lab {
         ready_timeout: Duration::from_secs(60),
         drain_timeout,
         edges,
+        vrrp: false,
     };
     let started = Instant::now();
     let lab = Lab::up(&opts).unwrap_or_else(|e| panic!("lab up: {e}"));

@@ -1,0 +1,170 @@
+//! A VRRP pair of edges (`portico-lab up --edges 2 --vrrp`): both edges on
+//! the public network (198.51.100.1 and .2) and the cluster network,
+//! keepalived on the shipped `deploy/keepalived.conf` beside each, holding
+//! the whole address pool on the active edge's `eth0` and tracking the
+//! edge's `/readyz`. The edges run without `vip.interface` (keepalived owns
+//! the addresses; the standby already listens) and the clients reach the
+//! VIPs on the segment, by ARP, wherever keepalived put them.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::routing::vrrp::{self, replace_line};
+use crate::topology;
+
+use super::routed::edge_process;
+use super::up::write_file;
+use super::{Lab, LabError, LabOptions, VipHolding};
+
+/// The VRRP priorities of edge 1 and edge 2: edge 1 is the active one.
+const PRIORITIES: [u8; 2] = [150, 100];
+
+impl Lab {
+    /// Whether the edges are a VRRP pair.
+    pub fn vrrp(&self) -> bool {
+        self.vrrp
+    }
+
+    /// keepalived beside each edge, then the edges.
+    pub(super) fn start_pair(
+        &mut self,
+        opts: &LabOptions,
+        kubeconfig: &Path,
+    ) -> Result<(), LabError> {
+        let program = crate::command::find_on_path("keepalived")
+            .unwrap_or_else(|| PathBuf::from("/usr/sbin/keepalived"));
+        for (e, priority) in (1..=2).zip(PRIORITIES) {
+            let ns = self.names.edge_n(e);
+            let name = format!("keepalived-edge{e}");
+            let conf = self.state.join(format!("{name}.conf"));
+            write_file(&conf, &keepalived_config(e, priority)?)?;
+            let pid = |what: &str| {
+                self.state
+                    .join("run")
+                    .join(format!("{name}.{what}"))
+                    .display()
+                    .to_string()
+            };
+            let (main, vrrp_pid, checkers) = (pid("main"), pid("vrrp"), pid("checkers"));
+            // As the routing tests run it: no fork, log to the console (its
+            // log file), VRRP only, pid files of its own.
+            self.start(
+                &name,
+                &ns,
+                &program,
+                &[
+                    "-n",
+                    "-l",
+                    "-D",
+                    "-G",
+                    "-P",
+                    "-f",
+                    &conf.display().to_string(),
+                    "-p",
+                    &main,
+                    "-r",
+                    &vrrp_pid,
+                    "-c",
+                    &checkers,
+                ],
+            )?;
+            let file = self.edge_config_file(e);
+            write_file(
+                &file,
+                &super::edge_config(kubeconfig, opts.drain_timeout, VipHolding::Vrrp),
+            )?;
+            let upgrade = self
+                .state
+                .join("run")
+                .join(format!("{}-upgrade.sock", edge_process(e)));
+            self.start(
+                &edge_process(e),
+                &ns,
+                &opts.binaries.edge,
+                &[
+                    "run",
+                    "--config",
+                    &file.display().to_string(),
+                    "--upgrade-socket",
+                    &upgrade.display().to_string(),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Waits until one edge holds every address of the pool and the other
+    /// none; which one.
+    pub(super) fn wait_vrrp(&mut self, limit: Duration) -> Result<usize, LabError> {
+        let namespaces = [self.names.edge_n(1), self.names.edge_n(2)];
+        self.wait(
+            "keepalived to put the pool on one edge",
+            limit,
+            |_: &Lab| {
+                let mut held = [0, 0];
+                for addr in topology::pool_addresses() {
+                    for (i, ns) in namespaces.iter().enumerate() {
+                        if vrrp::holds(ns, IpAddr::V4(addr)).map_err(|e| e.to_string())? {
+                            held[i] += 1;
+                        }
+                    }
+                }
+                let pool = topology::pool_addresses().len();
+                match held {
+                    [n, 0] if n == pool => Ok(1),
+                    [0, n] if n == pool => Ok(2),
+                    _ => Err(format!("addresses held by edge 1, edge 2: {held:?}")),
+                }
+            },
+        )
+    }
+}
+
+/// `deploy/keepalived.conf` for edge `e` of the lab's pair: its router id
+/// and priority ([`vrrp::keepalived_config`]), and the lab's whole address
+/// pool in place of the example VIPs.
+pub fn keepalived_config(e: usize, priority: u8) -> Result<String, LabError> {
+    let routing = |e: crate::routing::RoutingError| LabError::Routing(e.to_string());
+    let text = vrrp::keepalived_config(e, priority).map_err(routing)?;
+    let pool: Vec<String> = topology::pool_addresses()
+        .iter()
+        .map(|a| format!("{a}/32 dev eth0"))
+        .collect();
+    let name = "keepalived.conf";
+    let text = replace_line(name, &text, "192.0.2.10/32 dev eth0", &pool.join("\n\t\t"))
+        .map_err(routing)?;
+    replace_line(name, &text, "192.0.2.11/32 dev eth0", "").map_err(routing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pair_holds_the_whole_pool_and_differs_in_priority_only() {
+        let one = keepalived_config(1, PRIORITIES[0]).unwrap();
+        let two = keepalived_config(2, PRIORITIES[1]).unwrap();
+        for addr in topology::pool_addresses() {
+            let line = format!("\t\t{addr}/32 dev eth0");
+            assert_eq!(
+                one.lines().filter(|l| *l == line).count(),
+                1,
+                "{line:?} in\n{one}"
+            );
+        }
+        assert!(!one.contains("192.0.2.1"), "{one}");
+        let differ: Vec<(&str, &str)> = one
+            .lines()
+            .zip(two.lines())
+            .filter(|(a, b)| a != b)
+            .collect();
+        assert_eq!(
+            differ,
+            [
+                ("\trouter_id portico-edge-1", "\trouter_id portico-edge-2"),
+                ("\tpriority 150", "\tpriority 100"),
+            ]
+        );
+    }
+}
