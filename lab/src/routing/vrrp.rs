@@ -2,11 +2,14 @@
 //! `deploy/keepalived.conf` in two edge namespaces ([`super::Namespaces`]),
 //! each beside a stand-in for the edge's admin server ([`Readyz`]: `GET
 //! /readyz` answers 200 or 503 as the test says), so a test sees the VIPs
-//! follow the edge's readiness.
+//! follow the edge's readiness. With real edges instead of the stand-in,
+//! the router finds the VIPs' holder on the segment by ARP
+//! ([`join_vips_subnet`]), and a test reads where it sends them
+//! ([`neighbour_mac`], [`link_mac`]).
 
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read as _, Write as _};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,11 +24,18 @@ use crate::command;
 use crate::netns;
 use crate::procs;
 
-use super::{deploy_file, read, RoutingError};
+use super::{deploy_file, read, Namespaces, RoutingError};
 
 /// Where the edge's admin server answers `/readyz` by default (and where
 /// the shipped `keepalived.conf` asks).
 pub const READYZ: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9721);
+
+/// The router's address in the VIPs' subnet (`192.0.2.0/24`, that of the
+/// shipped config's VIPs), on the bridge the edges share: see
+/// [`join_vips_subnet`].
+pub const ROUTER_ON_VIPS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// The prefix length of the VIPs' subnet.
+pub const VIPS_PREFIX: u8 = 24;
 
 /// How long a connection to the stand-in may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
@@ -74,6 +84,129 @@ pub fn keepalived_config(n: usize, priority: u8) -> Result<String, RoutingError>
         &format!("router_id portico-edge-{n}"),
     )?;
     replace_line(name, &text, "priority 150", &format!("priority {priority}"))
+}
+
+/// The VIPs the shipped `deploy/keepalived.conf` moves (its
+/// `virtual_ipaddress` block), in its order.
+pub fn shipped_vips() -> Result<Vec<IpAddr>, RoutingError> {
+    let name = "keepalived.conf";
+    parse_vips(name, &read(&deploy_file(name))?)
+}
+
+/// The addresses of the one `virtual_ipaddress { ... }` block of `text`
+/// (a keepalived config named `config` in errors): each line's first word,
+/// `ADDRESS/PREFIX`; comments (`#`, `!`) and blank lines aside.
+pub fn parse_vips(config: &str, text: &str) -> Result<Vec<IpAddr>, RoutingError> {
+    let missing = |line: String| RoutingError::MissingLine {
+        config: config.to_string(),
+        line,
+    };
+    const BLOCK: &str = "virtual_ipaddress {";
+    let mut lines = text.lines().map(str::trim);
+    if text.lines().filter(|l| l.trim() == BLOCK).count() != 1 {
+        return Err(missing(BLOCK.to_string()));
+    }
+    lines.find(|l| *l == BLOCK);
+    let mut vips = Vec::new();
+    for line in lines {
+        if line == "}" {
+            return if vips.is_empty() {
+                Err(missing(format!("{BLOCK} ADDRESS/PREFIX ... }}")))
+            } else {
+                Ok(vips)
+            };
+        }
+        if line.is_empty() || line.starts_with(['#', '!']) {
+            continue;
+        }
+        let word = line.split_whitespace().next().unwrap_or_default();
+        let addr = word.split_once('/').map_or(word, |(a, _)| a);
+        vips.push(
+            addr.parse()
+                .map_err(|_| missing(format!("an address in {BLOCK} (found `{line}`)")))?,
+        );
+    }
+    Err(missing(format!("the `}}` closing {BLOCK}")))
+}
+
+/// Gives the router an address in the VIPs' subnet ([`ROUTER_ON_VIPS`]) on
+/// the bridge the edges share. keepalived puts the VIPs on the edge's
+/// segment interface as host addresses and announces them by gratuitous
+/// ARP: that only reaches a router that takes the VIPs for neighbours on
+/// that segment (as a site's router on the public subnet does). Without it
+/// the lab's router, whose only address there is in `10.42.0.0/24`, would
+/// have no route to the VIPs. Fails for a VIP outside the subnet.
+pub fn join_vips_subnet(namespaces: &Namespaces, vips: &[IpAddr]) -> Result<(), RoutingError> {
+    let mask = u32::MAX << (32 - VIPS_PREFIX);
+    for vip in vips {
+        let inside = match vip {
+            IpAddr::V4(v4) => u32::from(*v4) & mask == u32::from(ROUTER_ON_VIPS) & mask,
+            IpAddr::V6(_) => false,
+        };
+        if !inside {
+            return Err(RoutingError::MissingLine {
+                config: "keepalived.conf".to_string(),
+                line: format!(
+                    "{vip} is outside {ROUTER_ON_VIPS}/{VIPS_PREFIX}, the lab's VIP subnet"
+                ),
+            });
+        }
+    }
+    let router = namespaces.router();
+    netns::ip_line(&format!(
+        "-n {router} addr add {ROUTER_ON_VIPS}/{VIPS_PREFIX} dev br0"
+    ))?;
+    Ok(())
+}
+
+/// The link-layer address of device `dev` in namespace `ns`.
+pub fn link_mac(ns: &str, dev: &str) -> Result<String, RoutingError> {
+    let text = netns::ip(&["-j", "-n", ns, "link", "show", "dev", dev])?;
+    parse_link_mac(&text)
+}
+
+/// Reads `ip -j link show dev DEV`: its `address`.
+pub fn parse_link_mac(text: &str) -> Result<String, RoutingError> {
+    let bad = |why: &str| RoutingError::IpJson(format!("{why}: {text}"));
+    let links: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(&e.to_string()))?;
+    links
+        .get(0)
+        .and_then(|l| l.get("address"))
+        .and_then(|a| a.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| bad("no address"))
+}
+
+/// Where namespace `ns` sends `addr` on the segment: the link-layer address
+/// of its neighbour entry, if it has a usable one (not `FAILED` or
+/// `INCOMPLETE`).
+pub fn neighbour_mac(ns: &str, addr: IpAddr) -> Result<Option<String>, RoutingError> {
+    let addr = addr.to_string();
+    let text = netns::ip(&["-j", "-n", ns, "neigh", "show", &addr])?;
+    parse_neighbour_mac(&text)
+}
+
+/// Reads `ip -j neigh show ADDR`: the `lladdr` of its first entry that has
+/// one and is neither `FAILED` nor `INCOMPLETE`.
+pub fn parse_neighbour_mac(text: &str) -> Result<Option<String>, RoutingError> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    let entries: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| RoutingError::IpJson(format!("{e}: {text}")))?;
+    let usable = |e: &&serde_json::Value| {
+        !e.get("state")
+            .and_then(|s| s.as_array())
+            .into_iter()
+            .flatten()
+            .any(|s| matches!(s.as_str(), Some("FAILED" | "INCOMPLETE")))
+    };
+    Ok(entries
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(usable)
+        .find_map(|e| e.get("lladdr").and_then(|m| m.as_str()).map(str::to_string)))
 }
 
 /// keepalived (VRRP only) in a namespace, in the foreground as a child of
@@ -315,5 +448,40 @@ mod tests {
         );
         assert!(replace_line("t", text, "priority 99", "x").is_err());
         assert!(replace_line("t", "a\na\n", "a", "b").is_err());
+    }
+
+    #[test]
+    fn the_shipped_vips_are_read_from_their_block() {
+        let text = "vrrp_instance x {\n  virtual_ipaddress {\n    # a comment\n    192.0.2.10/32 dev eth0\n\n    2001:db8::10/128 dev eth0\n  }\n}\n";
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            parse_vips("t", text).unwrap(),
+            [ip("192.0.2.10"), ip("2001:db8::10")]
+        );
+        assert!(parse_vips("t", "virtual_ipaddress {\n}\n").is_err());
+        assert!(parse_vips("t", "virtual_ipaddress {\n  nope/32\n}\n").is_err());
+        assert!(parse_vips("t", "virtual_ipaddress {\n  192.0.2.10/32\n").is_err());
+        assert!(parse_vips("t", "a\n").is_err());
+        assert_eq!(
+            shipped_vips().unwrap(),
+            [ip("192.0.2.10"), ip("192.0.2.11")]
+        );
+    }
+
+    #[test]
+    fn link_and_neighbour_addresses() {
+        let link = r#"[{"ifindex":2,"ifname":"eth0","link_type":"ether","address":"aa:bb:cc:00:00:01","broadcast":"ff:ff:ff:ff:ff:ff"}]"#;
+        assert_eq!(parse_link_mac(link).unwrap(), "aa:bb:cc:00:00:01");
+        assert!(parse_link_mac("[]").is_err());
+        let reachable = r#"[{"dst":"192.0.2.10","dev":"br0","lladdr":"aa:bb:cc:00:00:02","state":["REACHABLE"]}]"#;
+        assert_eq!(
+            parse_neighbour_mac(reachable).unwrap().as_deref(),
+            Some("aa:bb:cc:00:00:02")
+        );
+        let failed = r#"[{"dst":"192.0.2.10","dev":"br0","state":["FAILED"]}]"#;
+        assert_eq!(parse_neighbour_mac(failed).unwrap(), None);
+        let stale_incomplete = r#"[{"dst":"192.0.2.10","dev":"br0","lladdr":"aa:bb:cc:00:00:02","state":["INCOMPLETE"]}]"#;
+        assert_eq!(parse_neighbour_mac(stale_incomplete).unwrap(), None);
+        assert_eq!(parse_neighbour_mac("").unwrap(), None);
     }
 }
