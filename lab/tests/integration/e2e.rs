@@ -421,3 +421,71 @@ fn three_edges_behind_a_router_share_every_vip() {
     admin("undrain");
     wait(&edges);
 }
+
+/// `portico-lab up --edges 2 --vrrp`: keepalived puts the whole pool on
+/// one edge (the first whose `/readyz` passes twice: `nopreempt` keeps it
+/// there); every Service answers the inside client there, the outside
+/// client is refused by `restricted`; that edge drained, the pool moves to
+/// the other (the drained edge's check fails) and every Service answers
+/// from there.
+#[test]
+fn a_vrrp_pair_holds_every_vip_on_one_edge_and_moves_them_at_a_drain() {
+    if !privileged("a_vrrp_pair_holds_every_vip_on_one_edge_and_moves_them_at_a_drain")
+        || !portico_lab::command::installed_or_skip(
+            "a_vrrp_pair_holds_every_vip_on_one_edge_and_moves_them_at_a_drain",
+            &[("keepalived", "keepalived"), ("curl", "curl")],
+        )
+    {
+        return;
+    }
+    let _shared = shared();
+    let lab = crate::support::vrrp_lab();
+    let held = |n: usize| {
+        let ns = lab.names().edge_n(n);
+        topology::pool_addresses()
+            .into_iter()
+            .filter(|a| portico_lab::routing::vrrp::holds(&ns, IpAddr::V4(*a)).expect("ip addr"))
+            .count()
+    };
+    let pool = topology::pool_addresses().len();
+    let (active, standby) = match (held(1), held(2)) {
+        (n, 0) if n == pool => (1, 2),
+        (0, n) if n == pool => (2, 1),
+        split => panic!("the pool is not on one edge: {split:?}"),
+    };
+    let each = |lab: &Lab| {
+        for name in ["web", "local", "restricted", "sticky"] {
+            let vip = lab.vip(name).expect("a VIP");
+            answers(lab, Client::Inside, vip, 3);
+        }
+    };
+    each(&lab);
+    let restricted = lab.vip("restricted").expect("restricted has a VIP");
+    assert!(lab
+        .get_many(Client::Outside, restricted, 2)
+        .iter()
+        .all(Result::is_err));
+
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.names().edge_n(active)])
+        .arg(crate::support::binaries().edge)
+        .arg("drain")
+        .output()
+        .expect("portico-edge drain");
+    assert!(out.status.success(), "{out:?}");
+    let started = std::time::Instant::now();
+    while (held(active), held(standby)) != (0, pool) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "the pool did not move to edge {standby}: {} on edge {active}, {} on edge {standby}",
+            held(active),
+            held(standby)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    eprintln!(
+        "edge {active} drained: the pool on edge {standby} after {:?}",
+        started.elapsed()
+    );
+    each(&lab);
+}

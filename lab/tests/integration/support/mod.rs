@@ -64,6 +64,15 @@ pub fn lab_with(drain_timeout: Duration) -> Lab {
 /// [`lab`] with `edges` edges (behind a router from 2 on) and the edges'
 /// `drainTimeout` set to `drain_timeout`.
 pub fn lab_of(edges: usize, drain_timeout: Duration) -> Lab {
+    build(edges, false, drain_timeout)
+}
+
+/// [`lab`] with a VRRP pair of edges.
+pub fn vrrp_lab() -> Lab {
+    build(2, true, portico_lab::lab::DEFAULT_DRAIN_TIMEOUT)
+}
+
+fn build(edges: usize, vrrp: bool, drain_timeout: Duration) -> Lab {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let prefix = format!(
         "plt{}-{}",
@@ -77,7 +86,7 @@ pub fn lab_of(edges: usize, drain_timeout: Duration) -> Lab {
         ready_timeout: Duration::from_secs(60),
         drain_timeout,
         edges,
-        vrrp: false,
+        vrrp,
     };
     let started = Instant::now();
     let lab = Lab::up(&opts).unwrap_or_else(|e| panic!("lab up: {e}"));
