@@ -400,7 +400,7 @@ fn the_binary_announces_keeps_routes_through_an_upgrade_and_loses_them_when_kill
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_exports_the_sessions_of_its_bird() {
     use portico_edge::announce::bird;
-    use portico_lab::routing::Fabric;
+    use portico_lab::routing::{Fabric, EDGES};
 
     let test = "the_edge_exports_the_sessions_of_its_bird";
     if !nix::unistd::geteuid().is_root() {
@@ -412,9 +412,10 @@ async fn the_edge_exports_the_sessions_of_its_bird() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let prefix = format!("pebird{}", std::process::id());
-    let mut fabric =
-        tokio::task::block_in_place(|| Fabric::up(&prefix, dir.path(), Duration::from_secs(30)))
-            .unwrap_or_else(|e| panic!("the fabric comes up: {e}"));
+    let mut fabric = tokio::task::block_in_place(|| {
+        Fabric::up(&prefix, dir.path(), EDGES, Duration::from_secs(30))
+    })
+    .unwrap_or_else(|e| panic!("the fabric comes up: {e}"));
     let socket = fabric.edges[0].socket.clone();
 
     // Read from the control socket as BIRD writes it.
