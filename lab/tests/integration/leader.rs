@@ -509,6 +509,9 @@ fn the_leader_killed_under_traffic_writes_resume_within_the_lease_and_nothing_is
         LEASE + Duration::from_secs(2),
         || {
             let lease = api.get(LEASE_PATH).map_err(|e| e.to_string())?;
+            if lease["spec"]["holderIdentity"] != holder_before {
+                return Err(format!("the Lease moved: {lease}"));
+            }
             match renewed(&lease) {
                 now if now != last => Ok(lease),
                 _ => Err("not renewed yet".to_string()),
