@@ -5,7 +5,9 @@
 //! `e2e` checks what a user would check on a whole lab; `failures` runs the
 //! failure scenarios under load; `bench` and `scale` are the benchmarks'
 //! smoke tests; `bgp` runs BIRD on the shipped configs of several edges and
-//! their router, `vrrp` keepalived on the shipped config of a pair. Each builds namespaces of its own; the ones that measure
+//! their router, `vrrp` keepalived on the shipped config of a pair; `ha`
+//! and `leader` run real edges behind such a router under load (`leader`:
+//! the edge that writes to the cluster killed). Each builds namespaces of its own; the ones that measure
 //! time hold [`support::alone`], so no other lab runs beside them.
 
 mod bench;
@@ -13,6 +15,7 @@ mod bgp;
 mod e2e;
 mod failures;
 mod ha;
+mod leader;
 mod scale;
 mod support;
 mod vrrp;

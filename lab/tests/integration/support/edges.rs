@@ -169,3 +169,37 @@ pub fn sessions_at(
     }
     (open, lost)
 }
+
+/// Asks `check` every 20 ms until it answers, at most `limit`: its answer
+/// and how long it took; panics with its last complaint after `limit`.
+pub fn poll<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> (T, Duration) {
+    let started = Instant::now();
+    loop {
+        match check() {
+            Ok(v) => return (v, started.elapsed()),
+            Err(why) => assert!(
+                started.elapsed() < limit,
+                "{what}: not within {limit:?}: {why}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `GET path` on `addr` (an HTTP server in namespace `ns`, such as an
+/// edge's `/metrics`): the body of a 200 answer.
+pub fn http_get(ns: &str, addr: std::net::SocketAddr, path: &str) -> Result<String, String> {
+    let (code, body) = portico_lab::netns::in_netns(ns, || {
+        portico_lab::api::http_exchange(addr, "GET", path, None)
+    })
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("GET {path}: {e}"))?;
+    if code != 200 {
+        return Err(format!("GET {path}: {code}: {body}"));
+    }
+    Ok(body)
+}
