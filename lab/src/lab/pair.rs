@@ -13,7 +13,6 @@ use std::time::Duration;
 use crate::routing::vrrp::{self, replace_line};
 use crate::topology;
 
-use super::routed::edge_process;
 use super::up::write_file;
 use super::{Lab, LabError, LabOptions, VipHolding};
 
@@ -69,27 +68,8 @@ impl Lab {
                     &checkers,
                 ],
             )?;
-            let file = self.edge_config_file(e);
-            write_file(
-                &file,
-                &super::edge_config(kubeconfig, opts.drain_timeout, VipHolding::Vrrp),
-            )?;
-            let upgrade = self
-                .state
-                .join("run")
-                .join(format!("{}-upgrade.sock", edge_process(e)));
-            self.start(
-                &edge_process(e),
-                &ns,
-                &opts.binaries.edge,
-                &[
-                    "run",
-                    "--config",
-                    &file.display().to_string(),
-                    "--upgrade-socket",
-                    &upgrade.display().to_string(),
-                ],
-            )?;
+            let config = super::edge_config(kubeconfig, opts.drain_timeout, VipHolding::Vrrp);
+            self.start_edge(e, &opts.binaries.edge, &config)?;
         }
         Ok(())
     }

@@ -126,27 +126,9 @@ impl Lab {
             let ns = self.names.edge_n(e);
             self.start_bird(&name, &ns, &bird, &config)?;
             let socket = self.bird_socket(&name);
-            let file = self.edge_config_file(e);
-            write_file(
-                &file,
-                &super::edge_config(kubeconfig, opts.drain_timeout, VipHolding::Bgp(&socket)),
-            )?;
-            let upgrade = self
-                .state
-                .join("run")
-                .join(format!("{}-upgrade.sock", edge_process(e)));
-            self.start(
-                &edge_process(e),
-                &ns,
-                &opts.binaries.edge,
-                &[
-                    "run",
-                    "--config",
-                    &file.display().to_string(),
-                    "--upgrade-socket",
-                    &upgrade.display().to_string(),
-                ],
-            )?;
+            let config =
+                super::edge_config(kubeconfig, opts.drain_timeout, VipHolding::Bgp(&socket));
+            self.start_edge(e, &opts.binaries.edge, &config)?;
         }
         Ok(())
     }
@@ -177,14 +159,6 @@ impl Lab {
         )
     }
 
-    /// The configuration file of edge `e`.
-    pub fn edge_config_file(&self, e: usize) -> PathBuf {
-        match e {
-            1 => self.edge_config_path(),
-            e => self.state.join(format!("edge{e}.yaml")),
-        }
-    }
-
     /// The control socket of the BIRD process `name`.
     pub(super) fn bird_socket(&self, name: &str) -> PathBuf {
         self.state.join("run").join(format!("{name}.ctl"))
@@ -212,14 +186,6 @@ impl Lab {
                 &socket.display().to_string(),
             ],
         )
-    }
-}
-
-/// The process name of edge `e`: `edge` for edge 1 (as in a lab of one).
-pub fn edge_process(e: usize) -> String {
-    match e {
-        1 => "edge".to_string(),
-        e => format!("edge{e}"),
     }
 }
 

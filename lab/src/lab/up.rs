@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::api::{self, ApiClient};
@@ -160,31 +160,14 @@ impl Lab {
     /// server per pod.
     fn start_processes(&mut self, opts: &LabOptions) -> Result<(), LabError> {
         let bins = &opts.binaries;
-        let edge_ns = self.names.edge();
         let kubeconfig = self.state.join(api::KUBECONFIG);
         if self.vrrp {
             self.start_pair(opts, &kubeconfig)?;
         } else if self.edges > 1 {
             self.start_routed_edges(opts, &kubeconfig)?;
         } else {
-            let config = self.edge_config_path();
-            write_file(
-                &config,
-                &edge_config(&kubeconfig, opts.drain_timeout, VipHolding::Alone),
-            )?;
-            let upgrade = self.state.join("run").join("edge-upgrade.sock");
-            self.start(
-                "edge",
-                &edge_ns,
-                &bins.edge,
-                &[
-                    "run",
-                    "--config",
-                    &config.display().to_string(),
-                    "--upgrade-socket",
-                    &upgrade.display().to_string(),
-                ],
-            )?;
+            let config = edge_config(&kubeconfig, opts.drain_timeout, VipHolding::Alone);
+            self.start_edge(1, &bins.edge, &config)?;
         }
         for node in topology::nodes() {
             let ns = self.names.node(&node);
@@ -393,6 +376,41 @@ impl Lab {
         Ok(())
     }
 
+    /// Writes edge `e`'s configuration file and starts it (process `edge`,
+    /// `edge2`, ...), with its upgrade socket in the state directory.
+    pub(super) fn start_edge(
+        &mut self,
+        e: usize,
+        binary: &Path,
+        config: &str,
+    ) -> Result<(), LabError> {
+        let file = self.edge_config_file(e);
+        write_file(&file, config)?;
+        let name = edge_process(e);
+        let upgrade = self.state.join("run").join(format!("{name}-upgrade.sock"));
+        let ns = self.names.edge_n(e);
+        self.start(
+            &name,
+            &ns,
+            binary,
+            &[
+                "run",
+                "--config",
+                &file.display().to_string(),
+                "--upgrade-socket",
+                &upgrade.display().to_string(),
+            ],
+        )
+    }
+
+    /// The configuration file of edge `e`.
+    pub fn edge_config_file(&self, e: usize) -> PathBuf {
+        match e {
+            1 => self.edge_config_path(),
+            e => self.state.join(format!("edge{e}.yaml")),
+        }
+    }
+
     /// Starts a lab process (tracked by its pid file in the state directory).
     pub(super) fn start(
         &mut self,
@@ -420,6 +438,14 @@ fn create_objects(api: &ApiClient) -> Result<(), LabError> {
         api.create(&objects::slices_path(), &objects::slice(&svc, &pods))?;
     }
     Ok(())
+}
+
+/// The process name of edge `e`: `edge` for edge 1 (as in a lab of one).
+pub fn edge_process(e: usize) -> String {
+    match e {
+        1 => "edge".to_string(),
+        e => format!("edge{e}"),
+    }
 }
 
 /// Writes `text` to `path`.

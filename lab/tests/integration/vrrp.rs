@@ -26,7 +26,7 @@ use portico_lab::routing::vrrp::{
 use portico_lab::routing::{edge_v4, wait_for, Namespaces, RoutingError, EDGES, ROUTER_V4};
 
 use crate::support;
-use crate::support::edges::{carried_by, hops, timeline_by_edge, Clients, Running};
+use crate::support::edges::{carried_by, hops, node_server, timeline_by_edge, Clients, Running};
 
 /// The first election: BACKUP waits out 3 adverts (1 s each) and its skew.
 const ELECTED: Duration = Duration::from_secs(20);
@@ -230,18 +230,11 @@ impl Pair {
         let vips = vips();
         join_vips_subnet(&namespaces, &vips).unwrap_or_else(|e| panic!("{e}"));
         let clients = Clients::up(&prefix, &namespaces);
-        let node = Running::start(
+        let node = node_server(
             &namespaces.router(),
             &binaries.lab,
-            &[
-                "pod-server",
-                "--name",
-                "pod-a",
-                "--node",
-                "node-0",
-                "--listen",
-                &SocketAddr::new(IpAddr::V4(ROUTER_V4), NODE_PORT).to_string(),
-            ],
+            "pod-a",
+            SocketAddr::new(IpAddr::V4(ROUTER_V4), NODE_PORT),
             &dir.join("node.log"),
         );
         let mut pair = Pair {

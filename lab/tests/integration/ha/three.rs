@@ -82,15 +82,15 @@ impl std::fmt::Display for Cost {
 
 /// Waits until a resilient router spreads the VIP's buckets over `members`.
 fn balanced(scene: &Scene, members: usize) {
-    if let Some(fib) = &scene.fabric.resilient {
+    if let Some(fib) = &scene.site.fabric.resilient {
         let took = fib
             .wait_balanced(
-                &scene.fabric.router_ns(),
+                &scene.site.fabric.router_ns(),
                 &format!("{VIP}/32"),
                 members,
                 Duration::from_secs(20),
             )
-            .unwrap_or_else(|e| panic!("{e}\n{}", scene.fabric.log_tails(20)));
+            .unwrap_or_else(|e| panic!("{e}\n{}", scene.site.fabric.log_tails(20)));
         eprintln!("the router's buckets spread over {members} edges after {took:?}");
     }
 }
@@ -100,7 +100,7 @@ fn balanced(scene: &Scene, members: usize) {
 fn load(scene: &Scene, duration: Duration) -> Load {
     let target = SocketAddr::new(VIP.parse().expect("vip"), 80);
     let load = Load::start(
-        &scene.clients.0,
+        &scene.site.clients.0,
         LoadSpec::connections(vec![target], 100, duration).with_sessions(&[target], SESSIONS),
     );
     load.wait_ok(100, Duration::from_secs(10))
@@ -116,7 +116,11 @@ fn load(scene: &Scene, duration: Duration) -> Load {
 /// killed and started again, then its link cut. The costs of both.
 fn edge_lost(fib: RouterFib, tag: &str) -> Option<(Cost, Cost)> {
     let scene = Scene::up_with(&format!("three edges, {fib:?} router"), tag, 3, fib)?;
-    let (fabric, dir, edge) = (&scene.fabric, &scene.dir, &scene.binaries.edge);
+    let (fabric, dir, edge) = (
+        &scene.site.fabric,
+        &scene.site.dir,
+        &scene.site.binaries.edge,
+    );
     let _edge1 = start_edge(fabric, dir, edge, 1, "edge1");
     let _edge2 = start_edge(fabric, dir, edge, 2, "edge2");
     let mut edge3 = start_edge(fabric, dir, edge, 3, "edge3");

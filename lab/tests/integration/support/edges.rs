@@ -8,9 +8,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use portico_lab::command::installed_or_skip;
 use portico_lab::load::{Record, Timeline};
 use portico_lab::netns::ip_line;
-use portico_lab::routing::{edge_v4, Namespaces, MAX_EDGES, ROUTER_V4};
+use portico_lab::routing::{edge_v4, Fabric, Namespaces, RouterFib, MAX_EDGES, ROUTER_V4};
 
 /// The clients' address, behind the router.
 pub const CLIENT: &str = "10.43.0.2";
@@ -115,6 +116,89 @@ impl Drop for Clients {
     }
 }
 
+/// A router with its edges in namespaces, each running BIRD on the shipped
+/// configs, and the clients behind the router; held alone (the tests that
+/// use it measure time). Torn down in field order: the clients, then the
+/// fabric, then the lock.
+pub struct Site {
+    pub clients: Clients,
+    pub fabric: Fabric,
+    /// The daemons' and processes' files.
+    pub dir: std::path::PathBuf,
+    pub binaries: portico_lab::Binaries,
+    _alone: std::sync::RwLockWriteGuard<'static, ()>,
+}
+
+impl Site {
+    /// Builds it with `edges` edges, the router installing routes as `fib`
+    /// says, under a prefix made of `tag` and the process id; or says
+    /// (loudly) why `what` cannot run here.
+    pub fn up(what: &str, tag: &str, edges: usize, fib: RouterFib) -> Option<Site> {
+        if !super::privileged(what)
+            || !installed_or_skip(what, &[("bird", "bird2"), ("birdc", "bird2")])
+        {
+            return None;
+        }
+        let alone = super::alone();
+        let binaries = super::binaries();
+        let prefix = format!("{tag}{}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("portico-{prefix}"));
+        let fabric = Fabric::up_with(&prefix, &dir, edges, fib, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let clients = Clients::up(&prefix, fabric.namespaces());
+        Some(Site {
+            clients,
+            fabric,
+            dir,
+            binaries,
+            _alone: alone,
+        })
+    }
+}
+
+/// The node the edges balance to: a pod server named `name` on `addr` in
+/// namespace `ns` (the router's, in these tests), logging to `log`.
+pub fn node_server(
+    ns: &str,
+    lab: &Path,
+    name: &str,
+    addr: std::net::SocketAddr,
+    log: &Path,
+) -> Running {
+    Running::start(
+        ns,
+        lab,
+        &[
+            "pod-server",
+            "--name",
+            name,
+            "--node",
+            "node-0",
+            "--listen",
+            &addr.to_string(),
+        ],
+        log,
+    )
+}
+
+/// Asserts that the new connections of `record` that failed all started
+/// within `within` after `event`, and that at most 1% of them failed.
+pub fn assert_recovered(record: &Record, event: Duration, within: Duration) {
+    let failed = record.failed();
+    if let Some(at) = failed.iter().map(|c| c.at).max() {
+        assert!(
+            at.saturating_sub(event) < within,
+            "failures went on until {at:?} (the event at {event:?})"
+        );
+    }
+    assert!(
+        failed.len() * 100 <= record.connections.len(),
+        "more than 1% failed: {} of {}",
+        failed.len(),
+        record.connections.len()
+    );
+}
+
 /// Which edge (1-based) an address the node saw belongs to.
 pub fn edge_of(peer: IpAddr) -> Option<usize> {
     (1..=MAX_EDGES).find(|n| IpAddr::V4(edge_v4(*n)) == peer)
@@ -202,4 +286,57 @@ pub fn http_get(ns: &str, addr: std::net::SocketAddr, path: &str) -> Result<Stri
         return Err(format!("GET {path}: {code}: {body}"));
     }
     Ok(body)
+}
+
+/// Looks at something every `every` on a thread of its own, at most
+/// `most` times and for at most `limit`, until finished: how many looks,
+/// and what they gathered.
+pub struct Sampler<S> {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(usize, S)>>,
+}
+
+impl<S: Send + 'static> Sampler<S> {
+    /// Starts looking: `look` gets the gathered state and the time since
+    /// the start.
+    pub fn start(
+        every: Duration,
+        (most, limit): (usize, Duration),
+        mut state: S,
+        mut look: impl FnMut(&mut S, Duration) + Send + 'static,
+    ) -> Sampler<S> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut looks = 0;
+            while !flag.load(Ordering::Relaxed) && looks < most && started.elapsed() < limit {
+                looks += 1;
+                look(&mut state, started.elapsed());
+                std::thread::sleep(every);
+            }
+            (looks, state)
+        });
+        Sampler {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops looking: how many looks, and what they gathered.
+    pub fn finish(mut self) -> (usize, S) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("the sampler")
+    }
+}
+
+impl<S> Drop for Sampler<S> {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
