@@ -818,3 +818,82 @@ fn drop_ins_name_directives_systemd_knows() {
         assert!(mentions.contains("Wantz"), "{mentions}");
     }
 }
+
+/// With `settings.announce` the edge opens `/dev/net/tun` (its VIP routes'
+/// device) and BIRD's control socket, which the unit's sandbox closes:
+/// `deploy/systemd/portico-edge.service.d/announce.conf` opens exactly
+/// those, and systemd reads the shipped unit with it.
+#[test]
+fn the_announce_drop_in_opens_the_tun_device_and_birds_socket_only() {
+    let file = "systemd/portico-edge.service.d/announce.conf";
+    let text = std::fs::read_to_string(deploy_file(file)).expect(file);
+    let drop_in = parse_unit(&text);
+    assert_eq!(
+        drop_in.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["Service"]
+    );
+    let keys = &drop_in["Service"];
+    let expected: BTreeMap<String, Vec<String>> = [
+        ("DeviceAllow", "/dev/net/tun rw"),
+        ("DevicePolicy", "closed"),
+        ("PrivateDevices", "no"),
+        ("SupplementaryGroups", "bird"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), vec![v.to_string()]))
+    .collect();
+    assert_eq!(keys, &expected, "{file}: exactly these, nothing else");
+    // What it opens is what the edge uses by default.
+    assert_eq!(
+        portico_config::AnnounceSettings::default().bird_socket,
+        Path::new("/run/bird/bird.ctl")
+    );
+    // The base unit keeps its own sandbox (the drop-in loosens devices only).
+    assert_eq!(service(&unit(), "PrivateDevices"), "yes");
+
+    let Some(analyze) = portico_lab::command::find_on_path("systemd-analyze") else {
+        let why = "systemd-analyze is not installed: the announce drop-in's keys checked only";
+        if let Err(e) = writeln!(std::io::stderr(), "{why}") {
+            panic!("{why} (and stderr failed: {e})");
+        }
+        return;
+    };
+    // The shipped unit (its binary where this test's build put it, no
+    // default dependencies: the directory holds no sysinit.target) with the
+    // drop-in, in a unit directory of its own.
+    let verify = |drop_in_text: &str| -> (bool, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let unit_text = std::fs::read_to_string(deploy_file("portico-edge.service"))
+            .expect("portico-edge.service")
+            .replace(
+                "/usr/local/bin/portico-edge",
+                env!("CARGO_BIN_EXE_portico-edge"),
+            )
+            .replace("[Unit]\n", "[Unit]\nDefaultDependencies=no\n");
+        std::fs::write(dir.path().join("portico-edge.service"), unit_text).expect("unit");
+        std::fs::write(
+            dir.path().join("network-online.target"),
+            "[Unit]\nDescription=stand-in\n",
+        )
+        .expect("target");
+        let drop_ins = dir.path().join("portico-edge.service.d");
+        std::fs::create_dir(&drop_ins).expect("mkdir");
+        std::fs::write(drop_ins.join("announce.conf"), drop_in_text).expect("drop-in");
+        let out = Command::new(&analyze)
+            .args(["verify", "--man=no"])
+            .arg(dir.path().join("portico-edge.service"))
+            .env("SYSTEMD_UNIT_PATH", dir.path())
+            .output()
+            .expect("run systemd-analyze");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stderr) = verify(&text);
+    assert!(ok, "systemd-analyze verify: {stderr}");
+    assert!(!stderr.contains("announce.conf"), "{stderr}");
+    // The check reads the drop-in: a key systemd does not know is named.
+    let (_, stderr) = verify(&format!("{text}DeviceAlow=x\n"));
+    assert!(stderr.contains("DeviceAlow"), "{stderr}");
+}
