@@ -190,6 +190,15 @@ fn configmap_edge_yaml() -> String {
     data.remove("edge.yaml").unwrap()
 }
 
+/// The appliance's config (`deploy/edge.yaml`, which the Debian package
+/// installs as /etc/portico/edge.yaml) is the ConfigMap's, word for word:
+/// one configuration for an edge in the cluster and on an appliance.
+#[test]
+fn the_appliance_config_is_the_configmaps() {
+    let file = std::fs::read_to_string(deploy_file("edge.yaml")).expect("deploy/edge.yaml");
+    assert_eq!(file, configmap_edge_yaml());
+}
+
 fn configmap_edge_config() -> EdgeConfig {
     parse_edge_config(&configmap_edge_yaml())
         .unwrap_or_else(|e| panic!("edge-configmap.yaml edge.yaml:\n{e}"))
@@ -380,7 +389,7 @@ fn unit_runs_the_edge_with_flags_it_accepts() {
     let unit = unit();
     let exec = service(&unit, "ExecStart");
     let words: Vec<&str> = exec.split_whitespace().collect();
-    assert_eq!(words[..2], ["/usr/local/bin/portico-edge", "run"]);
+    assert_eq!(words[..2], ["/usr/bin/portico-edge", "run"]);
     let args = &words[2..];
 
     let help = Command::new(BIN)
@@ -865,10 +874,7 @@ fn the_announce_drop_in_opens_the_tun_device_and_birds_socket_only() {
         let dir = tempfile::tempdir().expect("tempdir");
         let unit_text = std::fs::read_to_string(deploy_file("portico-edge.service"))
             .expect("portico-edge.service")
-            .replace(
-                "/usr/local/bin/portico-edge",
-                env!("CARGO_BIN_EXE_portico-edge"),
-            )
+            .replace("/usr/bin/portico-edge", env!("CARGO_BIN_EXE_portico-edge"))
             .replace("[Unit]\n", "[Unit]\nDefaultDependencies=no\n");
         std::fs::write(dir.path().join("portico-edge.service"), unit_text).expect("unit");
         std::fs::write(

@@ -17,6 +17,7 @@ mod health;
 mod hook;
 mod kubernetes;
 mod limits;
+mod package;
 mod proxy_protocol;
 mod reload;
 mod retry;
