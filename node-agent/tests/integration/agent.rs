@@ -223,6 +223,7 @@ impl Scenario {
                 health_bind_ip,
                 nft_dir,
                 sync_period,
+                image: None,
             },
         );
         self.agent.insert(agent)
@@ -510,6 +511,7 @@ fn agent_restart_keeps_connections_and_rules() {
                     health_bind_ip: NODE_IP,
                     nft_dir: None,
                     sync_period: SYNC_PERIOD,
+                    image: None,
                 },
             );
             // Its first sync is a full resync over the existing table; let a
@@ -1013,6 +1015,7 @@ fn a_udp_flow_moves_on_when_its_endpoint_leaves() {
             // No periodic resync during the test: only the endpoint change
             // may clean the flow.
             sync_period: Duration::from_secs(600),
+            image: None,
         },
     );
 

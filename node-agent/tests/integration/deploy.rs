@@ -236,10 +236,13 @@ fn daemonset_runs_on_every_node_in_the_host_network() {
 fn container_has_net_admin_only_and_a_read_only_root() {
     let m = manifest();
     let c = the_container(only(&m.daemonsets, "DaemonSet"));
+    // The name `scripts/image node-agent` gives the image, at this version;
+    // imported on the nodes, never pulled.
     assert_eq!(
         c.image.as_deref(),
-        Some("ghcr.io/portico/portico-node-agent:0.1.0")
+        Some(format!("localhost/portico-node-agent:{}", env!("CARGO_PKG_VERSION")).as_str())
     );
+    assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
     let sc = c.security_context.as_ref().expect("securityContext");
     assert_ne!(sc.privileged, Some(true), "not privileged");
     assert_eq!(sc.allow_privilege_escalation, Some(false));

@@ -125,6 +125,8 @@ struct Scenario {
     kubeconfig: tempfile::TempDir,
     pods: Vec<Pod>,
     node_name: String,
+    /// The agent's container image, when it runs from one ([`AgentConfig::image`]).
+    image: Option<String>,
     lab: Lab,
 }
 
@@ -158,6 +160,7 @@ impl Scenario {
             kubeconfig,
             pods,
             node_name,
+            image: None,
             lab,
         };
         s.put(node_json(&s.node_name, false));
@@ -201,6 +204,7 @@ impl Scenario {
                 health_bind_ip: NODE_IP,
                 nft_dir: None,
                 sync_period,
+                image: self.image.as_deref(),
             },
         );
         self.agent.insert(agent)
@@ -297,8 +301,82 @@ fn kubernetes_objects_become_rules_and_follow_changes() {
     if !privileged("kubernetes_objects_become_rules_and_follow_changes") {
         return;
     }
+    objects_become_rules_and_follow_changes(Scenario::new("follow"));
+}
+
+/// The node agent's container image (`scripts/image node-agent`), run by
+/// podman in the node namespace as the DaemonSet runs it (no capability
+/// but NET_ADMIN, read-only root filesystem), does what the bare binary
+/// does in [`kubernetes_objects_become_rules_and_follow_changes`]: the same
+/// scenario, the same checks (rules, traffic through them, `/healthz`,
+/// metrics). The image is under 40 MB.
+#[test]
+fn the_image_programs_the_node_as_the_binary_does() {
+    let what = "the_image_programs_the_node_as_the_binary_does";
+    if !privileged(what) || !tools_or_skip(what, &["podman", "buildah", "mmdebstrap", "runc"]) {
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace")
+        .to_path_buf();
+    let built = std::process::Command::new(root.join("scripts/image"))
+        .arg("node-agent")
+        .current_dir(&root)
+        .output()
+        .expect("run scripts/image");
+    let stdout = String::from_utf8_lossy(&built.stdout);
+    assert!(
+        built.status.success(),
+        "scripts/image: {}\n{stdout}\n{}",
+        built.status,
+        String::from_utf8_lossy(&built.stderr)
+    );
+    // `<image> <bytes> bytes, saved as <archive>`
+    let last = stdout.lines().last().expect("the image line");
+    let mut words = last.split_whitespace();
+    let image = words.next().expect("the image's name").to_string();
+    let size: u64 = words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no size in {last:?}"));
+    log(&format!("image: {image}, {size} bytes"));
+    assert!(image.starts_with("localhost/portico-node-agent:"), "{last}");
+    assert!(size < 40_000_000, "the node agent's image is {size} bytes");
+    let mut s = Scenario::new("image");
+    s.image = Some(image);
+    objects_become_rules_and_follow_changes(s);
+}
+
+/// Whether every one of `tools` runs (`--version`); says loudly why not,
+/// and fails under `CI=true`.
+fn tools_or_skip(what: &str, tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| {
+            !std::process::Command::new(t)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let why =
+        format!("SKIPPED {what}: {missing:?} not installed (scripts/install-deps installs them)");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{why}; CI=true forbids skipping");
+    }
+    eprintln!("{why}");
+    false
+}
+
+/// New objects become rules, changes follow, the agent's health and
+/// metrics answer; `s` says how the agent runs.
+fn objects_become_rules_and_follow_changes(mut s: Scenario) {
     let started = Instant::now();
-    let mut s = Scenario::new("follow");
     // A long sync period: every sync counted below comes from a change.
     s.start_agent(Duration::from_secs(60), Duration::from_secs(60));
     let first = s.wait_table(

@@ -20,6 +20,8 @@ pub const RECHECK: Duration = Duration::from_millis(20);
 /// reaped on drop; when the test is failing, its stderr is printed.
 pub struct Agent {
     child: Option<Child>,
+    /// The container it runs in, when it runs from the image.
+    container: Option<String>,
     label: String,
     logs: tempfile::TempDir,
     /// Where it serves `/metrics` (on 127.0.0.1 in the node namespace).
@@ -45,6 +47,9 @@ pub struct AgentConfig<'a> {
     /// Searched for `nft` before the inherited `PATH` (a wrapper).
     pub nft_dir: Option<&'a Path>,
     pub sync_period: Duration,
+    /// Run the container image of that name (podman) instead of the binary,
+    /// in the node namespace, as the DaemonSet runs it.
+    pub image: Option<&'a str>,
 }
 
 impl Agent {
@@ -70,7 +75,33 @@ impl Agent {
             .expect("PATH");
             command.env("PATH", path);
         }
-        command.args(["netns", "exec", &node_ns, BIN, "run"]);
+        let container = cfg.image.map(|image| {
+            let name = format!("portico-test-{}-{label}", std::process::id());
+            let mounts = match &cfg.source {
+                AgentSource::Manifests(dir) => dir.to_path_buf(),
+                AgentSource::Kubernetes { kubeconfig, .. } => {
+                    kubeconfig.parent().expect("a directory").to_path_buf()
+                }
+            };
+            command = Command::new("podman");
+            command.args(["run", "--rm", "--name", &name]);
+            // As deploy/node-agent.yaml runs it: the node's network, no
+            // capability but NET_ADMIN, a read-only root filesystem.
+            command.arg(format!("--network=ns:/run/netns/{node_ns}"));
+            command.args(["--cap-drop=ALL", "--cap-add=NET_ADMIN", "--read-only"]);
+            command.args(["--security-opt=no-new-privileges"]);
+            command.arg(format!("--volume={0}:{0}:ro", mounts.display()));
+            command.args(["--env=RUST_LOG=info", "--env=NO_COLOR=1"]);
+            // What this kind of machine asks of podman: runc (crun refuses
+            // its hybrid cgroups), cgroupfs (no systemd), limits within its own.
+            command.args(["--runtime=runc", "--cgroup-manager=cgroupfs"]);
+            command.args(["--ulimit=nofile=4096:4096", "--ulimit=nproc=1024:1024"]);
+            command.args([image, "run"]);
+            name
+        });
+        if container.is_none() {
+            command.args(["netns", "exec", &node_ns, BIN, "run"]);
+        }
         match &cfg.source {
             AgentSource::Manifests(dir) => command.arg("--manifests").arg(dir),
             AgentSource::Kubernetes {
@@ -98,6 +129,7 @@ impl Agent {
             .unwrap_or_else(|e| panic!("start {BIN}: {e}"));
         Agent {
             child: Some(child),
+            container,
             label: label.to_string(),
             logs,
             metrics_port,
@@ -179,6 +211,15 @@ impl Drop for Agent {
             }
             if let Err(e) = child.wait() {
                 eprintln!("{}: wait: {e}", self.label);
+            }
+        }
+        // Killing podman leaves its container running: remove it.
+        if let Some(name) = self.container.take() {
+            let removed = Command::new("podman")
+                .args(["rm", "--force", "--time=0", "--ignore", &name])
+                .output();
+            if let Err(e) = removed {
+                eprintln!("{}: podman rm {name}: {e}", self.label);
             }
         }
         if std::thread::panicking() {
