@@ -7,6 +7,8 @@
 //! the unit is installed but not enabled; and a purge leaves nothing of the
 //! package behind: no file, directory or user.
 //!
+//! The edge's container image runs its binary under podman.
+//!
 //! Needs root, mmdebstrap and the Debian mirror (`scripts/install-deps`
 //! installs mmdebstrap and cargo-deb): skips loudly without them, fails
 //! under `CI=true`.
@@ -125,6 +127,86 @@ fn the_package_installs_serves_its_config_and_purges_clean() {
         .filter(|l| l.starts_with("left after purge"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// The edge's container image (`scripts/image edge`), run by podman: its
+/// binary answers for its version and validates a config mounted into it,
+/// with nothing but what the image holds (no shell, no package manager).
+#[test]
+fn the_edge_image_runs_its_binary() {
+    let what = "the_edge_image_runs_its_binary";
+    if !privileged(what)
+        || !installed_or_skip(
+            what,
+            &[
+                ("mmdebstrap", "mmdebstrap"),
+                ("buildah", "buildah"),
+                ("podman", "podman"),
+                ("runc", "runc"),
+            ],
+        )
+    {
+        return;
+    }
+    let built = Command::new(workspace().join("scripts/image"))
+        .arg("edge")
+        .current_dir(workspace())
+        .output()
+        .expect("run scripts/image");
+    let stdout = String::from_utf8_lossy(&built.stdout);
+    assert!(
+        built.status.success(),
+        "scripts/image edge: {}\n{stdout}\n{}",
+        built.status,
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let image = stdout
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the image's name")
+        .to_string();
+    assert_eq!(
+        image,
+        format!("localhost/portico-edge:{}", env!("CARGO_PKG_VERSION"))
+    );
+    let config = workspace().join("deploy/edge.yaml");
+    let run = |args: &[&str]| {
+        let out = Command::new("podman")
+            .args([
+                "run",
+                "--rm",
+                "--network=none",
+                "--cap-drop=ALL",
+                "--read-only",
+            ])
+            // What this kind of machine asks of podman (see the node agent's
+            // image test): runc, cgroupfs, limits within its own.
+            .args(["--runtime=runc", "--cgroup-manager=cgroupfs"])
+            .args(["--ulimit=nofile=4096:4096", "--ulimit=nproc=1024:1024"])
+            .arg(format!(
+                "--volume={}:/etc/portico/edge.yaml:ro",
+                config.display()
+            ))
+            .arg(&image)
+            .args(args)
+            .output()
+            .expect("podman run");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, said) = run(&["--version"]);
+    assert!(ok, "{said}");
+    assert_eq!(
+        said.trim(),
+        format!("portico-edge {}", env!("CARGO_PKG_VERSION"))
+    );
+    let (ok, said) = run(&["check-config", "/etc/portico/edge.yaml"]);
+    assert!(ok, "{said}");
+    assert!(said.contains(": ok (0 services, 0 nodes)"), "{said}");
 }
 
 /// The host's Debian release (its codename), which the root filesystem is
