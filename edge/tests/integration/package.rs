@@ -60,17 +60,7 @@ fn the_package_installs_serves_its_config_and_purges_clean() {
         return;
     }
     // `scripts/package`, as a user runs it: the path of the package last.
-    let built = Command::new(workspace().join("scripts/package"))
-        .current_dir(workspace())
-        .output()
-        .expect("run scripts/package");
-    let stdout = String::from_utf8_lossy(&built.stdout);
-    assert!(
-        built.status.success(),
-        "scripts/package: {}\n{stdout}\n{}",
-        built.status,
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let stdout = script("package", &[]);
     let deb = PathBuf::from(stdout.lines().last().expect("the package's path").trim());
     assert!(
         deb.extension().is_some_and(|e| e == "deb") && deb.is_file(),
@@ -148,18 +138,7 @@ fn the_edge_image_runs_its_binary() {
     {
         return;
     }
-    let built = Command::new(workspace().join("scripts/image"))
-        .arg("edge")
-        .current_dir(workspace())
-        .output()
-        .expect("run scripts/image");
-    let stdout = String::from_utf8_lossy(&built.stdout);
-    assert!(
-        built.status.success(),
-        "scripts/image edge: {}\n{stdout}\n{}",
-        built.status,
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let stdout = script("image", &["edge"]);
     let image = stdout
         .lines()
         .last()
@@ -207,6 +186,24 @@ fn the_edge_image_runs_its_binary() {
     let (ok, said) = run(&["check-config", "/etc/portico/edge.yaml"]);
     assert!(ok, "{said}");
     assert!(said.contains(": ok (0 services, 0 nodes)"), "{said}");
+}
+
+/// Runs `scripts/<name>` with `args` from the workspace, as a user would:
+/// what it printed; panics with everything it said when it fails.
+fn script(name: &str, args: &[&str]) -> String {
+    let out = Command::new(workspace().join("scripts").join(name))
+        .args(args)
+        .current_dir(workspace())
+        .output()
+        .unwrap_or_else(|e| panic!("run scripts/{name}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "scripts/{name} {args:?}: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 /// The host's Debian release (its codename), which the root filesystem is
