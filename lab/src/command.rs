@@ -151,6 +151,12 @@ pub fn find_on_path(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Where a daemon's `program` is: on PATH, else in /usr/sbin, where Debian
+/// puts daemons (root's PATH has it; other users' may not).
+pub fn daemon_program(program: &str) -> PathBuf {
+    find_on_path(program).unwrap_or_else(|| Path::new("/usr/sbin").join(program))
+}
+
 /// Whether `program` is on PATH (or in /usr/sbin, where Debian puts daemons).
 pub fn installed(program: &str) -> bool {
     find_on_path(program).is_some()

@@ -524,12 +524,6 @@ fn misspelt_fields_are_caught() {
 // Several edges: BIRD, keepalived and their systemd drop-ins
 // ---------------------------------------------------------------------------
 
-/// Where `program` is: on PATH, else in /usr/sbin (Debian's daemons).
-fn program_path(program: &str) -> PathBuf {
-    portico_lab::command::find_on_path(program)
-        .unwrap_or_else(|| Path::new("/usr/sbin").join(program))
-}
-
 #[test]
 fn bird_configs_parse() {
     if !portico_lab::command::installed_or_skip(
@@ -631,7 +625,7 @@ fn keepalived_config_test(text: &str) -> (std::process::ExitStatus, String) {
     // -t (--config-test=LOG) reads and checks the config and exits: no
     // daemon, no pid file, no VRRP packet; -l keeps its own messages on
     // the console rather than syslog.
-    let out = Command::new(program_path("keepalived"))
+    let out = Command::new(portico_lab::command::daemon_program("keepalived"))
         .arg("-l")
         .arg(format!("--config-test={}", log.display()))
         .arg("-f")

@@ -7,7 +7,7 @@
 //! VIPs on the segment, by ARP, wherever keepalived put them.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::routing::vrrp::{self, replace_line};
@@ -31,8 +31,7 @@ impl Lab {
         opts: &LabOptions,
         kubeconfig: &Path,
     ) -> Result<(), LabError> {
-        let program = crate::command::find_on_path("keepalived")
-            .unwrap_or_else(|| PathBuf::from("/usr/sbin/keepalived"));
+        let program = crate::command::daemon_program("keepalived");
         for (e, priority) in (1..=2).zip(PRIORITIES) {
             let ns = self.names.edge_n(e);
             let name = format!("keepalived-edge{e}");
@@ -75,8 +74,8 @@ impl Lab {
     }
 
     /// Waits until one edge holds every address of the pool and the other
-    /// none; which one.
-    pub(super) fn wait_vrrp(&mut self, limit: Duration) -> Result<usize, LabError> {
+    /// none.
+    pub(super) fn wait_vrrp(&mut self, limit: Duration) -> Result<(), LabError> {
         let namespaces = [self.names.edge_n(1), self.names.edge_n(2)];
         self.wait(
             "keepalived to put the pool on one edge",
@@ -92,8 +91,7 @@ impl Lab {
                 }
                 let pool = topology::pool_addresses().len();
                 match held {
-                    [n, 0] if n == pool => Ok(1),
-                    [0, n] if n == pool => Ok(2),
+                    [n, 0] | [0, n] if n == pool => Ok(()),
                     _ => Err(format!("addresses held by edge 1, edge 2: {held:?}")),
                 }
             },

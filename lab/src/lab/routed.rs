@@ -8,16 +8,15 @@
 //! hashes flows by layer 4. Every edge watches the one API server; leader
 //! election picks the one that writes.
 
-use std::fs;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::netns::{self, in_netns, ip_line};
+use crate::netns::{self, ip_line};
 use crate::routing::{self, edge_v4, edge_v6, ROUTER_V4, ROUTER_V6};
 use crate::topology;
 
-use super::up::write_file;
+use super::up::{set_sysctl, write_file};
 use super::{Lab, LabError, LabOptions, VipHolding};
 
 /// The edges' network's bridge (in the `net` namespace).
@@ -114,7 +113,7 @@ impl Lab {
         opts: &LabOptions,
         kubeconfig: &Path,
     ) -> Result<(), LabError> {
-        let bird = bird_program();
+        let bird = crate::command::daemon_program("bird");
         let router_log = crate::procs::log_path(&self.state, "bird-router");
         let config = routing::router_config(self.edges, &router_log).map_err(routing_error)?;
         let router = self.names.router();
@@ -195,21 +194,6 @@ fn public_network() -> std::net::Ipv4Addr {
     std::net::Ipv4Addr::new(a, b, c, 0)
 }
 
-/// Where BIRD is: on PATH, else Debian's /usr/sbin.
-fn bird_program() -> PathBuf {
-    crate::command::find_on_path("bird").unwrap_or_else(|| PathBuf::from("/usr/sbin/bird"))
-}
-
 fn routing_error(e: routing::RoutingError) -> LabError {
     LabError::Routing(e.to_string())
-}
-
-/// Writes a sysctl under /proc/sys in namespace `ns` (per namespace: the
-/// host's is not touched).
-fn set_sysctl(ns: &str, name: &str, value: &str) -> Result<(), LabError> {
-    let path = Path::new("/proc/sys").join(name);
-    in_netns(ns, || fs::write(&path, value))?.map_err(|source| LabError::File {
-        path: path.clone(),
-        source,
-    })
 }

@@ -327,7 +327,7 @@ impl Lab {
         for node in &nodes {
             let ns = n.node(node);
             netns::add(&ns)?;
-            forwarding_on(&ns)?;
+            set_sysctl(&ns, "net/ipv4/ip_forward", "1")?;
             nft(&ns, &["-f", "-"], Some(&observe_table()))?;
             attach(
                 "br-clu",
@@ -456,12 +456,13 @@ pub(super) fn write_file(path: &Path, text: &str) -> Result<(), LabError> {
     })
 }
 
-/// IPv4 forwarding in one namespace (the sysctl is per namespace: the
-/// host's is not touched).
-fn forwarding_on(ns: &str) -> Result<(), LabError> {
-    let path = Path::new("/proc/sys/net/ipv4/ip_forward");
-    in_netns(ns, || fs::write(path, "1"))?.map_err(|source| LabError::File {
-        path: path.to_path_buf(),
+/// Writes the sysctl `name` (`net/ipv4/ip_forward`...) under /proc/sys in
+/// namespace `ns`: network sysctls are per namespace, the host's is not
+/// touched.
+pub(super) fn set_sysctl(ns: &str, name: &str, value: &str) -> Result<(), LabError> {
+    let path = Path::new("/proc/sys").join(name);
+    in_netns(ns, || fs::write(&path, value))?.map_err(|source| LabError::File {
+        path: path.clone(),
         source,
     })
 }

@@ -30,12 +30,9 @@ pub fn bird_parse(config: &Path) -> Result<(), CommandFailed> {
     .map(|_| ())
 }
 
-/// Where `program` (`bird`, `birdc`) is: on PATH, else Debian's /usr/sbin.
+/// Where `program` (`bird`, `birdc`) is ([`command::daemon_program`]).
 fn bird_program(program: &str) -> String {
-    match command::find_on_path(program) {
-        Some(p) => p.display().to_string(),
-        None => format!("/usr/sbin/{program}"),
-    }
+    command::daemon_program(program).display().to_string()
 }
 
 /// A BIRD daemon in a namespace, in the foreground as a child of this

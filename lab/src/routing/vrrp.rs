@@ -242,8 +242,7 @@ impl Keepalived {
             .open(&log)
             .map_err(file(&log))?;
         let err = out.try_clone().map_err(file(&log))?;
-        let program = command::find_on_path("keepalived")
-            .unwrap_or_else(|| PathBuf::from("/usr/sbin/keepalived"));
+        let program = command::daemon_program("keepalived");
         let pid = |what: &str| dir.join(format!("{name}.{what}.pid"));
         // -n: no fork (the parent stays this child; it forks the VRRP
         // process); -l -D -G: detailed log on the console, none to syslog;
