@@ -210,10 +210,17 @@ impl ApiClient {
 
     /// The first ingress IP in a Service's status, if it has one.
     pub fn ingress_ip(service: &Value) -> Option<std::net::IpAddr> {
-        service["status"]["loadBalancer"]["ingress"][0]["ip"]
-            .as_str()?
-            .parse()
-            .ok()
+        Self::ingress_ips(service).into_iter().next()
+    }
+
+    /// Every ingress IP in a Service's status, in order.
+    pub fn ingress_ips(service: &Value) -> Vec<std::net::IpAddr> {
+        service["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["ip"].as_str()?.parse().ok())
+            .collect()
     }
 }
 

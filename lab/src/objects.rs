@@ -5,7 +5,8 @@
 use serde_json::{json, Value};
 
 use crate::topology::{
-    NodeSpec, PodSpec, Policy, ServiceSpec, KUBE_NAMESPACE, LB_CLASS, POD_PORT, SERVICE_PORT,
+    IpFamily, NodeSpec, PodSpec, Policy, ServiceSpec, FAMILIES, KUBE_NAMESPACE, LB_CLASS, POD_PORT,
+    SERVICE_PORT,
 };
 
 /// Where Nodes are created.
@@ -21,8 +22,9 @@ pub fn slices_path() -> String {
     format!("/apis/discovery.k8s.io/v1/namespaces/{KUBE_NAMESPACE}/endpointslices")
 }
 
-/// A Node as its kubelet registers it (status included: a Node's status
-/// is kept on create), with its pod CIDR.
+/// A Node as its kubelet registers it on a dual-stack cluster (status
+/// included: a Node's status is kept on create): an InternalIP and a pod
+/// CIDR of each family, IPv4 first.
 pub fn node(node: &NodeSpec) -> Value {
     json!({
         "apiVersion": "v1",
@@ -31,10 +33,11 @@ pub fn node(node: &NodeSpec) -> Value {
             "name": node.name,
             "labels": {"kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux"},
         },
-        "spec": {"podCIDR": node.pod_cidr(), "podCIDRs": [node.pod_cidr()]},
+        "spec": {"podCIDR": node.pod_cidr(), "podCIDRs": [node.pod_cidr(), node.pod_cidr6()]},
         "status": {
             "addresses": [
-                {"type": "InternalIP", "address": node.ip().to_string()},
+                {"type": "InternalIP", "address": node.ip_of(IpFamily::V4).to_string()},
+                {"type": "InternalIP", "address": node.ip_of(IpFamily::V6).to_string()},
                 {"type": "Hostname", "address": node.name},
             ],
             "conditions": [{"type": "Ready", "status": "True"}],
@@ -48,14 +51,16 @@ pub fn service(svc: &ServiceSpec) -> Value {
     if let Some(v) = svc.proxy_protocol {
         annotations.insert("portico.io/proxy-protocol".into(), json!(v));
     }
+    let cluster_ips: Vec<String> = svc.cluster_ips().iter().map(|ip| ip.to_string()).collect();
+    let families: Vec<String> = svc.families.iter().map(|f| f.to_string()).collect();
     let mut spec = json!({
         "type": "LoadBalancer",
         "loadBalancerClass": LB_CLASS,
         "selector": {"app": svc.name},
-        "clusterIP": svc.cluster_ip.to_string(),
-        "clusterIPs": [svc.cluster_ip.to_string()],
-        "ipFamilies": ["IPv4"],
-        "ipFamilyPolicy": "SingleStack",
+        "clusterIP": cluster_ips[0],
+        "clusterIPs": cluster_ips,
+        "ipFamilies": families,
+        "ipFamilyPolicy": svc.family_policy(),
         "externalTrafficPolicy": match svc.policy {
             Policy::Cluster => "Cluster",
             Policy::Local => "Local",
@@ -93,15 +98,25 @@ pub fn service(svc: &ServiceSpec) -> Value {
     })
 }
 
-/// The Service's EndpointSlice: its pods, ready, on their nodes.
-pub fn slice(svc: &ServiceSpec, pods: &[PodSpec]) -> Value {
+/// The Service's EndpointSlices, one per family it has (as the
+/// EndpointSlice controller keeps them): its pods, ready, on their nodes.
+pub fn slices(svc: &ServiceSpec, pods: &[PodSpec]) -> Vec<Value> {
+    FAMILIES
+        .iter()
+        .filter(|f| svc.families.contains(f))
+        .map(|f| slice(svc, pods, *f))
+        .collect()
+}
+
+/// The Service's EndpointSlice of `family`.
+pub fn slice(svc: &ServiceSpec, pods: &[PodSpec], family: IpFamily) -> Value {
     let endpoints: Vec<Value> = svc
         .pods
         .iter()
         .filter_map(|name| pods.iter().find(|p| p.name == *name))
         .map(|p| {
             json!({
-                "addresses": [p.ip.to_string()],
+                "addresses": [p.ip_of(family).to_string()],
                 "conditions": {"ready": true, "serving": true, "terminating": false},
                 "nodeName": format!("node-{}", p.node),
                 "targetRef": {"kind": "Pod", "namespace": KUBE_NAMESPACE, "name": p.name},
@@ -112,17 +127,26 @@ pub fn slice(svc: &ServiceSpec, pods: &[PodSpec]) -> Value {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "metadata": {
-            "name": format!("{}-lab", svc.name),
+            "name": slice_name(svc, family),
             "namespace": KUBE_NAMESPACE,
             "labels": {
                 "kubernetes.io/service-name": svc.name,
                 "endpointslice.kubernetes.io/managed-by": "portico-lab",
             },
         },
-        "addressType": "IPv4",
+        "addressType": family.to_string(),
         "ports": [{"name": "http", "protocol": "TCP", "port": POD_PORT}],
         "endpoints": endpoints,
     })
+}
+
+/// The name of the Service's EndpointSlice of `family`: `<name>-lab` and
+/// `<name>-lab-v6`.
+pub fn slice_name(svc: &ServiceSpec, family: IpFamily) -> String {
+    match family {
+        IpFamily::V4 => format!("{}-lab", svc.name),
+        IpFamily::V6 => format!("{}-lab-v6", svc.name),
+    }
 }
 
 #[cfg(test)]
@@ -142,7 +166,19 @@ mod tests {
             obj["metadata"]["labels"]["service.kubernetes.io/service-proxy-name"],
             "portico"
         );
-        let s = slice(local, &pods());
+        let local_slices = slices(local, &pods());
+        let types: Vec<&str> = local_slices
+            .iter()
+            .map(|s| s["addressType"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["IPv4", "IPv6"]);
+        assert_eq!(
+            local_slices[1]["endpoints"][0]["addresses"][0],
+            "fd00:244:1::11"
+        );
+        assert_eq!(obj["spec"]["ipFamilies"], json!(["IPv6", "IPv4"]));
+        assert_eq!(obj["spec"]["clusterIP"], "fd00:96::11");
+        let s = &local_slices[0];
         let nodes: Vec<&str> = s["endpoints"]
             .as_array()
             .unwrap()
@@ -155,7 +191,19 @@ mod tests {
         let restricted = service(all.iter().find(|s| s.name == "restricted").unwrap());
         assert_eq!(
             restricted["spec"]["loadBalancerSourceRanges"],
-            json!(["198.51.100.0/28"])
+            json!(["198.51.100.0/28", "2001:db8:100::/120"])
         );
+        let web6 = all.iter().find(|s| s.name == "web6").unwrap();
+        let types: Vec<Value> = slices(web6, &pods())
+            .iter()
+            .map(|s| s["addressType"].clone())
+            .collect();
+        assert_eq!(types, ["IPv6"]);
+        let n = node(&crate::topology::nodes()[0]);
+        assert_eq!(
+            n["spec"]["podCIDRs"],
+            json!(["10.244.1.0/24", "fd00:244:1::/64"])
+        );
+        assert_eq!(n["status"]["addresses"][1]["address"], "fd00:88::11");
     }
 }

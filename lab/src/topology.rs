@@ -35,8 +35,19 @@
 //! Each node routes the other nodes' pod CIDRs via their cluster address;
 //! each pod's default route is its node's bridge. Nothing is routed to or
 //! from the host: the lab's addresses exist only inside its namespaces.
+//!
+//! The lab is dual-stack: every address above has an IPv6 twin, drawn from
+//! the same numbers (`198.51.100.10` is `2001:db8:100::10`, `10.88.0.11` is
+//! `fd00:88::11`, `10.244.2.10` is `fd00:244:2::10`), every Node has an
+//! InternalIP and a pod CIDR of each family, and the Services ask for both
+//! families (one for IPv6 only), so each scenario runs in either.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+pub use portico_config::IpFamily;
+
+/// Both families, IPv4 first.
+pub const FAMILIES: [IpFamily; 2] = [IpFamily::V4, IpFamily::V6];
 
 /// The edge's address on the public network (its `vip.interface` is `eth0`).
 pub const EDGE_PUBLIC_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -64,6 +75,47 @@ pub fn pool_addresses() -> Vec<Ipv4Addr> {
     let first = u32::from(first.parse::<Ipv4Addr>().expect("an address"));
     let last = u32::from(last.parse::<Ipv4Addr>().expect("an address"));
     (first..=last).map(Ipv4Addr::from).collect()
+}
+
+/// The IPv6 public network's prefix length.
+pub const PUBLIC_PREFIX6: u8 = 64;
+/// The source range of the `restricted` Service in IPv6: admits
+/// [`Client::Inside`]'s IPv6 address only.
+pub const SOURCE_RANGE6: &str = "2001:db8:100::/120";
+/// The edge's IPv6 address pool, on the public network.
+pub const ADDRESS_POOL6: &str = "2001:db8:100::100-2001:db8:100::109";
+/// With several edges, the IPv6 block the clients route to the router: it
+/// holds [`ADDRESS_POOL6`].
+pub const VIP_BLOCK6: &str = "2001:db8:100::100/120";
+/// The IPv6 cluster network's prefix length.
+pub const CLUSTER_PREFIX6: u8 = 64;
+
+/// The IPv6 twin of a lab address: the same last numbers under the
+/// family's prefix (`198.51.100.10` -> `2001:db8:100::10`,
+/// `10.88.0.11` -> `fd00:88::11`, `10.244.2.10` -> `fd00:244:2::10`,
+/// `10.96.0.12` -> `fd00:96::12`). The digits are read as hexadecimal
+/// groups, so the twin reads like the original.
+pub fn twin(v4: Ipv4Addr) -> Ipv6Addr {
+    let hex = |n: u8| u16::from_str_radix(&n.to_string(), 16).expect("decimal digits are hex");
+    match v4.octets() {
+        [198, 51, 100, d] => Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, hex(d)),
+        [10, 244, n, d] => Ipv6Addr::new(0xfd00, 0x244, hex(n), 0, 0, 0, 0, hex(d)),
+        [10, b, 0, d] => Ipv6Addr::new(0xfd00, hex(b), 0, 0, 0, 0, 0, hex(d)),
+        other => panic!("{other:?} is not a lab address with an IPv6 twin"),
+    }
+}
+
+/// An address of the lab in `family`: `v4` itself or its [`twin`].
+pub fn in_family(v4: Ipv4Addr, family: IpFamily) -> IpAddr {
+    match family {
+        IpFamily::V4 => IpAddr::V4(v4),
+        IpFamily::V6 => IpAddr::V6(twin(v4)),
+    }
+}
+
+/// Every address of [`ADDRESS_POOL6`], in order.
+pub fn pool_addresses6() -> Vec<Ipv6Addr> {
+    pool_addresses().into_iter().map(twin).collect()
 }
 
 /// With a VRRP pair, edge `n`'s (1-based) address on the public network:
@@ -121,10 +173,25 @@ impl NodeSpec {
         format!("10.244.{}.0/24", self.index)
     }
 
+    /// Its IPv6 pod CIDR, `fd00:244:<index>::/64`.
+    pub fn pod_cidr6(&self) -> String {
+        format!("fd00:244:{}::/64", self.index)
+    }
+
     /// Its address on its pod bridge (the pods' gateway; what it
     /// masquerades to towards its own pods).
     pub fn bridge_ip(&self) -> Ipv4Addr {
         Ipv4Addr::new(10, 244, self.index, 1)
+    }
+
+    /// Its InternalIP of `family`.
+    pub fn ip_of(&self, family: IpFamily) -> IpAddr {
+        in_family(self.ip(), family)
+    }
+
+    /// Its address on its pod bridge in `family`.
+    pub fn bridge_ip_of(&self, family: IpFamily) -> IpAddr {
+        in_family(self.bridge_ip(), family)
     }
 }
 
@@ -135,8 +202,16 @@ pub struct PodSpec {
     pub name: String,
     /// The index of the node it runs on.
     pub node: u8,
-    /// Its address in its node's pod CIDR.
+    /// Its address in its node's pod CIDR (its IPv6 address is the
+    /// [`twin`]).
     pub ip: Ipv4Addr,
+}
+
+impl PodSpec {
+    /// Its address of `family`.
+    pub fn ip_of(&self, family: IpFamily) -> IpAddr {
+        in_family(self.ip, family)
+    }
 }
 
 /// `externalTrafficPolicy`.
@@ -154,7 +229,10 @@ pub enum Policy {
 pub struct ServiceSpec {
     /// Its name (namespace [`KUBE_NAMESPACE`]).
     pub name: &'static str,
-    /// Its ClusterIP.
+    /// `spec.ipFamilies`, in order: two make it `RequireDualStack`, one
+    /// `SingleStack`.
+    pub families: Vec<IpFamily>,
+    /// Its IPv4 ClusterIP (its IPv6 one is the [`twin`]).
     pub cluster_ip: Ipv4Addr,
     /// Its NodePort.
     pub node_port: u16,
@@ -170,6 +248,25 @@ pub struct ServiceSpec {
     pub proxy_protocol: Option<&'static str>,
     /// The pods behind it (its EndpointSlice).
     pub pods: Vec<&'static str>,
+}
+
+impl ServiceSpec {
+    /// `spec.clusterIPs`: one per family, in family order.
+    pub fn cluster_ips(&self) -> Vec<IpAddr> {
+        self.families
+            .iter()
+            .map(|f| in_family(self.cluster_ip, *f))
+            .collect()
+    }
+
+    /// `spec.ipFamilyPolicy`.
+    pub fn family_policy(&self) -> &'static str {
+        if self.families.len() > 1 {
+            "RequireDualStack"
+        } else {
+            "SingleStack"
+        }
+    }
 }
 
 /// The three nodes.
@@ -199,16 +296,19 @@ pub fn pods() -> Vec<PodSpec> {
     ]
 }
 
-/// The Services:
+/// The Services, dual-stack but for `web6`:
 /// - `web`: `Cluster`, the three `web` pods;
 /// - `local`: `Local` (healthCheckNodePort 32081), the two `local` pods, and
-///   a PROXY v1 header from the edge so the pods learn the client address;
-/// - `restricted`: like `web`, for [`SOURCE_RANGE`] only;
-/// - `sticky`: like `web`, with `sessionAffinity: ClientIP`.
+///   a PROXY v2 header from the edge so the pods learn the client address;
+///   IPv6 first in its `ipFamilies`;
+/// - `restricted`: like `web`, for [`SOURCE_RANGE`] and [`SOURCE_RANGE6`] only;
+/// - `sticky`: like `web`, with `sessionAffinity: ClientIP`;
+/// - `web6`: like `web`, IPv6 only.
 pub fn services() -> Vec<ServiceSpec> {
     let web_pods = vec!["web-1", "web-2", "web-3"];
     let base = ServiceSpec {
         name: "web",
+        families: FAMILIES.to_vec(),
         cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
         node_port: 30080,
         policy: Policy::Cluster,
@@ -225,8 +325,9 @@ pub fn services() -> Vec<ServiceSpec> {
             cluster_ip: Ipv4Addr::new(10, 96, 0, 11),
             node_port: 30081,
             policy: Policy::Local,
+            families: vec![IpFamily::V6, IpFamily::V4],
             health_check_node_port: Some(32081),
-            proxy_protocol: Some("v1"),
+            proxy_protocol: Some("v2"),
             pods: vec!["local-1", "local-2"],
             ..base.clone()
         },
@@ -234,7 +335,7 @@ pub fn services() -> Vec<ServiceSpec> {
             name: "restricted",
             cluster_ip: Ipv4Addr::new(10, 96, 0, 12),
             node_port: 30082,
-            source_ranges: vec![SOURCE_RANGE],
+            source_ranges: vec![SOURCE_RANGE, SOURCE_RANGE6],
             ..base.clone()
         },
         ServiceSpec {
@@ -242,6 +343,13 @@ pub fn services() -> Vec<ServiceSpec> {
             cluster_ip: Ipv4Addr::new(10, 96, 0, 13),
             node_port: 30083,
             client_ip_affinity: Some(600),
+            ..base.clone()
+        },
+        ServiceSpec {
+            name: "web6",
+            families: vec![IpFamily::V6],
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 14),
+            node_port: 30084,
             ..base
         },
     ]
@@ -257,12 +365,18 @@ pub enum Client {
 }
 
 impl Client {
-    /// Its address.
+    /// Its IPv4 address.
     pub fn ip(self) -> IpAddr {
-        IpAddr::V4(match self {
+        self.ip_of(IpFamily::V4)
+    }
+
+    /// Its address of `family`.
+    pub fn ip_of(self, family: IpFamily) -> IpAddr {
+        let v4 = match self {
             Client::Inside => CLIENT_IN_IP,
             Client::Outside => CLIENT_OUT_IP,
-        })
+        };
+        in_family(v4, family)
     }
 
     /// Its role in namespace names.
@@ -394,6 +508,65 @@ mod tests {
         let mask = u32::MAX << (32 - len);
         assert!(pool.iter().all(|a| u32::from(*a) & mask == base));
         assert_eq!(edge_public_ip(2), Ipv4Addr::new(198, 51, 100, 2));
+    }
+
+    #[test]
+    fn ipv6_twins_read_like_their_ipv4_addresses_and_keep_every_rule() {
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        assert_eq!(twin(CLIENT_IN_IP), v6("2001:db8:100::10"));
+        assert_eq!(twin(EDGE_CLUSTER_IP), v6("fd00:88::1"));
+        assert_eq!(twin(nodes()[2].ip()), v6("fd00:88::13"));
+        assert_eq!(twin(pods()[2].ip), v6("fd00:244:2::10"));
+        assert_eq!(twin(Ipv4Addr::new(10, 96, 0, 14)), v6("fd00:96::14"));
+        let pool = pool_addresses6();
+        assert_eq!(pool.len(), 10);
+        assert_eq!(
+            pool[0].to_string(),
+            ADDRESS_POOL6.split('-').next().unwrap()
+        );
+        assert_eq!(
+            pool[9].to_string(),
+            ADDRESS_POOL6.split('-').nth(1).unwrap()
+        );
+        // The source range admits the inside client only, and the VIP
+        // block holds the pool and no host of the public network.
+        let within = |addr: Ipv6Addr, cidr: &str| {
+            let (base, len) = cidr.split_once('/').unwrap();
+            let len: u32 = len.parse().unwrap();
+            let mask = u128::MAX << (128 - len);
+            u128::from(addr) & mask == u128::from(v6(base))
+        };
+        assert!(within(twin(CLIENT_IN_IP), SOURCE_RANGE6));
+        assert!(!within(twin(CLIENT_OUT_IP), SOURCE_RANGE6));
+        assert!(pool.iter().all(|a| within(*a, VIP_BLOCK6)));
+        for host in [
+            CLIENT_IN_IP,
+            CLIENT_OUT_IP,
+            edge_public_ip(1),
+            edge_public_ip(2),
+        ] {
+            assert!(!within(twin(host), VIP_BLOCK6), "{host}");
+        }
+    }
+
+    #[test]
+    fn services_ask_for_their_families_in_order() {
+        let all = services();
+        let local = all.iter().find(|s| s.name == "local").unwrap();
+        assert_eq!(local.family_policy(), "RequireDualStack");
+        assert_eq!(
+            local.cluster_ips(),
+            [
+                "fd00:96::11".parse::<IpAddr>().unwrap(),
+                "10.96.0.11".parse().unwrap()
+            ]
+        );
+        let web6 = all.iter().find(|s| s.name == "web6").unwrap();
+        assert_eq!(web6.family_policy(), "SingleStack");
+        assert_eq!(
+            web6.cluster_ips(),
+            ["fd00:96::14".parse::<IpAddr>().unwrap()]
+        );
     }
 
     #[test]

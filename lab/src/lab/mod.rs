@@ -266,7 +266,8 @@ pub struct Lab {
     edges: usize,
     /// Whether they are a VRRP pair ([`LabOptions::vrrp`]).
     vrrp: bool,
-    vips: BTreeMap<String, IpAddr>,
+    /// Every Service's addresses, in the order of its status.
+    vips: BTreeMap<String, Vec<IpAddr>>,
     timings: Vec<(&'static str, Duration)>,
     binaries: Binaries,
     detached: bool,
@@ -288,11 +289,23 @@ impl Lab {
         &self.timings
     }
 
-    /// The address (VIP:80) the edge assigned to a Service.
+    /// The IPv4 address (VIP:80) the edge assigned to a Service.
     pub fn vip(&self, service: &str) -> Option<SocketAddr> {
+        self.vip_of(service, topology::IpFamily::V4)
+    }
+
+    /// The address (VIP:80) of `family` the edge assigned to a Service.
+    pub fn vip_of(&self, service: &str, family: topology::IpFamily) -> Option<SocketAddr> {
         self.vips
-            .get(service)
+            .get(service)?
+            .iter()
+            .find(|ip| topology::IpFamily::of(**ip) == family)
             .map(|ip| SocketAddr::new(*ip, topology::SERVICE_PORT))
+    }
+
+    /// Every address of every Service, in the order of each one's status.
+    pub fn vips(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.vips.values().flatten().copied()
     }
 
     /// A client of the lab's API server (connecting from the edge namespace).

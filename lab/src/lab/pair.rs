@@ -1,8 +1,9 @@
 //! A VRRP pair of edges (`portico-lab up --edges 2 --vrrp`): both edges on
 //! the public network (198.51.100.1 and .2) and the cluster network,
 //! keepalived on the shipped `deploy/keepalived.conf` beside each, holding
-//! the whole address pool on the active edge's `eth0` and tracking the
-//! edge's `/readyz`. The edges run without `vip.interface` (keepalived owns
+//! the whole address pool on the active edge's `eth0` (the IPv6 pool rides
+//! along as excluded addresses, as the shipped file's comment offers) and
+//! tracking the edge's `/readyz`. The edges run without `vip.interface` (keepalived owns
 //! the addresses; the standby already listens) and the clients reach the
 //! VIPs on the segment, by ARP, wherever keepalived put them.
 
@@ -82,14 +83,15 @@ impl Lab {
             limit,
             |_: &Lab| {
                 let mut held = [0, 0];
-                for addr in topology::pool_addresses() {
+                let pool = all_pool_addresses();
+                for addr in &pool {
                     for (i, ns) in namespaces.iter().enumerate() {
-                        if vrrp::holds(ns, IpAddr::V4(addr)).map_err(|e| e.to_string())? {
+                        if vrrp::holds(ns, *addr).map_err(|e| e.to_string())? {
                             held[i] += 1;
                         }
                     }
                 }
-                let pool = topology::pool_addresses().len();
+                let pool = pool.len();
                 match held {
                     [n, 0] | [0, n] if n == pool => Ok(()),
                     _ => Err(format!("addresses held by edge 1, edge 2: {held:?}")),
@@ -99,9 +101,18 @@ impl Lab {
     }
 }
 
+/// Both address pools, IPv4 first.
+fn all_pool_addresses() -> Vec<IpAddr> {
+    let v4 = topology::pool_addresses().into_iter().map(IpAddr::V4);
+    v4.chain(topology::pool_addresses6().into_iter().map(IpAddr::V6))
+        .collect()
+}
+
 /// `deploy/keepalived.conf` for edge `e` of the lab's pair: its router id
 /// and priority ([`vrrp::keepalived_config`]), and the lab's whole address
-/// pool in place of the example VIPs.
+/// pool in place of the example VIPs: the IPv4 pool in the advertised
+/// `virtual_ipaddress`, the IPv6 pool in a `virtual_ipaddress_excluded`
+/// block after it (moved with the IPv4 ones, not advertised).
 pub fn keepalived_config(e: usize, priority: u8) -> Result<String, LabError> {
     let routing = |e: crate::routing::RoutingError| LabError::Routing(e.to_string());
     let text = vrrp::keepalived_config(e, priority).map_err(routing)?;
@@ -109,10 +120,21 @@ pub fn keepalived_config(e: usize, priority: u8) -> Result<String, LabError> {
         .iter()
         .map(|a| format!("{a}/32 dev eth0"))
         .collect();
+    let pool6: Vec<String> = topology::pool_addresses6()
+        .iter()
+        .map(|a| format!("{a}/128 dev eth0"))
+        .collect();
     let name = "keepalived.conf";
     let text = replace_line(name, &text, "192.0.2.10/32 dev eth0", &pool.join("\n\t\t"))
         .map_err(routing)?;
-    replace_line(name, &text, "192.0.2.11/32 dev eth0", "").map_err(routing)
+    // The example's second line becomes the end of the advertised block
+    // and the start of the excluded one, which the example's closing
+    // brace ends.
+    let excluded = format!(
+        "}}\n\tvirtual_ipaddress_excluded {{\n\t\t{}",
+        pool6.join("\n\t\t")
+    );
+    replace_line(name, &text, "192.0.2.11/32 dev eth0", &excluded).map_err(routing)
 }
 
 #[cfg(test)]
@@ -123,12 +145,22 @@ mod tests {
     fn the_pair_holds_the_whole_pool_and_differs_in_priority_only() {
         let one = keepalived_config(1, PRIORITIES[0]).unwrap();
         let two = keepalived_config(2, PRIORITIES[1]).unwrap();
-        for addr in topology::pool_addresses() {
-            let line = format!("\t\t{addr}/32 dev eth0");
+        let excluded = one
+            .find("\tvirtual_ipaddress_excluded {")
+            .expect("an excluded block");
+        for addr in all_pool_addresses() {
+            let len = if addr.is_ipv4() { 32 } else { 128 };
+            let line = format!("\t\t{addr}/{len} dev eth0");
             assert_eq!(
                 one.lines().filter(|l| *l == line).count(),
                 1,
                 "{line:?} in\n{one}"
+            );
+            let at = one.find(&line).unwrap();
+            assert_eq!(
+                addr.is_ipv6(),
+                at > excluded,
+                "{line:?} in its block:\n{one}"
             );
         }
         assert!(!one.contains("192.0.2.1"), "{one}");

@@ -51,28 +51,37 @@ impl Lab {
             total.as_secs_f64(),
         );
         for svc in topology::services() {
-            let vip = self
+            let vips: Vec<String> = self
                 .vips
                 .get(svc.name)
+                .into_iter()
+                .flatten()
                 .map(ToString::to_string)
-                .unwrap_or_else(|| "-".into());
+                .collect();
+            let vip = if vips.is_empty() {
+                "-".to_string()
+            } else {
+                vips.join(" ")
+            };
             let what = match (svc.policy, svc.name) {
                 (Policy::Local, _) => {
-                    "Local: pods on node-1 and node-2 only; PROXY v1 tells them the client"
+                    "Local: pods on node-1 and node-2 only; PROXY v2 tells them the client"
                         .to_string()
                 }
                 (_, "restricted") => format!(
-                    "source range {}: {} gets in, {} does not",
+                    "source ranges {} {}: {} gets in, {} does not",
                     topology::SOURCE_RANGE,
+                    topology::SOURCE_RANGE6,
                     n.client(Client::Inside),
                     n.client(Client::Outside)
                 ),
                 (_, "sticky") => {
                     "sessionAffinity ClientIP: one client, one node and pod".to_string()
                 }
+                (_, "web6") => "like web, IPv6 only".to_string(),
                 _ => "Cluster: pods on every node, masqueraded by the nodes".to_string(),
             };
-            line(&mut out, format!("  {:<11} {vip:<16} {what}", svc.name));
+            line(&mut out, format!("  {:<11} {vip:<38} {what}", svc.name));
         }
         self.what_to_try(&mut out);
         out
@@ -89,6 +98,10 @@ impl Lab {
             .vip("restricted")
             .map(|a| a.ip().to_string())
             .unwrap_or_default();
+        let web6 = self
+            .vip_of("web", topology::IpFamily::V6)
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let lab_bin = self.binaries.lab.display();
         let edge_bin = self.binaries.edge.display();
         let cin = n.client(Client::Inside);
@@ -96,6 +109,12 @@ impl Lab {
         out.push_str("\nTry:\n");
         if command::find_on_path("curl").is_some() {
             line(out, format!("  ip netns exec {cin} curl -s http://{web}/"));
+            line(
+                out,
+                format!(
+                    "  ip netns exec {cin} curl -s http://{web6}/   # the same Service in IPv6"
+                ),
+            );
             line(
                 out,
                 format!("  ip netns exec {cout} curl -sv http://{restricted}/   # closed: outside the source range"),

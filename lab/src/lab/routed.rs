@@ -52,6 +52,11 @@ impl Lab {
                 topology::EDGE_PUBLIC_IP,
                 topology::PUBLIC_PREFIX
             ),
+            format!(
+                "-n {router} addr add {}/{} dev eth0 nodad",
+                topology::twin(topology::EDGE_PUBLIC_IP),
+                topology::PUBLIC_PREFIX6
+            ),
             format!("-n {router} link set eth0 up"),
             format!("-n {net} link add edge-router type veth peer name eth1 netns {router}"),
             format!("-n {net} link set edge-router master {EDGE_BRIDGE} up"),
@@ -64,6 +69,7 @@ impl Lab {
         }
         for (sysctl, value) in [
             ("net/ipv4/ip_forward", "1"),
+            ("net/ipv6/conf/all/forwarding", "1"),
             ("net/ipv4/fib_multipath_hash_policy", "1"),
             ("net/ipv6/fib_multipath_hash_policy", "1"),
         ] {
@@ -88,6 +94,11 @@ impl Lab {
                     public_network(),
                     topology::PUBLIC_PREFIX
                 ),
+                format!(
+                    "-n {ns} route add {}/{} via {ROUTER_V6}",
+                    topology::twin(public_network()),
+                    topology::PUBLIC_PREFIX6
+                ),
             ] {
                 ip_line(&line)?;
             }
@@ -96,12 +107,17 @@ impl Lab {
         Ok(())
     }
 
-    /// The clients' route to the VIP block through the router.
+    /// The clients' routes to the VIP blocks through the router.
     pub(super) fn route_clients(&self, client_ns: &str) -> Result<(), LabError> {
         ip_line(&format!(
             "-n {client_ns} route add {} via {}",
             topology::VIP_BLOCK,
             topology::EDGE_PUBLIC_IP
+        ))?;
+        ip_line(&format!(
+            "-n {client_ns} route add {} via {}",
+            topology::VIP_BLOCK6,
+            topology::twin(topology::EDGE_PUBLIC_IP)
         ))?;
         Ok(())
     }
@@ -136,9 +152,16 @@ impl Lab {
     /// edge.
     pub(super) fn wait_routes(&mut self, limit: Duration) -> Result<(), LabError> {
         let router = self.names.router();
-        let want: std::collections::BTreeSet<IpAddr> =
-            (1..=self.edges).map(|e| IpAddr::V4(edge_v4(e))).collect();
-        let vips: Vec<IpAddr> = self.vips.values().copied().collect();
+        let edges = self.edges;
+        let want = |vip: &IpAddr| -> std::collections::BTreeSet<IpAddr> {
+            (1..=edges)
+                .map(|e| match vip {
+                    IpAddr::V4(_) => IpAddr::V4(edge_v4(e)),
+                    IpAddr::V6(_) => IpAddr::V6(edge_v6(e)),
+                })
+                .collect()
+        };
+        let vips: Vec<IpAddr> = self.vips().collect();
         self.wait(
             &format!(
                 "the router to route every VIP through the {} edges",
@@ -149,7 +172,7 @@ impl Lab {
                 for vip in &vips {
                     let have =
                         routing::nexthops(&router, &vip.to_string()).map_err(|e| e.to_string())?;
-                    if have != want {
+                    if have != want(vip) {
                         return Err(format!("{vip} via {have:?}"));
                     }
                 }

@@ -40,24 +40,26 @@ impl Lab {
         Ok(())
     }
 
-    /// Makes a Service's EndpointSlice list exactly `pods` (ready), as the
-    /// EndpointSlice controller does when pods come and go.
+    /// Makes a Service's EndpointSlices (one per family) list exactly
+    /// `pods` (ready), as the EndpointSlice controller does when pods come
+    /// and go.
     pub fn set_endpoints(&self, service: &str, pods: &[&'static str]) -> Result<(), LabError> {
         let mut svc = topology::services()
             .into_iter()
             .find(|s| s.name == service)
             .ok_or_else(|| LabError::NoSuchProcess(format!("Service {service}")))?;
         svc.pods = pods.to_vec();
-        let slice = objects::slice(&svc, &topology::pods());
-        let patch = serde_json::json!({"endpoints": slice["endpoints"]});
-        self.api().merge_patch(
-            &format!(
-                "{}/{}",
-                objects::slices_path(),
-                slice["metadata"]["name"].as_str().unwrap_or_default()
-            ),
-            &patch,
-        )?;
+        for slice in objects::slices(&svc, &topology::pods()) {
+            let patch = serde_json::json!({"endpoints": slice["endpoints"]});
+            self.api().merge_patch(
+                &format!(
+                    "{}/{}",
+                    objects::slices_path(),
+                    slice["metadata"]["name"].as_str().unwrap_or_default()
+                ),
+                &patch,
+            )?;
+        }
         Ok(())
     }
 

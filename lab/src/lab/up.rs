@@ -15,7 +15,7 @@ use crate::netns::{self, in_netns, ip_line, NetnsError};
 use crate::objects;
 use crate::pod;
 use crate::procs;
-use crate::topology::{self, Client, Names, NodeSpec};
+use crate::topology::{self, Client, IpFamily, Names, NodeSpec};
 
 use super::observe::{edge_metrics, health_settled, nft, observe_table};
 use super::teardown::{owned_namespaces, remove_state_dir};
@@ -182,10 +182,12 @@ impl Lab {
                     &kubeconfig.display().to_string(),
                     "--node-name",
                     &node.name,
+                    // Both families: the edge checks a node on the address of
+                    // the VIP's family.
                     "--health-addr",
-                    &format!("0.0.0.0:{}", topology::NODE_HEALTH_PORT),
+                    &format!("[::]:{}", topology::NODE_HEALTH_PORT),
                     "--health-bind-ip",
-                    &node.ip().to_string(),
+                    "::",
                     "--metrics-addr",
                     &format!("127.0.0.1:{}", topology::AGENT_METRICS_PORT),
                 ],
@@ -204,47 +206,61 @@ impl Lab {
                     "--node",
                     &format!("node-{}", p.node),
                     "--listen",
-                    &format!("0.0.0.0:{}", topology::POD_PORT),
+                    &format!("[::]:{}", topology::POD_PORT),
                 ],
             )?;
         }
         Ok(())
     }
 
-    /// Waits until the edge wrote every Service's address; the addresses.
+    /// Waits until the edge wrote every Service's addresses, one per
+    /// family it asks for; the addresses.
     fn wait_addresses(
         &mut self,
         api: &ApiClient,
         limit: Duration,
-    ) -> Result<BTreeMap<String, IpAddr>, LabError> {
-        let wanted: Vec<&str> = topology::services().iter().map(|s| s.name).collect();
+    ) -> Result<BTreeMap<String, Vec<IpAddr>>, LabError> {
+        let wanted = topology::services();
         self.wait(
-            "the edge to write every Service's address",
+            "the edge to write every Service's addresses",
             limit,
             |_: &Lab| {
                 let services = api.services().map_err(|e| e.to_string())?;
-                let vips: BTreeMap<String, IpAddr> = services
+                let vips: BTreeMap<String, Vec<IpAddr>> = services
                     .iter()
                     .filter_map(|s| {
                         let name = s["metadata"]["name"].as_str()?.to_string();
-                        Some((name, ApiClient::ingress_ip(s)?))
+                        Some((name, ApiClient::ingress_ips(s)))
                     })
                     .collect();
-                match wanted.iter().find(|w| !vips.contains_key(**w)) {
-                    Some(missing) => Err(format!("{missing} has no address yet")),
-                    None => Ok(vips),
+                for svc in &wanted {
+                    let have: Vec<topology::IpFamily> = vips
+                        .get(svc.name)
+                        .into_iter()
+                        .flatten()
+                        .map(|ip| topology::IpFamily::of(*ip))
+                        .collect();
+                    if have != svc.families {
+                        return Err(format!(
+                            "{} has addresses of {have:?}, wants {:?}",
+                            svc.name, svc.families
+                        ));
+                    }
                 }
+                Ok(vips)
             },
         )
     }
 
-    /// Waits until every Service answers the inside client.
+    /// Waits until every address of every Service answers the inside client.
     fn wait_traffic(&mut self, limit: Duration) -> Result<(), LabError> {
-        let wanted: Vec<&str> = topology::services().iter().map(|s| s.name).collect();
-        for name in wanted {
-            let Some(addr) = self.vip(name) else {
-                continue;
-            };
+        let wanted: Vec<(String, IpAddr)> = self
+            .vips
+            .iter()
+            .flat_map(|(name, ips)| ips.iter().map(move |ip| (name.clone(), *ip)))
+            .collect();
+        for (name, ip) in wanted {
+            let addr = SocketAddr::new(ip, topology::SERVICE_PORT);
             let client = self.names.client(Client::Inside);
             self.wait(
                 &format!("{name} ({addr}) to answer the inside client"),
@@ -268,19 +284,23 @@ impl Lab {
             ip_line(&format!("-n {net} link add {br} type bridge"))?;
             ip_line(&format!("-n {net} link set {br} up"))?;
         }
-        let attach = |bridge: &str, port: &str, ns: &str, iface: &str, cidr: &str| {
+        // A veth from `bridge` to `iface` in `ns`, with `cidr`'s address and
+        // its IPv6 twin (without duplicate address detection: the lab's
+        // addresses are unique by construction, and usable at once).
+        let attach = |bridge: &str, port: &str, ns: &str, iface: &str, cidr: &Cidr| {
             for cmd in [
                 format!("-n {net} link add {port} type veth peer name {iface} netns {ns}"),
                 format!("-n {net} link set {port} master {bridge} up"),
-                format!("-n {ns} addr add {cidr} dev {iface}"),
+                format!("-n {ns} addr add {} dev {iface}", cidr.v4()),
+                format!("-n {ns} addr add {} dev {iface} nodad", cidr.v6()),
                 format!("-n {ns} link set {iface} up"),
             ] {
                 ip_line(&cmd)?;
             }
             Ok::<_, NetnsError>(())
         };
-        let public = |ip: std::net::Ipv4Addr| format!("{ip}/{}", topology::PUBLIC_PREFIX);
-        let cluster = |ip: std::net::Ipv4Addr| format!("{ip}/{}", topology::CLUSTER_PREFIX);
+        let public = Cidr::public;
+        let cluster = Cidr::cluster;
         if self.vrrp {
             for e in 1..=self.edges {
                 let ns = n.edge_n(e);
@@ -328,6 +348,7 @@ impl Lab {
             let ns = n.node(node);
             netns::add(&ns)?;
             set_sysctl(&ns, "net/ipv4/ip_forward", "1")?;
+            set_sysctl(&ns, "net/ipv6/conf/all/forwarding", "1")?;
             nft(&ns, &["-f", "-"], Some(&observe_table()))?;
             attach(
                 "br-clu",
@@ -338,12 +359,21 @@ impl Lab {
             )?;
             ip_line(&format!("-n {ns} link add br0 type bridge"))?;
             ip_line(&format!("-n {ns} addr add {}/24 dev br0", node.bridge_ip()))?;
+            ip_line(&format!(
+                "-n {ns} addr add {}/64 dev br0 nodad",
+                node.bridge_ip_of(IpFamily::V6)
+            ))?;
             ip_line(&format!("-n {ns} link set br0 up"))?;
             for other in nodes.iter().filter(|o| o.index != node.index) {
                 ip_line(&format!(
                     "-n {ns} route add {} via {}",
                     other.pod_cidr(),
                     other.ip()
+                ))?;
+                ip_line(&format!(
+                    "-n {ns} route add {} via {}",
+                    other.pod_cidr6(),
+                    other.ip_of(IpFamily::V6)
                 ))?;
             }
         }
@@ -357,18 +387,25 @@ impl Lab {
             let ns = n.pod(&p);
             netns::add(&ns)?;
             let node_ns = n.ns(&format!("node-{}", p.node));
-            let gateway = NodeSpec {
+            let node = NodeSpec {
                 index: p.node,
                 name: String::new(),
-            }
-            .bridge_ip();
+            };
             let port = format!("vp-{}", p.name);
             for cmd in [
                 format!("-n {node_ns} link add {port} type veth peer name eth0 netns {ns}"),
                 format!("-n {node_ns} link set {port} master br0 up"),
                 format!("-n {ns} addr add {}/24 dev eth0", p.ip),
+                format!(
+                    "-n {ns} addr add {}/64 dev eth0 nodad",
+                    p.ip_of(IpFamily::V6)
+                ),
                 format!("-n {ns} link set eth0 up"),
-                format!("-n {ns} route add default via {gateway}"),
+                format!("-n {ns} route add default via {}", node.bridge_ip()),
+                format!(
+                    "-n {ns} -6 route add default via {}",
+                    node.bridge_ip_of(IpFamily::V6)
+                ),
             ] {
                 ip_line(&cmd)?;
             }
@@ -435,7 +472,9 @@ fn create_objects(api: &ApiClient) -> Result<(), LabError> {
     }
     for svc in topology::services() {
         api.create(&objects::services_path(), &objects::service(&svc))?;
-        api.create(&objects::slices_path(), &objects::slice(&svc, &pods))?;
+        for slice in objects::slices(&svc, &pods) {
+            api.create(&objects::slices_path(), &slice)?;
+        }
     }
     Ok(())
 }
@@ -465,6 +504,41 @@ pub(super) fn set_sysctl(ns: &str, name: &str, value: &str) -> Result<(), LabErr
         path: path.clone(),
         source,
     })
+}
+
+/// An address of the lab with its prefix length, and its IPv6 twin's.
+pub(super) struct Cidr {
+    ip: std::net::Ipv4Addr,
+    len: u8,
+    len6: u8,
+}
+
+impl Cidr {
+    /// An address on the public network.
+    pub(super) fn public(ip: std::net::Ipv4Addr) -> Cidr {
+        Cidr {
+            ip,
+            len: topology::PUBLIC_PREFIX,
+            len6: topology::PUBLIC_PREFIX6,
+        }
+    }
+
+    /// An address on the cluster network.
+    pub(super) fn cluster(ip: std::net::Ipv4Addr) -> Cidr {
+        Cidr {
+            ip,
+            len: topology::CLUSTER_PREFIX,
+            len6: topology::CLUSTER_PREFIX6,
+        }
+    }
+
+    fn v4(&self) -> String {
+        format!("{}/{}", self.ip, self.len)
+    }
+
+    fn v6(&self) -> String {
+        format!("{}/{}", topology::twin(self.ip), self.len6)
+    }
 }
 
 /// How an edge of the lab holds its VIPs.
@@ -524,13 +598,14 @@ settings:
     kubeconfig: {kubeconfig}
   addressPools:
     - name: public
-      addresses: [{pool}]
+      addresses: [{pool}, {pool6}]
 ",
         health = topology::NODE_HEALTH_PORT,
         metrics = topology::EDGE_METRICS_PORT,
         admin = topology::EDGE_ADMIN_PORT,
         kubeconfig = kubeconfig.display(),
         pool = topology::ADDRESS_POOL,
+        pool6 = topology::ADDRESS_POOL6,
         drain = drain_timeout.as_millis(),
     )
 }

@@ -8,25 +8,32 @@
 //! Needs root, `ip`, `nft` and `setsid`: skips loudly without them, fails
 //! under `CI=true`. How the binaries under test are found: `support/mod.rs`.
 //! They run beside each other ([`shared`]), never beside a failure scenario
-//! or a benchmark.
+//! or a benchmark. The lab is dual-stack: each scenario runs in IPv4 and in
+//! IPv6, on the same Services.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::Service;
 use portico_lab::pod::{Answer, ClientError};
-use portico_lab::topology::{self, Client};
+use portico_lab::topology::{self, Client, IpFamily, FAMILIES};
 use portico_lab::Lab;
 
 use crate::support::{lab, metric, privileged, shared};
 
-/// The addresses a node may masquerade to: its cluster address and its
-/// pod bridge address.
-fn node_addresses() -> BTreeSet<IpAddr> {
+/// The addresses of `family` a node may masquerade to: its cluster
+/// address and its pod bridge address.
+fn node_addresses(family: IpFamily) -> BTreeSet<IpAddr> {
     topology::nodes()
         .iter()
-        .flat_map(|n| [IpAddr::V4(n.ip()), IpAddr::V4(n.bridge_ip())])
+        .flat_map(|n| [n.ip_of(family), n.bridge_ip_of(family)])
         .collect()
+}
+
+/// The Service's address (VIP:80) of `family`.
+fn vip(lab: &Lab, name: &str, family: IpFamily) -> SocketAddr {
+    lab.vip_of(name, family)
+        .unwrap_or_else(|| panic!("{name} has no {family} VIP"))
 }
 
 /// `count` connections from `client`, every one answered.
@@ -66,44 +73,52 @@ fn cluster_service_balances_over_every_node_and_masquerades() {
     }
     let _shared = shared();
     let lab = lab();
-    let web = lab.vip("web").expect("web has a VIP");
-    let port = service("web").node_port;
-    let before = syns(&lab, port);
-    let got = answers(&lab, Client::Inside, web, 60);
+    // web in both families, and web6 (IPv6 only) on the same pods.
+    for (name, family) in [
+        ("web", IpFamily::V4),
+        ("web", IpFamily::V6),
+        ("web6", IpFamily::V6),
+    ] {
+        let web = vip(&lab, name, family);
+        let port = service(name).node_port;
+        let before = syns(&lab, port);
+        let got = answers(&lab, Client::Inside, web, 60);
 
-    let pods: BTreeSet<&str> = got.iter().map(|a| a.pod.as_str()).collect();
-    assert_eq!(
-        pods,
-        BTreeSet::from(["web-1", "web-2", "web-3"]),
-        "60 connections should reach every web pod: {got:#?}"
-    );
-    let nodes: BTreeSet<&str> = got.iter().map(|a| a.node.as_str()).collect();
-    assert_eq!(nodes, BTreeSet::from(["node-1", "node-2", "node-3"]));
-    let after = syns(&lab, port);
-    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
-        assert!(
-            a > b,
-            "the edge sent no connection to node-{} ({before:?} -> {after:?})",
-            i + 1
+        let pods: BTreeSet<&str> = got.iter().map(|a| a.pod.as_str()).collect();
+        assert_eq!(
+            pods,
+            BTreeSet::from(["web-1", "web-2", "web-3"]),
+            "60 connections to {web} should reach every web pod: {got:#?}"
         );
-    }
-    let masquerade = node_addresses();
-    for a in &got {
-        assert!(
-            masquerade.contains(&a.peer),
-            "{} saw {}, not a node address: Cluster must masquerade",
-            a.pod,
-            a.peer
-        );
-        assert_ne!(a.peer, Client::Inside.ip());
-        assert_eq!(a.proxied_client, None, "web has no PROXY header");
+        let nodes: BTreeSet<&str> = got.iter().map(|a| a.node.as_str()).collect();
+        assert_eq!(nodes, BTreeSet::from(["node-1", "node-2", "node-3"]));
+        let after = syns(&lab, port);
+        for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+            assert!(
+                a > b,
+                "the edge sent no connection for {web} to node-{} ({before:?} -> {after:?})",
+                i + 1
+            );
+        }
+        let masquerade = node_addresses(family);
+        for a in &got {
+            assert!(
+                masquerade.contains(&a.peer),
+                "{} saw {} for {web}, not a node address of its family: Cluster must masquerade",
+                a.pod,
+                a.peer
+            );
+            assert_ne!(a.peer, Client::Inside.ip_of(family));
+            assert_eq!(a.proxied_client, None, "{name} has no PROXY header");
+        }
     }
 }
 
-/// `Local`: connections land only on nodes with a pod of the Service (the
-/// edge's health check takes node-3 out), the node does not masquerade (the
-/// pod sees the edge's own address as the TCP peer), and the client's
-/// address reaches the pod in the PROXY header the edge sends.
+/// `Local`, in both families: connections land only on nodes with a pod of
+/// the Service (the edge's health check takes node-3 out), the node does
+/// not masquerade (the pod sees the edge's own address of the family as the
+/// TCP peer), and the client's address reaches the pod in the PROXY v2
+/// header the edge sends.
 #[test]
 fn local_service_keeps_the_client_address_and_skips_nodes_without_pods() {
     if !privileged("local_service_keeps_the_client_address_and_skips_nodes_without_pods") {
@@ -111,12 +126,28 @@ fn local_service_keeps_the_client_address_and_skips_nodes_without_pods() {
     }
     let _shared = shared();
     let lab = lab();
-    let local = lab.vip("local").expect("local has a VIP");
+    for family in FAMILIES {
+        local_in(&lab, family);
+    }
+    let metrics = lab.edge_metrics().expect("edge metrics");
+    assert_eq!(
+        metric(
+            &metrics,
+            "portico_edge_connect_retries_total",
+            &["service=\"default/local\""]
+        ),
+        Some(0.0),
+        "no connect had to be retried"
+    );
+}
+
+fn local_in(lab: &Lab, family: IpFamily) {
+    let local = vip(lab, "local", family);
     let port = service("local").node_port;
-    let before = syns(&lab, port);
+    let before = syns(lab, port);
     let count = 40;
-    let got = answers(&lab, Client::Inside, local, count);
-    let after = syns(&lab, port);
+    let got = answers(lab, Client::Inside, local, count);
+    let after = syns(lab, port);
 
     let pods: BTreeSet<&str> = got.iter().map(|a| a.pod.as_str()).collect();
     assert_eq!(
@@ -131,37 +162,28 @@ fn local_service_keeps_the_client_address_and_skips_nodes_without_pods() {
     let landed: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
     assert!(
         landed >= count as u64,
-        "{count} connections, {landed} seen by the nodes"
+        "{count} connections to {local}, {landed} seen by the nodes"
     );
     for a in &got {
         assert_eq!(
             a.peer,
-            IpAddr::V4(topology::EDGE_CLUSTER_IP),
-            "{}: Local must not masquerade; the pod sees the edge's connection as it left the edge",
+            topology::in_family(topology::EDGE_CLUSTER_IP, family),
+            "{} ({local}): Local must not masquerade; the pod sees the edge's connection as it left the edge",
             a.pod
         );
         assert_eq!(
             a.proxied_client,
-            Some(Client::Inside.ip()),
-            "{}: the client's address, through the PROXY header",
+            Some(Client::Inside.ip_of(family)),
+            "{} ({local}): the client's address, through the PROXY header",
             a.pod
         );
     }
-    let metrics = lab.edge_metrics().expect("edge metrics");
-    assert_eq!(
-        metric(
-            &metrics,
-            "portico_edge_connect_retries_total",
-            &["service=\"default/local\""]
-        ),
-        Some(0.0),
-        "no connect had to be retried"
-    );
 }
 
-/// `loadBalancerSourceRanges`: the outside client's connections are closed
-/// by the edge before any node is contacted; the inside client gets through;
-/// the outside client does reach a Service without ranges.
+/// `loadBalancerSourceRanges`, one range per family: in each family the
+/// outside client's connections are closed by the edge before any node is
+/// contacted; the inside client gets through; the outside client does
+/// reach a Service without ranges.
 #[test]
 fn source_ranges_admit_the_inside_client_only() {
     if !privileged("source_ranges_admit_the_inside_client_only") {
@@ -169,16 +191,24 @@ fn source_ranges_admit_the_inside_client_only() {
     }
     let _shared = shared();
     let lab = lab();
-    let restricted = lab.vip("restricted").expect("restricted has a VIP");
+    for (i, family) in FAMILIES.into_iter().enumerate() {
+        source_ranges_in(&lab, family, 5 * (i + 1));
+    }
+}
+
+/// The source-range scenario in `family`; `rejected` rejections counted
+/// since the lab came up, with this one's.
+fn source_ranges_in(lab: &Lab, family: IpFamily, rejected: usize) {
+    let restricted = vip(lab, "restricted", family);
     let port = service("restricted").node_port;
 
-    let inside = answers(&lab, Client::Inside, restricted, 5);
+    let inside = answers(lab, Client::Inside, restricted, 5);
     assert!(
         inside.iter().all(|a| a.pod.starts_with("web-")),
         "{inside:#?}"
     );
 
-    let before = syns(&lab, port);
+    let before = syns(lab, port);
     let outside = lab.get_many(Client::Outside, restricted, 5);
     for result in &outside {
         assert!(
@@ -186,33 +216,34 @@ fn source_ranges_admit_the_inside_client_only() {
                 result,
                 Err(ClientError::Closed { .. } | ClientError::Refused { .. })
             ),
-            "the outside client must get nothing: {result:?}"
+            "the outside client must get nothing from {restricted}: {result:?}"
         );
     }
     assert_eq!(
-        syns(&lab, port),
+        syns(lab, port),
         before,
-        "no node may be contacted for a client outside the range"
+        "no node may be contacted for a client outside the range ({restricted})"
     );
     let metrics = lab.edge_metrics().expect("edge metrics");
-    let rejected = metric(
+    let counted = metric(
         &metrics,
         "portico_edge_connections_rejected_total",
         &["service=\"default/restricted\"", "reason=\"source_range\""],
     );
     assert!(
-        rejected.is_some_and(|n| n >= 5.0),
-        "rejections counted: {rejected:?}"
+        counted.is_some_and(|n| n >= rejected as f64),
+        "rejections counted after {restricted}: {counted:?}, want {rejected}"
     );
 
-    let web = lab.vip("web").expect("web has a VIP");
-    let open = answers(&lab, Client::Outside, web, 3);
+    let web = vip(lab, "web", family);
+    let open = answers(lab, Client::Outside, web, 3);
     assert!(open.iter().all(|a| a.pod.starts_with("web-")), "{open:#?}");
 }
 
 /// The edge wrote `status.loadBalancer.ingress` with `ipMode: Proxy` for
 /// every Service (read back through the API server): one distinct address
-/// from the pool each, on the edge's public interface.
+/// per family the Service asks for, in its `ipFamilies` order, from the
+/// pool of that family, on the edge's public interface.
 #[test]
 fn the_edge_writes_every_services_address_with_ip_mode_proxy() {
     if !privileged("the_edge_writes_every_services_address_with_ip_mode_proxy") {
@@ -235,7 +266,11 @@ fn the_edge_writes_every_services_address_with_ip_mode_proxy() {
         .collect();
     assert_eq!(names, wanted);
 
-    let pool = 100..=109u8;
+    let pool: Vec<IpAddr> = topology::pool_addresses()
+        .into_iter()
+        .map(IpAddr::V4)
+        .chain(topology::pool_addresses6().into_iter().map(IpAddr::V6))
+        .collect();
     let edge_addrs = portico_lab::netns::ip(&[
         "-n",
         &lab.names().edge(),
@@ -255,31 +290,33 @@ fn the_edge_writes_every_services_address_with_ip_mode_proxy() {
             .and_then(|s| s.load_balancer.as_ref())
             .and_then(|lb| lb.ingress.clone())
             .unwrap_or_default();
-        assert_eq!(ingress.len(), 1, "{name}: {ingress:?}");
-        let ip: IpAddr = ingress[0]
-            .ip
-            .as_deref()
-            .and_then(|ip| ip.parse().ok())
-            .unwrap_or_else(|| panic!("{name}: no IP in {ingress:?}"));
-        assert_eq!(
-            ingress[0].ip_mode.as_deref(),
-            Some("Proxy"),
-            "{name}: ipMode Proxy keeps kube-proxy from short-cutting the address"
-        );
-        let IpAddr::V4(v4) = ip else {
-            panic!("{name}: {ip} is not IPv4");
-        };
-        assert_eq!(v4.octets()[..3], [198, 51, 100], "{name}: {ip}");
-        assert!(
-            pool.contains(&v4.octets()[3]),
-            "{name}: {ip} outside the pool"
-        );
-        assert!(seen.insert(ip), "{name}: {ip} given twice");
-        assert_eq!(lab.vip(name).map(|a| a.ip()), Some(ip));
-        assert!(
-            edge_addrs.contains(&format!(" {ip}/32 ")),
-            "{name}: {ip} is not on the edge's eth0:\n{edge_addrs}"
-        );
+        let families = service(name).families;
+        assert_eq!(ingress.len(), families.len(), "{name}: {ingress:?}");
+        for (entry, family) in ingress.iter().zip(families) {
+            let ip: IpAddr = entry
+                .ip
+                .as_deref()
+                .and_then(|ip| ip.parse().ok())
+                .unwrap_or_else(|| panic!("{name}: no IP in {ingress:?}"));
+            assert_eq!(
+                entry.ip_mode.as_deref(),
+                Some("Proxy"),
+                "{name}: ipMode Proxy keeps kube-proxy from short-cutting the address"
+            );
+            assert_eq!(
+                IpFamily::of(ip),
+                family,
+                "{name}: {ingress:?} in ipFamilies order"
+            );
+            assert!(pool.contains(&ip), "{name}: {ip} outside the pools");
+            assert!(seen.insert(ip), "{name}: {ip} given twice");
+            assert_eq!(lab.vip_of(name, family).map(|a| a.ip()), Some(ip));
+            let len = if ip.is_ipv4() { 32 } else { 128 };
+            assert!(
+                edge_addrs.contains(&format!(" {ip}/{len} ")),
+                "{name}: {ip} is not on the edge's eth0:\n{edge_addrs}"
+            );
+        }
     }
 }
 
@@ -352,13 +389,21 @@ fn three_edges_behind_a_router_share_every_vip() {
     let _shared = shared();
     let lab = crate::support::lab_of(3, portico_lab::lab::DEFAULT_DRAIN_TIMEOUT);
     let router = lab.names().router();
-    let edges: BTreeSet<IpAddr> = (1..=3)
-        .map(|n| IpAddr::V4(portico_lab::routing::edge_v4(n)))
-        .collect();
-    for name in ["web", "local", "restricted", "sticky"] {
-        let vip = lab.vip(name).expect("a VIP").ip().to_string();
-        let hops = portico_lab::routing::nexthops(&router, &vip).expect("the router's route");
-        assert_eq!(hops, edges, "{name} ({vip})");
+    let edges_of = |family: IpFamily| -> BTreeSet<IpAddr> {
+        (1..=3)
+            .map(|n| match family {
+                IpFamily::V4 => IpAddr::V4(portico_lab::routing::edge_v4(n)),
+                IpFamily::V6 => IpAddr::V6(portico_lab::routing::edge_v6(n)),
+            })
+            .collect()
+    };
+    let edges = edges_of(IpFamily::V4);
+    for svc in topology::services() {
+        for family in &svc.families {
+            let vip = vip(&lab, svc.name, *family).ip().to_string();
+            let hops = portico_lab::routing::nexthops(&router, &vip).expect("the router's route");
+            assert_eq!(hops, edges_of(*family), "{} ({vip})", svc.name);
+        }
     }
 
     let accepted = |n: usize| {
@@ -370,22 +415,25 @@ fn three_edges_behind_a_router_share_every_vip() {
         )
         .unwrap_or(0.0)
     };
-    let before: Vec<f64> = (1..=3).map(accepted).collect();
-    let web = lab.vip("web").expect("web has a VIP");
-    let got = answers(&lab, Client::Inside, web, 60);
-    assert!(got.iter().all(|a| a.pod.starts_with("web-")), "{got:#?}");
-    let carried: Vec<f64> = (1..=3).map(|n| accepted(n) - before[n - 1]).collect();
-    assert_eq!(carried.iter().sum::<f64>(), 60.0, "{carried:?}");
-    assert!(
-        carried.iter().all(|c| *c > 0.0),
-        "every edge carries a share of one client's connections: {carried:?}"
-    );
+    for family in FAMILIES {
+        let before: Vec<f64> = (1..=3).map(accepted).collect();
+        let web = vip(&lab, "web", family);
+        let got = answers(&lab, Client::Inside, web, 60);
+        assert!(got.iter().all(|a| a.pod.starts_with("web-")), "{got:#?}");
+        let carried: Vec<f64> = (1..=3).map(|n| accepted(n) - before[n - 1]).collect();
+        assert_eq!(carried.iter().sum::<f64>(), 60.0, "{web}: {carried:?}");
+        assert!(
+            carried.iter().all(|c| *c > 0.0),
+            "every edge carries a share of one client's connections to {web}: {carried:?}"
+        );
 
-    let restricted = lab.vip("restricted").expect("restricted has a VIP");
-    for result in lab.get_many(Client::Outside, restricted, 6) {
-        assert!(result.is_err(), "the outside client got in: {result:?}");
+        let restricted = vip(&lab, "restricted", family);
+        for result in lab.get_many(Client::Outside, restricted, 6) {
+            assert!(result.is_err(), "the outside client got in: {result:?}");
+        }
+        answers(&lab, Client::Inside, restricted, 3);
     }
-    answers(&lab, Client::Inside, restricted, 3);
+    let web = lab.vip("web").expect("web has a VIP");
 
     let leaders: f64 = (1..=3)
         .map(|n| {
@@ -407,19 +455,26 @@ fn three_edges_behind_a_router_share_every_vip() {
             .expect("portico-edge");
         assert!(out.status.success(), "{command}: {out:?}");
     };
-    let vip = web.ip().to_string();
-    let wait = |want: &BTreeSet<IpAddr>| {
+    let web6 = vip(&lab, "web", IpFamily::V6);
+    let wait = |vip: SocketAddr, want: &BTreeSet<IpAddr>| {
+        let vip = vip.ip().to_string();
         portico_lab::routing::wait_nexthops(&router, &vip, want, std::time::Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("{e}"))
     };
     admin("drain");
-    let mut without = edges.clone();
-    without.remove(&IpAddr::V4(portico_lab::routing::edge_v4(2)));
-    wait(&without);
-    let got = answers(&lab, Client::Inside, web, 20);
-    assert_eq!(got.len(), 20);
+    for (addr, family) in [(web, IpFamily::V4), (web6, IpFamily::V6)] {
+        let mut without = edges_of(family);
+        without.remove(&match family {
+            IpFamily::V4 => IpAddr::V4(portico_lab::routing::edge_v4(2)),
+            IpFamily::V6 => IpAddr::V6(portico_lab::routing::edge_v6(2)),
+        });
+        wait(addr, &without);
+        let got = answers(&lab, Client::Inside, addr, 20);
+        assert_eq!(got.len(), 20);
+    }
     admin("undrain");
-    wait(&edges);
+    wait(web, &edges);
+    wait(web6, &edges_of(IpFamily::V6));
 }
 
 /// `portico-lab up --edges 2 --vrrp`: keepalived puts the whole pool on
@@ -440,31 +495,39 @@ fn a_vrrp_pair_holds_every_vip_on_one_edge_and_moves_them_at_a_drain() {
     }
     let _shared = shared();
     let lab = crate::support::vrrp_lab();
+    let pools: Vec<IpAddr> = topology::pool_addresses()
+        .into_iter()
+        .map(IpAddr::V4)
+        .chain(topology::pool_addresses6().into_iter().map(IpAddr::V6))
+        .collect();
     let held = |n: usize| {
         let ns = lab.names().edge_n(n);
-        topology::pool_addresses()
-            .into_iter()
-            .filter(|a| portico_lab::routing::vrrp::holds(&ns, IpAddr::V4(*a)).expect("ip addr"))
+        pools
+            .iter()
+            .filter(|a| portico_lab::routing::vrrp::holds(&ns, **a).expect("ip addr"))
             .count()
     };
-    let pool = topology::pool_addresses().len();
+    let pool = pools.len();
     let (active, standby) = match (held(1), held(2)) {
         (n, 0) if n == pool => (1, 2),
         (0, n) if n == pool => (2, 1),
         split => panic!("the pool is not on one edge: {split:?}"),
     };
     let each = |lab: &Lab| {
-        for name in ["web", "local", "restricted", "sticky"] {
-            let vip = lab.vip(name).expect("a VIP");
-            answers(lab, Client::Inside, vip, 3);
+        for svc in topology::services() {
+            for family in &svc.families {
+                answers(lab, Client::Inside, vip(lab, svc.name, *family), 3);
+            }
         }
     };
     each(&lab);
-    let restricted = lab.vip("restricted").expect("restricted has a VIP");
-    assert!(lab
-        .get_many(Client::Outside, restricted, 2)
-        .iter()
-        .all(Result::is_err));
+    for family in FAMILIES {
+        let restricted = vip(&lab, "restricted", family);
+        assert!(lab
+            .get_many(Client::Outside, restricted, 2)
+            .iter()
+            .all(Result::is_err));
+    }
 
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", &lab.names().edge_n(active)])

@@ -26,7 +26,7 @@ use portico_lab::api::{ApiClient, KUBECONFIG};
 use portico_lab::load::{Load, LoadSpec};
 use portico_lab::objects;
 use portico_lab::routing::{self, Fabric, RouterFib, ROUTER_V4};
-use portico_lab::topology::{PodSpec, Policy, ServiceSpec, LB_CLASS};
+use portico_lab::topology::{IpFamily, PodSpec, Policy, ServiceSpec, LB_CLASS};
 use serde_json::{json, Value};
 
 use crate::support;
@@ -206,6 +206,7 @@ impl Scene {
     fn create_service(&self, name: &'static str, node_port: u16, cluster_ip: Ipv4Addr) {
         let spec = ServiceSpec {
             name,
+            families: vec![IpFamily::V4],
             cluster_ip,
             node_port,
             policy: Policy::Cluster,
@@ -226,7 +227,10 @@ impl Scene {
             .create(&objects::services_path(), &service)
             .expect("Service created");
         self.api
-            .create(&objects::slices_path(), &objects::slice(&spec, &[pod]))
+            .create(
+                &objects::slices_path(),
+                &objects::slice(&spec, &[pod], IpFamily::V4),
+            )
             .expect("EndpointSlice created");
     }
 
