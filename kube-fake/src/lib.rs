@@ -57,6 +57,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+pub mod families;
 mod http;
 mod managed;
 pub mod patch;

@@ -269,10 +269,16 @@ impl Default for Allocator {
 }
 
 impl Allocator {
-    fn cluster_ip(&mut self) -> String {
+    /// The next ClusterIP of `family` (`IPv4` or `IPv6`), from
+    /// [`crate::families::V4_RANGE`] or [`crate::families::V6_RANGE`].
+    fn cluster_ip(&mut self, family: &str) -> String {
         let n = self.next_ip;
         self.next_ip += 1;
-        format!("10.96.{}.{}", (n >> 8) & 0xff, n & 0xff)
+        if family == "IPv6" {
+            format!("fd00:96::{n:x}")
+        } else {
+            format!("10.96.{}.{}", (n >> 8) & 0xff, n & 0xff)
+        }
     }
 
     fn node_port(&mut self) -> u16 {
@@ -363,13 +369,7 @@ fn default_service(obj: &mut Value, old: Option<&Value>, alloc: &mut Allocator) 
             set_default(spec, "healthCheckNodePort", v.clone());
         }
     }
-    if spec.get("clusterIP").is_none_or(|v| v.is_null() || v == "") {
-        spec.insert("clusterIP".into(), json!(alloc.cluster_ip()));
-    }
-    let ip = spec["clusterIP"].clone();
-    set_default(spec, "clusterIPs", json!([ip]));
-    set_default(spec, "ipFamilies", json!(["IPv4"]));
-    set_default(spec, "ipFamilyPolicy", json!("SingleStack"));
+    crate::families::default(spec, &old_spec, &mut |family| alloc.cluster_ip(family));
     set_default(spec, "internalTrafficPolicy", json!("Cluster"));
     let external = ty == "NodePort" || ty == "LoadBalancer";
     if external {

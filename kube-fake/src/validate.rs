@@ -26,11 +26,37 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn invalid(field: impl Into<String>, value: &str, detail: &str) -> Self {
+    pub(crate) fn invalid(field: impl Into<String>, value: &str, detail: &str) -> Self {
+        Self::invalid_raw(field, &go_quote(value), detail)
+    }
+
+    /// `Invalid` with a value already printed as Go prints it (`%#v`).
+    pub(crate) fn invalid_raw(field: impl Into<String>, shown: &str, detail: &str) -> Self {
         FieldError {
             reason: "FieldValueInvalid",
             field: field.into(),
-            message: format!("Invalid value: {}: {detail}", go_quote(value)),
+            message: format!("Invalid value: {shown}: {detail}"),
+        }
+    }
+
+    pub(crate) fn not_supported(field: impl Into<String>, value: &str, supported: &[&str]) -> Self {
+        let supported: Vec<String> = supported.iter().map(|s| go_quote(s)).collect();
+        FieldError {
+            reason: "FieldValueNotSupported",
+            field: field.into(),
+            message: format!(
+                "Unsupported value: {}: supported values: {}",
+                go_quote(value),
+                supported.join(", ")
+            ),
+        }
+    }
+
+    pub(crate) fn duplicate(field: impl Into<String>, value: &str) -> Self {
+        FieldError {
+            reason: "FieldValueDuplicate",
+            field: field.into(),
+            message: format!("Duplicate value: {}", go_quote(value)),
         }
     }
 
@@ -49,7 +75,7 @@ pub const NOTE_LENGTH_LIMIT: usize = 1024;
 pub const EVENT_FIELD_LENGTH_LIMIT: usize = 128;
 
 impl FieldError {
-    fn required(field: impl Into<String>) -> Self {
+    pub(crate) fn required(field: impl Into<String>) -> Self {
         FieldError {
             reason: "FieldValueRequired",
             field: field.into(),
@@ -181,10 +207,16 @@ pub fn nothing(_: &Value) -> Vec<FieldError> {
     Vec::new()
 }
 
-/// Service checks: `spec.loadBalancerSourceRanges`, else the legacy annotation,
-/// must parse as CIDRs and are only allowed on `type: LoadBalancer`.
+/// Service checks: the address family fields ([`crate::families`]), and
+/// `spec.loadBalancerSourceRanges`, else the legacy annotation, must parse
+/// as CIDRs and are only allowed on `type: LoadBalancer`.
 pub fn service(obj: &Value) -> Vec<FieldError> {
     let mut errors = Vec::new();
+    if let Some(spec) = obj["spec"].as_object() {
+        if obj["spec"]["type"] != "ExternalName" {
+            errors.extend(crate::families::validate(spec));
+        }
+    }
     let ranges: Vec<String> = obj["spec"]["loadBalancerSourceRanges"]
         .as_array()
         .map(|a| {

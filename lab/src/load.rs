@@ -152,6 +152,30 @@ pub struct Record {
 }
 
 impl Record {
+    /// New connections, failed ones, sessions and lost ones to targets of
+    /// each address family, as `IPv4: 240 connections, 0 failed; 6
+    /// sessions, 0 lost` lines (a family without traffic is left out).
+    pub fn by_family(&self) -> String {
+        let mut out = String::new();
+        for family in crate::topology::FAMILIES {
+            let of = |t: &SocketAddr| crate::topology::IpFamily::of(t.ip()) == family;
+            let conns: Vec<&Connection> =
+                self.connections.iter().filter(|c| of(&c.target)).collect();
+            let sessions: Vec<&Session> = self.sessions.iter().filter(|s| of(&s.target)).collect();
+            if conns.is_empty() && sessions.is_empty() {
+                continue;
+            }
+            out.push_str(&format!(
+                "{family}: {} connections, {} failed; {} sessions, {} lost\n",
+                conns.len(),
+                conns.iter().filter(|c| c.result.is_err()).count(),
+                sessions.len(),
+                sessions.iter().filter(|s| s.lost.is_some()).count(),
+            ));
+        }
+        out
+    }
+
     /// The connections that failed.
     pub fn failed(&self) -> Vec<&Connection> {
         self.connections

@@ -379,6 +379,67 @@ async fn stale_writes_get_409() {
     assert!(matches!(err, kube::Error::Api(s) if s.code == 409));
 }
 
+/// The fake is a dual-stack cluster: a Service that prefers dual-stack
+/// gets both families and a ClusterIP of each, one that names a family
+/// gets that one, and inconsistent family fields are refused with the
+/// real server's 422 and cause.
+#[tokio::test]
+async fn dual_stack_services_get_their_families_as_on_a_dual_stack_cluster() {
+    let server = FakeApiServer::start().await;
+    let api: Api<Service> = Api::namespaced(server.client(), "default");
+    let mut both = service("both", "both");
+    both["spec"]["ipFamilyPolicy"] = json!("PreferDualStack");
+    let created = api
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(both).unwrap(),
+        )
+        .await
+        .unwrap();
+    let spec = created.spec.unwrap();
+    assert_eq!(
+        spec.ip_families.unwrap(),
+        ["IPv4".to_string(), "IPv6".to_string()]
+    );
+    let ips = spec.cluster_ips.unwrap();
+    assert_eq!(ips.len(), 2);
+    assert!(ips[0].parse::<std::net::Ipv4Addr>().is_ok(), "{ips:?}");
+    assert!(ips[1].parse::<std::net::Ipv6Addr>().is_ok(), "{ips:?}");
+    assert_eq!(spec.cluster_ip.as_deref(), Some(ips[0].as_str()));
+
+    let mut v6 = service("v6", "v6");
+    v6["spec"]["ipFamilies"] = json!(["IPv6"]);
+    let created = api
+        .create(&PostParams::default(), &serde_json::from_value(v6).unwrap())
+        .await
+        .unwrap();
+    let spec = created.spec.unwrap();
+    assert_eq!(spec.ip_family_policy.as_deref(), Some("SingleStack"));
+    assert!(spec.cluster_ip.unwrap().contains(':'));
+
+    let mut bad = service("bad", "bad");
+    bad["spec"]["ipFamilies"] = json!(["IPv4", "IPv6"]);
+    bad["spec"]["ipFamilyPolicy"] = json!("SingleStack");
+    let err = api
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(bad).unwrap(),
+        )
+        .await
+        .unwrap_err();
+    match err {
+        kube::Error::Api(status) => {
+            assert_eq!(status.code, 422);
+            assert!(
+                status.message.contains("spec.ipFamilyPolicy: Invalid value: \"SingleStack\": must be 'RequireDualStack' or 'PreferDualStack' when multiple IP families are specified"),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn recorder_events_land_in_the_store() {
     let server = FakeApiServer::start().await;

@@ -27,7 +27,7 @@ pub mod scenarios;
 pub mod teardown;
 pub mod up;
 
-pub use observe::{backend_up, health_settled, NodeSample, NodeWatch};
+pub use observe::{backend_states, backend_up, health_settled, NodeSample, NodeWatch};
 pub use report::status;
 pub use teardown::{down, DownReport};
 pub use up::{edge_config, VipHolding};

@@ -123,15 +123,27 @@ impl Drop for NodeWatch {
 }
 
 /// The edge's `portico_edge_backend_up` for `node` on `port` (the health
-/// target's port), if reported.
-pub fn backend_up(metrics: &str, node: &str, port: u16) -> Option<bool> {
+/// target's port): one value per target the edge checks there, one per
+/// family of the node's addresses it forwards to. Empty: not checked.
+pub fn backend_states(metrics: &str, node: &str, port: u16) -> Vec<bool> {
     let node = format!("node=\"{node}\"");
     let tail = format!(":{port}\"}}");
     metrics
         .lines()
         .filter(|l| l.starts_with("portico_edge_backend_up{") && l.contains(&node))
-        .find_map(|l| l.split_once(&tail)?.1.trim().parse::<f64>().ok())
+        .filter_map(|l| l.split_once(&tail)?.1.trim().parse::<f64>().ok())
         .map(|v| v == 1.0)
+        .collect()
+}
+
+/// Whether the edge holds `node` up on `port` in every family (`true`) or
+/// down in every family (`false`); `None` when it does not check it, or
+/// while its families disagree (each family's target is probed on its
+/// own, so one may turn a probe before the other).
+pub fn backend_up(metrics: &str, node: &str, port: u16) -> Option<bool> {
+    let states = backend_states(metrics, node, port);
+    let first = *states.first()?;
+    states.iter().all(|s| *s == first).then_some(first)
 }
 
 /// The lab's own table in each node namespace: counts new connections per
@@ -233,13 +245,19 @@ pub(super) fn edge_metrics(edge_ns: &str) -> Result<String, LabError> {
 /// node's `/healthz` up, and each `Local` Service's health check up exactly
 /// on the nodes with one of its pods.
 pub fn health_settled(metrics: &str) -> Result<(), String> {
+    // The value of every family's target, when each family has one and
+    // they agree.
     let up = |check: &str, node: &str, port: u16| -> Option<f64> {
         let head = format!("portico_edge_backend_up{{check=\"{check}\",node=\"{node}\",");
         let tail = format!(":{port}\"}}");
-        metrics
+        let values: Vec<f64> = metrics
             .lines()
             .filter(|l| l.starts_with(&head))
-            .find_map(|l| l.split_once(&tail)?.1.trim().parse().ok())
+            .filter_map(|l| l.split_once(&tail)?.1.trim().parse().ok())
+            .collect();
+        let first = *values.first()?;
+        (values.len() == topology::FAMILIES.len() && values.iter().all(|v| *v == first))
+            .then_some(first)
     };
     let pods = topology::pods();
     for node in topology::nodes() {
@@ -269,22 +287,50 @@ pub fn health_settled(metrics: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// The edge's metric lines for node `n`'s targets of `check` on
+    /// `port`, in both families.
+    fn lines(check: &str, n: u8, port: u16, up: [u8; 2]) -> String {
+        format!(
+            "portico_edge_backend_up{{check=\"{check}\",node=\"node-{n}\",target=\"10.88.0.1{n}:{port}\"}} {}\n\
+             portico_edge_backend_up{{check=\"{check}\",node=\"node-{n}\",target=\"[fd00:88::1{n}]:{port}\"}} {}\n",
+            up[0], up[1]
+        )
+    }
+
     #[test]
-    fn health_is_settled_only_with_the_expected_view() {
+    fn health_is_settled_only_with_the_expected_view_in_both_families() {
         let mut text = String::new();
         for n in 1..=3 {
-            text.push_str(&format!(
-                "portico_edge_backend_up{{check=\"node-proxy\",node=\"node-{n}\",target=\"10.88.0.1{n}:10256\"}} 1\n"
-            ));
+            text.push_str(&lines("node-proxy", n, 10256, [1, 1]));
         }
         assert!(health_settled(&text).is_err(), "no Local checks yet");
         for (n, up) in [(1, 1), (2, 1), (3, 0)] {
-            text.push_str(&format!(
-                "portico_edge_backend_up{{check=\"service-local\",node=\"node-{n}\",target=\"10.88.0.1{n}:32081\"}} {up}\n"
-            ));
+            text.push_str(&lines("service-local", n, 32081, [up, up]));
         }
         assert_eq!(health_settled(&text), Ok(()));
         let wrong = text.replace("10.88.0.13:32081\"} 0", "10.88.0.13:32081\"} 1");
         assert!(health_settled(&wrong).is_err(), "node-3 has no local pod");
+        let one_family: String = text
+            .lines()
+            .filter(|l| !l.contains("[fd00:88::12]:10256"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(
+            health_settled(&one_family).is_err(),
+            "node-2 is not checked in IPv6"
+        );
+    }
+
+    #[test]
+    fn a_backend_is_up_or_down_when_its_families_agree() {
+        let text = lines("service-local", 2, 32081, [1, 1]);
+        assert_eq!(backend_up(&text, "node-2", 32081), Some(true));
+        assert_eq!(backend_states(&text, "node-2", 32081), [true, true]);
+        let turning = lines("service-local", 2, 32081, [0, 1]);
+        assert_eq!(backend_up(&turning, "node-2", 32081), None);
+        let down = lines("service-local", 2, 32081, [0, 0]);
+        assert_eq!(backend_up(&down, "node-2", 32081), Some(false));
+        assert_eq!(backend_up(&down, "node-1", 32081), None, "not checked");
+        assert!(backend_states(&down, "node-2", 10256).is_empty());
     }
 }

@@ -17,12 +17,16 @@ use super::up::write_file;
 use super::{Lab, LabError};
 
 impl Lab {
-    /// Takes a node's cluster link (`eth0`) down or up: to the edge and the
-    /// other nodes it is gone, as a node that lost power or network.
+    /// Cuts a node's cluster link or mends it, at the switch: its port on
+    /// the cluster bridge goes down or up, so the node's `eth0` loses its
+    /// carrier, as when a cable is pulled. To the edge and the other nodes
+    /// it is gone; the node keeps its addresses and routes. (Taking the
+    /// node's own `eth0` down instead would be an operator's act: the
+    /// kernel then drops its IPv6 addresses and its routes through it.)
     pub fn set_node_link(&self, node: &NodeSpec, up: bool) -> Result<(), LabError> {
-        let ns = self.names.node(node);
+        let net = self.names.net();
         let state = if up { "up" } else { "down" };
-        ip_line(&format!("-n {ns} link set eth0 {state}"))?;
+        ip_line(&format!("-n {net} link set clu-{} {state}", node.name))?;
         Ok(())
     }
 

@@ -7,10 +7,15 @@
 //! sessions lost, SYNs reaching each node, which pods answered) before
 //! asserting on it.
 //!
+//! The lab is dual-stack: every load goes to the Service's IPv4 and IPv6
+//! addresses in turn, so each scenario runs in both families at once, and
+//! holds in each.
+//!
 //! These tests measure time, so each runs alone ([`alone`]): not beside
 //! another scenario's lab, nor any other lab test's. Needs root (see
 //! `e2e.rs`).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -43,6 +48,17 @@ fn service(name: &str) -> topology::ServiceSpec {
         .into_iter()
         .find(|s| s.name == name)
         .unwrap_or_else(|| panic!("no Service {name}"))
+}
+
+/// A Service's addresses (VIP:80) in both families, IPv4 first.
+fn vips(lab: &Lab, name: &str) -> Vec<SocketAddr> {
+    topology::FAMILIES
+        .iter()
+        .map(|f| {
+            lab.vip_of(name, *f)
+                .unwrap_or_else(|| panic!("{name} has no {f} VIP"))
+        })
+        .collect()
 }
 
 fn start_load(lab: &Lab, spec: LoadSpec) -> Load {
@@ -115,11 +131,12 @@ fn syns_between(samples: &[NodeSample], node: &str, from: Duration, to: Duration
 /// output unless `--nocapture`, and these figures are the point).
 fn show(title: &str, t: &Timeline, record: &Record) {
     eprintln!(
-        "\n=== {title}: {} connections, {} failed; {} sessions, {} lost\n{t}",
+        "\n=== {title}: {} connections, {} failed; {} sessions, {} lost\n{}{t}",
         record.connections.len(),
         record.failed().len(),
         record.sessions.len(),
-        record.lost_sessions().len()
+        record.lost_sessions().len(),
+        record.by_family()
     );
     for s in record.lost_sessions() {
         eprintln!(
@@ -153,9 +170,11 @@ fn node_dies_and_comes_back(death: Death) {
     let victim = node("node-2");
     let svc = service("local");
     let health_port = svc.health_check_node_port.expect("local has a health port");
-    let vip = lab.vip("local").expect("local has a VIP");
     let duration = Duration::from_secs(16);
-    let load = start_load(&lab, LoadSpec::connections(vec![vip], RATE, duration));
+    let load = start_load(
+        &lab,
+        LoadSpec::connections(vips(&lab, "local"), RATE, duration),
+    );
     let watch = lab.watch_nodes(
         svc.node_port,
         health_port,
@@ -322,9 +341,10 @@ fn an_excluded_node_is_drained_and_used_again_when_the_label_goes() {
     let victim = node("node-2");
     let svc = service("local");
     let health_port = svc.health_check_node_port.expect("local has a health port");
-    let vip = lab.vip("local").expect("local has a VIP");
+    let targets = vips(&lab, "local");
     let duration = Duration::from_secs(14);
-    let spec = LoadSpec::connections(vec![vip], RATE, duration).with_sessions(&[vip], 16);
+    // 8 sessions per family.
+    let spec = LoadSpec::connections(targets.clone(), RATE, duration).with_sessions(&targets, 8);
     let load = start_load(&lab, spec);
     let watch = lab.watch_nodes(
         svc.node_port,
@@ -431,12 +451,13 @@ fn an_excluded_node_is_drained_and_used_again_when_the_label_goes() {
 }
 
 /// The load of the "under load" scenarios: new connections to `web`
-/// (`Cluster`) and `local` (`Local`), and 3 echo sessions to each.
+/// (`Cluster`) and `local` (`Local`) in both families, and 3 echo sessions
+/// to each address.
 fn mixed_load(lab: &Lab, duration: Duration, lifetime: Option<Duration>) -> Load {
-    let web = lab.vip("web").expect("web has a VIP");
-    let local = lab.vip("local").expect("local has a VIP");
+    let mut targets = vips(lab, "web");
+    targets.extend(vips(lab, "local"));
     let mut spec =
-        LoadSpec::connections(vec![web, local], RATE, duration).with_sessions(&[web, local], 3);
+        LoadSpec::connections(targets.clone(), RATE, duration).with_sessions(&targets, 3);
     if let Some(l) = lifetime {
         spec = spec.session_lifetime(l);
     }
@@ -637,9 +658,11 @@ fn an_api_server_outage_under_load_loses_nothing() {
         Duration::from_secs(20),
         |lab: &Lab| {
             let m = lab.edge_metrics().map_err(|e| e.to_string())?;
-            match portico_lab::lab::backend_up(&m, "node-3", topology::NODE_HEALTH_PORT) {
-                None => Ok(()),
-                Some(up) => Err(format!("node-3 still checked (up = {up})")),
+            match portico_lab::lab::backend_states(&m, "node-3", topology::NODE_HEALTH_PORT)
+                .as_slice()
+            {
+                [] => Ok(()),
+                up => Err(format!("node-3 still checked (up = {up:?})")),
             }
         },
     )
@@ -706,9 +729,11 @@ fn scaling_pods_under_load_fails_only_connections_sent_to_a_killed_pod() {
     let _alone = alone();
     let mut lab = lab();
     let svc = service("web");
-    let vip = lab.vip("web").expect("web has a VIP");
     let duration = Duration::from_secs(16);
-    let load = start_load(&lab, LoadSpec::connections(vec![vip], RATE, duration));
+    let load = start_load(
+        &lab,
+        LoadSpec::connections(vips(&lab, "web"), RATE, duration),
+    );
     let watch = lab.watch_nodes(
         svc.node_port,
         topology::NODE_HEALTH_PORT,
