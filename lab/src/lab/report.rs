@@ -112,7 +112,7 @@ impl Lab {
             line(
                 out,
                 format!(
-                    "  ip netns exec {cin} curl -s http://{web6}/   # the same Service in IPv6"
+                    "  ip netns exec {cin} curl -gs 'http://{web6}/'   # the same Service in IPv6"
                 ),
             );
             line(
@@ -242,11 +242,17 @@ pub fn status(prefix: &str, state_dir: &Path) -> Result<String, LabError> {
         Ok(services) => {
             for s in services {
                 let name = s["metadata"]["name"].as_str().unwrap_or("?");
-                let vip = ApiClient::ingress_ip(&s)
-                    .map(|ip| ip.to_string())
-                    .unwrap_or_else(|| "(no address)".into());
+                let ips: Vec<String> = ApiClient::ingress_ips(&s)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                let vips = if ips.is_empty() {
+                    "(no address)".to_string()
+                } else {
+                    ips.join(" ")
+                };
                 let policy = s["spec"]["externalTrafficPolicy"].as_str().unwrap_or("?");
-                line(&mut out, format!("  {name:<11} {vip:<16} {policy}"));
+                line(&mut out, format!("  {name:<11} {policy:<8} {vips}"));
             }
         }
         Err(e) => {
