@@ -12,7 +12,7 @@
 //!        ┌─────────────────────────┬───────────────┴─────────┐
 //!   eth0 10.88.0.11           eth0 10.88.0.12           eth0 10.88.0.13
 //!   <p>-node-1                <p>-node-2                <p>-node-3     (portico-node-agent)
-//!   br0 10.244.1.1/24         br0 10.244.2.1/24         br0 10.244.3.1/24
+//!   gw 10.244.1.1             gw 10.244.2.1             gw 10.244.3.1
 //!    ├ <p>-pod-web-1   .10     ├ <p>-pod-web-2   .10     └ <p>-pod-web-3 .10
 //!    └ <p>-pod-local-1 .11     └ <p>-pod-local-2 .11
 //! ```
@@ -32,8 +32,13 @@
 //!      └──────────── cluster 10.88.0.0/24 (br-clu) ──── nodes as above
 //! ```
 //!
-//! Each node routes the other nodes' pod CIDRs via their cluster address;
-//! each pod's default route is its node's bridge. Nothing is routed to or
+//! Pods are routed, as Calico routes them: each pod has a veth of its own
+//! to its node, a host route to it on the node, and a default route via
+//! the node's gateway address (the same address on every pod's link). No
+//! bridge: traffic between two pods of a node passes the node's routing and
+//! conntrack both ways, so a pod reaching another pod of its node (or
+//! itself) through a Service works without `br_netfilter`. Each node routes
+//! the other nodes' pod CIDRs via their cluster address. Nothing is routed to or
 //! from the host: the lab's addresses exist only inside its namespaces.
 //!
 //! The lab is dual-stack: every address above has an IPv6 twin, drawn from
@@ -178,9 +183,9 @@ impl NodeSpec {
         format!("fd00:244:{}::/64", self.index)
     }
 
-    /// Its address on its pod bridge (the pods' gateway; what it
+    /// Its address on each of its pods' links (the pods' gateway; what it
     /// masquerades to towards its own pods).
-    pub fn bridge_ip(&self) -> Ipv4Addr {
+    pub fn gateway_ip(&self) -> Ipv4Addr {
         Ipv4Addr::new(10, 244, self.index, 1)
     }
 
@@ -189,9 +194,9 @@ impl NodeSpec {
         in_family(self.ip(), family)
     }
 
-    /// Its address on its pod bridge in `family`.
-    pub fn bridge_ip_of(&self, family: IpFamily) -> IpAddr {
-        in_family(self.bridge_ip(), family)
+    /// Its address on its pods' links in `family`.
+    pub fn gateway_ip_of(&self, family: IpFamily) -> IpAddr {
+        in_family(self.gateway_ip(), family)
     }
 }
 

@@ -331,8 +331,21 @@ impl Lab {
         addr: SocketAddr,
         count: usize,
     ) -> Vec<Result<Answer, ClientError>> {
-        let ns = self.names.client(client);
-        match in_netns(&ns, || (0..count).map(|_| pod::get(addr)).collect()) {
+        self.get_many_in(&self.names.client(client), addr, count)
+    }
+
+    /// `count` new connections, one after the other, from namespace `ns`
+    /// (a client's, a pod's, a node's) to `addr`.
+    ///
+    /// # Panics
+    /// If the namespace cannot be entered (the lab is broken).
+    pub fn get_many_in(
+        &self,
+        ns: &str,
+        addr: SocketAddr,
+        count: usize,
+    ) -> Vec<Result<Answer, ClientError>> {
+        match in_netns(ns, || (0..count).map(|_| pod::get(addr)).collect()) {
             Ok(answers) => answers,
             Err(e) => panic!("{e}"),
         }

@@ -357,13 +357,6 @@ impl Lab {
                 "eth0",
                 &cluster(node.ip()),
             )?;
-            ip_line(&format!("-n {ns} link add br0 type bridge"))?;
-            ip_line(&format!("-n {ns} addr add {}/24 dev br0", node.bridge_ip()))?;
-            ip_line(&format!(
-                "-n {ns} addr add {}/64 dev br0 nodad",
-                node.bridge_ip_of(IpFamily::V6)
-            ))?;
-            ip_line(&format!("-n {ns} link set br0 up"))?;
             for other in nodes.iter().filter(|o| o.index != node.index) {
                 ip_line(&format!(
                     "-n {ns} route add {} via {}",
@@ -380,7 +373,11 @@ impl Lab {
         self.build_pods()
     }
 
-    /// Each pod's namespace on its node's bridge.
+    /// Each pod's namespace, routed from its node: a veth pair (`vp-<pod>`
+    /// on the node, `eth0` in the pod), the pod's addresses as host
+    /// addresses on `eth0`, the node's gateway addresses on `vp-<pod>`, a
+    /// host route to the pod on the node and a default route via the
+    /// gateway in the pod.
     fn build_pods(&self) -> Result<(), LabError> {
         let n = &self.names;
         for p in topology::pods() {
@@ -392,20 +389,23 @@ impl Lab {
                 name: String::new(),
             };
             let port = format!("vp-{}", p.name);
+            let (gw, gw6) = (node.gateway_ip(), node.gateway_ip_of(IpFamily::V6));
+            let (ip, ip6) = (p.ip, p.ip_of(IpFamily::V6));
             for cmd in [
                 format!("-n {node_ns} link add {port} type veth peer name eth0 netns {ns}"),
-                format!("-n {node_ns} link set {port} master br0 up"),
-                format!("-n {ns} addr add {}/24 dev eth0", p.ip),
-                format!(
-                    "-n {ns} addr add {}/64 dev eth0 nodad",
-                    p.ip_of(IpFamily::V6)
-                ),
+                format!("-n {node_ns} addr add {gw}/32 dev {port}"),
+                format!("-n {node_ns} addr add {gw6}/128 dev {port} nodad"),
+                format!("-n {node_ns} link set {port} up"),
+                format!("-n {ns} addr add {ip}/32 dev eth0"),
+                format!("-n {ns} addr add {ip6}/128 dev eth0 nodad"),
                 format!("-n {ns} link set eth0 up"),
-                format!("-n {ns} route add default via {}", node.bridge_ip()),
-                format!(
-                    "-n {ns} -6 route add default via {}",
-                    node.bridge_ip_of(IpFamily::V6)
-                ),
+                format!("-n {ns} link set lo up"),
+                format!("-n {node_ns} route add {ip}/32 dev {port}"),
+                format!("-n {node_ns} route add {ip6}/128 dev {port}"),
+                format!("-n {ns} route add {gw} dev eth0"),
+                format!("-n {ns} route add default via {gw}"),
+                format!("-n {ns} route add {gw6} dev eth0"),
+                format!("-n {ns} route add default via {gw6}"),
             ] {
                 ip_line(&cmd)?;
             }

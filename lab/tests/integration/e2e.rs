@@ -22,11 +22,11 @@ use portico_lab::Lab;
 use crate::support::{lab, metric, privileged, shared};
 
 /// The addresses of `family` a node may masquerade to: its cluster
-/// address and its pod bridge address.
+/// address and its pods' gateway address.
 fn node_addresses(family: IpFamily) -> BTreeSet<IpAddr> {
     topology::nodes()
         .iter()
-        .flat_map(|n| [n.ip_of(family), n.bridge_ip_of(family)])
+        .flat_map(|n| [n.ip_of(family), n.gateway_ip_of(family)])
         .collect()
 }
 
@@ -110,6 +110,88 @@ fn cluster_service_balances_over_every_node_and_masquerades() {
             );
             assert_ne!(a.peer, Client::Inside.ip_of(family));
             assert_eq!(a.proxied_client, None, "{name} has no PROXY header");
+        }
+    }
+}
+
+/// Pods reaching Services from inside the cluster, in both families, as
+/// kube-proxy serves them:
+/// - hairpin: `web-1` reaches its own Service through the ClusterIP and
+///   through the NodePort of its own node and of another node; every
+///   connection is answered, some by `web-1` itself, and those come from
+///   the node's gateway address (masqueraded), never from `web-1`'s own;
+/// - `local-1` reaches `web` through the ClusterIP; a connection answered
+///   by `web-1`, on the same node, still keeps `local-1`'s address (pod to
+///   ClusterIP is not masqueraded).
+#[test]
+fn pods_reach_services_and_themselves_through_clusterip_and_nodeport() {
+    if !privileged("pods_reach_services_and_themselves_through_clusterip_and_nodeport") {
+        return;
+    }
+    let _shared = shared();
+    let lab = lab();
+    let pods = topology::pods();
+    let pod = |name: &str| pods.iter().find(|p| p.name == name).expect("a pod").clone();
+    let (web1, local1) = (pod("web-1"), pod("local-1"));
+    let web = service("web");
+    let nodes = topology::nodes();
+    for family in FAMILIES {
+        let cluster_ip = topology::in_family(web.cluster_ip, family);
+        let gateway = nodes[0].gateway_ip_of(family);
+        let targets = [
+            (
+                "ClusterIP",
+                SocketAddr::new(cluster_ip, topology::SERVICE_PORT),
+            ),
+            (
+                "own NodePort",
+                SocketAddr::new(nodes[0].ip_of(family), web.node_port),
+            ),
+            (
+                "node-2's NodePort",
+                SocketAddr::new(nodes[1].ip_of(family), web.node_port),
+            ),
+        ];
+        for (what, addr) in targets {
+            let got: Vec<Answer> = lab
+                .get_many_in(&lab.names().pod(&web1), addr, 30)
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    a.unwrap_or_else(|e| panic!("web-1 -> {what} {addr}, connection {i}: {e}"))
+                })
+                .collect();
+            let own: Vec<&Answer> = got.iter().filter(|a| a.pod == "web-1").collect();
+            assert!(
+                !own.is_empty(),
+                "30 connections from web-1 to its {what} {addr} never came back to it: {got:#?}"
+            );
+            if what != "node-2's NodePort" {
+                for a in &own {
+                    assert_eq!(
+                        a.peer, gateway,
+                        "web-1 reaching itself through {what} {addr} must be masqueraded to node-1's gateway"
+                    );
+                }
+            }
+        }
+        let got: Vec<Answer> = lab
+            .get_many_in(
+                &lab.names().pod(&local1),
+                SocketAddr::new(cluster_ip, topology::SERVICE_PORT),
+                30,
+            )
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|e| panic!("local-1 -> web's ClusterIP: {e}")))
+            .collect();
+        let beside: Vec<&Answer> = got.iter().filter(|a| a.pod == "web-1").collect();
+        assert!(!beside.is_empty(), "web-1 never answered local-1: {got:#?}");
+        for a in beside {
+            assert_eq!(
+                a.peer,
+                local1.ip_of(family),
+                "a pod's connection to a ClusterIP keeps its address, also to a pod of its own node"
+            );
         }
     }
 }
