@@ -120,21 +120,21 @@ pub fn keepalived_config(e: usize, priority: u8) -> Result<String, LabError> {
         .iter()
         .map(|a| format!("{a}/32 dev eth0"))
         .collect();
-    let pool6: Vec<String> = topology::pool_addresses6()
-        .iter()
-        .map(|a| format!("{a}/128 dev eth0"))
+    let pool6: Vec<IpAddr> = topology::pool_addresses6()
+        .into_iter()
+        .map(IpAddr::V6)
         .collect();
     let name = "keepalived.conf";
-    let text = replace_line(name, &text, "192.0.2.10/32 dev eth0", &pool.join("\n\t\t"))
-        .map_err(routing)?;
-    // The example's second line becomes the end of the advertised block
-    // and the start of the excluded one, which the example's closing
-    // brace ends.
-    let excluded = format!(
-        "}}\n\tvirtual_ipaddress_excluded {{\n\t\t{}",
-        pool6.join("\n\t\t")
-    );
-    replace_line(name, &text, "192.0.2.11/32 dev eth0", &excluded).map_err(routing)
+    // The example's two lines become the pool's, the first and the rest.
+    let text = replace_line(name, &text, "192.0.2.10/32 dev eth0", &pool[0]).map_err(routing)?;
+    let text = replace_line(
+        name,
+        &text,
+        "192.0.2.11/32 dev eth0",
+        &pool[1..].join("\n\t\t"),
+    )
+    .map_err(routing)?;
+    vrrp::with_excluded(name, &text, &pool6).map_err(routing)
 }
 
 #[cfg(test)]

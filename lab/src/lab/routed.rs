@@ -155,10 +155,7 @@ impl Lab {
         let edges = self.edges;
         let want = |vip: &IpAddr| -> std::collections::BTreeSet<IpAddr> {
             (1..=edges)
-                .map(|e| match vip {
-                    IpAddr::V4(_) => IpAddr::V4(edge_v4(e)),
-                    IpAddr::V6(_) => IpAddr::V6(edge_v6(e)),
-                })
+                .map(|e| routing::edge_ip(e, topology::IpFamily::of(*vip)))
                 .collect()
         };
         let vips: Vec<IpAddr> = self.vips().collect();

@@ -70,6 +70,15 @@ pub fn edge_v6(n: usize) -> Ipv6Addr {
     Ipv6Addr::new(0xfd42, 0, 0, 0, 0, 0, 0, 0x10 + n as u16)
 }
 
+/// Edge `n`'s (1-based) address of `family` on the bridge: [`edge_v4`] or
+/// [`edge_v6`].
+pub fn edge_ip(n: usize, family: crate::topology::IpFamily) -> IpAddr {
+    match family {
+        crate::topology::IpFamily::V4 => IpAddr::V4(edge_v4(n)),
+        crate::topology::IpFamily::V6 => IpAddr::V6(edge_v6(n)),
+    }
+}
+
 /// A shipped deploy file (`deploy/<name>` of this repository).
 pub fn deploy_file(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -14,6 +14,10 @@
 //! [`changes`] (what to run for a change of the learned routes) is pure;
 //! the thread reads the table and runs the `ip` commands every few
 //! milliseconds, which adds those milliseconds to every route change.
+//!
+//! Both families alike: an IPv6 route's next hops are IPv6 gateways, which
+//! get nexthop objects of their own, so each group holds one family (the
+//! kernel refuses a group that mixes them).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -391,6 +395,53 @@ mod tests {
             ["-4 route del 192.0.2.10/32", "nexthop del id 1004"]
         );
         assert!(installed.routes().is_empty());
+    }
+
+    #[test]
+    fn each_family_gets_a_group_of_its_own_next_hops() {
+        let v6 = |last: u16| {
+            (
+                IpAddr::from(std::net::Ipv6Addr::new(0xfd42, 0, 0, 0, 0, 0, 0, last)),
+                "br0".to_string(),
+            )
+        };
+        let mut learned = routes(&[("192.0.2.10/32", &[11, 12])]);
+        learned.insert(
+            "2001:db8:10::10/128".to_string(),
+            [v6(0x11), v6(0x12)].into_iter().collect(),
+        );
+        let (first, installed) = changes(&Installed::default(), &learned);
+        let group = format!("type resilient buckets {BUCKETS} idle_timer {IDLE_TIMER}");
+        assert_eq!(
+            lines(&first),
+            [
+                "nexthop replace id 1001 via 10.42.0.11 dev br0".to_string(),
+                "nexthop replace id 1002 via 10.42.0.12 dev br0".to_string(),
+                format!("nexthop replace id 1003 group 1001/1002 {group}"),
+                "-4 route replace 192.0.2.10/32 nhid 1003".to_string(),
+                "nexthop replace id 1004 via fd42::11 dev br0".to_string(),
+                "nexthop replace id 1005 via fd42::12 dev br0".to_string(),
+                format!("nexthop replace id 1006 group 1004/1005 {group}"),
+                "-6 route replace 2001:db8:10::10/128 nhid 1006".to_string(),
+            ]
+        );
+        // Edge 2 leaves the IPv6 route only; then the IPv6 route goes.
+        learned.insert(
+            "2001:db8:10::10/128".to_string(),
+            [v6(0x11)].into_iter().collect(),
+        );
+        let (left, installed) = changes(&installed, &learned);
+        assert_eq!(
+            lines(&left),
+            [format!("nexthop replace id 1006 group 1004 {group}")]
+        );
+        learned.remove("2001:db8:10::10/128");
+        let (gone, installed) = changes(&installed, &learned);
+        assert_eq!(
+            lines(&gone),
+            ["-6 route del 2001:db8:10::10/128", "nexthop del id 1006"]
+        );
+        assert_eq!(installed.routes().len(), 1);
     }
 
     #[test]

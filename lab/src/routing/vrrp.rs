@@ -5,11 +5,13 @@
 //! follow the edge's readiness. With real edges instead of the stand-in,
 //! the router finds the VIPs' holder on the segment by ARP
 //! ([`join_vips_subnet`]), and a test reads where it sends them
-//! ([`neighbour_mac`], [`link_mac`]).
+//! ([`neighbour_mac`], [`link_mac`]). IPv6 VIPs ride along with the
+//! advertised IPv4 ones as excluded addresses ([`with_excluded`],
+//! [`dual_stack_config`]), as the shipped file's comment offers.
 
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read as _, Write as _};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,6 +38,17 @@ pub const READYZ: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LO
 pub const ROUTER_ON_VIPS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 /// The prefix length of the VIPs' subnet.
 pub const VIPS_PREFIX: u8 = 24;
+/// The IPv6 VIPs that ride along with the shipped ones
+/// ([`dual_stack_config`]): the shipped comment's example, and the next.
+pub const VIPS6: [Ipv6Addr; 2] = [
+    Ipv6Addr::new(0x2001, 0xdb8, 0x10, 0, 0, 0, 0, 0x10),
+    Ipv6Addr::new(0x2001, 0xdb8, 0x10, 0, 0, 0, 0, 0x11),
+];
+/// The router's address in the IPv6 VIPs' subnet (`2001:db8:10::/64`):
+/// see [`join_vips_subnet`].
+pub const ROUTER_ON_VIPS6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x10, 0, 0, 0, 0, 1);
+/// The prefix length of the IPv6 VIPs' subnet.
+pub const VIPS6_PREFIX: u8 = 64;
 
 /// How long a connection to the stand-in may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
@@ -86,6 +99,50 @@ pub fn keepalived_config(n: usize, priority: u8) -> Result<String, RoutingError>
     replace_line(name, &text, "priority 150", &format!("priority {priority}"))
 }
 
+/// `text` (a keepalived config named `config` in errors) with a
+/// `virtual_ipaddress_excluded` block of `addrs` (host addresses on `eth0`)
+/// right after its one `virtual_ipaddress` block: keepalived moves them
+/// with the advertised ones without putting them in its adverts, which is
+/// how addresses of the other family ride along (the shipped file's
+/// comment).
+pub fn with_excluded(config: &str, text: &str, addrs: &[IpAddr]) -> Result<String, RoutingError> {
+    const BLOCK: &str = "virtual_ipaddress {";
+    let lines: Vec<&str> = text.lines().collect();
+    let missing = |line: &str| RoutingError::MissingLine {
+        config: config.to_string(),
+        line: line.to_string(),
+    };
+    if lines.iter().filter(|l| l.trim() == BLOCK).count() != 1 {
+        return Err(missing(BLOCK));
+    }
+    let start = lines
+        .iter()
+        .position(|l| l.trim() == BLOCK)
+        .ok_or_else(|| missing(BLOCK))?;
+    let end = start
+        + lines[start..]
+            .iter()
+            .position(|l| l.trim() == "}")
+            .ok_or_else(|| missing("the `}` closing virtual_ipaddress"))?;
+    let indent = &lines[start][..lines[start].len() - lines[start].trim_start().len()];
+    let mut out: Vec<String> = lines[..=end].iter().map(|l| l.to_string()).collect();
+    out.push(format!("{indent}virtual_ipaddress_excluded {{"));
+    for addr in addrs {
+        let length = if addr.is_ipv4() { 32 } else { 128 };
+        out.push(format!("{indent}\t{addr}/{length} dev eth0"));
+    }
+    out.push(format!("{indent}}}"));
+    out.extend(lines[end + 1..].iter().map(|l| l.to_string()));
+    Ok(out.join("\n") + "\n")
+}
+
+/// [`keepalived_config`] with [`VIPS6`] riding along ([`with_excluded`]):
+/// the pair moves a VIP of each family.
+pub fn dual_stack_config(n: usize, priority: u8) -> Result<String, RoutingError> {
+    let v6: Vec<IpAddr> = VIPS6.iter().map(|v| IpAddr::V6(*v)).collect();
+    with_excluded("keepalived.conf", &keepalived_config(n, priority)?, &v6)
+}
+
 /// The VIPs the shipped `deploy/keepalived.conf` moves (its
 /// `virtual_ipaddress` block), in its order.
 pub fn shipped_vips() -> Result<Vec<IpAddr>, RoutingError> {
@@ -129,33 +186,44 @@ pub fn parse_vips(config: &str, text: &str) -> Result<Vec<IpAddr>, RoutingError>
     Err(missing(format!("the `}}` closing {BLOCK}")))
 }
 
-/// Gives the router an address in the VIPs' subnet ([`ROUTER_ON_VIPS`]) on
-/// the bridge the edges share. keepalived puts the VIPs on the edge's
-/// segment interface as host addresses and announces them by gratuitous
-/// ARP: that only reaches a router that takes the VIPs for neighbours on
-/// that segment (as a site's router on the public subnet does). Without it
-/// the lab's router, whose only address there is in `10.42.0.0/24`, would
-/// have no route to the VIPs. Fails for a VIP outside the subnet.
+/// Gives the router an address in the VIPs' subnet of each family the
+/// VIPs have ([`ROUTER_ON_VIPS`], [`ROUTER_ON_VIPS6`]) on the bridge the
+/// edges share. keepalived puts the VIPs on the edge's segment interface as
+/// host addresses and announces them by gratuitous ARP (unsolicited
+/// neighbour advertisements for IPv6): that only reaches a router that
+/// takes the VIPs for neighbours on that segment (as a site's router on the
+/// public subnet does). Without it the lab's router, whose only addresses
+/// there are in `10.42.0.0/24` and `fd42::/64`, would have no route to the
+/// VIPs. Fails for a VIP outside the subnets.
 pub fn join_vips_subnet(namespaces: &Namespaces, vips: &[IpAddr]) -> Result<(), RoutingError> {
     let mask = u32::MAX << (32 - VIPS_PREFIX);
+    let mask6 = u128::MAX << (128 - VIPS6_PREFIX);
     for vip in vips {
         let inside = match vip {
             IpAddr::V4(v4) => u32::from(*v4) & mask == u32::from(ROUTER_ON_VIPS) & mask,
-            IpAddr::V6(_) => false,
+            IpAddr::V6(v6) => u128::from(*v6) & mask6 == u128::from(ROUTER_ON_VIPS6) & mask6,
         };
         if !inside {
             return Err(RoutingError::MissingLine {
                 config: "keepalived.conf".to_string(),
                 line: format!(
-                    "{vip} is outside {ROUTER_ON_VIPS}/{VIPS_PREFIX}, the lab's VIP subnet"
+                    "{vip} is outside {ROUTER_ON_VIPS}/{VIPS_PREFIX} and {ROUTER_ON_VIPS6}/{VIPS6_PREFIX}, the lab's VIP subnets"
                 ),
             });
         }
     }
     let router = namespaces.router();
-    netns::ip_line(&format!(
-        "-n {router} addr add {ROUTER_ON_VIPS}/{VIPS_PREFIX} dev br0"
-    ))?;
+    if vips.iter().any(IpAddr::is_ipv4) {
+        netns::ip_line(&format!(
+            "-n {router} addr add {ROUTER_ON_VIPS}/{VIPS_PREFIX} dev br0"
+        ))?;
+    }
+    // No duplicate address detection: the address works at once.
+    if vips.iter().any(IpAddr::is_ipv6) {
+        netns::ip_line(&format!(
+            "-n {router} addr add {ROUTER_ON_VIPS6}/{VIPS6_PREFIX} dev br0 nodad"
+        ))?;
+    }
     Ok(())
 }
 
@@ -465,6 +533,23 @@ mod tests {
             shipped_vips().unwrap(),
             [ip("192.0.2.10"), ip("192.0.2.11")]
         );
+    }
+
+    #[test]
+    fn excluded_addresses_follow_the_advertised_block() {
+        let text = "vrrp_instance x {\n\tvirtual_ipaddress {\n\t\t192.0.2.10/32 dev eth0\n\t}\n\ttrack_script {\n\t}\n}\n";
+        let v6 = [IpAddr::V6(VIPS6[0])];
+        assert_eq!(
+            with_excluded("t", text, &v6).unwrap(),
+            "vrrp_instance x {\n\tvirtual_ipaddress {\n\t\t192.0.2.10/32 dev eth0\n\t}\n\tvirtual_ipaddress_excluded {\n\t\t2001:db8:10::10/128 dev eth0\n\t}\n\ttrack_script {\n\t}\n}\n"
+        );
+        assert!(with_excluded("t", "a\n", &v6).is_err());
+        let dual = dual_stack_config(2, 100).unwrap();
+        assert_eq!(parse_vips("t", &dual).unwrap(), shipped_vips().unwrap());
+        for vip in VIPS6 {
+            assert_eq!(dual.matches(&format!("\t{vip}/128 dev eth0")).count(), 1);
+        }
+        assert!(dual.contains("\tpriority 100\n"));
     }
 
     #[test]

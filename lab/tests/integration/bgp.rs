@@ -7,7 +7,7 @@
 //! routes that are not the edge's, an edge's next hop gone at once when its
 //! `portico-vips` device goes (a veth here), a dead edge's within BFD's
 //! detection time, and a stopped edge's at once (what the systemd drop-in's
-//! stop order relies on). Needs root and BIRD (`scripts/install-deps`).
+//! stop order relies on); each for a VIP of each family. Needs root and BIRD (`scripts/install-deps`).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -94,12 +94,21 @@ fn router_spreads_vips_over_the_edges_and_drops_a_dead_one_by_bfd() {
 
     // Not the edge's: another protocol number, or wider than a host route.
     vip_route(&fabric, 1, "add", "192.0.2.11/32", VIP_PROTO + 1);
+    vip_route(&fabric, 1, "add", "2001:db8:10::11/128", VIP_PROTO + 1);
     vip_route(&fabric, 1, "add", "198.51.100.0/24", VIP_PROTO);
     vip_route(&fabric, 1, "add", "2001:db8:11::/64", VIP_PROTO);
-    // A VIP added after them: once it is at the router, so would they be.
+    // A VIP of each family added after them: once it is at the router, so
+    // would they be.
     vip_route(&fabric, 1, "add", "192.0.2.12/32", VIP_PROTO);
+    vip_route(&fabric, 1, "add", "2001:db8:10::12/128", VIP_PROTO);
     wait("192.0.2.12", &v4(&[1]));
-    for prefix in ["192.0.2.11", "198.51.100.0/24", "2001:db8:11::/64"] {
+    wait("2001:db8:10::12", &v6(&[1]));
+    for prefix in [
+        "192.0.2.11",
+        "2001:db8:10::11",
+        "198.51.100.0/24",
+        "2001:db8:11::/64",
+    ] {
         let have = routing::nexthops(&router, prefix).unwrap_or_else(|e| panic!("{e}"));
         assert!(have.is_empty(), "{prefix} must not be announced: {have:?}");
     }
@@ -109,6 +118,13 @@ fn router_spreads_vips_over_the_edges_and_drops_a_dead_one_by_bfd() {
     assert!(
         !exported.contains("192.0.2.11") && !exported.contains("198.51.100.0"),
         "edge 1 exports only its VIP routes:\n{exported}"
+    );
+    let exported6 = fabric.edges[0]
+        .birdc("show route export upstream6")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !exported6.contains("2001:db8:10::11") && !exported6.contains("2001:db8:11::"),
+        "edge 1 exports only its IPv6 VIP routes:\n{exported6}"
     );
 
     // Edge 1 no longer ready: only edge 2 is left for the VIP; back again.
@@ -172,11 +188,14 @@ fn router_spreads_vips_over_the_edges_and_drops_a_dead_one_by_bfd() {
         .stop(Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("{e}"));
     let gone = wait(VIP4, &BTreeSet::new());
+    let gone6 = wait(VIP6, &BTreeSet::new());
     let since_stop = stopped.elapsed();
-    eprintln!("edge 1's BIRD stopped: the route gone after {since_stop:?}");
+    eprintln!(
+        "edge 1's BIRD stopped: both families' routes gone after {since_stop:?} (IPv4 {gone:?} after BIRD exited, IPv6 {gone6:?} more)"
+    );
     assert!(
         since_stop < CLEAN_WITHDRAW,
-        "a stopped edge's routes must go at once, took {since_stop:?} ({gone:?} after BIRD exited)"
+        "a stopped edge's routes must go at once, took {since_stop:?} ({gone:?} after BIRD exited, IPv6 {gone6:?} more)"
     );
 }
 

@@ -473,10 +473,7 @@ fn three_edges_behind_a_router_share_every_vip() {
     let router = lab.names().router();
     let edges_of = |family: IpFamily| -> BTreeSet<IpAddr> {
         (1..=3)
-            .map(|n| match family {
-                IpFamily::V4 => IpAddr::V4(portico_lab::routing::edge_v4(n)),
-                IpFamily::V6 => IpAddr::V6(portico_lab::routing::edge_v6(n)),
-            })
+            .map(|n| portico_lab::routing::edge_ip(n, family))
             .collect()
     };
     let edges = edges_of(IpFamily::V4);
@@ -546,10 +543,7 @@ fn three_edges_behind_a_router_share_every_vip() {
     admin("drain");
     for (addr, family) in [(web, IpFamily::V4), (web6, IpFamily::V6)] {
         let mut without = edges_of(family);
-        without.remove(&match family {
-            IpFamily::V4 => IpAddr::V4(portico_lab::routing::edge_v4(2)),
-            IpFamily::V6 => IpAddr::V6(portico_lab::routing::edge_v6(2)),
-        });
+        without.remove(&portico_lab::routing::edge_ip(2, family));
         wait(addr, &without);
         let got = answers(&lab, Client::Inside, addr, 20);
         assert_eq!(got.len(), 20);

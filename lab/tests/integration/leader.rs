@@ -1,4 +1,5 @@
-//! The leader edge killed, with real edges under traffic: two
+//! The leader edge killed, with real edges under traffic (to each
+//! Service's VIP of each family: the Services are dual-stack): two
 //! `portico-edge` processes watch one cluster (the lab's API server), each
 //! with its BIRD on the shipped configs behind a router ([`Fabric`]), and
 //! elect the one that writes on a Lease with a short lease. Under 100 new
@@ -6,12 +7,13 @@
 //! (SIGKILL) and a Service is created at once: only the survivor can write
 //! its status and post its Event, once the Lease has run out, within the
 //! lease duration and 2 s. Over the whole run no Event is posted twice and
-//! no Service's status ever shows two different address lists; the killed
+//! no Service's status ever shows two different address lists (an address
+//! of each family); the killed
 //! edge, started again, follows and serves the same addresses. The figures
 //! and the timeline are printed (`--nocapture`) for `docs/ha.md`.
 //!
 //! Every path goes client -> router (ECMP) -> an edge -> the node, which is
-//! the router's address (a pod server per NodePort). The API server runs
+//! the router's address of the VIP's family (a pod server per NodePort). The API server runs
 //! in the router's namespace, where both edges reach it on the router's
 //! address. Needs root and BIRD.
 
@@ -25,28 +27,30 @@ use nix::sys::signal::Signal;
 use portico_lab::api::{ApiClient, KUBECONFIG};
 use portico_lab::load::{Load, LoadSpec};
 use portico_lab::objects;
-use portico_lab::routing::{self, Fabric, RouterFib, ROUTER_V4};
-use portico_lab::topology::{IpFamily, PodSpec, Policy, ServiceSpec, LB_CLASS};
+use portico_lab::routing::{self, Fabric, RouterFib, ROUTER_V4, ROUTER_V6};
+use portico_lab::topology::{PodSpec, Policy, ServiceSpec, FAMILIES, LB_CLASS};
 use serde_json::{json, Value};
 
 use crate::support;
 use crate::support::edges::{
-    assert_recovered, carried_by, hops, http_get, node_server, poll, timeline_by_edge, Running,
-    Sampler, Site,
+    assert_recovered, by_family, carried_by, hops, http_get, node_server, per_family, poll,
+    timeline_by_edge, wait_routes, ByFamily, Running, Sampler, Site,
 };
 
 /// The lease the edges elect on: short, so the scenario is quick.
 const LEASE: Duration = Duration::from_secs(3);
 /// The Lease (the edge's default name and namespace).
 const LEASE_PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/portico-edge";
-/// The edges' address pool; the first Service gets the first address.
-const POOL: &str = "192.0.2.10-192.0.2.19";
-/// The Service there from the start, and its address.
+/// The edges' address pool, a range of each family; the first Service
+/// gets the first address of each.
+const POOL: [&str; 2] = ["192.0.2.10-192.0.2.19", "2001:db8:10::10-2001:db8:10::19"];
+/// The Service there from the start, and its addresses (IPv4 first, as
+/// its `ipFamilies`).
 const WEB: &str = "web";
-const WEB_VIP: &str = "192.0.2.10";
-/// The Service created once the leader is dead, and its address.
+const WEB_VIPS: [&str; 2] = ["192.0.2.10", "2001:db8:10::10"];
+/// The Service created once the leader is dead, and its addresses.
 const LATER: &str = "later";
-const LATER_VIP: &str = "192.0.2.11";
+const LATER_VIPS: [&str; 2] = ["192.0.2.11", "2001:db8:10::11"];
 /// The API server, on the router's address.
 const API: SocketAddr = SocketAddr::V4(SocketAddrV4::new(ROUTER_V4, 6443));
 /// Each edge's metrics, in its namespace.
@@ -86,7 +90,7 @@ impl Scene {
                     &router,
                     &binaries.lab,
                     &format!("{service}-pod"),
-                    SocketAddr::new(IpAddr::V4(ROUTER_V4), *port),
+                    *port,
                     &log,
                 )
             })
@@ -128,8 +132,9 @@ impl Scene {
     /// Starts edge `n` (1-based) in its namespace, its log named `label`.
     fn start_edge(&mut self, n: usize, label: &str) {
         let config = self.site.dir.join(format!("edge{n}.yaml"));
-        std::fs::write(&config, edge_config(&self.site.fabric, &self.site.dir, n))
-            .expect("edge config");
+        let yaml = edge_config(&self.site.fabric, &self.site.dir, n);
+        portico_config::parse_edge_config(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        std::fs::write(&config, yaml).expect("edge config");
         let log = self.site.dir.join(format!("{label}.log"));
         self.logs.push(log.clone());
         let running = Running::start(
@@ -202,11 +207,12 @@ impl Scene {
             .sum()
     }
 
-    /// Creates Service `name` (NodePort `node_port`) and its EndpointSlice.
+    /// Creates Service `name` (NodePort `node_port`), dual-stack (IPv4
+    /// first), and its EndpointSlice of each family.
     fn create_service(&self, name: &'static str, node_port: u16, cluster_ip: Ipv4Addr) {
         let spec = ServiceSpec {
             name,
-            families: vec![IpFamily::V4],
+            families: FAMILIES.to_vec(),
             cluster_ip,
             node_port,
             policy: Policy::Cluster,
@@ -226,21 +232,21 @@ impl Scene {
         self.api
             .create(&objects::services_path(), &service)
             .expect("Service created");
-        self.api
-            .create(
-                &objects::slices_path(),
-                &objects::slice(&spec, &[pod], IpFamily::V4),
-            )
-            .expect("EndpointSlice created");
+        for slice in objects::slices(&spec, &[pod]) {
+            self.api
+                .create(&objects::slices_path(), &slice)
+                .expect("EndpointSlice created");
+        }
     }
 
-    /// Waits until the router's route to `vip` goes through exactly the
-    /// edges `want`; how long that took.
-    fn wait_hops(&self, vip: &str, want: &[usize]) -> Duration {
-        routing::wait_nexthops(
+    /// Waits until the router's routes to `vips` go through exactly the
+    /// edges `want`; how long each family took.
+    fn wait_hops(&self, vips: [&str; 2], want: &[usize]) -> ByFamily<Duration> {
+        let vips: Vec<IpAddr> = vips.iter().map(|v| v.parse().expect("a VIP")).collect();
+        wait_routes(
             &self.site.fabric.router_ns(),
-            vip,
-            &hops(want),
+            &vips,
+            want,
             Duration::from_secs(20),
         )
         .unwrap_or_else(|e| panic!("{e}\n{}", self.site.fabric.log_tails(20)))
@@ -261,16 +267,18 @@ impl Drop for Scene {
     }
 }
 
-/// The node: the router's address, where the NodePorts are served.
+/// The node: the router's addresses, one of each family, where the
+/// NodePorts are served; a pod CIDR of each family.
 fn node() -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {"name": "node-0", "labels": {"kubernetes.io/hostname": "node-0"}},
-        "spec": {"podCIDR": "10.244.0.0/24", "podCIDRs": ["10.244.0.0/24"]},
+        "spec": {"podCIDR": "10.244.0.0/24", "podCIDRs": ["10.244.0.0/24", "fd00:244::/64"]},
         "status": {
             "addresses": [
                 {"type": "InternalIP", "address": ROUTER_V4.to_string()},
+                {"type": "InternalIP", "address": ROUTER_V6.to_string()},
                 {"type": "Hostname", "address": "node-0"},
             ],
             "conditions": [{"type": "Ready", "status": "True"}],
@@ -296,11 +304,13 @@ fn edge_config(fabric: &Fabric, dir: &std::path::Path, n: usize) -> String {
     leaderElection: {{leaseDuration: {lease}s}}
   addressPools:
     - name: lab
-      addresses: [{POOL}]
+      addresses: [{pool4}, {pool6}]
 ",
         socket = fabric.edges[n - 1].socket.display(),
         kubeconfig = dir.join(KUBECONFIG).display(),
         lease = LEASE.as_secs(),
+        pool4 = POOL[0],
+        pool6 = POOL[1],
     )
 }
 
@@ -401,12 +411,12 @@ fn the_leader_killed_under_traffic_writes_resume_within_the_lease_and_nothing_is
         "web's status",
         Duration::from_secs(30),
         || match statuses(&api)?.get(WEB) {
-            Some(list) if list == &[WEB_VIP] => Ok(()),
+            Some(list) if list == &WEB_VIPS => Ok(()),
             other => Err(format!("web's status: {other:?}")),
         },
     );
-    eprintln!("web's status {WEB_VIP} written {took:?} after the edges started");
-    scene.wait_hops(WEB_VIP, &[1, 2]);
+    eprintln!("web's status {WEB_VIPS:?} written {took:?} after the edges started");
+    scene.wait_hops(WEB_VIPS, &[1, 2]);
     let (leader, _) = poll("exactly one leader", Duration::from_secs(10), || {
         let gauge = |n| scene.metric(n, "portico_edge_kubernetes_leader", &[]);
         match (gauge(1)?, gauge(2)?) {
@@ -439,10 +449,13 @@ fn the_leader_killed_under_traffic_writes_resume_within_the_lease_and_nothing_is
     // The leader killed under load; a Service created at once, which only
     // the survivor can write about, once the Lease has run out.
     let clients = scene.site.clients.0.clone();
-    let target = SocketAddr::new(WEB_VIP.parse().expect("vip"), 80);
+    let targets: Vec<SocketAddr> = WEB_VIPS
+        .iter()
+        .map(|v| SocketAddr::new(v.parse().expect("a VIP"), 80))
+        .collect();
     let load = Load::start(
         &clients,
-        LoadSpec::connections(vec![target], 100, Duration::from_secs(8)),
+        LoadSpec::connections(targets, 100, Duration::from_secs(8)),
     );
     load.wait_ok(100, Duration::from_secs(10))
         .expect("the load runs");
@@ -471,8 +484,12 @@ fn the_leader_killed_under_traffic_writes_resume_within_the_lease_and_nothing_is
     dead.signal(Signal::SIGKILL);
     scene.create_service(LATER, 30081, Ipv4Addr::new(10, 96, 0, 11));
     let created = killed.elapsed();
-    scene.wait_hops(WEB_VIP, &[survivor]);
-    let gone = killed.elapsed();
+    let routed = scene.wait_hops(WEB_VIPS, &[survivor]);
+    // When each family's route lost the dead edge, from the kill.
+    let gone_by: ByFamily<Duration> = routed
+        .iter()
+        .map(|(family, took)| (*family, created + *took))
+        .collect();
     dead.wait(Duration::from_secs(10));
     drop(dead);
     let limit = LEASE + Duration::from_secs(10);
@@ -491,7 +508,7 @@ fn the_leader_killed_under_traffic_writes_resume_within_the_lease_and_nothing_is
             .ok_or_else(|| "not yet".to_string())
     });
     let event_after = killed.elapsed();
-    scene.wait_hops(LATER_VIP, &[survivor]);
+    scene.wait_hops(LATER_VIPS, &[survivor]);
     let later_served = killed.elapsed();
     let record = load.finish().expect("the load ends");
 
@@ -512,18 +529,29 @@ fn the_leader_killed_under_traffic_writes_resume_within_the_lease_and_nothing_is
         kill_at + event_after,
         "later's Event posted by the survivor",
     );
-    let failed = record.failed();
-    let last_failure = failed.iter().map(|c| c.at).max();
+    let families = by_family(&record);
+    let failures: Vec<String> = families
+        .iter()
+        .map(|(family, record)| {
+            let failed = record.failed();
+            let last = failed.iter().map(|c| c.at).max();
+            format!(
+                "{family} {} of {} failed, the last {:?} after the kill",
+                failed.len(),
+                record.connections.len(),
+                last.map(|at| at.saturating_sub(kill_at))
+            )
+        })
+        .collect();
     eprintln!(
-        "leader killed (lease {LEASE:?}) {since_renewal:?} s after its last renewal: later created {created:?} after the kill; edge {leader} gone at the router {gone:?} after it; \
+        "leader killed (lease {LEASE:?}) {since_renewal:?} s after its last renewal: later created {created:?} after the kill; edge {leader} gone at the router {} after it; \
          the Lease taken {taken:?} s after it (holder {} -> {}, transitions {}); later's status seen {status_after:?} after it, its Event seen {event_after:?} (eventTime {event_time:?} s); \
-         later's VIP at the router via edge {survivor} {later_served:?} after it; {} of {} new connections failed, the last {:?} after the kill:\n{timeline}",
+         later's VIPs at the router via edge {survivor} {later_served:?} after it; new connections: {}:\n{timeline}",
+        per_family(&gone_by),
         holder_before,
         lease_after["spec"]["holderIdentity"],
         lease_after["spec"]["leaseTransitions"],
-        failed.len(),
-        record.connections.len(),
-        last_failure.map(|at| at.saturating_sub(kill_at)),
+        failures.join("; "),
     );
 
     // Writes resumed within the lease duration and 2 s.
@@ -546,26 +574,38 @@ fn the_leader_killed_under_traffic_writes_resume_within_the_lease_and_nothing_is
     );
     assert_eq!(
         statuses(&api).expect("statuses").get(LATER),
-        Some(&vec![LATER_VIP.to_string()])
+        Some(&LATER_VIPS.map(str::to_string).to_vec())
     );
     // Traffic: both edges carried it before the kill, the survivor after
     // the router dropped the dead one; only what was in flight to the dead
     // edge could fail, within 1 s of the kill.
-    assert_eq!(carried_by(&record, Duration::ZERO, kill_at), hops(&[1, 2]));
-    let after = kill_at + gone + Duration::from_millis(100);
-    assert_eq!(carried_by(&record, after, Duration::MAX), hops(&[survivor]));
-    assert_recovered(&record, kill_at, Duration::from_secs(1));
+    for (family, record) in &families {
+        assert_eq!(
+            carried_by(record, Duration::ZERO, kill_at),
+            hops(*family, &[1, 2]),
+            "{family}"
+        );
+        let after = kill_at + gone_by[family] + Duration::from_millis(100);
+        assert_eq!(
+            carried_by(record, after, Duration::MAX),
+            hops(*family, &[survivor]),
+            "{family}"
+        );
+        assert_recovered(record, kill_at, Duration::from_secs(1));
+    }
 
     // The killed edge started again: it follows, and serves the addresses
     // the statuses show (both edges compute the same).
     scene.start_edge(leader, &format!("edge{leader}-again"));
-    scene.wait_hops(WEB_VIP, &[1, 2]);
-    scene.wait_hops(LATER_VIP, &[1, 2]);
-    let later_target = SocketAddr::new(LATER_VIP.parse().expect("vip"), 80);
-    let answer = portico_lab::netns::in_netns(&clients, || portico_lab::pod::get(later_target))
-        .expect("the clients' namespace")
-        .expect("later answers through the edges");
-    eprintln!("later answers: {answer:?}");
+    scene.wait_hops(WEB_VIPS, &[1, 2]);
+    scene.wait_hops(LATER_VIPS, &[1, 2]);
+    for vip in LATER_VIPS {
+        let later_target = SocketAddr::new(vip.parse().expect("a VIP"), 80);
+        let answer = portico_lab::netns::in_netns(&clients, || portico_lab::pod::get(later_target))
+            .expect("the clients' namespace")
+            .unwrap_or_else(|e| panic!("later answers on {vip} through the edges: {e}"));
+        eprintln!("later answers on {vip}: {answer:?}");
+    }
     // Long enough for a follower that wrongly wrote to have done so.
     std::thread::sleep(Duration::from_secs(2));
     let written = statuses(&api).expect("statuses");
@@ -596,14 +636,19 @@ fn the_leader_killed_under_traffic_writes_resume_within_the_lease_and_nothing_is
     assert!(doubled.is_empty(), "Events posted twice: {doubled:?}");
     assert_eq!(events_on(&all, WEB, "AddressAssigned").len(), 1);
     assert_eq!(events_on(&all, LATER, "AddressAssigned").len(), 1);
-    // Each Service's status only ever went from nothing to its one address.
+    // Each Service's status only ever went from nothing to its one address
+    // of each family.
     assert!(looks > 50, "{looks} looks at the statuses");
-    for (name, vip) in [(WEB, WEB_VIP), (LATER, LATER_VIP)] {
+    for (name, vips) in [(WEB, WEB_VIPS), (LATER, LATER_VIPS)] {
         let lists: Vec<&Vec<String>> = seen
             .get(name)
             .map(|l| l.iter().map(|(_, l)| l).filter(|l| !l.is_empty()).collect())
             .unwrap_or_default();
-        assert_eq!(lists, [&vec![vip.to_string()]], "{name}'s statuses");
+        assert_eq!(
+            lists,
+            [&vips.map(str::to_string).to_vec()],
+            "{name}'s statuses"
+        );
     }
     // One status write per Service, all told: no edge wrote twice.
     assert_eq!(

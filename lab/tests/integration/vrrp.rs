@@ -2,6 +2,10 @@
 //! `deploy/keepalived.conf` in two edge namespaces
 //! ([`portico_lab::routing::vrrp`]).
 //!
+//! The pair moves a VIP of each family: the shipped IPv4 VIPs, advertised,
+//! and IPv6 ones riding along as excluded addresses
+//! ([`vrrp::dual_stack_config`]), as the shipped file's comment offers.
+//!
 //! Beside a stand-in for the edge's `GET /readyz`: the VIPs go to the
 //! higher priority, move when its edge is not ready (or drained), stay put
 //! when it is ready again (`nopreempt`), and come back when the peer's
@@ -11,8 +15,9 @@
 //! and long-lived sessions from a client behind the router: the active
 //! edge's process killed, its whole host lost, and the active edge drained;
 //! each time the VIPs move, the router follows the new holder's gratuitous
-//! ARP, and the per-second timeline is printed (`--nocapture`) for
-//! `docs/ha.md`. Needs root, keepalived and curl (`scripts/install-deps`).
+//! ARP (unsolicited neighbour advertisement), and the per-second timeline
+//! is printed (`--nocapture`) for `docs/ha.md`, the figures per family.
+//! Needs root, keepalived and curl (`scripts/install-deps`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
@@ -20,13 +25,16 @@ use std::time::{Duration, Instant};
 
 use portico_lab::load::{Load, LoadSpec, Record};
 use portico_lab::routing::vrrp::{
-    self, holds, join_vips_subnet, keepalived_config, link_mac, neighbour_mac, shipped_vips,
-    Keepalived, Readyz,
+    self, dual_stack_config, holds, join_vips_subnet, link_mac, neighbour_mac, shipped_vips,
+    Keepalived, Readyz, VIPS6,
 };
-use portico_lab::routing::{edge_v4, wait_for, Namespaces, RoutingError, EDGES, ROUTER_V4};
+use portico_lab::routing::{wait_for, Namespaces, RoutingError, EDGES, ROUTER_V4, ROUTER_V6};
 
 use crate::support;
-use crate::support::edges::{carried_by, hops, node_server, timeline_by_edge, Clients, Running};
+use crate::support::edges::{
+    by_family, carried_by, edge_of, hops, node_server, per_family, timeline_by_edge, ByFamily,
+    Clients, Running,
+};
 
 /// The first election: BACKUP waits out 3 adverts (1 s each) and its skew.
 const ELECTED: Duration = Duration::from_secs(20);
@@ -36,9 +44,11 @@ const MOVE: Duration = Duration::from_secs(8);
 /// master-down interval of about 3.6 s, and room for a loaded machine).
 const MOVE_AT_MOST: Duration = Duration::from_secs(6);
 
-/// The VIPs of the shipped config.
+/// The VIPs: the shipped config's (IPv4), then the IPv6 ones riding along.
 fn vips() -> Vec<IpAddr> {
-    shipped_vips().unwrap_or_else(|e| panic!("{e}"))
+    let mut vips = shipped_vips().unwrap_or_else(|e| panic!("{e}"));
+    vips.extend(VIPS6.iter().map(|v| IpAddr::V6(*v)));
+    vips
 }
 
 /// Whether keepalived and curl can run here (else a loud skip, a failure
@@ -108,7 +118,7 @@ fn vips_follow_the_edges_readiness() {
     let (a, b) = (namespaces.edge(1), namespaces.edge(2));
     let start = |ns: &str| Readyz::start(ns).unwrap_or_else(|e| panic!("{e}"));
     let (ready_a, ready_b) = (start(&a), start(&b));
-    let config = |n, priority| keepalived_config(n, priority).unwrap_or_else(|e| panic!("{e}"));
+    let config = |n, priority| dual_stack_config(n, priority).unwrap_or_else(|e| panic!("{e}"));
     let keepalived = |ns: &str, name: &str, text: &str| {
         Keepalived::start(ns, namespaces.dir(), name, text).unwrap_or_else(|e| panic!("{e}"))
     };
@@ -234,7 +244,7 @@ impl Pair {
             &namespaces.router(),
             &binaries.lab,
             "pod-a",
-            SocketAddr::new(IpAddr::V4(ROUTER_V4), NODE_PORT),
+            NODE_PORT,
             &dir.join("node.log"),
         );
         let mut pair = Pair {
@@ -266,9 +276,10 @@ impl Pair {
     }
 
     /// Each edge's config: the VIPs keepalived moves, served on one port
-    /// and balanced to the one node; no `vip.interface` (keepalived owns
-    /// the addresses) and no `announce`; the admin API where keepalived's
-    /// check asks.
+    /// and balanced to the one node (its address of each family: the edge
+    /// forwards a VIP to the one of its family); no `vip.interface`
+    /// (keepalived owns the addresses) and no `announce`; the admin API
+    /// where keepalived's check asks.
     fn edge_config(&self) -> String {
         let vips: Vec<String> = self.vips.iter().map(IpAddr::to_string).collect();
         format!(
@@ -279,7 +290,7 @@ impl Pair {
   metricsListen: 127.0.0.1:9720
 nodes:
   - name: node-0
-    addresses: [{ROUTER_V4}]
+    addresses: [{ROUTER_V4}, {ROUTER_V6}]
 services:
   - namespace: default
     name: web
@@ -298,7 +309,9 @@ services:
     fn start_edge(&mut self, n: usize) {
         let dir = self.namespaces.dir().to_path_buf();
         let config = dir.join(format!("edge{n}.yaml"));
-        std::fs::write(&config, self.edge_config()).expect("edge config");
+        let yaml = self.edge_config();
+        portico_config::parse_edge_config(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        std::fs::write(&config, yaml).expect("edge config");
         let socket = dir.join(format!("edge{n}-upgrade.sock"));
         let log = (1..)
             .map(|i| dir.join(format!("edge{n}-{i}.log")))
@@ -332,11 +345,11 @@ services:
         .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
     }
 
-    /// Starts edge `n`'s keepalived (again) on the shipped config, priority
-    /// 150 for edge 1 and 100 for edge 2.
+    /// Starts edge `n`'s keepalived (again) on the shipped config with the
+    /// IPv6 VIPs riding along, priority 150 for edge 1 and 100 for edge 2.
     fn start_keepalived(&mut self, n: usize) {
         let priority = if n == 1 { 150 } else { 100 };
-        let config = keepalived_config(n, priority).unwrap_or_else(|e| panic!("{e}"));
+        let config = dual_stack_config(n, priority).unwrap_or_else(|e| panic!("{e}"));
         self.keepalived[n - 1] = None;
         self.keepalived[n - 1] = Some(
             Keepalived::start(
@@ -496,39 +509,51 @@ fn fail_over(
 /// Prints what `m` measured (the VIPs moving from edge `from` to edge
 /// `to` when `what` happened) with its timeline, and asserts what holds on
 /// any machine: the move within [`MOVE_AT_MOST`], the router following at
-/// once (gratuitous ARP), edge `from` carrying everything before and edge
-/// `to` everything after, failures only around the move, and no session
-/// lost on edge `to`. Returns the failed new connections.
-fn report(m: &Move, from: usize, to: usize, what: &str) -> usize {
-    let failed = m.record.failed();
-    let last = failed.iter().map(|c| c.at).max();
-    let lost = m.record.lost_sessions();
-    let on = |n: usize| {
-        lost.iter()
-            .filter(|s| {
-                s.answer
-                    .as_ref()
-                    .is_some_and(|a| a.peer == IpAddr::V4(edge_v4(n)))
-            })
-            .count()
-    };
-    let unopened = lost.iter().filter(|s| s.answer.is_none()).count();
-    // A SYN sent while no edge held the VIPs is answered at its resend.
-    let slowest = m
-        .record
-        .connections
+/// once (gratuitous ARP, unsolicited neighbour advertisement), and in each
+/// family edge `from` carrying everything before and edge `to` everything
+/// after, failures only around the move, and no session lost on edge `to`.
+/// Returns the failed new connections, per family.
+fn report(m: &Move, from: usize, to: usize, what: &str) -> ByFamily<usize> {
+    let families = by_family(&m.record);
+    let figures: Vec<String> = families
         .iter()
-        .filter(|c| c.result.is_ok())
-        .map(|c| c.took)
-        .max();
-    let mut reasons: Vec<&str> = lost
-        .iter()
-        .filter(|s| s.answer.is_some())
-        .filter_map(|s| s.lost.as_deref())
-        .map(|why| why.split_once(": ").map_or(why, |(_, why)| why))
+        .map(|(family, record)| {
+            let failed = record.failed();
+            let last = failed.iter().map(|c| c.at).max();
+            let lost = record.lost_sessions();
+            let on = |n: usize| {
+                lost.iter()
+                    .filter(|s| s.answer.as_ref().and_then(|a| edge_of(a.peer)) == Some(n))
+                    .count()
+            };
+            let unopened = lost.iter().filter(|s| s.answer.is_none()).count();
+            // A SYN sent while no edge held the VIPs is answered at its
+            // resend.
+            let slowest = record
+                .connections
+                .iter()
+                .filter(|c| c.result.is_ok())
+                .map(|c| c.took)
+                .max();
+            let mut reasons: Vec<&str> = lost
+                .iter()
+                .filter(|s| s.answer.is_some())
+                .filter_map(|s| s.lost.as_deref())
+                .map(|why| why.split_once(": ").map_or(why, |(_, why)| why))
+                .collect();
+            reasons.sort_unstable();
+            reasons.dedup();
+            format!(
+                "\n  {family}: {} of {} new connections failed, the last started {:?} after, the slowest answered in {slowest:?}; sessions lost: {} on edge {from} ({reasons:?}), {} on edge {to}, {unopened} failed to open ({} sessions in all)",
+                failed.len(),
+                record.connections.len(),
+                last.map(|at| at.saturating_sub(m.at)),
+                on(from),
+                on(to),
+                record.sessions.len(),
+            )
+        })
         .collect();
-    reasons.sort_unstable();
-    reasons.dedup();
     let mut timeline = timeline_by_edge(&m.record);
     timeline.mark(m.at, what);
     if let Some(released) = m.released {
@@ -536,16 +561,11 @@ fn report(m: &Move, from: usize, to: usize, what: &str) -> usize {
     }
     timeline.mark(m.at + m.moved, format!("VIPs on edge {to}"));
     eprintln!(
-        "{what}: the VIPs gone from edge {from} {:?} after, on edge {to} {:?} after, the router following {:?} after; {} of {} new connections failed, the last started {:?} after, the slowest answered in {slowest:?}; sessions lost: {} on edge {from} ({reasons:?}), {} on edge {to}, {unopened} failed to open ({} sessions in all):\n{timeline}",
+        "{what}: the VIPs gone from edge {from} {:?} after, on edge {to} {:?} after, the router following {:?} after;{}\n{timeline}",
         m.released,
         m.moved,
         m.followed,
-        failed.len(),
-        m.record.connections.len(),
-        last.map(|at| at.saturating_sub(m.at)),
-        on(from),
-        on(to),
-        m.record.sessions.len(),
+        figures.concat(),
     );
     assert!(m.moved <= MOVE_AT_MOST, "the move took {:?}", m.moved);
     assert!(
@@ -554,26 +574,36 @@ fn report(m: &Move, from: usize, to: usize, what: &str) -> usize {
         m.followed.saturating_sub(m.moved),
         m.moved
     );
-    assert_eq!(
-        carried_by(&m.record, Duration::ZERO, m.at),
-        hops(&[from]),
-        "before"
-    );
     let after = m.at + m.moved + Duration::from_secs(1);
-    assert_eq!(
-        carried_by(&m.record, after, Duration::MAX),
-        hops(&[to]),
-        "after"
-    );
-    for c in &failed {
-        assert!(
-            c.at + Duration::from_millis(500) >= m.at && c.at <= after,
-            "a failure away from the move ({:?} to {after:?}): {c:?}",
-            m.at
+    let mut failures = ByFamily::new();
+    for (family, record) in &families {
+        assert_eq!(
+            carried_by(record, Duration::ZERO, m.at),
+            hops(*family, &[from]),
+            "{family}: before"
         );
+        assert_eq!(
+            carried_by(record, after, Duration::MAX),
+            hops(*family, &[to]),
+            "{family}: after"
+        );
+        let failed = record.failed();
+        for c in &failed {
+            assert!(
+                c.at + Duration::from_millis(500) >= m.at && c.at <= after,
+                "{family}: a failure away from the move ({:?} to {after:?}): {c:?}",
+                m.at
+            );
+        }
+        let on_new = record
+            .lost_sessions()
+            .iter()
+            .filter(|s| s.answer.as_ref().and_then(|a| edge_of(a.peer)) == Some(to))
+            .count();
+        assert_eq!(on_new, 0, "{family}: a session lost on the new holder");
+        failures.insert(*family, failed.len());
     }
-    assert_eq!(on(to), 0, "a session lost on the new holder");
-    failed.len()
+    failures
 }
 
 #[test]
@@ -632,7 +662,8 @@ fn real_edges_fail_over_under_load() {
         if !holds(&pair.ns(2), *vip).unwrap_or_else(|e| panic!("{e}")) {
             continue;
         }
-        let line = format!("-n {} addr del {vip}/32 dev eth0", pair.ns(2));
+        let length = if vip.is_ipv4() { 32 } else { 128 };
+        let line = format!("-n {} addr del {vip}/{length} dev eth0", pair.ns(2));
         portico_lab::netns::ip_line(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
     }
     portico_lab::netns::ip_line(&format!("-n {router} link set edge2 up"))
@@ -656,8 +687,11 @@ fn real_edges_fail_over_under_load() {
         assert!(drained.status.success(), "{drained:?}");
     });
     let failed = report(&m, 1, 2, "edge 1 drained");
+    eprintln!("failed in the drain: {}", per_family(&failed));
     // The drained edge serves until the VIPs leave it and the new holder
     // has them before a client's SYN is sent again: only a connection in
-    // flight at the move can fail.
-    assert!(failed <= 3, "{failed} failed in a drain");
+    // flight at the move can fail, in either family.
+    for (family, failed) in &failed {
+        assert!(*failed <= 3, "{family}: {failed} failed in a drain");
+    }
 }

@@ -1,33 +1,79 @@
-//! Two real edges behind a router, announcing one VIP over BGP with the
-//! shipped BIRD configs ([`Fabric`]), under 100 new connections a second
-//! from behind the router: an edge drained then stopped costs no
-//! connection, and an edge killed costs only what was in flight to it. The
-//! per-second timelines are printed (`--nocapture`) for `docs/ha.md`.
+//! Two real edges behind a router, announcing a VIP of each family over BGP
+//! with the shipped BIRD configs ([`Fabric`]), under 100 new connections a
+//! second from behind the router, spread over both VIPs: an edge drained
+//! then stopped costs no connection, and an edge killed costs only what was
+//! in flight to it, in either family. The per-second timelines are printed
+//! (`--nocapture`) for `docs/ha.md`, the figures per family.
 //!
 //! The client sits in a namespace of its own behind the router (which
-//! hashes its flows by layer 4 over the edges); the router's address also
-//! serves the NodePort the edges balance to (a pod server): every path goes
-//! client -> router -> an edge (ECMP) -> the node. Needs root and BIRD.
+//! hashes its flows by layer 4 over the edges); the router's addresses also
+//! serve the NodePort the edges balance to (a pod server): every path goes
+//! client -> router -> an edge (ECMP) -> the node, in the VIP's family.
+//! Needs root and BIRD.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use portico_lab::load::{Load, LoadSpec};
-use portico_lab::routing::{self, edge_v4, Fabric, RouterFib, ROUTER_V4};
+use portico_lab::load::{Load, LoadSpec, Record};
+use portico_lab::routing::{self, edge_ip, Fabric, RouterFib, ROUTER_V4, ROUTER_V6};
+use portico_lab::topology::{IpFamily, FAMILIES};
 
 use crate::support::edges::{
-    assert_recovered, carried_by, hops, node_server, sessions_at, timeline_by_edge, Running,
-    Sampler, Site,
+    assert_recovered, by_family, carried_by, edge_of, hops, node_server, per_family, sessions_at,
+    timeline_by_edge, wait_routes, ByFamily, Running, Sampler, Site,
 };
 
-const VIP: &str = "192.0.2.10";
+/// The VIPs, one of each family, IPv4 first.
+const VIPS: [&str; 2] = ["192.0.2.10", "2001:db8:10::10"];
 const NODE_PORT: u16 = 30080;
 /// What the edge's admin API listens on, in each edge's namespace.
 const ADMIN: &str = "127.0.0.1:9721";
 
 mod three;
+
+/// The VIPs.
+fn vips() -> Vec<IpAddr> {
+    VIPS.iter().map(|v| v.parse().expect("a VIP")).collect()
+}
+
+/// The VIPs' service port: the load's targets, one per family.
+fn targets() -> Vec<SocketAddr> {
+    vips().into_iter().map(|v| SocketAddr::new(v, 80)).collect()
+}
+
+/// Per family, what each edge's sessions open at `at` were and how many of
+/// them were lost: `IPv4: lost {..} of {..}; IPv6: ...`.
+fn sessions_lost_at(families: &[(IpFamily, Record)], at: Duration) -> String {
+    families
+        .iter()
+        .map(|(family, record)| {
+            let (open, lost) = sessions_at(record, at);
+            format!("{family}: lost by edge {lost:?} of {open:?}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Per family, how many of the new connections failed and when the last
+/// failed one started after `event`.
+fn failures_after(families: &[(IpFamily, Record)], event: Duration) -> String {
+    families
+        .iter()
+        .map(|(family, record)| {
+            let failed = record.failed();
+            let last = failed.iter().map(|c| c.at).max();
+            format!(
+                "{family}: {} of {} failed, the last {:?} after",
+                failed.len(),
+                record.connections.len(),
+                last.map(|at| at.saturating_sub(event))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
 
 /// A router and edge namespaces, each with BIRD on the shipped configs,
 /// the clients behind the router and the node on the router's address;
@@ -52,15 +98,17 @@ impl Scene {
             &site.fabric.router_ns(),
             &site.binaries.lab,
             "pod-a",
-            SocketAddr::new(IpAddr::V4(ROUTER_V4), NODE_PORT),
+            NODE_PORT,
             &site.dir.join("node.log"),
         );
         Some(Scene { _node: node, site })
     }
 }
 
-/// Edge `n`'s config: the VIP on `lo`, announced through its BIRD, one
-/// node (the router's address) probed by a connect to the NodePort.
+/// Edge `n`'s config: the VIPs on `lo`, announced through its BIRD, one
+/// node (the router's addresses, one of each family: the edge forwards a
+/// VIP to the node's address of its family) probed by a connect to the
+/// NodePort.
 fn edge_config(fabric: &Fabric, n: usize) -> String {
     format!(
         "settings:
@@ -72,28 +120,26 @@ fn edge_config(fabric: &Fabric, n: usize) -> String {
   metricsListen: 127.0.0.1:9720
 nodes:
   - name: node-0
-    addresses: [{ROUTER_V4}]
+    addresses: [{ROUTER_V4}, {ROUTER_V6}]
 services:
   - namespace: default
     name: web
-    vips: [{VIP}]
+    vips: [{vip4}, {vip6}]
     externalTrafficPolicy: Cluster
     ports:
       - {{name: http, protocol: TCP, port: 80, nodePort: {NODE_PORT}}}
 ",
         socket = fabric.edges[n - 1].socket.display(),
+        vip4 = VIPS[0],
+        vip6 = VIPS[1],
     )
 }
 
-/// Waits until the router's route to the VIP goes through exactly `want`.
-fn wait_hops(fabric: &Fabric, want: &[usize]) -> Duration {
-    routing::wait_nexthops(
-        &fabric.router_ns(),
-        VIP,
-        &hops(want),
-        Duration::from_secs(20),
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", fabric.log_tails(20)))
+/// Waits until the router's routes to both VIPs go through exactly the
+/// edges `want`: how long each family took.
+fn wait_hops(fabric: &Fabric, want: &[usize]) -> ByFamily<Duration> {
+    wait_routes(&fabric.router_ns(), &vips(), want, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}\n{}", fabric.log_tails(20)))
 }
 
 /// A router with plain ECMP moves every flow of a withdrawn (or returning)
@@ -127,7 +173,9 @@ fn failed_only_at_route_changes(
 /// Starts edge `n` in its namespace.
 fn start_edge(fabric: &Fabric, dir: &Path, edge: &Path, n: usize, label: &str) -> Running {
     let config = dir.join(format!("edge{n}.yaml"));
-    std::fs::write(&config, edge_config(fabric, n)).expect("edge config");
+    let yaml = edge_config(fabric, n);
+    portico_config::parse_edge_config(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    std::fs::write(&config, yaml).expect("edge config");
     let socket = dir.join(format!("edge{n}-upgrade.sock"));
     Running::start(
         &fabric.edge_ns(n),
@@ -156,15 +204,18 @@ fn drained_then_stopped_costs_nothing_and_killed_costs_what_was_in_flight() {
     let mut edge1 = start_edge(&scene.site.fabric, &dir, &binaries.edge, 1, "edge1");
     let _edge2 = start_edge(&scene.site.fabric, &dir, &binaries.edge, 2, "edge2");
     let took = wait_hops(&scene.site.fabric, &[1, 2]);
-    eprintln!("both edges announce {VIP}: at the router after {took:?}");
-    let target = SocketAddr::new(VIP.parse().expect("vip"), 80);
+    eprintln!(
+        "both edges announce {VIPS:?}: at the router after {}",
+        per_family(&took)
+    );
+    let targets = targets();
 
     // 1. Drained, then stopped: no new connection fails. Sixteen sessions
-    // live through it.
+    // to each VIP live through it.
     let load = Load::start(
         &clients,
-        LoadSpec::connections(vec![target], 100, Duration::from_secs(9))
-            .with_sessions(&[target], 16),
+        LoadSpec::connections(targets.clone(), 100, Duration::from_secs(9))
+            .with_sessions(&targets, 16),
     );
     load.wait_ok(100, Duration::from_secs(10))
         .expect("the load runs");
@@ -185,31 +236,46 @@ fn drained_then_stopped_costs_nothing_and_killed_costs_what_was_in_flight() {
     let mut timeline = timeline_by_edge(&record);
     timeline.mark(drain_at, "edge 1 drained");
     timeline.mark(stop_at, "edge 1 stopped (SIGTERM)");
-    let (open, lost) = sessions_at(&record, drain_at);
+    let families = by_family(&record);
     eprintln!(
-        "drain then stop (withdrawn at the router {withdrawn:?} after the drain); of the sessions open at the drain, lost by edge {lost:?} of {open:?}:\n{timeline}"
+        "drain then stop (withdrawn at the router {} after the drain); {}; of the sessions open at the drain, {}:\n{timeline}",
+        per_family(&withdrawn),
+        failures_after(&families, drain_at),
+        sessions_lost_at(&families, drain_at),
     );
-    // A plain multipath router moves the drained edge's flows to the other
-    // edge at the withdraw, so the drained edge's sessions break there (a
-    // full proxy cannot hand them over); the other edge keeps every one.
-    assert_eq!(lost.get(&2), None, "edge 2 kept its sessions: {lost:?}");
-    assert_eq!(
-        lost.get(&1),
-        open.get(&1),
-        "edge 1's sessions: {lost:?} of {open:?}"
-    );
-    // Both edges carried connections before the drain, only edge 2 after
-    // the withdraw reached the router.
-    assert_eq!(carried_by(&record, Duration::ZERO, drain_at), hops(&[1, 2]));
-    let after = drain_at + withdrawn + Duration::from_millis(100);
-    assert_eq!(carried_by(&record, after, Duration::MAX), hops(&[2]));
-    // Only a connection in flight to edge 1 at the withdraw can fail.
-    failed_only_at_route_changes(
-        &record,
-        &[drain_at + withdrawn],
-        Duration::from_millis(300),
-        3,
-    );
+    for (family, record) in &families {
+        let (open, lost) = sessions_at(record, drain_at);
+        // A plain multipath router moves the drained edge's flows to the
+        // other edge at the withdraw, so the drained edge's sessions break
+        // there (a full proxy cannot hand them over); the other edge keeps
+        // every one.
+        assert_eq!(
+            lost.get(&2),
+            None,
+            "{family}: edge 2 kept its sessions: {lost:?}"
+        );
+        assert_eq!(
+            lost.get(&1),
+            open.get(&1),
+            "{family}: edge 1's sessions: {lost:?} of {open:?}"
+        );
+        // Both edges carried connections before the drain, only edge 2
+        // after the withdraw reached the router.
+        assert_eq!(
+            carried_by(record, Duration::ZERO, drain_at),
+            hops(*family, &[1, 2]),
+            "{family}"
+        );
+        let withdrawn = drain_at + withdrawn[family];
+        let after = withdrawn + Duration::from_millis(100);
+        assert_eq!(
+            carried_by(record, after, Duration::MAX),
+            hops(*family, &[2]),
+            "{family}"
+        );
+        // Only a connection in flight to edge 1 at the withdraw can fail.
+        failed_only_at_route_changes(record, &[withdrawn], Duration::from_millis(300), 3);
+    }
 
     // 2. Killed: what was in flight to it fails; new connections succeed
     // again once the router has dropped it.
@@ -217,7 +283,7 @@ fn drained_then_stopped_costs_nothing_and_killed_costs_what_was_in_flight() {
     wait_hops(&scene.site.fabric, &[1, 2]);
     let load = Load::start(
         &clients,
-        LoadSpec::connections(vec![target], 100, Duration::from_secs(6)),
+        LoadSpec::connections(targets.clone(), 100, Duration::from_secs(6)),
     );
     load.wait_ok(100, Duration::from_secs(10))
         .expect("the load runs");
@@ -228,19 +294,27 @@ fn drained_then_stopped_costs_nothing_and_killed_costs_what_was_in_flight() {
     let record = load.finish().expect("the load ends");
     let mut timeline = timeline_by_edge(&record);
     timeline.mark(kill_at, "edge 1 killed (SIGKILL)");
-    let failed = record.failed();
-    let last_failure = failed.iter().map(|c| c.at).max();
+    let families = by_family(&record);
     eprintln!(
-        "edge killed: gone at the router {gone:?} after the kill; {} of {} new connections failed, the last {:?} after the kill:\n{timeline}",
-        failed.len(),
-        record.connections.len(),
-        last_failure.map(|at| at.saturating_sub(kill_at)),
+        "edge killed: gone at the router {} after the kill; new connections {} the kill:\n{timeline}",
+        per_family(&gone),
+        failures_after(&families, kill_at),
     );
-    assert_eq!(carried_by(&record, Duration::ZERO, kill_at), hops(&[1, 2]));
-    let after = kill_at + gone + Duration::from_millis(100);
-    assert_eq!(carried_by(&record, after, Duration::MAX), hops(&[2]));
-    // New connections succeed again within 1 s of the kill.
-    assert_recovered(&record, kill_at, Duration::from_secs(1));
+    for (family, record) in &families {
+        assert_eq!(
+            carried_by(record, Duration::ZERO, kill_at),
+            hops(*family, &[1, 2]),
+            "{family}"
+        );
+        let after = kill_at + gone[family] + Duration::from_millis(100);
+        assert_eq!(
+            carried_by(record, after, Duration::MAX),
+            hops(*family, &[2]),
+            "{family}"
+        );
+        // New connections succeed again within 1 s of the kill.
+        assert_recovered(record, kill_at, Duration::from_secs(1));
+    }
 
     // 3. The whole host dies (the edge and its BIRD at once): only BFD
     // tells the router; new connections succeed again within 1 s. Sessions
@@ -250,8 +324,8 @@ fn drained_then_stopped_costs_nothing_and_killed_costs_what_was_in_flight() {
     wait_hops(&scene.site.fabric, &[1, 2]);
     let load = Load::start(
         &clients,
-        LoadSpec::connections(vec![target], 100, Duration::from_secs(6))
-            .with_sessions(&[target], 8),
+        LoadSpec::connections(targets.clone(), 100, Duration::from_secs(6))
+            .with_sessions(&targets, 8),
     );
     load.wait_ok(100, Duration::from_secs(10))
         .expect("the load runs");
@@ -263,49 +337,59 @@ fn drained_then_stopped_costs_nothing_and_killed_costs_what_was_in_flight() {
     let record = load.finish().expect("the load ends");
     let mut timeline = timeline_by_edge(&record);
     timeline.mark(kill_at, "edge 1's host killed (edge and BIRD)");
-    let failed = record.failed();
-    let last_failure = failed.iter().map(|c| c.at).max();
-    let lost: Vec<_> = record.lost_sessions();
-    let lost_on_survivor = lost
+    let families = by_family(&record);
+    // Per family: the sessions lost, and those of them on the survivor.
+    let lost: ByFamily<(usize, usize)> = families
         .iter()
-        .filter(|s| {
-            s.answer
-                .as_ref()
-                .is_some_and(|a| a.peer == IpAddr::V4(edge_v4(2)))
+        .map(|(family, record)| {
+            let lost = record.lost_sessions();
+            let on_survivor = lost
+                .iter()
+                .filter(|s| s.answer.as_ref().and_then(|a| edge_of(a.peer)) == Some(2))
+                .count();
+            (*family, (lost.len(), on_survivor))
         })
-        .count();
+        .collect();
     eprintln!(
-        "host killed: gone at the router {gone:?} after the kill; {} of {} new connections failed, the last started {:?} after the kill; {} sessions lost ({lost_on_survivor} of them on the surviving edge):\n{timeline}",
-        failed.len(),
-        record.connections.len(),
-        last_failure.map(|at| at.saturating_sub(kill_at)),
-        lost.len(),
+        "host killed: gone at the router {} after the kill; new connections {} the kill; sessions lost (of them on the surviving edge): {}:\n{timeline}",
+        per_family(&gone),
+        failures_after(&families, kill_at),
+        per_family(&lost),
     );
-    // BFD detects within 3 x 300 ms: the goal is 1 s; the bound leaves
-    // room for a loaded machine (the figure is printed above).
-    if let Some(at) = last_failure {
-        assert!(
-            at.saturating_sub(kill_at) < Duration::from_millis(1500),
-            "failures went on until {at:?} (host killed at {kill_at:?})"
+    for (family, record) in &families {
+        // BFD detects within 3 x 300 ms: the goal is 1 s; the bound leaves
+        // room for a loaded machine (the figure is printed above).
+        if let Some(at) = record.failed().iter().map(|c| c.at).max() {
+            assert!(
+                at.saturating_sub(kill_at) < Duration::from_millis(1500),
+                "{family}: failures went on until {at:?} (host killed at {kill_at:?})"
+            );
+        }
+        assert_eq!(
+            lost[family].1, 0,
+            "{family}: the surviving edge's sessions stay"
         );
     }
-    assert_eq!(lost_on_survivor, 0, "the surviving edge's sessions stay");
 }
 
-/// Samples the router's next hops for the VIP every 5 ms until finished:
-/// how many looks, and how many of them missed `edge`.
-fn watch_route(router: &str, edge: IpAddr) -> Sampler<usize> {
+/// Samples the router's next hops for both VIPs every 5 ms until finished:
+/// how many looks, and per family how many of them missed `edge`.
+fn watch_route(router: &str, edge: usize) -> Sampler<ByFamily<usize>> {
     let router = router.to_string();
+    let missing: ByFamily<usize> = FAMILIES.iter().map(|f| (*f, 0)).collect();
     Sampler::start(
         Duration::from_millis(5),
         (100_000, Duration::from_secs(120)),
-        0,
+        missing,
         move |missing, _| {
-            if !routing::nexthops(&router, VIP)
-                .unwrap_or_default()
-                .contains(&edge)
-            {
-                *missing += 1;
+            for vip in vips() {
+                let family = IpFamily::of(vip);
+                if !routing::nexthops(&router, &vip.to_string())
+                    .unwrap_or_default()
+                    .contains(&edge_ip(edge, family))
+                {
+                    *missing.entry(family).or_default() += 1;
+                }
             }
         },
     )
@@ -329,20 +413,19 @@ fn an_upgrade_withdraws_nothing_and_a_bird_restart_moves_clients_for_a_moment() 
     let mut old = start_edge(&scene.site.fabric, &dir, &binaries.edge, 1, "edge1");
     let _edge2 = start_edge(&scene.site.fabric, &dir, &binaries.edge, 2, "edge2");
     wait_hops(&scene.site.fabric, &[1, 2]);
-    let target = SocketAddr::new(VIP.parse().expect("vip"), 80);
-    let edge1 = IpAddr::V4(edge_v4(1));
+    let targets = targets();
 
     // 1. A binary upgrade of edge 1: the router never loses it, and no
     // connection fails (sessions live 1 s, under the 2 s drain).
     let load = Load::start(
         &clients,
-        LoadSpec::connections(vec![target], 100, Duration::from_secs(6))
-            .with_sessions(&[target], 8)
+        LoadSpec::connections(targets.clone(), 100, Duration::from_secs(6))
+            .with_sessions(&targets, 8)
             .session_lifetime(Duration::from_secs(1)),
     );
     load.wait_ok(100, Duration::from_secs(10))
         .expect("the load runs");
-    let watch = watch_route(&router, edge1);
+    let watch = watch_route(&router, 1);
     let config = dir.join("edge1.yaml");
     let socket = dir.join("edge1-upgrade.sock");
     let upgrade_at = load.elapsed();
@@ -375,30 +458,46 @@ fn an_upgrade_withdraws_nothing_and_a_bird_restart_moves_clients_for_a_moment() 
     let record = load.finish().expect("the load ends");
     let mut timeline = timeline_by_edge(&record);
     timeline.mark(upgrade_at, "edge 1 upgraded (takeover, SIGQUIT)");
+    let families = by_family(&record);
+    let lost: ByFamily<usize> = families
+        .iter()
+        .map(|(f, r)| (*f, r.lost_sessions().len()))
+        .collect();
     eprintln!(
-        "upgrade: the router was looked at {looks} times, edge 1 missing {missing}; {} sessions lost:\n{timeline}",
-        record.lost_sessions().len()
+        "upgrade: the router was looked at {looks} times, edge 1 missing {}; new connections {}; sessions lost {}:\n{timeline}",
+        per_family(&missing),
+        failures_after(&families, upgrade_at),
+        per_family(&lost),
     );
     assert!(looks > 20, "{looks} looks");
-    assert_eq!(missing, 0, "edge 1 was withdrawn during its upgrade");
-    assert!(record.failed().is_empty(), "{:?}", record.failed());
-    assert!(
-        record.lost_sessions().is_empty(),
-        "{:?}",
-        record.lost_sessions()
-    );
-    assert_eq!(
-        carried_by(&record, upgrade_at + Duration::from_secs(2), Duration::MAX),
-        hops(&[1, 2]),
-        "the new process carries edge 1's share"
-    );
+    for (family, record) in &families {
+        assert_eq!(
+            missing[family], 0,
+            "{family}: edge 1 was withdrawn during its upgrade"
+        );
+        assert!(
+            record.failed().is_empty(),
+            "{family}: {:?}",
+            record.failed()
+        );
+        assert!(
+            record.lost_sessions().is_empty(),
+            "{family}: {:?}",
+            record.lost_sessions()
+        );
+        assert_eq!(
+            carried_by(record, upgrade_at + Duration::from_secs(2), Duration::MAX),
+            hops(*family, &[1, 2]),
+            "{family}: the new process carries edge 1's share"
+        );
+    }
 
     // 2. Edge 1's BIRD restarted: a clean stop withdraws at once, the
     // restarted BIRD learns the routes from the kernel again; no new
     // connection fails.
     let load = Load::start(
         &clients,
-        LoadSpec::connections(vec![target], 100, Duration::from_secs(8)),
+        LoadSpec::connections(targets.clone(), 100, Duration::from_secs(8)),
     );
     load.wait_ok(100, Duration::from_secs(10))
         .expect("the load runs");
@@ -407,6 +506,7 @@ fn an_upgrade_withdraws_nothing_and_a_bird_restart_moves_clients_for_a_moment() 
         .stop(Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e}"));
     let withdrawn = wait_hops(&scene.site.fabric, &[2]);
+    let restarted = restart_at + withdrawn.values().copied().max().unwrap_or_default();
     let log = portico_lab::routing::Bird::log_path(&dir, "edge1");
     let config = routing::edge_config(1, &log).unwrap_or_else(|e| panic!("{e}"));
     scene.site.fabric.edges[0] =
@@ -416,17 +516,21 @@ fn an_upgrade_withdraws_nothing_and_a_bird_restart_moves_clients_for_a_moment() 
     let record = load.finish().expect("the load ends");
     let mut timeline = timeline_by_edge(&record);
     timeline.mark(restart_at, "edge 1's BIRD restarted");
+    let families = by_family(&record);
     eprintln!(
-        "BIRD restart: withdrawn at the router after {withdrawn:?}, announced again {back:?} later; {} of {} new connections failed:\n{timeline}",
-        record.failed().len(),
-        record.connections.len()
+        "BIRD restart: withdrawn at the router after {}, announced again {} after both were; new connections {} the restart:\n{timeline}",
+        per_family(&withdrawn),
+        per_family(&back),
+        failures_after(&families, restart_at),
     );
     // Only connections in flight when the route changed (edge 1 leaving,
     // and coming back) can fail.
-    failed_only_at_route_changes(
-        &record,
-        &[restart_at + withdrawn, restart_at + withdrawn + back],
-        Duration::from_millis(300),
-        6,
-    );
+    for (family, record) in &families {
+        failed_only_at_route_changes(
+            record,
+            &[restart_at + withdrawn[family], restarted + back[family]],
+            Duration::from_millis(300),
+            6,
+        );
+    }
 }

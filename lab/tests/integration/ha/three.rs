@@ -1,23 +1,25 @@
 //! Three edges behind a router, under 100 new connections a second and 60
-//! long-lived sessions: edge 3 lost (its process killed, then started
+//! long-lived sessions to each of the VIPs (one per family): edge 3 lost (its process killed, then started
 //! again; then its link cut, which only BFD tells the router), once with
 //! the router installing plain multipath routes (the shipped config) and
 //! once through resilient nexthop groups. A full proxy cannot keep the
 //! sessions of the edge that went; what differs is whether the surviving
-//! edges keep theirs. The figures and timelines are printed for
-//! `docs/ha.md`.
+//! edges keep theirs, in either family. The figures (per family) and
+//! timelines are printed for `docs/ha.md`.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use portico_lab::load::{Load, LoadSpec, Record};
-use portico_lab::routing::RouterFib;
+use portico_lab::routing::{edge_ip, RouterFib};
+use portico_lab::topology::FAMILIES;
 
-use super::{start_edge, wait_hops, Scene, VIP};
-use crate::support::edges::{carried_by, hops, sessions_at, timeline_by_edge};
+use super::{start_edge, targets, vips, wait_hops, Scene};
+use crate::support::edges::{
+    by_family, carried_by, hops, per_family, sessions_at, timeline_by_edge, ByFamily,
+};
 
-/// Long-lived sessions (about 20 per edge).
+/// Long-lived sessions to each VIP (about 20 per edge).
 const SESSIONS: usize = 60;
 /// A new connection slower than this waited for a SYN retransmission.
 const DELAYED: Duration = Duration::from_millis(500);
@@ -80,41 +82,64 @@ impl std::fmt::Display for Cost {
     }
 }
 
-/// Waits until a resilient router spreads the VIP's buckets over `members`.
+/// Waits until a resilient router spreads each VIP's buckets over
+/// `members`.
 fn balanced(scene: &Scene, members: usize) {
     if let Some(fib) = &scene.site.fabric.resilient {
-        let took = fib
-            .wait_balanced(
-                &scene.site.fabric.router_ns(),
-                &format!("{VIP}/32"),
-                members,
-                Duration::from_secs(20),
-            )
-            .unwrap_or_else(|e| panic!("{e}\n{}", scene.site.fabric.log_tails(20)));
-        eprintln!("the router's buckets spread over {members} edges after {took:?}");
+        for vip in vips() {
+            let length = if vip.is_ipv4() { 32 } else { 128 };
+            let took = fib
+                .wait_balanced(
+                    &scene.site.fabric.router_ns(),
+                    &format!("{vip}/{length}"),
+                    members,
+                    Duration::from_secs(20),
+                )
+                .unwrap_or_else(|e| panic!("{e}\n{}", scene.site.fabric.log_tails(20)));
+            eprintln!("the router's buckets for {vip} spread over {members} edges after {took:?}");
+        }
     }
 }
 
 /// Starts the load on the scene: 100 new connections a second for
-/// `duration`, and [`SESSIONS`] sessions, all open before it returns.
+/// `duration` over both VIPs, and [`SESSIONS`] sessions to each, all open
+/// before it returns.
 fn load(scene: &Scene, duration: Duration) -> Load {
-    let target = SocketAddr::new(VIP.parse().expect("vip"), 80);
+    let targets = targets();
     let load = Load::start(
         &scene.site.clients.0,
-        LoadSpec::connections(vec![target], 100, duration).with_sessions(&[target], SESSIONS),
+        LoadSpec::connections(targets.clone(), 100, duration).with_sessions(&targets, SESSIONS),
     );
     load.wait_ok(100, Duration::from_secs(10))
         .expect("the load runs");
+    let sessions = SESSIONS * targets.len();
     load.wait_until("every session open", Duration::from_secs(10), |r| {
-        r.opened.len() == SESSIONS
+        r.opened.len() == sessions
     })
     .expect("sessions open");
     load
 }
 
+/// The cost of each family's part of `record`, the event at `event`.
+fn costs(record: &Record, event: Duration) -> ByFamily<Cost> {
+    by_family(record)
+        .iter()
+        .map(|(family, record)| (*family, Cost::of(record, event)))
+        .collect()
+}
+
+/// `costs` printed a family a line.
+fn show(costs: &ByFamily<Cost>) -> String {
+    costs
+        .iter()
+        .map(|(family, cost)| format!("\n  {family}: {cost}"))
+        .collect()
+}
+
 /// Edge 3 lost twice behind a router installing routes as `fib` says:
-/// killed and started again, then its link cut. The costs of both.
-fn edge_lost(fib: RouterFib, tag: &str) -> Option<(Cost, Cost)> {
+/// killed and started again, then its link cut. The costs of both, per
+/// family.
+fn edge_lost(fib: RouterFib, tag: &str) -> Option<(ByFamily<Cost>, ByFamily<Cost>)> {
     let scene = Scene::up_with(&format!("three edges, {fib:?} router"), tag, 3, fib)?;
     let (fabric, dir, edge) = (
         &scene.site.fabric,
@@ -142,34 +167,44 @@ fn edge_lost(fib: RouterFib, tag: &str) -> Option<(Cost, Cost)> {
     let mut timeline = timeline_by_edge(&record);
     timeline.mark(kill_at, "edge 3 killed (SIGKILL)");
     timeline.mark(restart_at, "edge 3 started again");
-    let killed = Cost::of(&record, kill_at);
+    let killed = costs(&record, kill_at);
     eprintln!(
-        "{fib:?} router, edge 3 killed and started again: gone at the router {gone:?} after the kill, back {back:?} after the start; {killed}\n{timeline}"
+        "{fib:?} router, edge 3 killed and started again: gone at the router {} after the kill, back {} after the start;{}\n{timeline}",
+        per_family(&gone),
+        per_family(&back),
+        show(&killed),
     );
-    let after = kill_at + gone + Duration::from_millis(100);
-    assert_eq!(carried_by(&record, after, restart_at), hops(&[1, 2]));
-    assert!(
-        carried_by(
+    for (family, record) in by_family(&record) {
+        let after = kill_at + gone[&family] + Duration::from_millis(100);
+        assert_eq!(
+            carried_by(&record, after, restart_at),
+            hops(family, &[1, 2]),
+            "{family}"
+        );
+        assert!(
+            carried_by(
+                &record,
+                restart_at + back[&family] + Duration::from_secs(1),
+                Duration::MAX
+            )
+            .contains(&edge_ip(3, family)),
+            "{family}: edge 3 carries new connections again"
+        );
+        let cost = &killed[&family];
+        assert_eq!(
+            cost.lost.get(&3),
+            cost.opened.get(&3),
+            "{family}: edge 3's sessions went with its process"
+        );
+        // A connection in flight when the route changed may fail (its
+        // packets move to an edge that never saw it); none other.
+        super::failed_only_at_route_changes(
             &record,
-            restart_at + back + Duration::from_secs(1),
-            Duration::MAX
-        )
-        .contains(&IpAddr::V4(portico_lab::routing::edge_v4(3))),
-        "edge 3 carries new connections again"
-    );
-    assert_eq!(
-        killed.lost.get(&3),
-        killed.opened.get(&3),
-        "edge 3's sessions went with its process"
-    );
-    // A connection in flight when the route changed may fail (its packets
-    // move to an edge that never saw it); none other.
-    super::failed_only_at_route_changes(
-        &record,
-        &[kill_at + gone, restart_at + back],
-        Duration::from_millis(300),
-        3,
-    );
+            &[kill_at + gone[&family], restart_at + back[&family]],
+            Duration::from_millis(300),
+            3,
+        );
+    }
 
     // 2. Edge 3's link cut: the router hears nothing until BFD gives up.
     // Twenty seconds of load: the share of failed connections is of the
@@ -184,36 +219,42 @@ fn edge_lost(fib: RouterFib, tag: &str) -> Option<(Cost, Cost)> {
     let record = load2.finish().expect("the load ends");
     let mut timeline = timeline_by_edge(&record);
     timeline.mark(cut_at, "edge 3's link cut");
-    let cut = Cost::of(&record, cut_at);
+    let cut = costs(&record, cut_at);
     eprintln!(
-        "{fib:?} router, edge 3's link cut: dropped at the router {dropped:?} after the cut; {cut}\n{timeline}"
+        "{fib:?} router, edge 3's link cut: dropped at the router {} after the cut;{}\n{timeline}",
+        per_family(&dropped),
+        show(&cut),
     );
-    // BFD's 3 x 300 ms, with room for a loaded machine (the goal is 1 s;
-    // the figure is printed above).
-    assert!(
-        dropped < Duration::from_millis(1500),
-        "BFD took {dropped:?}"
-    );
-    if let Some(last) = cut.last_bad {
+    for (family, record) in by_family(&record) {
+        let (dropped, cost) = (dropped[&family], &cut[&family]);
+        // BFD's 3 x 300 ms, with room for a loaded machine (the goal is
+        // 1 s; the figure is printed above).
         assert!(
-            last < dropped + Duration::from_millis(300),
-            "a connection started {last:?} after the cut failed or waited, the route changed after {dropped:?}"
+            dropped < Duration::from_millis(1500),
+            "{family}: BFD took {dropped:?}"
+        );
+        if let Some(last) = cost.last_bad {
+            assert!(
+                last < dropped + Duration::from_millis(300),
+                "{family}: a connection started {last:?} after the cut failed or waited, the route changed after {dropped:?}"
+            );
+        }
+        assert!(
+            cost.failed * 100 <= cost.total,
+            "{family}: more than 1% failed: {} of {}",
+            cost.failed,
+            cost.total
+        );
+        assert_eq!(
+            carried_by(
+                &record,
+                cut_at + dropped + Duration::from_millis(100),
+                Duration::MAX
+            ),
+            hops(family, &[1, 2]),
+            "{family}"
         );
     }
-    assert!(
-        cut.failed * 100 <= cut.total,
-        "more than 1% failed: {} of {}",
-        cut.failed,
-        cut.total
-    );
-    assert_eq!(
-        carried_by(
-            &record,
-            cut_at + dropped + Duration::from_millis(100),
-            Duration::MAX
-        ),
-        hops(&[1, 2])
-    );
     Some((killed, cut))
 }
 
@@ -225,10 +266,13 @@ fn three_edges_behind_a_multipath_router_an_edge_lost_also_moves_survivors_flows
     // The kernel splits the hash space by the number of next hops: one
     // leaving (and coming back) moves flows between the survivors too,
     // and their sessions break on an edge that never saw them.
-    assert!(
-        killed.lost_on_survivors(3) + cut.lost_on_survivors(3) > 0,
-        "a multipath rehash kept every survivor's session: {killed}; {cut}"
-    );
+    for family in FAMILIES {
+        let (killed, cut) = (&killed[&family], &cut[&family]);
+        assert!(
+            killed.lost_on_survivors(3) + cut.lost_on_survivors(3) > 0,
+            "{family}: a multipath rehash kept every survivor's session: {killed}; {cut}"
+        );
+    }
 }
 
 #[test]
@@ -236,6 +280,9 @@ fn three_edges_behind_a_resilient_router_an_edge_lost_costs_only_its_own_flows()
     let Some((killed, cut)) = edge_lost(RouterFib::Resilient, "phr") else {
         return;
     };
-    assert_eq!(killed.lost_on_survivors(3), 0, "{killed}");
-    assert_eq!(cut.lost_on_survivors(3), 0, "{cut}");
+    for family in FAMILIES {
+        let (killed, cut) = (&killed[&family], &cut[&family]);
+        assert_eq!(killed.lost_on_survivors(3), 0, "{family}: {killed}");
+        assert_eq!(cut.lost_on_survivors(3), 0, "{family}: {cut}");
+    }
 }

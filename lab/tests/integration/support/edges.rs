@@ -1,6 +1,12 @@
 //! What the tests of several real edges share: a process in a namespace
 //! ([`Running`]), the clients' namespace behind the router ([`Clients`]),
-//! and reading a load's record by edge (which edge carried what).
+//! and reading a load's record by edge and by family (which edge carried
+//! what, of each family's VIPs).
+//!
+//! Every scenario serves a VIP of each family and loads both at once: an
+//! edge is known by either of its addresses ([`edge_of`]), a record splits
+//! by the family of its targets ([`of_family`]) and the routes to the VIPs
+//! are awaited per family ([`wait_routes`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -11,14 +17,30 @@ use std::time::{Duration, Instant};
 use portico_lab::command::installed_or_skip;
 use portico_lab::load::{Record, Timeline};
 use portico_lab::netns::ip_line;
-use portico_lab::routing::{edge_v4, Fabric, Namespaces, RouterFib, MAX_EDGES, ROUTER_V4};
+use portico_lab::routing::{
+    self, edge_ip, Fabric, Namespaces, RouterFib, RoutingError, MAX_EDGES, ROUTER_V4, ROUTER_V6,
+};
+use portico_lab::topology::{IpFamily, FAMILIES};
 
-/// The clients' address, behind the router.
+/// The clients' IPv4 address, behind the router.
 pub const CLIENT: &str = "10.43.0.2";
-/// The router's address towards the clients.
-const CLIENTS_GATEWAY: &str = "10.43.0.1";
-/// The clients' network.
-const CLIENTS_NET: &str = "10.43.0.0/24";
+/// The clients' IPv6 address.
+pub const CLIENT_V6: &str = "fd43::2";
+/// The router's addresses towards the clients, IPv4 then IPv6.
+const CLIENTS_GATEWAYS: [&str; 2] = ["10.43.0.1", "fd43::1"];
+/// The clients' networks, IPv4 then IPv6.
+const CLIENTS_NETS: [&str; 2] = ["10.43.0.0/24", "fd43::/64"];
+
+/// A figure of each family.
+pub type ByFamily<T> = BTreeMap<IpFamily, T>;
+
+/// `by` as `IPv4 <figure>, IPv6 <figure>`, for the printed figures.
+pub fn per_family<T: std::fmt::Debug>(by: &ByFamily<T>) -> String {
+    by.iter()
+        .map(|(family, figure)| format!("{family} {figure:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// A process started in a namespace, killed and reaped when dropped.
 pub struct Running(Child);
@@ -66,8 +88,8 @@ impl Drop for Running {
 
 /// The clients' namespace behind the router (forwarded traffic is what a
 /// router hashes by layer 4; its own connections pick their route before
-/// they have a source port), at [`CLIENT`]; every edge routes it via the
-/// router. Deleted when dropped.
+/// they have a source port), at [`CLIENT`] and [`CLIENT_V6`]; every edge
+/// routes it via the router, in both families. Deleted when dropped.
 pub struct Clients(pub String);
 
 impl Clients {
@@ -75,28 +97,38 @@ impl Clients {
         let name = format!("{prefix}-client");
         let router = namespaces.router();
         let clients = Clients(name.clone());
+        let [gateway4, gateway6] = CLIENTS_GATEWAYS;
+        // No duplicate address detection: the IPv6 addresses work at once.
         for line in [
             format!("netns add {name}"),
             format!("link add eth0 netns {name} type veth peer name clients netns {router}"),
-            format!("-n {router} addr add {CLIENTS_GATEWAY}/24 dev clients"),
+            format!("-n {router} addr add {gateway4}/24 dev clients"),
+            format!("-n {router} addr add {gateway6}/64 dev clients nodad"),
             format!("-n {router} link set clients up"),
             format!("-n {name} link set lo up"),
             format!("-n {name} addr add {CLIENT}/24 dev eth0"),
+            format!("-n {name} addr add {CLIENT_V6}/64 dev eth0 nodad"),
             format!("-n {name} link set eth0 up"),
-            format!("-n {name} route add default via {CLIENTS_GATEWAY}"),
+            format!("-n {name} route add default via {gateway4}"),
+            format!("-6 -n {name} route add default via {gateway6}"),
         ] {
             ip_line(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
         }
+        let [net4, net6] = CLIENTS_NETS;
         for n in 1..=namespaces.edges() {
-            let line = format!(
-                "-n {} route add {CLIENTS_NET} via {ROUTER_V4}",
-                namespaces.edge(n)
-            );
-            ip_line(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            let edge = namespaces.edge(n);
+            for line in [
+                format!("-n {edge} route add {net4} via {ROUTER_V4}"),
+                format!("-6 -n {edge} route add {net6} via {ROUTER_V6}"),
+            ] {
+                ip_line(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            }
         }
         for sysctl in [
             "net.ipv4.ip_forward=1",
             "net.ipv4.fib_multipath_hash_policy=1",
+            "net.ipv6.conf.all.forwarding=1",
+            "net.ipv6.fib_multipath_hash_policy=1",
         ] {
             let out = Command::new("ip")
                 .args(["netns", "exec", &router, "sysctl", "-qw", sysctl])
@@ -156,15 +188,12 @@ impl Site {
     }
 }
 
-/// The node the edges balance to: a pod server named `name` on `addr` in
-/// namespace `ns` (the router's, in these tests), logging to `log`.
-pub fn node_server(
-    ns: &str,
-    lab: &Path,
-    name: &str,
-    addr: std::net::SocketAddr,
-    log: &Path,
-) -> Running {
+/// The node the edges balance to: a pod server named `name` on `port` of
+/// every address of both families (`[::]`: the node's [`ROUTER_V4`] and
+/// [`ROUTER_V6`]) in namespace `ns` (the router's, in these tests),
+/// logging to `log`.
+pub fn node_server(ns: &str, lab: &Path, name: &str, port: u16, log: &Path) -> Running {
+    let addr = std::net::SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), port);
     Running::start(
         ns,
         lab,
@@ -199,9 +228,44 @@ pub fn assert_recovered(record: &Record, event: Duration, within: Duration) {
     );
 }
 
-/// Which edge (1-based) an address the node saw belongs to.
+/// Which edge (1-based) an address the node saw belongs to, of either
+/// family.
 pub fn edge_of(peer: IpAddr) -> Option<usize> {
-    (1..=MAX_EDGES).find(|n| IpAddr::V4(edge_v4(*n)) == peer)
+    (1..=MAX_EDGES).find(|n| FAMILIES.iter().any(|f| edge_ip(*n, *f) == peer))
+}
+
+/// What of `record` went to targets of `family`: its connections, its
+/// sessions and the sessions it opened.
+pub fn of_family(record: &Record, family: IpFamily) -> Record {
+    let of = |target: &std::net::SocketAddr| IpFamily::of(target.ip()) == family;
+    Record {
+        connections: record
+            .connections
+            .iter()
+            .filter(|c| of(&c.target))
+            .cloned()
+            .collect(),
+        sessions: record
+            .sessions
+            .iter()
+            .filter(|s| of(&s.target))
+            .cloned()
+            .collect(),
+        opened: record
+            .opened
+            .iter()
+            .filter(|(t, _, _)| of(t))
+            .cloned()
+            .collect(),
+    }
+}
+
+/// `record` split by family ([`of_family`]), IPv4 first.
+pub fn by_family(record: &Record) -> Vec<(IpFamily, Record)> {
+    FAMILIES
+        .iter()
+        .map(|f| (*f, of_family(record, *f)))
+        .collect()
 }
 
 /// The edges (by the source address the node saw) that carried the
@@ -215,22 +279,62 @@ pub fn carried_by(record: &Record, from: Duration, to: Duration) -> BTreeSet<IpA
         .collect()
 }
 
-/// The load's timeline with a column per edge: the connections it carried.
+/// The load's timeline with a column per edge and family (`edge1 IPv6`):
+/// the connections it carried to the VIPs of that family.
 pub fn timeline_by_edge(record: &Record) -> Timeline {
     let mut timeline = record.timeline();
     for c in &record.connections {
         if let Ok(answer) = &c.result {
+            let family = IpFamily::of(c.target.ip());
             let edge = edge_of(answer.peer)
-                .map_or_else(|| answer.peer.to_string(), |n| format!("edge{n}"));
+                .map_or_else(|| answer.peer.to_string(), |n| format!("edge{n} {family}"));
             timeline.add(c.at, &edge, 1);
         }
     }
     timeline
 }
 
-/// The edges' addresses.
-pub fn hops(edges: &[usize]) -> BTreeSet<IpAddr> {
-    edges.iter().map(|n| IpAddr::V4(edge_v4(*n))).collect()
+/// The edges' addresses of `family`.
+pub fn hops(family: IpFamily, edges: &[usize]) -> BTreeSet<IpAddr> {
+    edges.iter().map(|n| edge_ip(*n, family)).collect()
+}
+
+/// Waits until the route to each of `vips` at the router (namespace
+/// `router`) goes through exactly the `edges`, each through their
+/// addresses of its family: how long each family's routes took.
+pub fn wait_routes(
+    router: &str,
+    vips: &[IpAddr],
+    edges: &[usize],
+    limit: Duration,
+) -> Result<ByFamily<Duration>, RoutingError> {
+    let started = Instant::now();
+    let mut when = ByFamily::new();
+    routing::wait_for(
+        &format!("{router}: routes to {vips:?} via edges {edges:?}"),
+        limit,
+        || {
+            let mut missing = Vec::new();
+            for family in FAMILIES {
+                let mut all = true;
+                for vip in vips.iter().filter(|v| IpFamily::of(**v) == family) {
+                    let have = routing::nexthops(router, &vip.to_string())?;
+                    if have != hops(family, edges) {
+                        all = false;
+                        missing.push(format!("{vip} via {have:?}"));
+                    }
+                }
+                if all && vips.iter().any(|v| IpFamily::of(*v) == family) {
+                    when.entry(family).or_insert_with(|| started.elapsed());
+                }
+            }
+            Ok(if missing.is_empty() {
+                Ok(when.clone())
+            } else {
+                Err(missing.join(", "))
+            })
+        },
+    )
 }
 
 /// The sessions open at `at` by edge, and how many of those were lost.
