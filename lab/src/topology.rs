@@ -139,6 +139,11 @@ pub fn edge_cluster_ip(n: usize) -> Ipv4Addr {
 
 /// Prefix length of the cluster network.
 pub const CLUSTER_PREFIX: u8 = 24;
+/// The pods' range (every node's pod CIDR lies in it): the node agents'
+/// `--cluster-cidr`.
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The pods' IPv6 range.
+pub const CLUSTER_CIDR6: &str = "fd00:244::/32";
 /// The API server's port (on [`EDGE_CLUSTER_IP`]).
 pub const API_PORT: u16 = 6443;
 /// The port every pod's server listens on (the Services' `targetPort`).

@@ -65,6 +65,13 @@ struct RunArgs {
     /// even where the API server is too old to keep that field.
     #[arg(long, default_value = portico_config::DEFAULT_LOAD_BALANCER_CLASS)]
     load_balancer_class: String,
+    /// The cluster's pod ranges, comma-separated, one or both families
+    /// (kube-proxy's `--cluster-cidr`): a ClusterIP reached from outside
+    /// them (a host routing the service range to this node, the node
+    /// itself) is masqueraded, so the answer of a pod on another node comes
+    /// back the way it went. A family without a range is not masqueraded.
+    #[arg(long, value_delimiter = ',', value_parser = parse_cluster_cidr)]
+    cluster_cidr: Vec<ipnetwork::IpNetwork>,
     /// kube-proxy-compatible node health server (`/healthz`, `/livez`).
     /// Where kube-proxy still runs for other Services it owns 10256:
     /// pick another port and point the edge's `kubeProxyPort` at it.
@@ -84,6 +91,12 @@ struct RunArgs {
     /// (`--kubernetes` is driven by the watches instead.)
     #[arg(long, default_value_t = 1000)]
     poll_interval_ms: u64,
+}
+
+/// A `--cluster-cidr` entry, read as Kubernetes reads CIDRs (its network:
+/// host bits are dropped).
+fn parse_cluster_cidr(text: &str) -> Result<ipnetwork::IpNetwork, String> {
+    portico_config::kube::parse_cidr(text)
 }
 
 fn main() -> ExitCode {
@@ -106,6 +119,7 @@ fn main() -> ExitCode {
                 node_name,
                 proxy_name,
                 load_balancer_class,
+                cluster_cidr,
                 health_addr,
                 health_bind_ip,
                 metrics_addr,
@@ -138,6 +152,7 @@ fn main() -> ExitCode {
                 plan: PlanOptions {
                     proxy_name,
                     load_balancer_class,
+                    cluster_cidrs: cluster_cidr,
                     ..PlanOptions::default()
                 },
                 health_addr,

@@ -190,6 +190,8 @@ impl Lab {
                     "::",
                     "--metrics-addr",
                     &format!("127.0.0.1:{}", topology::AGENT_METRICS_PORT),
+                    "--cluster-cidr",
+                    &format!("{},{}", topology::CLUSTER_CIDR, topology::CLUSTER_CIDR6),
                 ],
             )?;
         }

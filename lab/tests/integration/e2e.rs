@@ -196,6 +196,62 @@ fn pods_reach_services_and_themselves_through_clusterip_and_nodeport() {
     }
 }
 
+/// `--cluster-cidr`: a host outside the cluster that routes the service
+/// range to node-1 (the edge's namespace, here) reaches `web`'s ClusterIP
+/// in both families; node-1 masquerades it, so the pods on other nodes
+/// answer node-1, which hands the answer back. Without the mark the answer
+/// would go straight to the host from the pod's address and be lost.
+#[test]
+fn a_clusterip_reached_from_outside_the_cluster_is_masqueraded() {
+    if !privileged("a_clusterip_reached_from_outside_the_cluster_is_masqueraded") {
+        return;
+    }
+    let _shared = shared();
+    let lab = lab();
+    let outside = lab.names().edge();
+    let node1 = &topology::nodes()[0];
+    let web = service("web");
+    for family in FAMILIES {
+        let cluster_ip = topology::in_family(web.cluster_ip, family);
+        let range = match family {
+            IpFamily::V4 => format!("{cluster_ip}/32"),
+            IpFamily::V6 => format!("{cluster_ip}/128"),
+        };
+        portico_lab::netns::ip_line(&format!(
+            "-n {outside} route add {range} via {}",
+            node1.ip_of(family)
+        ))
+        .expect("route to the ClusterIP");
+        let got: Vec<Answer> = lab
+            .get_many_in(
+                &outside,
+                SocketAddr::new(cluster_ip, topology::SERVICE_PORT),
+                30,
+            )
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| {
+                a.unwrap_or_else(|e| panic!("{cluster_ip} from outside, connection {i}: {e}"))
+            })
+            .collect();
+        let pods: BTreeSet<&str> = got.iter().map(|a| a.pod.as_str()).collect();
+        assert_eq!(
+            pods,
+            BTreeSet::from(["web-1", "web-2", "web-3"]),
+            "{got:#?}"
+        );
+        let node1_addrs = [node1.ip_of(family), node1.gateway_ip_of(family)];
+        for a in &got {
+            assert!(
+                node1_addrs.contains(&a.peer),
+                "{} saw {} for {cluster_ip}: node-1 must masquerade traffic from outside the cluster CIDRs",
+                a.pod,
+                a.peer
+            );
+        }
+    }
+}
+
 /// `Local`, in both families: connections land only on nodes with a pod of
 /// the Service (the edge's health check takes node-3 out), the node does
 /// not masquerade (the pod sees the edge's own address of the family as the

@@ -14,9 +14,9 @@ pub(super) fn static_layout(opts: &PlanOptions) -> Ruleset {
     base_chains(&mut r);
     masquerade_and_reject_chains(&mut r, &mark, &set_mark);
     for family in Family::ALL {
-        shared_sets(&mut r, family);
+        shared_sets(&mut r, family, opts);
     }
-    dispatch_chains(&mut r, &set_mark);
+    dispatch_chains(&mut r, &set_mark, opts);
     r
 }
 
@@ -123,8 +123,9 @@ fn masquerade_and_reject_chains(r: &mut Ruleset, mark: &str, set_mark: &str) {
     );
 }
 
-/// One family's shared sets and maps, without elements.
-fn shared_sets(r: &mut Ruleset, family: Family) {
+/// One family's shared sets and maps, without elements (the ClusterIP
+/// masquerade set only with cluster CIDRs of the family).
+fn shared_sets(r: &mut Ruleset, family: Family, opts: &PlanOptions) {
     let sfx = family.map_suffix();
     let addr = family.nft_addr_type();
     let addr_key = format!("type {addr} . inet_proto . inet_service");
@@ -164,12 +165,25 @@ fn shared_sets(r: &mut Ruleset, family: Family) {
             ..Set::default()
         },
     );
+    if opts.cluster_cidrs_of(family).is_some() {
+        r.sets.insert(
+            format!("{CLUSTER_IP_MASQUERADE}{sfx}"),
+            Set {
+                key: addr_key,
+                ..Set::default()
+            },
+        );
+    }
 }
+
+/// The set of ClusterIP keys (`addr . l4proto . port`, with `6` for IPv6)
+/// marked for masquerade when the source is outside the cluster CIDRs.
+pub(super) const CLUSTER_IP_MASQUERADE: &str = "cluster-ip-masquerade";
 
 /// The chains that look the shared maps up, both families in order:
 /// `services` (masquerade marks and the dispatch to Service chains),
 /// `firewall-check` and the two no-endpoint checks.
-fn dispatch_chains(r: &mut Ruleset, set_mark: &str) {
+fn dispatch_chains(r: &mut Ruleset, set_mark: &str, opts: &PlanOptions) {
     let mut services = Vec::new();
     let mut firewall = Vec::new();
     let mut endpoints_check = Vec::new();
@@ -181,6 +195,13 @@ fn dispatch_chains(r: &mut Ruleset, set_mark: &str) {
         // Each mark comes right before the dispatch that goes on with the
         // same key, so only traffic sent to a `service-` chain is marked.
         let nodeport = format!("fib daddr type local {ip} daddr != {lo} meta l4proto . th dport");
+        if let Some(cidrs) = opts.cluster_cidrs_of(family) {
+            // kube-proxy's `--cluster-cidr`: a ClusterIP reached from
+            // outside the pod ranges is masqueraded.
+            services.push(format!(
+                "{ip} saddr != {cidrs} {ip} daddr . meta l4proto . th dport @{CLUSTER_IP_MASQUERADE}{sfx} {set_mark}"
+            ));
+        }
         services.extend([
             format!("{ip} daddr . meta l4proto . th dport @external-masquerade{sfx} {set_mark}"),
             format!("{ip} daddr . meta l4proto . th dport vmap @service-ips{sfx}"),
@@ -236,5 +257,46 @@ mod tests {
             "{marks:?}"
         );
         assert_eq!(p.skipped, []);
+    }
+
+    #[test]
+    fn cluster_cidrs_mark_clusterip_traffic_from_outside_them_per_family() {
+        use crate::plan::test_support::{web, web_slice};
+        let opts = PlanOptions {
+            cluster_cidrs: vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "10.245.0.0/16".parse().unwrap(),
+            ],
+            ..PlanOptions::default()
+        };
+        let p = plan(&[web(Some("portico"))], &[web_slice()], &node(), &opts);
+        let services = &p.ruleset.chains["services"].rules;
+        assert_eq!(
+            services[0],
+            format!(
+                "ip saddr != {{ 10.244.0.0/16, 10.245.0.0/16 }} ip daddr . meta l4proto . th dport @cluster-ip-masquerade meta mark set meta mark | {:#x}",
+                opts.masquerade_mark
+            )
+        );
+        assert!(
+            !services.iter().any(|r| r.contains("ip6 saddr !=")),
+            "no IPv6 range, no IPv6 mark: {services:?}"
+        );
+        assert!(!p.ruleset.sets.contains_key("cluster-ip-masquerade6"));
+        let keys: Vec<&String> = p.ruleset.sets["cluster-ip-masquerade"]
+            .elements
+            .keys()
+            .collect();
+        assert_eq!(keys.len(), 1, "web's ClusterIP key: {keys:?}");
+        assert!(p.ruleset.sets["service-ips"].elements.contains_key(keys[0]));
+        // Without the option, nothing of it.
+        let plain = plan(
+            &[web(Some("portico"))],
+            &[web_slice()],
+            &node(),
+            &PlanOptions::default(),
+        );
+        assert!(!plain.ruleset.sets.contains_key("cluster-ip-masquerade"));
+        assert!(!plain.ruleset.chains["services"].rules[0].contains("saddr"));
     }
 }

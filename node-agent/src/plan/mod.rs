@@ -143,6 +143,39 @@ pub struct PlanOptions {
     /// server kept the `ipMode: Proxy` the edge wrote (servers older than
     /// 1.29 drop the field).
     pub load_balancer_class: String,
+    /// The cluster's pod ranges (kube-proxy's `--cluster-cidr`): traffic to
+    /// a ClusterIP from a source outside them (another host routing the
+    /// service range to this node, this node itself) is masqueraded, so the
+    /// replies of an endpoint on another node come back through this one.
+    /// A family without a range is not masqueraded (kube-proxy's default).
+    pub cluster_cidrs: Vec<ipnetwork::IpNetwork>,
+}
+
+impl PlanOptions {
+    /// Whether traffic of `family` to ClusterIPs from outside the cluster
+    /// CIDRs is masqueraded (there are cluster CIDRs of the family).
+    pub(crate) fn masquerades_off_cluster(&self, family: crate::ruleset::Family) -> bool {
+        self.cluster_cidrs
+            .iter()
+            .any(|c| crate::ruleset::Family::of(&c.ip()) == family)
+    }
+
+    /// The cluster CIDRs of `family`, as one nft value: `10.244.0.0/16`,
+    /// or an anonymous set `{ 10.244.0.0/16, 10.245.0.0/16 }`; `None`
+    /// without any.
+    pub(crate) fn cluster_cidrs_of(&self, family: crate::ruleset::Family) -> Option<String> {
+        let of: Vec<String> = self
+            .cluster_cidrs
+            .iter()
+            .filter(|c| crate::ruleset::Family::of(&c.ip()) == family)
+            .map(|c| format!("{}/{}", c.network(), c.prefix()))
+            .collect();
+        match of.as_slice() {
+            [] => None,
+            [one] => Some(one.clone()),
+            many => Some(format!("{{ {} }}", many.join(", "))),
+        }
+    }
 }
 
 impl Default for PlanOptions {
@@ -151,6 +184,7 @@ impl Default for PlanOptions {
             proxy_name: DEFAULT_PROXY_NAME.to_string(),
             masquerade_mark: DEFAULT_MASQUERADE_MARK,
             load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.to_string(),
+            cluster_cidrs: Vec::new(),
         }
     }
 }

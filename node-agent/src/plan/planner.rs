@@ -218,7 +218,9 @@ impl Planner {
             if !force && same_service && same_slices && cached.is_some_and(|c| c.lost == lost) {
                 continue;
             }
-            let fragment = Arc::new(plan_fragment(svc, svc_slices, &node.name, &units, &lost));
+            let fragment = Arc::new(plan_fragment(
+                svc, svc_slices, &node.name, &self.opts, &units, &lost,
+            ));
             replaced.push((
                 svc.key.clone(),
                 Cached {

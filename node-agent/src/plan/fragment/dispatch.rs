@@ -31,6 +31,13 @@ impl FragmentBuilder<'_> {
             Target::Reject
         };
         let sfx = p.sfx();
+        if matches!(internal, Target::Chain(_)) && self.opts.masquerades_off_cluster(p.unit.family)
+        {
+            self.member(
+                &format!("{}{sfx}", super::super::layout::CLUSTER_IP_MASQUERADE),
+                p.ip_key(p.unit.cluster_ip),
+            );
+        }
         self.target(
             &format!("service-ips{sfx}"),
             &format!("no-endpoint-services{sfx}"),

@@ -25,7 +25,7 @@ use self::endpoints::{pick, serving, EndpointMap};
 use super::flows::UdpPort;
 use super::names::{proto_name, PortNames};
 use super::units::{Unit, Units};
-use super::Skipped;
+use super::{PlanOptions, Skipped};
 use crate::ruleset::{Chain, Set};
 
 /// What one Service contributes to the ruleset.
@@ -53,11 +53,13 @@ pub(super) fn plan_fragment(
     svc: &ClusterService,
     slices: &[&EndpointSlice],
     node_name: &str,
+    opts: &PlanOptions,
     units: &Units,
     lost: &[Option<Skipped>],
 ) -> Fragment {
     let mut builder = FragmentBuilder {
         node_name,
+        opts,
         fragment: Fragment {
             skipped: units.skipped.clone(),
             ..Fragment::default()
@@ -78,6 +80,7 @@ pub(super) fn plan_fragment(
 /// Builds one Service's fragment.
 struct FragmentBuilder<'a> {
     node_name: &'a str,
+    opts: &'a PlanOptions,
     fragment: Fragment,
 }
 
