@@ -101,23 +101,39 @@ pub fn service(svc: &ServiceSpec) -> Value {
 /// The Service's EndpointSlices, one per family it has (as the
 /// EndpointSlice controller keeps them): its pods, ready, on their nodes.
 pub fn slices(svc: &ServiceSpec, pods: &[PodSpec]) -> Vec<Value> {
+    slices_terminating(svc, pods, &[])
+}
+
+/// [`slices`], with the pods named in `terminating` as a pod being deleted
+/// is listed until it is gone: not ready, still serving, terminating.
+pub fn slices_terminating(svc: &ServiceSpec, pods: &[PodSpec], terminating: &[&str]) -> Vec<Value> {
     FAMILIES
         .iter()
         .filter(|f| svc.families.contains(f))
-        .map(|f| slice(svc, pods, *f))
+        .map(|f| endpoint_slice(svc, pods, *f, terminating))
         .collect()
 }
 
 /// The Service's EndpointSlice of `family`.
 pub fn slice(svc: &ServiceSpec, pods: &[PodSpec], family: IpFamily) -> Value {
+    endpoint_slice(svc, pods, family, &[])
+}
+
+fn endpoint_slice(
+    svc: &ServiceSpec,
+    pods: &[PodSpec],
+    family: IpFamily,
+    terminating: &[&str],
+) -> Value {
     let endpoints: Vec<Value> = svc
         .pods
         .iter()
         .filter_map(|name| pods.iter().find(|p| p.name == *name))
         .map(|p| {
+            let going = terminating.contains(&p.name.as_str());
             json!({
                 "addresses": [p.ip_of(family).to_string()],
-                "conditions": {"ready": true, "serving": true, "terminating": false},
+                "conditions": {"ready": !going, "serving": true, "terminating": going},
                 "nodeName": format!("node-{}", p.node),
                 "targetRef": {"kind": "Pod", "namespace": KUBE_NAMESPACE, "name": p.name},
             })

@@ -48,12 +48,24 @@ impl Lab {
     /// `pods` (ready), as the EndpointSlice controller does when pods come
     /// and go.
     pub fn set_endpoints(&self, service: &str, pods: &[&'static str]) -> Result<(), LabError> {
+        self.set_endpoints_terminating(service, pods, &[])
+    }
+
+    /// [`Lab::set_endpoints`], with the pods in `terminating` listed as the
+    /// EndpointSlice controller lists a pod being deleted: not ready,
+    /// serving, terminating.
+    pub fn set_endpoints_terminating(
+        &self,
+        service: &str,
+        pods: &[&'static str],
+        terminating: &[&str],
+    ) -> Result<(), LabError> {
         let mut svc = topology::services()
             .into_iter()
             .find(|s| s.name == service)
             .ok_or_else(|| LabError::NoSuchProcess(format!("Service {service}")))?;
         svc.pods = pods.to_vec();
-        for slice in objects::slices(&svc, &topology::pods()) {
+        for slice in objects::slices_terminating(&svc, &topology::pods(), terminating) {
             let patch = serde_json::json!({"endpoints": slice["endpoints"]});
             self.api().merge_patch(
                 &format!(

@@ -450,6 +450,98 @@ fn an_excluded_node_is_drained_and_used_again_when_the_label_goes() {
     );
 }
 
+/// A pod being deleted: its endpoint turns terminating (not ready, still
+/// serving) in both EndpointSlices under load, as when its pod is deleted
+/// with a grace period. From a second after that, no new connection reaches
+/// it; the sessions it holds keep exchanging data to the end of the load
+/// (conntrack keeps their NAT, as with kube-proxy); nothing fails. Listed
+/// ready again, it gets new connections again.
+#[test]
+fn a_terminating_endpoint_keeps_its_connections_and_gets_no_new_ones() {
+    if !privileged("a_terminating_endpoint_keeps_its_connections_and_gets_no_new_ones") {
+        return;
+    }
+    let _alone = alone();
+    let lab = lab();
+    let targets = vips(&lab, "web");
+    let all = ["web-1", "web-2", "web-3"];
+    let duration = Duration::from_secs(12);
+    // 8 sessions per family: some land on web-2 (none of 16 does with
+    // probability (2/3)^16, under 0.2%).
+    let spec = LoadSpec::connections(targets.clone(), RATE, duration).with_sessions(&targets, 8);
+    let load = start_load(&lab, spec);
+    load.wait_ok(2 * RATE as usize, Duration::from_secs(10))
+        .expect("steady load first");
+    load.wait_until("a session on web-2", Duration::from_secs(5), |r| {
+        r.opened.iter().any(|(_, _, a)| a.pod == "web-2")
+    })
+    .expect("sessions on web-2");
+    let marked = load.elapsed();
+    lab.set_endpoints_terminating("web", &all, &["web-2"])
+        .expect("web-2 terminating");
+    load.wait_ok(4 * RATE as usize, Duration::from_secs(10))
+        .expect("traffic while web-2 terminates");
+    let ready_again = load.elapsed();
+    lab.set_endpoints("web", &all).expect("web-2 ready again");
+    load.wait_until(
+        "web-2 to get new connections again",
+        duration.saturating_sub(load.elapsed()) + Duration::from_secs(2),
+        |r| {
+            r.connections
+                .iter()
+                .any(|c| c.at >= ready_again && c.result.as_ref().is_ok_and(|a| a.pod == "web-2"))
+        },
+    )
+    .expect("web-2 back");
+    let record = load.finish().expect("load");
+
+    let mut t = record.timeline();
+    t.mark(marked, "web-2 terminating (ready false, serving true)");
+    t.mark(ready_again, "web-2 ready again");
+    show("web-2 terminating, then ready again", &t, &record);
+    let settled = marked + Duration::from_secs(1);
+    let new_on_web2: Vec<_> = record
+        .connections
+        .iter()
+        .filter(|c| c.at >= settled && c.at < ready_again)
+        .filter(|c| c.result.as_ref().is_ok_and(|a| a.pod == "web-2"))
+        .collect();
+    let held: Vec<_> = record
+        .sessions
+        .iter()
+        .filter(|s| s.opened < marked && s.answer.as_ref().is_some_and(|a| a.pod == "web-2"))
+        .collect();
+    eprintln!(
+        "{} session(s) on web-2 when it turned terminating; new connections to it from 1 s later: {}",
+        held.len(),
+        new_on_web2.len()
+    );
+    assert!(
+        record.failed().is_empty(),
+        "no new connection may fail: {:#?}",
+        record.failed()
+    );
+    assert!(
+        new_on_web2.is_empty(),
+        "a terminating endpoint gets no new connection: {new_on_web2:#?}"
+    );
+    assert!(
+        !held.is_empty(),
+        "no session was on web-2: the test proves nothing"
+    );
+    for s in &held {
+        assert!(
+            s.lost.is_none() && s.ended >= ready_again,
+            "a session on the terminating web-2 must go on: {s:#?}"
+        );
+    }
+    assert!(
+        record.lost_sessions().is_empty(),
+        "no session may be lost: {:#?}",
+        record.lost_sessions()
+    );
+}
+
 /// The load of the "under load" scenarios: new connections to `web`
 /// (`Cluster`) and `local` (`Local`) in both families, and 3 echo sessions
 /// to each address.
