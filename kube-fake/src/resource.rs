@@ -112,7 +112,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         ],
         zero: || json!({"metadata": {"creationTimestamp": null}, "spec": {}, "status": {"loadBalancer": {}}}),
         default: default_service,
-        validate: validate::service,
+        validate: validate_service,
     },
     ResourceDef {
         group: "",
@@ -311,6 +311,19 @@ pub fn fill_zero(obj: &mut Value, zero: &Value) {
 }
 
 fn no_defaults(_: &mut Value, _: Option<&Value>, _: &mut Allocator) {}
+
+/// A Service's checks: its address family fields (not on `ExternalName`),
+/// then the rest.
+fn validate_service(obj: &Value) -> Vec<validate::FieldError> {
+    let mut errors = Vec::new();
+    if let Some(spec) = obj["spec"].as_object() {
+        if obj["spec"]["type"] != "ExternalName" {
+            errors.extend(crate::families::validate(spec));
+        }
+    }
+    errors.extend(validate::service(obj));
+    errors
+}
 
 fn set_default(map: &mut Map<String, Value>, key: &str, value: Value) {
     if map.get(key).is_none_or(Value::is_null) {

@@ -207,16 +207,12 @@ pub fn nothing(_: &Value) -> Vec<FieldError> {
     Vec::new()
 }
 
-/// Service checks: the address family fields ([`crate::families`]), and
-/// `spec.loadBalancerSourceRanges`, else the legacy annotation, must parse
-/// as CIDRs and are only allowed on `type: LoadBalancer`.
+/// Service checks: `spec.loadBalancerSourceRanges`, else the legacy
+/// annotation, must parse as CIDRs and are only allowed on `type:
+/// LoadBalancer`. (The address family fields are checked by
+/// [`crate::families::validate`].)
 pub fn service(obj: &Value) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    if let Some(spec) = obj["spec"].as_object() {
-        if obj["spec"]["type"] != "ExternalName" {
-            errors.extend(crate::families::validate(spec));
-        }
-    }
     let ranges: Vec<String> = obj["spec"]["loadBalancerSourceRanges"]
         .as_array()
         .map(|a| {
