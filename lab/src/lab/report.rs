@@ -51,18 +51,7 @@ impl Lab {
             total.as_secs_f64(),
         );
         for svc in topology::services() {
-            let vips: Vec<String> = self
-                .vips
-                .get(svc.name)
-                .into_iter()
-                .flatten()
-                .map(ToString::to_string)
-                .collect();
-            let vip = if vips.is_empty() {
-                "-".to_string()
-            } else {
-                vips.join(" ")
-            };
+            let vip = addresses(self.vips.get(svc.name).map_or(&[][..], Vec::as_slice));
             let what = match (svc.policy, svc.name) {
                 (Policy::Local, _) => {
                     "Local: pods on node-1 and node-2 only; PROXY v2 tells them the client"
@@ -242,15 +231,7 @@ pub fn status(prefix: &str, state_dir: &Path) -> Result<String, LabError> {
         Ok(services) => {
             for s in services {
                 let name = s["metadata"]["name"].as_str().unwrap_or("?");
-                let ips: Vec<String> = ApiClient::ingress_ips(&s)
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect();
-                let vips = if ips.is_empty() {
-                    "(no address)".to_string()
-                } else {
-                    ips.join(" ")
-                };
+                let vips = addresses(&ApiClient::ingress_ips(&s));
                 let policy = s["spec"]["externalTrafficPolicy"].as_str().unwrap_or("?");
                 line(&mut out, format!("  {name:<11} {policy:<8} {vips}"));
             }
@@ -260,6 +241,15 @@ pub fn status(prefix: &str, state_dir: &Path) -> Result<String, LabError> {
         }
     }
     Ok(out)
+}
+
+/// A Service's addresses, space-separated; `(no address)` without any.
+fn addresses(ips: &[std::net::IpAddr]) -> String {
+    if ips.is_empty() {
+        return "(no address)".to_string();
+    }
+    let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
+    ips.join(" ")
 }
 
 /// Appends `text` and a newline.
