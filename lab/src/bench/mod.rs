@@ -108,7 +108,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The bench's addresses in one family: the IPv4 plan of the module docs,
 /// or its IPv6 twin. Every address, prefix and family keyword the topology,
-/// the contenders' configs and the load generator use comes from here.
+/// the contenders' configs and the load generator use comes from here (the
+/// scale test's too: its `10.9x` addresses twin the same way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Addrs(pub IpFamily);
 
