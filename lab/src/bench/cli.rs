@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::failover::{self, FailoverResult, FailoverSpec};
-use super::{report, run_all, Bench, BenchError, BenchOptions, Contender, RunResult, Workload};
+use super::{
+    report, run_all, Addrs, Bench, BenchError, BenchOptions, Contender, RunResult, Workload,
+};
 
 /// `portico-lab bench`'s arguments.
 #[derive(Debug, clap::Args)]
@@ -63,6 +65,10 @@ pub struct BenchArgs {
     /// Record a perf profile of each Portico run into this directory.
     #[arg(long)]
     pub perf_dir: Option<PathBuf>,
+    /// The family of every address of the topology: ipv4, or ipv6 (the VIP,
+    /// the nodes, the client and every contender's config in IPv6).
+    #[arg(long, default_value = "ipv4", value_parser = ["ipv4", "ipv6"])]
+    pub family: String,
     /// Failover measurements per contender (with `--workloads failover`).
     #[arg(long, default_value_t = 1)]
     pub failover_runs: usize,
@@ -94,6 +100,7 @@ pub fn main(args: BenchArgs) -> ExitCode {
         Err(e) => return fail(&e),
     };
     let failover_spec = bench.opts.failover.clone();
+    let opts_family = bench.opts.family;
     let results = run_everything(&mut bench, failover_spec.as_ref());
     let teardown = bench.teardown();
     let (results, failovers) = match results {
@@ -104,7 +111,7 @@ pub fn main(args: BenchArgs) -> ExitCode {
         return fail(&e);
     }
     let failover = failover_spec.as_ref().map(|spec| (spec, &failovers[..]));
-    print!("{}", report::footer(&results, failover));
+    print!("{}", report::footer(&results, failover, opts_family));
     ExitCode::SUCCESS
 }
 
@@ -179,6 +186,9 @@ fn options(args: &BenchArgs, state_dir: PathBuf) -> Result<BenchOptions, String>
     opts.big_file_mib = args.big_file_mib;
     opts.max_steal = args.max_steal;
     opts.perf_dir = args.perf_dir.clone();
+    opts.family = Addrs::parse(&args.family)
+        .ok_or_else(|| format!("unknown family {:?}", args.family))?
+        .family();
     Ok(opts)
 }
 

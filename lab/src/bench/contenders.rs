@@ -2,14 +2,14 @@
 //! (rendered here, checked by the tests), and how it is started in the lb
 //! namespace for one run.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use crate::command::{installed, pinned};
 use crate::procs::{self, Spawned};
 
 use super::topology::{create_dir, nft, write};
-use super::{Bench, BenchError, HEALTH_PORT, NODES, NODE_PORT, VIP, VIP_PORT};
+use super::{Addrs, Bench, BenchError, HEALTH_PORT, NODES, NODE_PORT, VIP_PORT};
 
 /// A balancer under test (or none, for `direct`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -68,11 +68,11 @@ impl Contender {
         (!installed(program)).then_some(program)
     }
 
-    /// Where the client connects.
-    pub(super) fn target(self) -> SocketAddr {
+    /// Where the client connects, in the family of `addrs`.
+    pub(super) fn target(self, addrs: Addrs) -> SocketAddr {
         match self {
-            Contender::Direct => SocketAddr::new(NODES[0].into(), NODE_PORT),
-            _ => SocketAddr::new(VIP.into(), VIP_PORT),
+            Contender::Direct => SocketAddr::new(addrs.nodes()[0], NODE_PORT),
+            _ => SocketAddr::new(addrs.vip(), VIP_PORT),
         }
     }
 
@@ -98,21 +98,22 @@ impl Bench {
     pub(super) fn start_contender(
         &self,
         contender: Contender,
-        lb_src: Ipv4Addr,
+        lb_src: IpAddr,
         name: &str,
     ) -> Result<Option<Spawned>, BenchError> {
         let state = &self.opts.state_dir;
+        let addrs = self.opts.addrs();
         let lb = self.ns("lb");
         let cpu = self.opts.balancer_cpu.map(|c| c.to_string());
         let (program, args) = match contender {
             Contender::Direct => return Ok(None),
             Contender::Nftables => {
-                nft(&lb, &["-f", "-"], Some(&nftables_ruleset(lb_src)))?;
+                nft(&lb, &["-f", "-"], Some(&nftables_ruleset(addrs, lb_src)))?;
                 return Ok(None);
             }
             Contender::Portico | Contender::PorticoB => {
                 let conf = state.join(format!("{name}.yaml"));
-                write(&conf, &portico_config())?;
+                write(&conf, &portico_config(addrs))?;
                 let socket = state.join("run").join(format!("{name}.sock"));
                 let mut args = vec![
                     "run".to_string(),
@@ -134,7 +135,7 @@ impl Bench {
             }
             Contender::Haproxy => {
                 let conf = state.join(format!("{name}.cfg"));
-                write(&conf, &haproxy_conf())?;
+                write(&conf, &haproxy_conf(addrs))?;
                 pinned(
                     cpu.as_deref(),
                     "haproxy",
@@ -145,7 +146,7 @@ impl Bench {
                 let dir = state.join(name);
                 create_dir(&dir.join("logs"))?;
                 let conf = dir.join("nginx.conf");
-                write(&conf, &stream_nginx_conf(&dir))?;
+                write(&conf, &stream_nginx_conf(&dir, addrs))?;
                 pinned(
                     cpu.as_deref(),
                     "nginx",
@@ -169,18 +170,22 @@ impl Bench {
 /// active checks (1 s, fall 2, rise 2; HTTP `GET /healthz` on the nodes'
 /// health port, as Portico's kube-proxy check), a failed connect retried
 /// elsewhere (`option redispatch`), kernel splicing where it pays
-/// (`splice-auto`).
-fn haproxy_conf() -> String {
-    let servers: String = NODES
+/// (`splice-auto`). Addresses in the family of `addrs` (IPv6 ones in
+/// brackets).
+fn haproxy_conf(addrs: Addrs) -> String {
+    let servers: String = addrs
+        .nodes()
         .iter()
         .enumerate()
         .map(|(i, ip)| {
             format!(
-                "  server node-{} {ip}:{NODE_PORT} check port {HEALTH_PORT} inter 1s fall 2 rise 2\n",
-                i + 1
+                "  server node-{} {} check port {HEALTH_PORT} inter 1s fall 2 rise 2\n",
+                i + 1,
+                SocketAddr::new(*ip, NODE_PORT)
             )
         })
         .collect();
+    let vip = SocketAddr::new(addrs.vip(), VIP_PORT);
     format!(
         "global
   nbthread 1
@@ -194,7 +199,7 @@ defaults
   option redispatch
   option splice-auto
 frontend vip
-  bind {VIP}:{VIP_PORT}
+  bind {vip}
   default_backend nodes
 backend nodes
   balance roundrobin
@@ -204,13 +209,19 @@ backend nodes
 }
 
 /// nginx `stream` on one worker (passive health: a failed connect takes the
-/// node out for 10 s and the next one is tried).
-fn stream_nginx_conf(dir: &Path) -> String {
+/// node out for 10 s and the next one is tried). Addresses in the family of
+/// `addrs` (IPv6 ones in brackets).
+fn stream_nginx_conf(dir: &Path, addrs: Addrs) -> String {
     let dir = dir.display();
-    let servers: String = NODES
+    let servers: String = addrs
+        .nodes()
         .iter()
-        .map(|ip| format!("    server {ip}:{NODE_PORT} max_fails=1 fail_timeout=10s;\n"))
+        .map(|ip| {
+            let node = SocketAddr::new(*ip, NODE_PORT);
+            format!("    server {node} max_fails=1 fail_timeout=10s;\n")
+        })
         .collect();
+    let vip = SocketAddr::new(addrs.vip(), VIP_PORT);
     let module = "/usr/lib/nginx/modules/ngx_stream_module.so";
     let load = if Path::new(module).is_file() {
         format!("load_module {module};\n")
@@ -228,7 +239,7 @@ stream {{
   upstream nodes {{
 {servers}  }}
   server {{
-    listen {VIP}:{VIP_PORT} backlog=16384;
+    listen {vip} backlog=16384;
     proxy_pass nodes;
     proxy_connect_timeout 2s;
     proxy_timeout 1h;
@@ -241,13 +252,16 @@ stream {{
 
 /// The edge's config file: the two nodes, health checks on (kube-proxy's:
 /// HTTP `GET /healthz` on the nodes' [`HEALTH_PORT`], as HAProxy's
-/// `check`), same intervals as HAProxy.
-pub fn portico_config() -> String {
-    let nodes: String = NODES
+/// `check`), same intervals as HAProxy; the VIP and the nodes in the family
+/// of `addrs`.
+pub fn portico_config(addrs: Addrs) -> String {
+    let nodes: String = addrs
+        .nodes()
         .iter()
         .enumerate()
-        .map(|(i, ip)| format!("  - name: node-{}\n    addresses: [{ip}]\n", i + 1))
+        .map(|(i, ip)| format!("  - name: node-{}\n    addresses: [\"{ip}\"]\n", i + 1))
         .collect();
+    let vip = addrs.vip();
     format!(
         "settings:
   health:
@@ -267,7 +281,7 @@ nodes:
 {nodes}services:
   - namespace: default
     name: bench
-    vips: [{VIP}]
+    vips: [\"{vip}\"]
     ports:
       - name: http
         protocol: TCP
@@ -277,23 +291,30 @@ nodes:
     )
 }
 
-/// DNAT to the nodes in turn, SNAT to the run's fresh address.
-fn nftables_ruleset(snat: Ipv4Addr) -> String {
-    let map: Vec<String> = NODES
+/// The nftables contender's table, in the lb namespace (family
+/// [`Addrs::nft`]).
+pub(super) const NFT_TABLE: &str = "pbench";
+
+/// DNAT to the nodes in turn, SNAT to the run's fresh address; in the
+/// family of `addrs` (`table ip6`, `dnat ip6 to`).
+fn nftables_ruleset(addrs: Addrs, snat: IpAddr) -> String {
+    let nodes = addrs.nodes();
+    let map: Vec<String> = nodes
         .iter()
         .enumerate()
         .map(|(i, ip)| format!("{i} : {ip}"))
         .collect();
-    let nodes: Vec<String> = NODES.iter().map(|ip| ip.to_string()).collect();
+    let nodes: Vec<String> = nodes.iter().map(|ip| ip.to_string()).collect();
+    let (f, vip) = (addrs.nft(), addrs.vip());
     format!(
-        "table ip pbench {{
+        "table {f} {NFT_TABLE} {{
   chain prerouting {{
     type nat hook prerouting priority dstnat; policy accept;
-    ip daddr {VIP} tcp dport {VIP_PORT} dnat to numgen inc mod {} map {{ {} }} : {NODE_PORT}
+    {f} daddr {vip} tcp dport {VIP_PORT} dnat {f} to numgen inc mod {} map {{ {} }} : {NODE_PORT}
   }}
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
-    ip daddr {{ {} }} tcp dport {NODE_PORT} ct status dnat snat to {snat}
+    {f} daddr {{ {} }} tcp dport {NODE_PORT} ct status dnat snat {f} to {snat}
   }}
 }}
 ",
@@ -306,18 +327,49 @@ fn nftables_ruleset(snat: Ipv4Addr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::IpFamily;
 
     #[test]
-    fn configs_name_both_nodes() {
-        for text in [
-            haproxy_conf(),
-            stream_nginx_conf(Path::new("/x")),
-            portico_config(),
-            nftables_ruleset(Ipv4Addr::new(10, 92, 1, 10)),
-        ] {
-            for node in NODES {
-                assert!(text.contains(&node.to_string()), "{text}");
+    fn configs_name_both_nodes_in_either_family() {
+        for addrs in [Addrs(IpFamily::V4), Addrs(IpFamily::V6)] {
+            let snat = addrs.of(std::net::Ipv4Addr::new(10, 92, 1, 10));
+            for text in [
+                haproxy_conf(addrs),
+                stream_nginx_conf(Path::new("/x"), addrs),
+                portico_config(addrs),
+                nftables_ruleset(addrs, snat),
+            ] {
+                for node in addrs.nodes() {
+                    assert!(text.contains(&node.to_string()), "{text}");
+                }
+                assert!(text.contains(&addrs.vip().to_string()), "{text}");
             }
         }
+    }
+
+    #[test]
+    fn ipv6_configs_bracket_their_addresses() {
+        let addrs = Addrs(IpFamily::V6);
+        let haproxy = haproxy_conf(addrs);
+        assert!(haproxy.contains("bind [2001:db8:113::10]:80"), "{haproxy}");
+        assert!(
+            haproxy.contains("server node-2 [fd00:92::12]:30080"),
+            "{haproxy}"
+        );
+        let nginx = stream_nginx_conf(Path::new("/x"), addrs);
+        assert!(nginx.contains("listen [2001:db8:113::10]:80"), "{nginx}");
+        assert!(nginx.contains("server [fd00:92::11]:30080"), "{nginx}");
+        let nft = nftables_ruleset(addrs, "fd00:92::1:10".parse().unwrap());
+        assert!(nft.starts_with("table ip6 pbench"), "{nft}");
+        assert!(
+            nft.contains("ip6 daddr 2001:db8:113::10 tcp dport 80 dnat ip6 to"),
+            "{nft}"
+        );
+        assert!(nft.contains("snat ip6 to fd00:92::1:10"), "{nft}");
+        let v4 = nftables_ruleset(Addrs(IpFamily::V4), "10.92.1.10".parse().unwrap());
+        assert!(
+            v4.contains("ip daddr 203.0.113.10 tcp dport 80 dnat ip to"),
+            "{v4}"
+        );
     }
 }

@@ -14,6 +14,7 @@ use crate::netns;
 use crate::procfs::{self, cpu_ticks, netstat_counter, ticks_to_seconds, ProcStat};
 use crate::procs::{self, Spawned};
 
+use super::contenders::NFT_TABLE;
 use super::topology::{create_dir, nft};
 use super::{Bench, BenchError, Contender, Workload, WrkResult, READY_TIMEOUT, STOP_GRACE};
 
@@ -120,7 +121,8 @@ impl Bench {
         let mut process = self.start_contender(contender, lb_src, &name)?;
         let result = self.measure(contender, workload, round, &name, process.as_ref());
         if contender == Contender::Nftables {
-            nft(&lb, &["delete", "table", "ip", "pbench"], None)?;
+            let family = self.opts.addrs().nft();
+            nft(&lb, &["delete", "table", family, NFT_TABLE], None)?;
         }
         if let Some(p) = process.as_mut() {
             procs::stop_all(std::slice::from_ref(&lb), STOP_GRACE)?;
@@ -140,7 +142,8 @@ impl Bench {
         process: Option<&Spawned>,
     ) -> Result<(), BenchError> {
         let log = process.map(|p| p.log.clone());
-        self.wait_answers(&self.ns("client"), contender.target(), nodes, || {
+        let target = contender.target(self.opts.addrs());
+        self.wait_answers(&self.ns("client"), target, nodes, || {
             log.as_deref()
                 .map_or(String::new(), |l| procs::log_tail(l, 20))
         })

@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::command;
 
 use super::failover::{self, FailoverResult, FailoverSpec};
-use super::{BenchArgs, BenchOptions, Contender, RunResult, Summary, Workload};
+use super::{BenchArgs, BenchOptions, Contender, IpFamily, RunResult, Summary, Workload};
 
 impl Summary {
     /// The report's tables, in Markdown.
@@ -93,15 +93,34 @@ pub fn versions(edge_bin: &Path) -> String {
     .join("\n")
 }
 
+/// What a heading adds for `family`: nothing for IPv4 (the published
+/// figures' family), `" (IPv6)"` for IPv6.
+pub fn family_tag(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "",
+        IpFamily::V6 => " (IPv6)",
+    }
+}
+
 /// The header: the binaries and their versions, the pinning, the load
-/// average at the start and the plan.
+/// average at the start and the plan; in IPv6, the addresses first.
 pub fn header(opts: &BenchOptions, args: &BenchArgs) -> String {
     let b_version = opts
         .edge_bin_b
         .as_ref()
         .map_or(String::new(), |b| format!("portico-b: {}\n", b.display()));
+    let addrs = opts.addrs();
+    let family = match opts.family {
+        IpFamily::V4 => String::new(),
+        IpFamily::V6 => format!(
+            "## Benchmark{}: VIP {}, nodes {}\n",
+            family_tag(opts.family),
+            addrs.vip(),
+            addrs.nodes().map(|ip| ip.to_string()).join(", ")
+        ),
+    };
     format!(
-        "portico: {}\n{b_version}{}\npinning: wrk on CPU {}, balancer on CPU {}, backends on {}\nload average at start: {}\n{} accepted runs of {} s wanted per pair, at most {} rounds; {} connections for request workloads; {} MiB file\n",
+        "{family}portico: {}\n{b_version}{}\npinning: wrk on CPU {}, balancer on CPU {}, backends on {}\nload average at start: {}\n{} accepted runs of {} s wanted per pair, at most {} rounds; {} connections for request workloads; {} MiB file\n",
         opts.edge_bin.display(),
         versions(&opts.edge_bin),
         args.client_cpu,
@@ -117,11 +136,14 @@ pub fn header(opts: &BenchOptions, args: &BenchArgs) -> String {
 }
 
 /// Everything after the runs: the load average at the end, the tables of
-/// `results` (if any), and with `failover` its table and timelines.
+/// `results` (if any), and with `failover` its table and timelines; in
+/// IPv6 (`family`), under headings that say so.
 pub fn footer(
     results: &[RunResult],
     failover: Option<(&FailoverSpec, &[FailoverResult])>,
+    family: IpFamily,
 ) -> String {
+    let tag = family_tag(family);
     let mut out = format!(
         "\nload average at end: {}\n\n",
         fs::read_to_string("/proc/loadavg")
@@ -129,11 +151,14 @@ pub fn footer(
             .trim()
     );
     if !results.is_empty() {
+        if family == IpFamily::V6 {
+            out.push_str(&format!("### Workloads{tag}\n\n"));
+        }
         out.push_str(&Summary::new(results).markdown());
     }
     if let Some((spec, failovers)) = failover {
         out.push_str(&format!(
-            "\n### Failover: node 2's link down at {} s for {} s under {} new connections/s (GET /small, {} s timeout; slow = above {} ms); the counter read every {} ms\n\n",
+            "\n### Failover{tag}: node 2's link down at {} s for {} s under {} new connections/s (GET /small, {} s timeout; slow = above {} ms); the counter read every {} ms\n\n",
             spec.kill_at.as_secs_f64(),
             spec.down_for.as_secs_f64(),
             spec.rate,
@@ -149,4 +174,21 @@ pub fn footer(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_headings_say_so() {
+        let spec = FailoverSpec::standard();
+        let v4 = footer(&[], Some((&spec, &[])), IpFamily::V4);
+        assert!(v4.contains("### Failover: node 2's link down"), "{v4}");
+        let v6 = footer(&[], Some((&spec, &[])), IpFamily::V6);
+        assert!(
+            v6.contains("### Failover (IPv6): node 2's link down"),
+            "{v6}"
+        );
+    }
 }

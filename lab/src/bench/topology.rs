@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -17,8 +17,8 @@ use crate::procs::{self, Spawned};
 
 use super::workloads::WRK_SCRIPT;
 use super::{
-    BenchError, BenchOptions, Contender, CLIENT_IP, COMMAND_TIMEOUT, HEALTH_PORT, LB_CLIENT_SIDE,
-    LB_NODE_SIDE, NODES, NODE_PORT, READY_TIMEOUT, ROLES, STOP_GRACE, VIP,
+    Addrs, BenchError, BenchOptions, Contender, CLIENT_IP, COMMAND_TIMEOUT, HEALTH_PORT,
+    LB_CLIENT_SIDE, LB_NODE_SIDE, NODE_PORT, READY_TIMEOUT, ROLES, STOP_GRACE,
 };
 
 /// The namespaces, the backends and the state of one benchmark. Dropping it
@@ -65,7 +65,7 @@ impl Bench {
         self.build_client_and_lb()?;
         let big = self.opts.state_dir.join("www").join("big");
         write_big_file(&big, self.opts.big_file_mib)?;
-        for (i, node_ip) in NODES.iter().enumerate() {
+        for (i, node_ip) in self.opts.addrs().nodes().iter().enumerate() {
             self.start_backend(i + 1, *node_ip)?;
         }
         self.wait_backends()
@@ -75,24 +75,32 @@ impl Bench {
     /// bridge towards the nodes, and the sysctls of both.
     fn build_client_and_lb(&self) -> Result<(), BenchError> {
         let (client, lb) = (self.ns("client"), self.ns("lb"));
+        let a = self.opts.addrs();
+        let (lb_client_side, vip) = (a.of(LB_CLIENT_SIDE), a.vip());
         netns::add(&client)?;
         netns::add(&lb)?;
         for cmd in [
             format!("-n {lb} link add eth0 type veth peer name eth0 netns {client}"),
-            format!("-n {lb} addr add {LB_CLIENT_SIDE}/16 dev eth0"),
-            format!("-n {lb} addr add {VIP}/32 dev eth0"),
+            format!("-n {lb} addr add {} dev eth0", a.on_link(lb_client_side)),
+            format!(
+                "-n {lb} addr add {} dev eth0",
+                a.with_prefix(vip, a.host_prefix())
+            ),
             format!("-n {lb} link set eth0 up"),
-            format!("-n {client} addr add {CLIENT_IP}/16 dev eth0"),
+            format!(
+                "-n {client} addr add {} dev eth0",
+                a.on_link(a.of(CLIENT_IP))
+            ),
             format!("-n {client} link set eth0 up"),
-            format!("-n {client} route add default via {LB_CLIENT_SIDE}"),
+            format!("-n {client} route add default via {lb_client_side}"),
             format!("-n {lb} link add br0 type bridge"),
-            format!("-n {lb} addr add {LB_NODE_SIDE}/16 dev br0"),
+            format!("-n {lb} addr add {} dev br0", a.on_link(a.of(LB_NODE_SIDE))),
             format!("-n {lb} link set br0 up"),
         ] {
             ip_line(&cmd)?;
         }
         // Forwarding inside the lb namespace only: `direct` and DNAT need it.
-        set_sysctl(&lb, "net/ipv4/ip_forward", "1")?;
+        set_sysctl(&lb, a.forwarding_sysctl(), "1")?;
         // Whichever side closes a connection first keeps it in TIME_WAIT.
         // When that is the client (wrk closes as soon as a `Connection:
         // close` response is complete, before a balancer that forwards the
@@ -111,16 +119,18 @@ impl Bench {
 
     /// Node `index` (from 1): its namespace on the lb's bridge and its
     /// nginx.
-    fn start_backend(&mut self, index: usize, node_ip: Ipv4Addr) -> Result<(), BenchError> {
+    fn start_backend(&mut self, index: usize, node_ip: IpAddr) -> Result<(), BenchError> {
         let lb = self.ns("lb");
         let ns = self.ns(&format!("node-{index}"));
+        let a = self.opts.addrs();
+        let port = switch_port(index);
         netns::add(&ns)?;
         for cmd in [
-            format!("-n {lb} link add n{index} type veth peer name eth0 netns {ns}"),
-            format!("-n {lb} link set n{index} master br0 up"),
-            format!("-n {ns} addr add {node_ip}/16 dev eth0"),
+            format!("-n {lb} link add {port} type veth peer name eth0 netns {ns}"),
+            format!("-n {lb} link set {port} master br0 up"),
+            format!("-n {ns} addr add {} dev eth0", a.on_link(node_ip)),
             format!("-n {ns} link set eth0 up"),
-            format!("-n {ns} route add default via {LB_NODE_SIDE}"),
+            format!("-n {ns} route add default via {}", a.of(LB_NODE_SIDE)),
         ] {
             ip_line(&cmd)?;
         }
@@ -129,7 +139,7 @@ impl Bench {
         let conf = dir.join("nginx.conf");
         write(
             &conf,
-            &backend_nginx_conf(&format!("node-{index}"), &dir, &self.opts.state_dir),
+            &backend_nginx_conf(&format!("node-{index}"), &dir, &self.opts.state_dir, a),
         )?;
         let (program, args) = pinned(
             self.opts.backend_cpus.as_deref(),
@@ -155,8 +165,8 @@ impl Bench {
 
     /// Waits until every node answers the client directly.
     fn wait_backends(&self) -> Result<(), BenchError> {
-        for (i, node_ip) in NODES.iter().enumerate() {
-            let target = SocketAddr::new((*node_ip).into(), NODE_PORT);
+        for (i, node_ip) in self.opts.addrs().nodes().iter().enumerate() {
+            let target = SocketAddr::new(*node_ip, NODE_PORT);
             let log = procs::log_path(&self.opts.state_dir, &format!("backend-node-{}", i + 1));
             self.wait_answers(&self.ns("client"), target, 1, || procs::log_tail(&log, 20))
                 .map_err(|(last, log)| BenchError::NotReady {
@@ -199,18 +209,26 @@ impl Bench {
     /// Gives the client and the balancer's node side a fresh source address
     /// (trap 4: no run meets the previous run's TIME_WAIT sockets); returns
     /// the balancer's.
-    pub(super) fn fresh_sources(&mut self) -> Result<Ipv4Addr, BenchError> {
+    pub(super) fn fresh_sources(&mut self) -> Result<IpAddr, BenchError> {
         self.sequence += 1;
         let s = self.sequence;
         let (hi, lo) = ((1 + s / 200) as u8, (10 + s % 200) as u8);
-        let client_src = Ipv4Addr::new(10, 91, hi, lo);
-        let lb_src = Ipv4Addr::new(10, 92, hi, lo);
+        let a = self.opts.addrs();
+        let client_src = a.of(Ipv4Addr::new(10, 91, hi, lo));
+        let lb_src = a.of(Ipv4Addr::new(10, 92, hi, lo));
         let (client, lb) = (self.ns("client"), self.ns("lb"));
         for cmd in [
-            format!("-n {client} addr add {client_src}/16 dev eth0"),
-            format!("-n {client} route replace default via {LB_CLIENT_SIDE} src {client_src}"),
-            format!("-n {lb} addr add {lb_src}/16 dev br0"),
-            format!("-n {lb} route replace 10.92.0.0/16 dev br0 src {lb_src}"),
+            format!("-n {client} addr add {} dev eth0", a.on_link(client_src)),
+            format!(
+                "-n {client} route replace default via {} src {client_src}",
+                a.of(LB_CLIENT_SIDE)
+            ),
+            format!("-n {lb} addr add {} dev br0", a.on_link(lb_src)),
+            format!(
+                "-n {lb} route replace {} dev br0 src {lb_src} metric {}",
+                a.node_net(),
+                a.link_route_metric()
+            ),
         ] {
             ip_line(&cmd)?;
         }
@@ -240,6 +258,12 @@ impl Drop for Bench {
     }
 }
 
+/// Node `index`'s (from 1) port on the lb namespace's bridge: its link's
+/// switch side.
+pub(super) fn switch_port(index: usize) -> String {
+    format!("n{index}")
+}
+
 /// The namespace of `role` under `prefix`.
 pub fn namespace(prefix: &str, role: &str) -> String {
     format!("{prefix}-{role}")
@@ -261,9 +285,12 @@ pub fn down(prefix: &str, state_dir: &Path) -> Result<(), BenchError> {
 /// Each backend node: `/small` answers its name, `/big` is the large file;
 /// kept-alive connections are never closed by a request count (trap 8). A
 /// health server on [`HEALTH_PORT`] answers `/healthz` as kube-proxy's does,
-/// so health checks never touch the NodePort.
-fn backend_nginx_conf(node: &str, dir: &Path, state: &Path) -> String {
+/// so health checks never touch the NodePort. Both listen on every address
+/// of the family of `addrs`.
+fn backend_nginx_conf(node: &str, dir: &Path, state: &Path, addrs: Addrs) -> String {
     let dir = dir.display();
+    let node_port = SocketAddr::new(addrs.any(), NODE_PORT);
+    let health = SocketAddr::new(addrs.any(), HEALTH_PORT);
     let www = state.join("www");
     let www = www.display();
     format!(
@@ -286,12 +313,12 @@ http {{
   uwsgi_temp_path {dir}/uwsgi;
   scgi_temp_path {dir}/scgi;
   server {{
-    listen {NODE_PORT} reuseport backlog=16384;
+    listen {node_port} reuseport backlog=16384;
     location = /small {{ return 200 \"{node}\\n\"; }}
     location = /big {{ root {www}; }}
   }}
   server {{
-    listen {HEALTH_PORT};
+    listen {health};
     location = /healthz {{ return 200 \"ok\\n\"; }}
   }}
 }}

@@ -136,7 +136,7 @@ impl Bench {
         contender: Contender,
         workload: Workload,
     ) -> Result<String, BenchError> {
-        let target = contender.target();
+        let target = contender.target(self.opts.addrs());
         let secs = self.opts.duration.as_secs().max(1);
         let mut args = vec![
             "-t1".to_string(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::command;
 
-use super::{down, header, markdown, run, ScaleOptions, MAX_SERVICES};
+use super::{down, header, markdown, run, Addrs, ScaleOptions, MAX_SERVICES};
 
 /// `portico-lab scale`'s arguments.
 #[derive(Debug, clap::Args)]
@@ -29,6 +29,10 @@ pub struct ScaleArgs {
     /// Longest one set-up may take, seconds.
     #[arg(long, default_value_t = 300)]
     pub setup_timeout_secs: u64,
+    /// The family of every address of the topology: ipv4, or ipv6 (the
+    /// VIPs, the nodes, the API server and both contenders in IPv6).
+    #[arg(long, default_value = "ipv4", value_parser = ["ipv4", "ipv6"])]
+    pub family: String,
     /// Copy the edge's, HAProxy's and the API server's logs here.
     #[arg(long)]
     pub keep_logs: Option<PathBuf>,
@@ -72,6 +76,10 @@ pub fn main(args: ScaleArgs) -> std::process::ExitCode {
     opts.concurrency = args.concurrency.max(1);
     opts.setup_limit = Duration::from_secs(args.setup_timeout_secs.max(10));
     opts.keep_logs = args.keep_logs.clone();
+    opts.family = match Addrs::parse(&args.family) {
+        Some(a) => a.family(),
+        None => return fail(&format!("unknown family {:?}", args.family)),
+    };
     opts.balancer_cpu = if args.balancer_cpu == "none" {
         None
     } else {

@@ -2,15 +2,16 @@
 //! with its VIP requested by annotation and three nodePorts), the Nodes, and
 //! which nodePort each change moves where.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde_json::{json, Value};
 
-use super::{KUBE_NS, NODES, NODE_PORT_BASE, PORTS, PORT_NAMES};
+use super::{Addrs, KUBE_NS, NODES, NODE_PORT_BASE, POOL, PORTS, PORT_NAMES};
 
-/// Service `i`'s VIP (`i` < [`MAX_SERVICES`](super::MAX_SERVICES)).
-pub fn vip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 95, 0, 0)) + 1 + i as u32)
+/// Service `i`'s VIP (`i` < [`MAX_SERVICES`](super::MAX_SERVICES)) in the
+/// family of `addrs`.
+pub fn vip(addrs: Addrs, i: usize) -> IpAddr {
+    addrs.of(Ipv4Addr::from(u32::from(POOL.0) + i as u32))
 }
 
 /// Service `i`'s initial nodePorts.
@@ -40,8 +41,8 @@ pub fn service_name(i: usize) -> String {
 
 /// Service `i` as `kubectl apply` would create it: type LoadBalancer of the
 /// edge's class, Cluster policy, three TCP ports with the given nodePorts,
-/// its VIP requested by annotation.
-pub fn service_object(i: usize, node_ports: [u16; 3]) -> Value {
+/// its VIP requested by annotation, single-stack in the family of `addrs`.
+pub fn service_object(addrs: Addrs, i: usize, node_ports: [u16; 3]) -> Value {
     let name = service_name(i);
     json!({
         "apiVersion": "v1",
@@ -49,13 +50,15 @@ pub fn service_object(i: usize, node_ports: [u16; 3]) -> Value {
         "metadata": {
             "name": name,
             "namespace": KUBE_NS,
-            "annotations": {"portico.io/load-balancer-ips": vip(i).to_string()},
+            "annotations": {"portico.io/load-balancer-ips": vip(addrs, i).to_string()},
         },
         "spec": {
             "type": "LoadBalancer",
             "loadBalancerClass": "portico.io/edge",
             "selector": {"app": name},
             "externalTrafficPolicy": "Cluster",
+            "ipFamilyPolicy": "SingleStack",
+            "ipFamilies": [addrs.family().to_string()],
             "ports": ports_json(node_ports),
         },
     })
@@ -78,8 +81,9 @@ pub fn ports_json(node_ports: [u16; 3]) -> Value {
     )
 }
 
-/// Node `k` (0-based) as its kubelet registers it.
-pub fn node_object(k: usize) -> Value {
+/// Node `k` (0-based) as its kubelet registers it, with its address in the
+/// family of `addrs`.
+pub fn node_object(addrs: Addrs, k: usize) -> Value {
     let name = format!("node-{}", k + 1);
     json!({
         "apiVersion": "v1",
@@ -88,7 +92,7 @@ pub fn node_object(k: usize) -> Value {
         "spec": {},
         "status": {
             "addresses": [
-                {"type": "InternalIP", "address": NODES[k].to_string()},
+                {"type": "InternalIP", "address": addrs.of(NODES[k]).to_string()},
                 {"type": "Hostname", "address": name},
             ],
             "conditions": [{"type": "Ready", "status": "True"}],
@@ -98,14 +102,22 @@ pub fn node_object(k: usize) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{MAX_SERVICES, NODE_PORT_RANGE};
+    use super::super::{IpFamily, MAX_SERVICES, NODE_PORT_RANGE};
     use super::*;
+
+    const V4: Addrs = Addrs(IpFamily::V4);
+    const V6: Addrs = Addrs(IpFamily::V6);
 
     #[test]
     fn vips_and_node_ports_are_distinct_and_in_range() {
-        assert_eq!(vip(0), Ipv4Addr::new(10, 95, 0, 1));
-        assert_eq!(vip(255), Ipv4Addr::new(10, 95, 1, 0));
-        assert_eq!(vip(MAX_SERVICES - 1), Ipv4Addr::new(10, 95, 3, 254));
+        assert_eq!(vip(V4, 0), Ipv4Addr::new(10, 95, 0, 1));
+        assert_eq!(vip(V4, 255), Ipv4Addr::new(10, 95, 1, 0));
+        assert_eq!(vip(V4, MAX_SERVICES - 1), Ipv4Addr::new(10, 95, 3, 254));
+        assert_eq!(vip(V6, 255).to_string(), "fd00:95::1:0");
+        assert_eq!(vip(V6, MAX_SERVICES - 1).to_string(), "fd00:95::3:254");
+        let v6: std::collections::BTreeSet<IpAddr> =
+            (0..MAX_SERVICES).map(|i| vip(V6, i)).collect();
+        assert_eq!(v6.len(), MAX_SERVICES);
         assert_eq!(node_ports(0), [20000, 20001, 20002]);
         assert_eq!(node_ports(999), [22997, 22998, 22999]);
         assert_eq!(changed_node_port(1000, 0), 23000);
@@ -120,7 +132,7 @@ mod tests {
 
     #[test]
     fn the_service_object_asks_for_its_vip_and_ports() {
-        let s = service_object(7, node_ports(7));
+        let s = service_object(V4, 7, node_ports(7));
         assert_eq!(s["metadata"]["name"], "svc-0007");
         assert_eq!(
             s["metadata"]["annotations"]["portico.io/load-balancer-ips"],
@@ -133,7 +145,16 @@ mod tests {
         assert_eq!(ports[1]["port"], 443);
         assert_eq!(ports[1]["nodePort"], 20022);
         assert_eq!(ports[2]["name"], "alt");
-        let n = node_object(1);
+        assert_eq!(s["spec"]["ipFamilies"][0], "IPv4");
+        let n = node_object(V4, 1);
         assert_eq!(n["status"]["addresses"][0]["address"], "10.94.0.12");
+        let s = service_object(V6, 7, node_ports(7));
+        assert_eq!(
+            s["metadata"]["annotations"]["portico.io/load-balancer-ips"],
+            "fd00:95::8"
+        );
+        assert_eq!(s["spec"]["ipFamilies"][0], "IPv6");
+        let n = node_object(V6, 1);
+        assert_eq!(n["status"]["addresses"][0]["address"], "fd00:94::12");
     }
 }

@@ -15,15 +15,16 @@ use crate::procs::{self, Spawned};
 use super::figures::{cpu_ticks, mem, per_pid_ticks, ticks_since};
 use super::topology::{run_in, wait_until, write};
 use super::{
-    change_target, changed_node_port, node_ports, vip, Figures, Scale, ScaleError,
+    change_target, changed_node_port, node_ports, vip, Addrs, Figures, Scale, ScaleError,
     HAPROXY_IDLE_PORT, HEALTH_PORT, NODES, PORTS, STOP_GRACE,
 };
 
 /// HAProxy doing the edge's job for `services` (each Service's nodePorts):
 /// one `listen` per VIP:port to both nodes, whose state tracks one
 /// `httpchk GET /healthz` per node (kube-proxy's health server, as the edge
-/// checks it); one thread.
-pub fn haproxy_config(services: &[[u16; 3]]) -> String {
+/// checks it); one thread. Addresses in the family of `addrs` (IPv6 ones in
+/// brackets).
+pub fn haproxy_config(addrs: Addrs, services: &[[u16; 3]]) -> String {
     let mut out = String::with_capacity(200 + services.len() * 600);
     out.push_str(
         "global
@@ -40,10 +41,12 @@ backend health
   option httpchk GET /healthz
 ",
     );
-    for (k, ip) in NODES.iter().enumerate() {
+    let nodes = NODES.map(|ip| addrs.of(ip));
+    for (k, ip) in nodes.iter().enumerate() {
         out.push_str(&format!(
-            "  server node-{} {ip}:{HEALTH_PORT} check inter 1s fall 2 rise 2\n",
-            k + 1
+            "  server node-{} {} check inter 1s fall 2 rise 2\n",
+            k + 1,
+            SocketAddr::new(*ip, HEALTH_PORT)
         ));
     }
     out.push_str(&format!(
@@ -52,13 +55,14 @@ backend health
     for (i, ports) in services.iter().enumerate() {
         for (p, node_port) in ports.iter().enumerate() {
             out.push_str(&format!(
-                "listen s{i}-{port}\n  bind {vip}:{port}\n  balance roundrobin\n",
+                "listen s{i}-{port}\n  bind {vip}\n  balance roundrobin\n",
                 port = PORTS[p],
-                vip = vip(i)
+                vip = SocketAddr::new(vip(addrs, i), PORTS[p])
             ));
-            for (k, ip) in NODES.iter().enumerate() {
+            for (k, ip) in nodes.iter().enumerate() {
                 out.push_str(&format!(
-                    "  server node-{n} {ip}:{node_port} track health/node-{n}\n",
+                    "  server node-{n} {} track health/node-{n}\n",
+                    SocketAddr::new(*ip, *node_port),
                     n = k + 1
                 ));
             }
@@ -133,15 +137,19 @@ impl Scale {
         let mut f = Figures::default();
         let n = self.opts.services;
         let lb = self.ns("lb");
-        // Its VIPs, as the edge's would be: /32 on eth0 (untimed).
+        let addrs = self.opts.addrs();
+        // Its VIPs, as the edge's would be: /32 (/128) on eth0 (untimed).
         let batch: String = (0..n)
-            .map(|i| format!("addr add {}/32 dev eth0\n", vip(i)))
+            .map(|i| {
+                let vip = addrs.with_prefix(vip(addrs, i), addrs.host_prefix());
+                format!("addr add {vip} dev eth0\n")
+            })
             .collect();
         run_in(&lb, "ip", &["-batch", "-"], Some(&batch))?;
         let conf = self.opts.state_dir.join("haproxy.cfg");
         let initial: Vec<[u16; 3]> = (0..n).map(node_ports).collect();
         self.ports = initial.clone();
-        write(&conf, &haproxy_config(&[]))?;
+        write(&conf, &haproxy_config(addrs, &[]))?;
         let master = self.start_haproxy(&conf, "haproxy-warm")?;
         let master_pid = master.child.id() as i32;
         let log = master.log.clone();
@@ -151,7 +159,7 @@ impl Scale {
             f.mem_empty = mem(&pids);
             let before = per_pid_ticks(&pids);
             let started = Instant::now();
-            write(&conf, &haproxy_config(&self.ports))?;
+            write(&conf, &haproxy_config(addrs, &self.ports))?;
             signal(master_pid, nix::sys::signal::Signal::SIGUSR2)?;
             (f.warm_first, f.warm) =
                 self.probe_all(started, "warm set-up (HAProxy reload)", &log, || {})?;
@@ -165,10 +173,10 @@ impl Scale {
                 let mut ports = self.ports.clone();
                 ports[i][p] = new;
                 let since = Instant::now();
-                write(&conf, &haproxy_config(&ports))?;
+                write(&conf, &haproxy_config(addrs, &ports))?;
                 signal(master_pid, nix::sys::signal::Signal::SIGUSR2)?;
                 let (took, errors) =
-                    self.follow(SocketAddr::new(vip(i).into(), PORTS[p]), new, since, &log)?;
+                    self.follow(SocketAddr::new(vip(addrs, i), PORTS[p]), new, since, &log)?;
                 self.ports = ports;
                 f.changes.push(took);
                 f.change_errors += errors;
@@ -214,11 +222,13 @@ fn signal(pid: i32, sig: nix::sys::signal::Signal) -> Result<(), ScaleError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::IpFamily;
     use super::*;
 
     #[test]
     fn the_haproxy_config_has_every_frontend_tracking_both_nodes() {
-        let text = haproxy_config(&[node_ports(0), [20003, 20004, 23000]]);
+        let v4 = Addrs(IpFamily::V4);
+        let text = haproxy_config(v4, &[node_ports(0), [20003, 20004, 23000]]);
         assert_eq!(text.matches("\nlisten s").count(), 6);
         assert!(text.contains("listen s1-8080\n  bind 10.95.0.2:8080\n"));
         assert!(text.contains("  server node-2 10.94.0.12:23000 track health/node-2\n"));
@@ -226,8 +236,15 @@ mod tests {
         assert!(text.contains("  server node-1 10.94.0.11:10256 check inter 1s fall 2 rise 2\n"));
         assert!(text.contains("option httpchk GET /healthz"));
         assert!(text.contains("nbthread 1"));
-        let empty = haproxy_config(&[]);
+        let empty = haproxy_config(v4, &[]);
         assert!(empty.contains("listen idle\n  bind 127.0.0.1:9799\n"));
         assert!(!empty.contains("listen s"));
+        let v6 = haproxy_config(Addrs(IpFamily::V6), &[node_ports(0), [20003, 20004, 23000]]);
+        assert!(
+            v6.contains("listen s1-8080\n  bind [fd00:95::2]:8080\n"),
+            "{v6}"
+        );
+        assert!(v6.contains("  server node-2 [fd00:94::12]:23000 track health/node-2\n"));
+        assert!(v6.contains("  server node-1 [fd00:94::11]:10256 check inter 1s"));
     }
 }

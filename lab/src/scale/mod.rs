@@ -12,6 +12,11 @@
 //!        └── <p>-node-2  eth0 10.94.0.12/16  (nft redirect), + :10256/healthz
 //! ```
 //!
+//! With `--family ipv6` ([`ScaleOptions::family`]) every address is its IPv6
+//! twin, as in the bench ([`Addrs`]): `10.94.0.11` is `fd00:94::11`, the VIPs
+//! `10.95.0.1..` are `fd00:95::1..`, the Services ask for IPv6 only and the
+//! Nodes register an IPv6 InternalIP.
+//!
 //! Each node redirects the whole nodePort range ([`NODE_PORT_RANGE`]) to one
 //! listener, which answers every request with `<node> <nodePort>` (the port
 //! read back with `SO_ORIGINAL_DST`), so a changed nodePort is observable
@@ -75,6 +80,8 @@ pub use report::{header, markdown};
 pub use topology::{down, Scale};
 
 use std::net::{Ipv4Addr, SocketAddr};
+
+pub use crate::bench::{Addrs, IpFamily};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -103,10 +110,23 @@ const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
 pub const HEALTH_PORT: u16 = 10256;
 /// The most Services: the pool's size.
 pub const MAX_SERVICES: usize = 1022;
-/// The address pool (1022 addresses; Service `i` asks for [`vip`]`(i)`).
-pub const POOL: &str = "10.95.0.1-10.95.3.254";
-/// The VIPs' prefix, to flush them.
-const VIP_PREFIX: &str = "10.95.0.0/22";
+/// The address pool's first and last address in IPv4 (1022 addresses;
+/// Service `i` asks for [`vip`]`(i)`); [`pool`] in either family.
+pub const POOL: (Ipv4Addr, Ipv4Addr) = (Ipv4Addr::new(10, 95, 0, 1), Ipv4Addr::new(10, 95, 3, 254));
+
+/// The address pool in the family of `addrs`: [`POOL`], or the range of
+/// its twins (which holds every twin of a VIP).
+pub fn pool(addrs: Addrs) -> String {
+    format!("{}-{}", addrs.of(POOL.0), addrs.of(POOL.1))
+}
+
+/// The prefix holding every VIP in the family of `addrs`, to flush them.
+fn vip_prefix(addrs: Addrs) -> &'static str {
+    match addrs.family() {
+        IpFamily::V4 => "10.95.0.0/22",
+        IpFamily::V6 => "fd00:95::/64",
+    }
+}
 /// The backend nodes.
 pub const NODES: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 94, 0, 11), Ipv4Addr::new(10, 94, 0, 12)];
 const LB_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(10, 93, 0, 1);
@@ -210,10 +230,13 @@ pub struct ScaleOptions {
     pub setup_limit: Duration,
     /// Copy the processes' logs here before the state directory goes.
     pub keep_logs: Option<PathBuf>,
+    /// The family of every address of the topology.
+    pub family: IpFamily,
 }
 
 impl ScaleOptions {
-    /// 1,000 Services, 20 changes, the contender on CPU 1, 32 probes in flight.
+    /// 1,000 Services, 20 changes, the contender on CPU 1, 32 probes in
+    /// flight, IPv4.
     pub fn standard(prefix: &str, edge_bin: PathBuf, lab_bin: PathBuf) -> ScaleOptions {
         ScaleOptions {
             prefix: prefix.to_string(),
@@ -226,7 +249,13 @@ impl ScaleOptions {
             concurrency: 32,
             setup_limit: Duration::from_secs(300),
             keep_logs: None,
+            family: IpFamily::V4,
         }
+    }
+
+    /// The addresses of [`ScaleOptions::family`].
+    pub fn addrs(&self) -> Addrs {
+        Addrs(self.family)
     }
 }
 

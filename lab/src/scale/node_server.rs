@@ -13,13 +13,15 @@ use std::time::Duration;
 
 use crate::netns;
 
-use super::{ScaleError, HEALTH_PORT, NODE_PORT_RANGE, NODE_SERVER_PORT};
+use super::{Addrs, ScaleError, HEALTH_PORT, NODE_PORT_RANGE, NODE_SERVER_PORT};
 
-/// Each node's redirect of the whole nodePort range to its one server.
-pub fn node_ruleset() -> String {
+/// Each node's redirect of the whole nodePort range to its one server, in
+/// the family of `addrs`.
+pub fn node_ruleset(addrs: Addrs) -> String {
     let (lo, hi) = NODE_PORT_RANGE;
+    let family = addrs.nft();
     format!(
-        "table ip pscale {{
+        "table {family} pscale {{
   chain prerouting {{
     type nat hook prerouting priority dstnat; policy accept;
     tcp dport {lo}-{hi} redirect to :{NODE_SERVER_PORT}
@@ -39,9 +41,10 @@ pub(super) struct NodeServer {
 }
 
 impl NodeServer {
-    /// Binds the node server and the health port in namespace `ns` and
-    /// starts answering as `node`.
-    pub(super) fn start(ns: &str, node: &str) -> Result<NodeServer, ScaleError> {
+    /// Binds the node server and the health port in namespace `ns`, on
+    /// every address of the family of `addrs`, and starts answering as
+    /// `node`.
+    pub(super) fn start(ns: &str, node: &str, addrs: Addrs) -> Result<NodeServer, ScaleError> {
         let err = |source| ScaleError::NodeServer {
             node: node.to_string(),
             source,
@@ -49,8 +52,8 @@ impl NodeServer {
         let stop = Arc::new(AtomicBool::new(false));
         let bound = netns::in_netns(ns, || -> std::io::Result<Vec<TcpListener>> {
             Ok(vec![
-                TcpListener::bind(("0.0.0.0", NODE_SERVER_PORT))?,
-                TcpListener::bind(("0.0.0.0", HEALTH_PORT))?,
+                TcpListener::bind((addrs.any(), NODE_SERVER_PORT))?,
+                TcpListener::bind((addrs.any(), HEALTH_PORT))?,
             ])
         })?
         .map_err(err)?;
@@ -98,12 +101,23 @@ impl NodeServer {
     }
 }
 
+/// The port `conn` was sent to before the redirect (`SO_ORIGINAL_DST`, or
+/// its IPv6 twin); its own port if it was not redirected.
+fn original_port(conn: &TcpStream) -> u16 {
+    use nix::sys::socket::{getsockopt, sockopt};
+    let local = conn.local_addr().map_or(0, |a| a.port());
+    let original = match conn.local_addr() {
+        Ok(std::net::SocketAddr::V6(_)) => {
+            getsockopt(conn, sockopt::Ip6tOriginalDst).map(|a| u16::from_be(a.sin6_port))
+        }
+        _ => getsockopt(conn, sockopt::OriginalDst).map(|a| u16::from_be(a.sin_port)),
+    };
+    original.unwrap_or(local)
+}
+
 /// Reads the request head (bounded), answers `200` with `<node> <port>`.
 fn answer(mut conn: TcpStream, node: &str) {
-    let port = nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::OriginalDst)
-        .map(|a| u16::from_be(a.sin_port))
-        .or_else(|_| conn.local_addr().map(|a| a.port()))
-        .unwrap_or(0);
+    let port = original_port(&conn);
     if conn.set_read_timeout(Some(Duration::from_secs(2))).is_err() {
         return;
     }
@@ -131,6 +145,11 @@ mod tests {
 
     #[test]
     fn the_node_ruleset_redirects_the_node_port_range() {
-        assert!(node_ruleset().contains("tcp dport 20000-29999 redirect to :9000"));
+        use super::super::IpFamily;
+        for family in [IpFamily::V4, IpFamily::V6] {
+            let rules = node_ruleset(Addrs(family));
+            assert!(rules.contains("tcp dport 20000-29999 redirect to :9000"));
+        }
+        assert!(node_ruleset(Addrs(IpFamily::V6)).starts_with("table ip6 pscale"));
     }
 }

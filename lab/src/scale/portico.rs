@@ -16,13 +16,14 @@ use crate::procs::{self, Spawned};
 use super::figures::{cpu_ticks, mem};
 use super::topology::{wait_until, write};
 use super::{
-    change_target, changed_node_port, ports_json, service_name, service_object, vip, Figures,
-    Scale, ScaleError, EDGE_ADMIN_PORT, EDGE_METRICS, HEALTH_PORT, KUBE_NS, POOL, PORTS,
+    change_target, changed_node_port, pool, ports_json, service_name, service_object, vip, Addrs,
+    Figures, Scale, ScaleError, EDGE_ADMIN_PORT, EDGE_METRICS, HEALTH_PORT, KUBE_NS, PORTS,
 };
 
 /// The edge's config: the Kubernetes watch, VIPs on `eth0`, the pool, the
-/// lab's health settings (kube-proxy's `/healthz` on :10256).
-pub fn portico_config(kubeconfig: &Path) -> String {
+/// lab's health settings (kube-proxy's `/healthz` on :10256); the pool in
+/// the family of `addrs`.
+pub fn portico_config(kubeconfig: &Path, addrs: Addrs) -> String {
     format!(
         "# Written by portico-lab scale.
 settings:
@@ -44,9 +45,10 @@ settings:
     kubeconfig: {}
   addressPools:
     - name: scale
-      addresses: [{POOL}]
+      addresses: [\"{}\"]
 ",
-        kubeconfig.display()
+        kubeconfig.display(),
+        pool(addrs)
     )
 }
 
@@ -64,7 +66,10 @@ impl Scale {
         let conf = self.opts.state_dir.join("edge.yaml");
         write(
             &conf,
-            &portico_config(&self.opts.state_dir.join(api::KUBECONFIG)),
+            &portico_config(
+                &self.opts.state_dir.join(api::KUBECONFIG),
+                self.opts.addrs(),
+            ),
         )?;
         let socket = self.opts.state_dir.join("run").join(format!("{name}.sock"));
         let (program, args) = self.pinned(
@@ -116,10 +121,11 @@ impl Scale {
             f.mem_empty = mem(&[pid]);
             let cpu_before = cpu_ticks(&[pid]);
             let api = self.api();
+            let addrs = self.opts.addrs();
             let path = format!("/api/v1/namespaces/{KUBE_NS}/services");
             let started = Instant::now();
             for (i, ports) in self.ports.iter().enumerate() {
-                api.create(&path, &service_object(i, *ports))?;
+                api.create(&path, &service_object(addrs, i, *ports))?;
             }
             f.api_writes = Some(started.elapsed());
             let want = (n * PORTS.len()) as f64;
@@ -154,7 +160,7 @@ impl Scale {
                 api.merge_patch(&format!("{path}/{}", service_name(i)), &patch)?;
                 let since = Instant::now();
                 let (took, errors) =
-                    self.follow(SocketAddr::new(vip(i).into(), PORTS[p]), new, since, &log)?;
+                    self.follow(SocketAddr::new(vip(addrs, i), PORTS[p]), new, since, &log)?;
                 self.ports[i] = ports;
                 f.changes.push(took);
                 f.change_errors += errors;

@@ -27,12 +27,13 @@ struct Target {
 impl Scale {
     /// Every VIP:port and the nodePort it must be answered with now.
     fn targets(&self) -> Vec<Target> {
+        let addrs = self.opts.addrs();
         self.ports
             .iter()
             .enumerate()
             .flat_map(|(i, ports)| {
                 ports.iter().enumerate().map(move |(p, np)| Target {
-                    addr: SocketAddr::new(vip(i).into(), PORTS[p]),
+                    addr: SocketAddr::new(vip(addrs, i), PORTS[p]),
                     node_port: *np,
                 })
             })

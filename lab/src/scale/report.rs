@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::command;
 
 use super::figures::{per_service_kib, quantiles, Figures, Mem};
-use super::{ScaleOptions, PORTS};
+use super::{pool, IpFamily, ScaleOptions, PORTS};
 
 /// The report: versions and setup, then one table.
 pub fn markdown(header: &str, services: usize, portico: &Figures, haproxy: &Figures) -> String {
@@ -225,8 +225,13 @@ fn change_rows(t: &mut Table, portico: &Figures, haproxy: &Figures) {
     );
 }
 
-/// Versions, commit, pinning and load: the report's header.
+/// Versions, commit, pinning and load: the report's header; in IPv6, a
+/// heading that says so first.
 pub fn header(opts: &ScaleOptions) -> String {
+    let family = match opts.family {
+        IpFamily::V4 => String::new(),
+        IpFamily::V6 => format!("## Scale (IPv6): VIPs from {}\n", pool(opts.addrs())),
+    };
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let commit = command::first_line("git", &["rev-parse", "HEAD"]);
     let dirty = Command::new("git")
@@ -235,7 +240,7 @@ pub fn header(opts: &ScaleOptions) -> String {
         .map(|o| !o.stdout.is_empty())
         .unwrap_or(false);
     format!(
-        "commit {commit}{}\nkernel {}\n{}\n{}\ncontender pinned to CPU {}; {} changes per contender; {} probes in flight; load average {}\n",
+        "{family}commit {commit}{}\nkernel {}\n{}\n{}\ncontender pinned to CPU {}; {} changes per contender; {} probes in flight; load average {}\n",
         if dirty { " (dirty)" } else { "" },
         kernel.trim(),
         command::first_line(&opts.edge_bin.display().to_string(), &["--version"]),

@@ -6,7 +6,7 @@
 //! in a namespace, config files written whole.
 
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -17,10 +17,11 @@ use crate::procs::{self, Spawned};
 
 use super::node_server::{node_ruleset, NodeServer};
 use super::probe::probe;
+use super::vip_prefix;
 use super::{
     node_object, node_ports, ScaleError, ScaleOptions, API_IP, API_PORT, CLIENT_IP,
     COMMAND_TIMEOUT, LB_CLIENT_SIDE, LB_NODE_SIDE, MAX_SERVICES, NODES, NODE_PORT_BASE, ROLES,
-    STOP_GRACE, VIP_PREFIX,
+    STOP_GRACE,
 };
 
 /// The namespaces, the API server and the node servers. Dropping it stops
@@ -70,28 +71,34 @@ impl Scale {
     /// the API server and the nodes.
     fn build_links(&self) -> Result<(), ScaleError> {
         let (client, lb, api) = (self.ns("client"), self.ns("lb"), self.ns("api"));
+        let a = self.opts.addrs();
+        let (lb_client_side, lb_node_side) = (a.of(LB_CLIENT_SIDE), a.of(LB_NODE_SIDE));
         for ns in [&client, &lb] {
             netns::add(ns)?;
         }
         for cmd in [
             format!("-n {lb} link add eth0 type veth peer name eth0 netns {client}"),
-            format!("-n {lb} addr add {LB_CLIENT_SIDE}/16 dev eth0"),
+            format!("-n {lb} addr add {} dev eth0", a.on_link(lb_client_side)),
             format!("-n {lb} link set eth0 up"),
-            format!("-n {client} addr add {CLIENT_IP}/16 dev eth0"),
+            format!(
+                "-n {client} addr add {} dev eth0",
+                a.on_link(a.of(CLIENT_IP))
+            ),
             format!("-n {client} link set eth0 up"),
-            format!("-n {client} route add default via {LB_CLIENT_SIDE}"),
+            format!("-n {client} route add default via {lb_client_side}"),
             format!("-n {lb} link add br0 type bridge"),
-            format!("-n {lb} addr add {LB_NODE_SIDE}/16 dev br0"),
+            format!("-n {lb} addr add {} dev br0", a.on_link(lb_node_side)),
             format!("-n {lb} link set br0 up"),
         ] {
             ip_line(&cmd)?;
         }
-        let mut leaves: Vec<(String, String, Ipv4Addr)> = vec![(api.clone(), "api".into(), API_IP)];
+        let mut leaves: Vec<(String, String, IpAddr)> =
+            vec![(api.clone(), "api".into(), a.of(API_IP))];
         for (k, ip) in NODES.iter().enumerate() {
             leaves.push((
                 self.ns(&format!("node-{}", k + 1)),
                 format!("n{}", k + 1),
-                *ip,
+                a.of(*ip),
             ));
         }
         for (ns, link, ip) in &leaves {
@@ -99,9 +106,9 @@ impl Scale {
             for cmd in [
                 format!("-n {lb} link add {link} type veth peer name eth0 netns {ns}"),
                 format!("-n {lb} link set {link} master br0 up"),
-                format!("-n {ns} addr add {ip}/16 dev eth0"),
+                format!("-n {ns} addr add {} dev eth0", a.on_link(*ip)),
                 format!("-n {ns} link set eth0 up"),
-                format!("-n {ns} route add default via {LB_NODE_SIDE}"),
+                format!("-n {ns} route add default via {lb_node_side}"),
             ] {
                 ip_line(&cmd)?;
             }
@@ -113,15 +120,16 @@ impl Scale {
     /// answers on a nodePort.
     fn start_nodes(&mut self) -> Result<(), ScaleError> {
         let lb = self.ns("lb");
+        let a = self.opts.addrs();
         for k in 0..NODES.len() {
             let ns = self.ns(&format!("node-{}", k + 1));
-            run_in(&ns, "nft", &["-f", "-"], Some(&node_ruleset()))?;
+            run_in(&ns, "nft", &["-f", "-"], Some(&node_ruleset(a)))?;
             let name = format!("node-{}", k + 1);
-            self.node_servers.push(NodeServer::start(&ns, &name)?);
+            self.node_servers.push(NodeServer::start(&ns, &name, a)?);
         }
         // Every node answers on a nodePort before anything else starts.
         for (k, ip) in NODES.iter().enumerate() {
-            let target = SocketAddr::new((*ip).into(), NODE_PORT_BASE);
+            let target = SocketAddr::new(a.of(*ip), NODE_PORT_BASE);
             let got = netns::in_netns(&lb, || probe(target))?;
             match got {
                 Ok((node, port)) if node == format!("node-{}", k + 1) && port == NODE_PORT_BASE => {
@@ -142,7 +150,7 @@ impl Scale {
     /// Nodes created.
     fn start_api_server(&mut self) -> Result<(), ScaleError> {
         let state = self.opts.state_dir.display().to_string();
-        let api_addr = SocketAddr::new(API_IP.into(), API_PORT);
+        let api_addr = self.api_addr();
         self.api_server = Some(procs::spawn(
             &self.opts.state_dir,
             "api-server",
@@ -172,13 +180,18 @@ impl Scale {
                 .map_err(|e| e.to_string())
         })?;
         for k in 0..NODES.len() {
-            client.create("/api/v1/nodes", &node_object(k))?;
+            client.create("/api/v1/nodes", &node_object(self.opts.addrs(), k))?;
         }
         Ok(())
     }
+    /// Where the API server listens.
+    fn api_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.opts.addrs().of(API_IP), API_PORT)
+    }
+
     /// A client of the API server (connecting from its namespace).
     pub(super) fn api(&self) -> ApiClient {
-        ApiClient::new(&self.ns("api"), SocketAddr::new(API_IP.into(), API_PORT))
+        ApiClient::new(&self.ns("api"), self.api_addr())
     }
 
     /// `program args`, pinned to the contender's CPU if there is one.
@@ -197,7 +210,8 @@ impl Scale {
                 tracing::warn!(process = %p.name, error = %e, "cannot reap a contender");
             }
         }
-        ip_line(&format!("-n {lb} addr flush dev eth0 to {VIP_PREFIX}"))?;
+        let vips = vip_prefix(self.opts.addrs());
+        ip_line(&format!("-n {lb} addr flush dev eth0 to {vips}"))?;
         Ok(())
     }
 

@@ -1,14 +1,17 @@
 //! Smoke test of the benchmark harness (`portico-lab bench`): every
 //! installed contender runs each kind of workload for one second through the
-//! real topology, and each figure the report is built from must come out
-//! non-zero. A contender whose program is missing is skipped loudly; under
+//! real topology, in IPv4 and in IPv6, and each figure the report is built
+//! from must come out non-zero; the failover measurement runs in both
+//! families too (every contender with a health check in IPv4, Portico in
+//! IPv6). A contender whose program is missing is skipped loudly; under
 //! `CI=true` HAProxy, nginx and wrk must be installed (`scripts/install-deps`).
 
 use std::io::Write as _;
 use std::time::Duration;
 
 use portico_lab::bench::{
-    self, failover, Bench, BenchOptions, Contender, FailoverSpec, Summary, Workload,
+    self, failover, Addrs, Bench, BenchOptions, Contender, FailoverSpec, IpFamily, Summary,
+    Workload,
 };
 
 use crate::support;
@@ -28,13 +31,31 @@ fn skip(what: &str) {
 
 #[test]
 fn bench_config_passes_the_edge_validator() {
-    let yaml = bench::portico_config();
-    portico_config::parse_edge_config(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let addrs = Addrs(family);
+        let yaml = bench::portico_config(addrs);
+        let config =
+            portico_config::parse_edge_config(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        assert_eq!(config.services[0].vips, vec![addrs.vip()], "{yaml}");
+        let nodes: Vec<_> = config.nodes.iter().map(|n| n.addresses.clone()).collect();
+        assert_eq!(nodes, addrs.nodes().map(|ip| vec![ip]).to_vec(), "{yaml}");
+    }
 }
 
 #[test]
 fn bench_smoke_every_installed_contender() {
-    if !support::privileged("bench smoke test") {
+    smoke(IpFamily::V4);
+}
+
+#[test]
+fn bench_smoke_every_installed_contender_ipv6() {
+    smoke(IpFamily::V6);
+}
+
+/// Every installed contender, each kind of workload for one second, with
+/// every address of the topology in `family`.
+fn smoke(family: IpFamily) {
+    if !support::privileged(&format!("bench smoke test ({family})")) {
         return;
     }
     if !bench::installed("wrk") {
@@ -55,6 +76,7 @@ fn bench_smoke_every_installed_contender() {
     let _alone = support::alone();
     let prefix = format!("pbench-t{}", std::process::id());
     let mut opts = BenchOptions::standard(&prefix, support::binaries().edge);
+    opts.family = family;
     opts.contenders = contenders.clone();
     opts.workloads = vec![Workload::KeepAlive, Workload::NewConn, Workload::Stream8];
     opts.duration = Duration::from_secs(1);
@@ -76,7 +98,7 @@ fn bench_smoke_every_installed_contender() {
     }
     bench.teardown().expect("bench teardown");
     for r in &results {
-        let what = format!("{} {}", r.contender, r.workload);
+        let what = format!("{family} {} {}", r.contender, r.workload);
         assert!(r.seconds > 0.5, "{what}: ran {} s", r.seconds);
         assert!(r.bytes > 0, "{what}: no bytes");
         assert!(r.figure() > 0.0, "{what}: figure 0");
@@ -118,9 +140,6 @@ fn bench_smoke_every_installed_contender() {
 /// health check, never does.
 #[test]
 fn bench_failover_smoke() {
-    if !support::privileged("bench failover smoke test") {
-        return;
-    }
     let mut contenders = vec![Contender::Portico];
     for c in [Contender::Haproxy, Contender::Nftables] {
         match c.missing_program() {
@@ -128,9 +147,24 @@ fn bench_failover_smoke() {
             None => contenders.push(c),
         }
     }
+    failover_smoke(IpFamily::V4, contenders);
+}
+
+/// The same in IPv6, for Portico only (the time of one run).
+#[test]
+fn bench_failover_smoke_ipv6() {
+    failover_smoke(IpFamily::V6, vec![Contender::Portico]);
+}
+
+/// The failover measurement of `contenders`, short, in `family`.
+fn failover_smoke(family: IpFamily, contenders: Vec<Contender>) {
+    if !support::privileged(&format!("bench failover smoke test ({family})")) {
+        return;
+    }
     let _alone = support::alone();
     let prefix = format!("pbench-f{}", std::process::id());
     let mut opts = BenchOptions::standard(&prefix, support::binaries().edge);
+    opts.family = family;
     opts.contenders = contenders.clone();
     opts.workloads = Vec::new();
     opts.big_file_mib = 1;

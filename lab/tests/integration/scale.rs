@@ -1,25 +1,31 @@
 //! Smoke test of the scale benchmark (`portico-lab scale`) with a small N:
 //! 20 Services x 3 ports against the real edge (from the API server) and
 //! against HAProxy, 3 nodePort changes each. Every listener must answer with
-//! its nodePort, every change must be followed, and the figures must be sane.
-//! Under `CI=true` HAProxy must be installed (`scripts/install-deps`).
+//! its nodePort, every change must be followed, and the figures must be sane;
+//! in IPv4 and in IPv6 (every address of the topology). Under `CI=true`
+//! HAProxy must be installed (`scripts/install-deps`).
 
 use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use portico_lab::scale::{self, Figures, ScaleOptions};
+use portico_lab::scale::{self, Addrs, Figures, IpFamily, ScaleOptions};
 
 use crate::support;
 
 #[test]
 fn scale_config_passes_the_edge_validator() {
-    let yaml = scale::portico_config(Path::new("kubeconfig"));
-    let config = portico_config::parse_edge_config(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-    let pool = &config.settings.address_pools[0];
-    assert!(pool.contains(scale::vip(0).into()));
-    assert!(pool.contains(scale::vip(scale::MAX_SERVICES - 1).into()));
-    assert!(config.settings.kubernetes.is_some());
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let addrs = Addrs(family);
+        let yaml = scale::portico_config(Path::new("kubeconfig"), addrs);
+        let config =
+            portico_config::parse_edge_config(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let pool = &config.settings.address_pools[0];
+        for i in [0, 255, scale::MAX_SERVICES - 1] {
+            assert!(pool.contains(scale::vip(addrs, i)), "{family} {i}\n{yaml}");
+        }
+        assert!(config.settings.kubernetes.is_some());
+    }
 }
 
 fn sane(name: &str, f: &Figures, services: usize, changes: usize) {
@@ -52,7 +58,18 @@ fn sane(name: &str, f: &Figures, services: usize, changes: usize) {
 
 #[test]
 fn scale_smoke_portico_and_haproxy() {
-    if !support::privileged("scale smoke test") {
+    smoke(IpFamily::V4);
+}
+
+#[test]
+fn scale_smoke_portico_and_haproxy_ipv6() {
+    smoke(IpFamily::V6);
+}
+
+/// 20 Services x 3 ports, 3 changes, each contender, every address in
+/// `family`.
+fn smoke(family: IpFamily) {
+    if !support::privileged(&format!("scale smoke test ({family})")) {
         return;
     }
     if !portico_lab::bench::installed("haproxy") {
@@ -72,6 +89,7 @@ fn scale_smoke_portico_and_haproxy() {
     let bins = support::binaries();
     let prefix = format!("pscale-t{}", std::process::id());
     let mut opts = ScaleOptions::standard(&prefix, bins.edge, bins.lab);
+    opts.family = family;
     opts.services = 20;
     opts.changes = 3;
     opts.concurrency = 16;

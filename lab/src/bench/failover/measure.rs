@@ -16,30 +16,32 @@ use crate::netns::{self, ip_line};
 use crate::procs;
 use crate::sync::lock;
 
-use crate::bench::topology::nft;
-use crate::bench::{Bench, BenchError, Contender, LB_NODE_SIDE, NODES, NODE_PORT, STOP_GRACE};
+use crate::bench::contenders::NFT_TABLE;
+use crate::bench::topology::{nft, switch_port};
+use crate::bench::{Addrs, Bench, BenchError, Contender, NODES, NODE_PORT, STOP_GRACE};
 
 use super::{
     recovery, Attempt, FailoverResult, FailoverRun, FailoverSpec, Outcome, SynSample,
-    COUNTER_TABLE, VICTIM,
+    COUNTER_TABLE, VICTIM_INDEX,
 };
 
 /// The counter table (priority 200: after source NAT, so nftables DNAT's
-/// packets show with their node address too).
-pub(super) fn counter_table() -> String {
-    let node2 = NODES[1];
-    let syn = format!("ip daddr {node2} tcp dport {NODE_PORT} tcp flags & (syn | ack) == syn");
+/// packets show with their node address too), in the family of `addrs`.
+pub(super) fn counter_table(addrs: Addrs) -> String {
+    let (f, node2) = (addrs.nft(), addrs.nodes()[1]);
+    let syn = format!("{f} daddr {node2} tcp dport {NODE_PORT} tcp flags & (syn | ack) == syn");
+    let addr_type = addrs.nft_addr_type();
     format!(
-        "table ip {COUNTER_TABLE} {{
+        "table {f} {COUNTER_TABLE} {{
   set seen {{
-    type ipv4_addr . inet_service
+    type {addr_type} . inet_service
     flags dynamic, timeout
     timeout 10s
   }}
   chain count {{
     type filter hook postrouting priority 200; policy accept;
-    {syn} ip saddr . tcp sport @seen counter accept comment \"retransmitted\"
-    {syn} add @seen {{ ip saddr . tcp sport }} counter comment \"first\"
+    {syn} {f} saddr . tcp sport @seen counter accept comment \"retransmitted\"
+    {syn} add @seen {{ {f} saddr . tcp sport }} counter comment \"first\"
   }}
 }}
 "
@@ -60,24 +62,23 @@ pub fn counter_packets(listing: &str, comment: &str) -> Option<u64> {
         .ok()
 }
 
-/// Brings node 2's link back (and its default route, which went with it)
-/// when dropped: a failed measurement leaves the topology whole.
+/// Node 2's link, cut and mended at the switch: its port on the lb's
+/// bridge ([`switch_port`]) goes down or up, so the node's `eth0` loses its
+/// carrier as when a cable is pulled, and keeps its addresses (IPv6 ones
+/// too) and routes. Brings the link back when dropped: a failed
+/// measurement leaves the topology whole.
 struct LinkGuard {
-    ns: String,
+    /// The lb namespace, where the bridge is.
+    lb: String,
     down: bool,
 }
 
 impl LinkGuard {
     fn set(&mut self, up: bool) -> Result<(), BenchError> {
         let state = if up { "up" } else { "down" };
-        ip_line(&format!("-n {} link set eth0 {state}", self.ns))?;
+        let port = switch_port(VICTIM_INDEX);
+        ip_line(&format!("-n {} link set {port} {state}", self.lb))?;
         self.down = !up;
-        if up {
-            ip_line(&format!(
-                "-n {} route replace default via {LB_NODE_SIDE}",
-                self.ns
-            ))?;
-        }
         Ok(())
     }
 }
@@ -86,7 +87,7 @@ impl Drop for LinkGuard {
     fn drop(&mut self) {
         if self.down {
             if let Err(e) = self.set(true) {
-                tracing::error!(ns = %self.ns, error = %e, "cannot bring node-2's link back");
+                tracing::error!(ns = %self.lb, error = %e, "cannot bring node-2's link back");
             }
         }
     }
@@ -160,11 +161,11 @@ async fn stream(
     while tasks.join_next().await.is_some() {}
 }
 
-/// Reads the SYN counter (with `nft` started from this thread, which is in
-/// the lb namespace).
-fn read_counter(started: Instant) -> Result<SynSample, String> {
+/// Reads the SYN counter of the table in nftables family `family` (with
+/// `nft` started from this thread, which is in the lb namespace).
+fn read_counter(family: &str, started: Instant) -> Result<SynSample, String> {
     let out = Command::new("nft")
-        .args(["list", "chain", "ip", COUNTER_TABLE, "count"])
+        .args(["list", "chain", family, COUNTER_TABLE, "count"])
         .output()
         .map_err(|e| format!("cannot run nft: {e}"))?;
     let at = started.elapsed();
@@ -200,10 +201,11 @@ impl Bench {
         let mut process = self.start_contender(contender, lb_src, &name)?;
         let result = self.failover_measure(contender, run, spec, process.as_ref());
         let mut cleanup = Vec::new();
+        let family = self.opts.addrs().nft();
         if contender == Contender::Nftables {
-            cleanup.push(nft(&lb, &["delete", "table", "ip", "pbench"], None).map(|_| ()));
+            cleanup.push(nft(&lb, &["delete", "table", family, NFT_TABLE], None).map(|_| ()));
         }
-        cleanup.push(nft(&lb, &["delete", "table", "ip", COUNTER_TABLE], None).map(|_| ()));
+        cleanup.push(nft(&lb, &["delete", "table", family, COUNTER_TABLE], None).map(|_| ()));
         if let Some(p) = process.as_mut() {
             cleanup.push(
                 procs::stop_all(std::slice::from_ref(&lb), STOP_GRACE)
@@ -229,10 +231,11 @@ impl Bench {
         process: Option<&procs::Spawned>,
     ) -> Result<FailoverRun, BenchError> {
         let (client, lb) = (self.ns("client"), self.ns("lb"));
+        let addrs = self.opts.addrs();
         self.wait_contender(contender, NODES.len(), process)?;
-        nft(&lb, &["-f", "-"], Some(&counter_table()))?;
+        nft(&lb, &["-f", "-"], Some(&counter_table(addrs)))?;
         let mut link = LinkGuard {
-            ns: self.ns(VICTIM),
+            lb: lb.clone(),
             down: false,
         };
         let attempts = Arc::new(Mutex::new(Vec::new()));
@@ -243,6 +246,7 @@ impl Bench {
         let hard_end = started + spec.max_duration() + spec.timeout + Duration::from_secs(5);
         let poller = poll_counter(
             lb,
+            addrs.nft(),
             samples.clone(),
             stop_poll.clone(),
             spec.poll,
@@ -251,7 +255,7 @@ impl Bench {
         );
         let load = client_stream(
             client,
-            contender.target(),
+            contender.target(addrs),
             spec.clone(),
             started,
             attempts.clone(),
@@ -298,10 +302,12 @@ impl Bench {
 /// A thread of the measurement; its error, if it failed.
 type Worker = std::thread::JoinHandle<Result<(), String>>;
 
-/// Reads the SYN counter every `every` into `samples`, on a thread in the
-/// lb namespace `lb`, until `stop` (then once more) or `hard_end`.
+/// Reads the SYN counter (of nftables family `family`) every `every` into
+/// `samples`, on a thread in the lb namespace `lb`, until `stop` (then once
+/// more) or `hard_end`.
 fn poll_counter(
     lb: String,
+    family: &'static str,
     samples: Arc<Mutex<Vec<SynSample>>>,
     stop: Arc<AtomicBool>,
     every: Duration,
@@ -312,7 +318,7 @@ fn poll_counter(
         netns::in_netns(&lb, || -> Result<(), String> {
             loop {
                 let last = stop.load(Ordering::Relaxed) || Instant::now() >= hard_end;
-                let sample = read_counter(started)?;
+                let sample = read_counter(family, started)?;
                 lock(&samples).push(sample);
                 if last {
                     return Ok(());
@@ -425,6 +431,7 @@ pub fn run_failovers(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::IpFamily;
 
     #[test]
     fn counters_are_read_by_comment() {
@@ -432,6 +439,12 @@ mod tests {
         assert_eq!(counter_packets(listing, "first"), Some(1234));
         assert_eq!(counter_packets(listing, "retransmitted"), Some(7));
         assert_eq!(counter_packets(listing, "missing"), None);
-        assert!(counter_table().contains("ip daddr 10.92.0.12 tcp dport 30080"));
+        let v4 = counter_table(Addrs(IpFamily::V4));
+        assert!(v4.contains("ip daddr 10.92.0.12 tcp dport 30080"), "{v4}");
+        let v6 = counter_table(Addrs(IpFamily::V6));
+        assert!(v6.starts_with("table ip6 pbench-failover"), "{v6}");
+        assert!(v6.contains("type ipv6_addr . inet_service"), "{v6}");
+        assert!(v6.contains("ip6 daddr fd00:92::12 tcp dport 30080"), "{v6}");
+        assert!(v6.contains("add @seen { ip6 saddr . tcp sport }"), "{v6}");
     }
 }

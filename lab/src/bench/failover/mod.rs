@@ -5,8 +5,9 @@
 //! The client opens [`FailoverSpec::rate`] new connections a second to the
 //! VIP (one `GET /small` each, which the node answers with its name, each
 //! bounded by [`FailoverSpec::timeout`]). At [`FailoverSpec::kill_at`]
-//! node 2's link goes down (`ip link set eth0 down` in its namespace, as the
-//! lab's "link down" failure); [`FailoverSpec::down_for`] later it comes back,
+//! node 2's link goes down, cut at the switch as the lab's "link down"
+//! failure (its port on the lb's bridge taken down: the node keeps its
+//! addresses, IPv6 ones too); [`FailoverSpec::down_for`] later it comes back,
 //! and the stream goes on until node 2 answers a client again (at most
 //! [`FailoverSpec::recover_limit`]), then [`FailoverSpec::after_recovery`]
 //! more.
@@ -51,6 +52,8 @@ use super::Contender;
 pub const COUNTER_TABLE: &str = "pbench-failover";
 /// The node that dies.
 pub const VICTIM: &str = "node-2";
+/// Its number (from 1), which names its port on the lb's bridge.
+pub const VICTIM_INDEX: usize = 2;
 /// A balancer that still sent a first SYN to the dead node this close to
 /// the link coming back never stopped: no detection.
 pub const STILL_SENDING: Duration = Duration::from_secs(1);
