@@ -70,11 +70,16 @@ fn dashboards_query_only_exported_metrics_and_show_every_one() {
     let mut lab = lab();
     let mut exported: BTreeMap<Component, Families> = BTreeMap::new();
 
-    // Traffic through every Service; the outside client is rejected by `restricted`.
+    // Traffic through every address of every Service; the outside client
+    // is rejected by `restricted`.
     for svc in topology::services() {
-        let vip = lab.vip(svc.name).expect("every Service has a VIP");
-        for (i, answer) in lab.get_many(Client::Inside, vip, 5).into_iter().enumerate() {
-            answer.unwrap_or_else(|e| panic!("{} connection {i}: {e}", svc.name));
+        for family in &svc.families {
+            let vip = lab
+                .vip_of(svc.name, *family)
+                .expect("every Service has a VIP of each of its families");
+            for (i, answer) in lab.get_many(Client::Inside, vip, 5).into_iter().enumerate() {
+                answer.unwrap_or_else(|e| panic!("{} ({vip}) connection {i}: {e}", svc.name));
+            }
         }
     }
     let restricted = lab.vip("restricted").expect("restricted has a VIP");
