@@ -101,13 +101,20 @@ pub const CLUSTER_PREFIX6: u8 = 64;
 /// `10.96.0.12` -> `fd00:96::12`). The digits are read as hexadecimal
 /// groups, so the twin reads like the original.
 pub fn twin(v4: Ipv4Addr) -> Ipv6Addr {
-    let hex = |n: u8| u16::from_str_radix(&n.to_string(), 16).expect("decimal digits are hex");
+    let hex = decimal_as_hex;
     match v4.octets() {
         [198, 51, 100, d] => Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, hex(d)),
         [10, 244, n, d] => Ipv6Addr::new(0xfd00, 0x244, hex(n), 0, 0, 0, 0, hex(d)),
         [10, b, 0, d] => Ipv6Addr::new(0xfd00, hex(b), 0, 0, 0, 0, 0, hex(d)),
         other => panic!("{other:?} is not a lab address with an IPv6 twin"),
     }
+}
+
+/// An IPv4 octet's decimal digits read as a hexadecimal IPv6 group (`88`
+/// is `0x88`), so an IPv6 twin reads like its IPv4 address; the lab's and
+/// the benchmarks' address plans both twin this way.
+pub fn decimal_as_hex(octet: u8) -> u16 {
+    u16::from_str_radix(&octet.to_string(), 16).expect("decimal digits are hex digits")
 }
 
 /// An address of the lab in `family`: `v4` itself or its [`twin`].

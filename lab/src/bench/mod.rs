@@ -124,7 +124,7 @@ impl Addrs {
     /// the decimal digits read as hexadecimal groups so the twin reads like
     /// the original (`10.92.0.11` is `fd00:92::11`).
     pub fn twin(v4: Ipv4Addr) -> Ipv6Addr {
-        let hex = |n: u8| u16::from_str_radix(&n.to_string(), 16).expect("decimal digits are hex");
+        let hex = crate::topology::decimal_as_hex;
         match v4.octets() {
             [10, b, h, l] => Ipv6Addr::new(0xfd00, hex(b), 0, 0, 0, 0, hex(h), hex(l)),
             [203, 0, 113, d] => Ipv6Addr::new(0x2001, 0xdb8, 0x113, 0, 0, 0, 0, hex(d)),
